@@ -1,0 +1,55 @@
+"""`maskformer` command line: one subcommand per module in maskformer/commands/, imported only when used.
+
+Each command module defines `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under maskformer.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("models", "list the model presets"),
+    "info": ("info", "parameters and GFLOPs of a preset"),
+    "synth": ("synth", "write the built-in synthetic dataset (COCO panoptic + semantic PNGs)"),
+    "prepare": ("prepare", "convert a raw dataset download into the training format"),
+    "train": ("train", "train a model (torchrun for several processes)"),
+    "eval": ("evaluate", "evaluate a model on a dataset (mIoU / PQ)"),
+    "score": ("score", "score prediction files against ground-truth files"),
+    "predict": ("predict", "run a model on images and write label maps, panoptic PNGs and overlays"),
+    "convert": ("convert", "convert official detectron2 / transformers checkpoints into a model directory"),
+    "export": ("export", "export a model to ONNX or torch.export"),
+    "demo": ("demo", "synthetic data -> train a small model -> evaluate -> report, in minutes on a CPU"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskformer", description="MaskFormer: per-pixel classification is not all you need"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    module = importlib.import_module(f"maskformer.commands.{COMMANDS[name][0]}")
+    parser = argparse.ArgumentParser(prog=f"maskformer {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `maskformer` subcommand (see maskformer/cli.py)."""

@@ -1,0 +1,463 @@
+"""Typed configuration: nested dataclasses, named presets, and "a.b=c" overrides.
+
+A `Config` is resolved once (preset + overrides) and saved inside every checkpoint/model directory, so a model can
+always be rebuilt exactly. Only `build_*` functions read it; modules take plain keyword arguments.
+Numbers come from the official configs (see the reference notes, sections 3 and 6).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+ADE_512_SIZES = tuple(int(512 * s / 10) for s in range(5, 21))  # 256, 307, ..., 1024 (0.5..2.0 x 512)
+ADE_640_SIZES = tuple(range(320, 1281, 64))  # 0.5..2.0 x 640
+COCO_STUFF_SIZES = tuple(range(320, 961, 64))  # 0.5..1.5 x 640
+CITYSCAPES_SIZES = tuple(int(1024 * s / 10) for s in range(5, 21))
+MAPILLARY_SIZES = tuple(int(2048 * s / 10) for s in range(5, 21))
+COCO_PANOPTIC_SIZES = tuple(range(480, 801, 32))
+TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@dataclass
+class ModelConfig:
+    """The network. arch: "maskformer" | "per_pixel_baseline" | "per_pixel_baseline_plus"."""
+
+    arch: str = "maskformer"
+    backbone: str = "resnet50"
+    drop_path_rate: float = 0.0  # Swin stochastic depth (0.3 in every official Swin config)
+    pixel_decoder: str = "fpn"  # "fpn" | "transformer_encoder" ("+6 Enc")
+    num_classes: int = 150
+    num_queries: int = 100
+    conv_dim: int = 256
+    mask_dim: int = 256
+    hidden_dim: int = 256
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    dec_layers: int = 6
+    enc_layers: int = 6  # only for pixel_decoder="transformer_encoder"
+    enforce_input_proj: bool = False
+    size_divisibility: int = 32  # 0: pad only to the largest image (COCO panoptic)
+    pixel_mean: tuple[float, float, float] = (123.675, 116.280, 103.530)
+    pixel_std: tuple[float, float, float] = (58.395, 57.120, 57.375)
+
+
+@dataclass
+class LossConfig:
+    """Matcher and criterion weights (official: class 1, focal 20, dice 1, no-object 0.1, deep supervision)."""
+
+    class_weight: float = 1.0
+    mask_weight: float = 20.0
+    dice_weight: float = 1.0
+    no_object_weight: float = 0.1
+    deep_supervision: bool = True
+    point_sampling: bool = False  # Mask2Former's point-sampled mask loss (not the paper's default)
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+
+
+@dataclass
+class InferenceConfig:
+    """Post-processing and test-time resizing. task: "semantic" | "panoptic" | "instance"."""
+
+    task: str = "semantic"
+    object_mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
+    instance_topk: int = 100
+    min_size_test: int = 512
+    max_size_test: int = 2048
+    tta_scales: tuple[float, ...] = TTA_SCALES
+    tta_flip: bool = True
+    postprocess_before_inference: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Dataset and augmentation. format: a reader name in maskformer.data (e.g. "ade20k", "coco_panoptic", "folder").
+
+    recipe: "semantic" (official semantic mapper), "panoptic" (ADE20K panoptic mapper) or "detr" (COCO panoptic).
+    """
+
+    format: str = "ade20k"
+    root: str = ""
+    train_split: str = "training"
+    val_split: str = "validation"
+    recipe: str = "semantic"
+    crop_size: tuple[int, int] = (512, 512)
+    min_size_train: tuple[int, ...] = ADE_512_SIZES
+    max_size_train: int = 2048
+    single_category_max_area: float = 1.0
+    color_aug_ssd: bool = True
+    pad_size: int = 512  # pad train images to exactly pad_size x pad_size (-1: no padding)
+    ignore_label: int = 255
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule and loop. scheduler: "poly" | "multistep". amp: "none" | "bf16" | "fp16"."""
+
+    max_iter: int = 160000
+    batch_size: int = 16
+    base_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    weight_decay_embed: float = 0.0
+    backbone_multiplier: float = 0.1
+    clip_grad_norm: float = 0.01
+    scheduler: str = "poly"
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    warmup_factor: float = 1.0
+    steps: tuple[int, ...] = ()
+    gamma: float = 0.1
+    grad_accum: int = 1
+    amp: str = "none"
+    seed: int = 42
+    log_period: int = 20
+    checkpoint_period: int = 5000
+    eval_period: int = 5000
+    keep_last: int = 3
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        """Inverse of to_dict; unknown keys are an error naming them, missing keys take defaults."""
+        return _from_dict(cls, d, "")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def copy(self) -> Config:
+        return copy.deepcopy(self)
+
+
+def _from_dict(cls, d: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise KeyError(f"unknown config keys {sorted(unknown)} in {where or 'config'}")
+    kwargs = {}
+    for name, value in d.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _from_dict(typ, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, typ, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value, typ, key: str):
+    """Convert a JSON/CLI value to the field's annotated type (tuples from lists, numbers from strings)."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        args = typing.get_args(typ)
+        elem = args[0]
+        return tuple(_coerce(v, elem, key) for v in value)
+    if typ is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{key}: expected a boolean, got {value!r}")
+        return bool(value)
+    if typ in (int, float):
+        try:
+            out = typ(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected {typ.__name__}, got {value!r}") from None
+        if typ is int and isinstance(value, float) and value != out:
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return out
+    return str(value) if value is not None else value
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Return a copy of `cfg` with "section.key=value" overrides applied, e.g. "model.num_queries=50"."""
+    cfg = cfg.copy()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        path, value = item.split("=", 1)
+        parts = path.strip().split(".")
+        obj = cfg
+        for p in parts[:-1]:
+            if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
+                raise KeyError(f"override {item!r}: no config section {p!r}")
+            obj = getattr(obj, p)
+        key = parts[-1]
+        fields = {f.name for f in dataclasses.fields(obj)}
+        if key not in fields:
+            raise KeyError(f"override {item!r}: unknown key {key!r}; valid: {sorted(fields)}")
+        typ = typing.get_type_hints(type(obj))[key]
+        setattr(obj, key, _coerce(value, typ, path))
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Presets. Each is a function of no arguments returning a fresh Config; PRESETS maps names to them.
+
+SWIN_BACKBONE_TRAIN = dict(
+    base_lr=6e-5, weight_decay=0.01, backbone_multiplier=1.0, warmup_iters=1500, warmup_factor=1e-6
+)
+
+
+def _cfg(model: dict, data: dict, train: dict, inference: dict | None = None) -> Config:
+    return Config(
+        model=ModelConfig(**model),
+        data=DataConfig(**data),
+        train=TrainConfig(**train),
+        inference=InferenceConfig(**(inference or {})),
+    )
+
+
+def _backbone_model(backbone: str) -> dict:
+    """Model fields for a backbone short name: r50, r101, r101c, swin_t, swin_s, swin_b, swin_l, r18, r34."""
+    names = dict(r18="resnet18", r34="resnet34", r50="resnet50", r101="resnet101", r101c="resnet101c")
+    if backbone.startswith("swin"):
+        return dict(backbone=backbone, drop_path_rate=0.3)
+    return dict(backbone=names[backbone])
+
+
+def _train_for(backbone: str, **kw) -> dict:
+    base = dict(SWIN_BACKBONE_TRAIN) if backbone.startswith("swin") else {}
+    base.update(kw)
+    return base
+
+
+DATASETS = {
+    # name: (num_classes, data fields, train fields, inference fields)
+    "ade20k": (150, dict(format="ade20k"), dict(max_iter=160000), dict(min_size_test=512, max_size_test=2048)),
+    "ade20k_640": (
+        150,
+        dict(format="ade20k", crop_size=(640, 640), min_size_train=ADE_640_SIZES, max_size_train=2560, pad_size=640),
+        dict(max_iter=160000),
+        dict(min_size_test=640, max_size_test=2560),
+    ),
+    "coco_stuff": (
+        171,
+        dict(
+            format="coco_stuff",
+            train_split="train2014",
+            val_split="test2014",
+            crop_size=(640, 640),
+            min_size_train=COCO_STUFF_SIZES,
+            max_size_train=2560,
+            pad_size=640,
+        ),
+        dict(max_iter=60000, batch_size=32),
+        dict(min_size_test=640, max_size_test=2560),
+    ),
+    "ade20k_full": (
+        847,
+        dict(format="ade20k_full", ignore_label=65535),
+        dict(max_iter=200000),
+        dict(min_size_test=512, max_size_test=2048),
+    ),
+    "cityscapes": (
+        19,
+        dict(
+            format="cityscapes",
+            train_split="train",
+            val_split="val",
+            crop_size=(512, 1024),
+            min_size_train=CITYSCAPES_SIZES,
+            max_size_train=4096,
+            pad_size=-1,
+        ),
+        dict(max_iter=90000),
+        dict(min_size_test=1024, max_size_test=2048),
+    ),
+    "mapillary": (
+        65,
+        dict(
+            format="mapillary",
+            train_split="training",
+            val_split="validation",
+            crop_size=(1280, 1280),
+            min_size_train=MAPILLARY_SIZES,
+            max_size_train=8192,
+            pad_size=1280,
+            ignore_label=65,
+        ),
+        dict(max_iter=300000),
+        dict(min_size_test=2048, max_size_test=2048),
+    ),
+    "ade20k_panoptic": (
+        150,
+        dict(
+            format="ade20k_panoptic",
+            recipe="panoptic",
+            crop_size=(640, 640),
+            min_size_train=ADE_640_SIZES,
+            max_size_train=2560,
+            pad_size=640,
+        ),
+        dict(max_iter=720000),
+        dict(task="panoptic", object_mask_threshold=0.7, min_size_test=640, max_size_test=2560),
+    ),
+    "coco_panoptic": (
+        133,
+        dict(
+            format="coco_panoptic",
+            train_split="train2017",
+            val_split="val2017",
+            recipe="detr",
+            min_size_train=COCO_PANOPTIC_SIZES,
+            max_size_train=1333,
+            pad_size=-1,
+            color_aug_ssd=False,
+        ),
+        dict(max_iter=554400, batch_size=64, scheduler="multistep", steps=(369600,), warmup_iters=10),
+        dict(task="panoptic", object_mask_threshold=0.8, min_size_test=800, max_size_test=1333),
+    ),
+}
+
+
+def maskformer_preset(backbone: str, dataset: str, *, six_enc: bool = False, arch: str = "maskformer") -> Config:
+    """The official config for (backbone, dataset), e.g. ("r50", "ade20k")."""
+    k, data, train, inference = DATASETS[dataset]
+    model = dict(arch=arch, num_classes=k, **_backbone_model(backbone))
+    train = _train_for(backbone, **train)
+    if dataset == "coco_panoptic":
+        model["size_divisibility"] = 0
+        if backbone.startswith("swin"):
+            model["enforce_input_proj"] = True
+            train.update(warmup_iters=1500, warmup_factor=1e-6)
+        if backbone == "swin_l":
+            data = dict(data, max_size_train=1000)
+    if six_enc:
+        model["pixel_decoder"] = "transformer_encoder"
+    if arch == "per_pixel_baseline_plus":
+        model["num_queries"] = k
+    data = dict(data, ignore_label=data.get("ignore_label", 255))
+    return _cfg(model, data, train, inference)
+
+
+def cpu_preset(backbone: str, dataset: str, arch: str = "maskformer") -> Config:
+    """Small CPU presets: ResNet-18/34, narrower heads, small crops. For the demo, CamVid and experiments."""
+    width = dict(conv_dim=128, mask_dim=128, hidden_dim=128, nheads=4, dim_feedforward=512, dropout=0.0)
+    if dataset == "synth":
+        model = dict(arch=arch, num_classes=8, num_queries=20, **width, **_backbone_model(backbone))
+        data = dict(
+            format="synthetic",
+            train_split="train",
+            val_split="val",
+            crop_size=(128, 128),
+            min_size_train=(96, 112, 128, 144, 160),
+            max_size_train=320,
+            pad_size=128,
+            color_aug_ssd=False,
+        )
+        train = dict(
+            max_iter=2000,
+            batch_size=8,
+            base_lr=4e-4,
+            backbone_multiplier=1.0,
+            weight_decay=1e-4,
+            checkpoint_period=500,
+            eval_period=500,
+            log_period=10,
+        )
+        inference = dict(min_size_test=128, max_size_test=512, object_mask_threshold=0.6)
+    elif dataset == "camvid":
+        model = dict(arch=arch, num_classes=11, num_queries=50, **width, **_backbone_model(backbone))
+        data = dict(
+            format="camvid",
+            train_split="train",
+            val_split="val",
+            crop_size=(240, 320),
+            min_size_train=(180, 216, 240, 270, 300, 360),
+            max_size_train=640,
+            pad_size=-1,
+            ignore_label=11,
+        )
+        train = dict(
+            max_iter=4000,
+            batch_size=8,
+            base_lr=4e-4,
+            backbone_multiplier=1.0,
+            checkpoint_period=500,
+            eval_period=500,
+            log_period=10,
+        )
+        inference = dict(min_size_test=360, max_size_test=640)
+    else:
+        raise KeyError(f"no CPU preset for dataset {dataset!r}")
+    if arch == "per_pixel_baseline_plus":
+        model["num_queries"] = model["num_classes"]
+    return _cfg(model, data, train, inference)
+
+
+def _paper_presets() -> dict[str, typing.Callable[[], Config]]:
+    p: dict[str, typing.Callable[[], Config]] = {}
+    for bb in ("r50", "r101", "r101c", "swin_t", "swin_s"):
+        p[f"maskformer_{bb}_ade20k"] = lambda bb=bb: maskformer_preset(bb, "ade20k")
+    for bb in ("swin_b", "swin_l"):
+        p[f"maskformer_{bb}_ade20k"] = lambda bb=bb: maskformer_preset(bb, "ade20k_640")
+    for ds in ("coco_stuff", "ade20k_full"):
+        for bb in ("r50", "r101", "r101c"):
+            p[f"maskformer_{bb}_{ds}"] = lambda bb=bb, ds=ds: maskformer_preset(bb, ds)
+    for bb in ("r101", "r101c"):
+        p[f"maskformer_{bb}_cityscapes"] = lambda bb=bb: maskformer_preset(bb, "cityscapes")
+    p["maskformer_r50_mapillary"] = lambda: maskformer_preset("r50", "mapillary")
+    for bb in ("r50", "r101"):
+        p[f"maskformer_{bb}_6enc_coco_panoptic"] = lambda bb=bb: maskformer_preset(bb, "coco_panoptic", six_enc=True)
+        p[f"maskformer_{bb}_6enc_ade20k_panoptic"] = lambda bb=bb: maskformer_preset(
+            bb, "ade20k_panoptic", six_enc=True
+        )
+    for bb in ("swin_t", "swin_s", "swin_b", "swin_l"):
+        p[f"maskformer_{bb}_coco_panoptic"] = lambda bb=bb: maskformer_preset(bb, "coco_panoptic")
+    for arch in ("per_pixel_baseline", "per_pixel_baseline_plus"):
+        for ds in ("ade20k", "coco_stuff", "ade20k_full"):
+            p[f"{arch}_r50_{ds}"] = lambda arch=arch, ds=ds: maskformer_preset("r50", ds, arch=arch)
+        p[f"{arch}_r101_cityscapes"] = lambda arch=arch: maskformer_preset("r101", "cityscapes", arch=arch)
+    for arch in ("maskformer", "per_pixel_baseline", "per_pixel_baseline_plus"):
+        for bb in ("r18", "r34"):
+            for ds in ("synth", "camvid"):
+                p[f"{arch}_{bb}_{ds}"] = lambda arch=arch, bb=bb, ds=ds: cpu_preset(bb, ds, arch=arch)
+    return p
+
+
+PRESETS: dict[str, typing.Callable[[], Config]] = _paper_presets()
+
+# Models of the paper's tables (used by the parameter/GFLOP tests and `maskformer models`).
+PAPER_NUMBERS = {
+    # name: (params M, GFLOPs at crop size or None)
+    "maskformer_r50_ade20k": (41, 53),
+    "maskformer_r101_ade20k": (60, 73),
+    "maskformer_r101c_ade20k": (60, 80),
+    "maskformer_swin_t_ade20k": (42, 55),
+    "maskformer_swin_s_ade20k": (63, 79),
+    "maskformer_swin_b_ade20k": (102, 195),
+    "maskformer_swin_l_ade20k": (212, 375),
+    "maskformer_r50_6enc_coco_panoptic": (45, None),
+    "maskformer_r101_6enc_coco_panoptic": (64, None),
+}
+
+
+def get_preset(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A fresh Config for preset `name` with overrides applied; an unknown name lists the valid ones."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    return apply_overrides(PRESETS[name](), overrides)

@@ -1,0 +1,197 @@
+"""Plain data structures shared by the model, the loss, the data layer and the evaluators.
+
+- `ImageBatch`: images of mixed sizes padded into one tensor, with the unpadded sizes kept.
+- `SegTarget`: the per-image training target (one binary mask + class per segment) and, optionally, the
+  semantic label map it came from.
+- `DatasetMeta`: every dataset fact (class names, thing/stuff, ignore label, palette, id maps).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PIXEL_MEAN = (123.675, 116.280, 103.530)
+PIXEL_STD = (58.395, 57.120, 57.375)
+
+
+@dataclass
+class ImageBatch:
+    """Images padded bottom/right into one tensor.
+
+    tensor: float [B, 3, H_pad, W_pad], RGB in 0..255 (not normalized: the model normalizes).
+    image_sizes: the (h, w) of each image before padding.
+    """
+
+    tensor: torch.Tensor
+    image_sizes: list[tuple[int, int]]
+
+    @classmethod
+    def from_images(
+        cls,
+        images: Sequence[torch.Tensor],
+        size_divisibility: int = 32,
+        pad_value: float | Sequence[float] = PIXEL_MEAN,
+    ) -> ImageBatch:
+        """Pad [3, h_i, w_i] images to a common [B, 3, H, W], H and W rounded up to `size_divisibility`.
+
+        The default pad value is the pixel mean, so after the model's normalization padded pixels are exactly 0,
+        as in the official eval-time batching (pad after normalization with 0).
+        """
+        if len(images) == 0:
+            raise ValueError("ImageBatch.from_images needs at least one image")
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        H, W = (max(s[i] for s in sizes) for i in (0, 1))
+        if size_divisibility > 1:
+            H, W = (-(-v // size_divisibility) * size_divisibility for v in (H, W))
+        first = images[0]
+        out = torch.empty((len(images), 3, H, W), dtype=torch.float32, device=first.device)
+        out[:] = torch.as_tensor(pad_value, dtype=torch.float32, device=first.device).reshape(-1, 1, 1)
+        for i, im in enumerate(images):
+            out[i, :, : im.shape[-2], : im.shape[-1]] = im
+        return cls(out, sizes)
+
+    def to(self, device: torch.device | str) -> ImageBatch:
+        return ImageBatch(self.tensor.to(device), list(self.image_sizes))
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0]
+
+
+@dataclass
+class SegTarget:
+    """Training target of one image.
+
+    labels: int64 [T], contiguous class ids in [0, K).
+    masks: bool [T, h, w], one binary mask per segment at the image's (crop) resolution.
+    sem_seg: optional int64 [h, w] label map (ignore value kept), used by the per-pixel losses and evaluation.
+    """
+
+    labels: torch.Tensor
+    masks: torch.Tensor
+    sem_seg: torch.Tensor | None = None
+
+    @classmethod
+    def from_semantic(cls, label_map: torch.Tensor | np.ndarray, ignore_label: int) -> SegTarget:
+        """One target per distinct class present in `label_map` [h, w] (ignore excluded), mask = (label == c)."""
+        sem = torch.as_tensor(np.asarray(label_map) if not torch.is_tensor(label_map) else label_map).long()
+        classes = torch.unique(sem)
+        classes = classes[classes != ignore_label]
+        masks = sem.unsqueeze(0) == classes.view(-1, 1, 1)  # [T, h, w]
+        return cls(classes, masks, sem)
+
+    @classmethod
+    def from_panoptic(
+        cls,
+        segment_ids: torch.Tensor | np.ndarray,
+        segments: Sequence[dict],
+        sem_seg: torch.Tensor | None = None,
+    ) -> SegTarget:
+        """One target per non-crowd segment.
+
+        segment_ids: int [h, w] panoptic id map (0 = VOID).
+        segments: dicts with "id", "category_id" (contiguous) and optionally "iscrowd". Crowd segments are dropped
+        (their pixels are not marked ignore, as in the official mapper).
+        """
+        ids = torch.as_tensor(np.asarray(segment_ids) if not torch.is_tensor(segment_ids) else segment_ids).long()
+        kept = [s for s in segments if not s.get("iscrowd", 0)]
+        seg_ids = torch.tensor([int(s["id"]) for s in kept], dtype=torch.long)
+        labels = torch.tensor([int(s["category_id"]) for s in kept], dtype=torch.long)
+        masks = ids.unsqueeze(0) == seg_ids.view(-1, 1, 1)  # [T, h, w]
+        return cls(labels, masks, sem_seg)
+
+    def to(self, device: torch.device | str) -> SegTarget:
+        sem = None if self.sem_seg is None else self.sem_seg.to(device)
+        return SegTarget(self.labels.to(device), self.masks.to(device), sem)
+
+    def padded_masks(self, size: tuple[int, int]) -> torch.Tensor:
+        """masks zero-padded bottom/right to `size` (the padded batch size): bool [T, H, W]."""
+        h, w = self.masks.shape[-2:]
+        return F.pad(self.masks, (0, size[1] - w, 0, size[0] - h))
+
+
+def default_palette(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """`n` distinct, saturated RGB colours (golden-ratio hue walk), deterministic."""
+    out = []
+    for i in range(n):
+        h = (0.61803398875 * i + 0.11 * seed) % 1.0
+        s, v = 0.55 + 0.4 * ((i * 7) % 5) / 4, 0.65 + 0.35 * ((i * 3) % 4) / 3
+        r, g, b = colorsys.hsv_to_rgb(h, s, v)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return out
+
+
+@dataclass
+class DatasetMeta:
+    """Every fact about a dataset's label space. Contiguous ids are 0..K-1 in `class_names` order.
+
+    is_thing: per contiguous id, True for countable things (panoptic), False for stuff.
+    dataset_ids: per contiguous id, the id used in the dataset's files/JSON (e.g. COCO category ids).
+    ignore_label: label-map value that means "not annotated".
+    """
+
+    name: str
+    class_names: list[str]
+    is_thing: list[bool] = field(default_factory=list)
+    ignore_label: int = 255
+    palette: list[tuple[int, int, int]] = field(default_factory=list)
+    dataset_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        k = len(self.class_names)
+        if not self.is_thing:
+            self.is_thing = [False] * k
+        if not self.palette:
+            self.palette = default_palette(k)
+        if not self.dataset_ids:
+            self.dataset_ids = list(range(k))
+        self.palette = [tuple(int(v) for v in c) for c in self.palette]
+        for key in ("is_thing", "palette", "dataset_ids"):
+            if len(getattr(self, key)) != k:
+                raise ValueError(
+                    f"DatasetMeta {self.name!r}: {key} has {len(getattr(self, key))} entries, expected {k}"
+                )
+        if len(set(self.dataset_ids)) != k:
+            raise ValueError(f"DatasetMeta {self.name!r}: dataset_ids are not unique")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def thing_ids(self) -> list[int]:
+        """Contiguous ids of thing classes."""
+        return [i for i, t in enumerate(self.is_thing) if t]
+
+    @property
+    def stuff_ids(self) -> list[int]:
+        return [i for i, t in enumerate(self.is_thing) if not t]
+
+    def contiguous_id(self, dataset_id: int) -> int:
+        """Dataset id -> contiguous id; a clear KeyError for an unknown id."""
+        lut = self._lut()
+        if dataset_id not in lut:
+            raise KeyError(f"{self.name}: unknown category id {dataset_id} (known: {sorted(lut)[:10]}...)")
+        return lut[dataset_id]
+
+    def _lut(self) -> dict[int, int]:
+        return {d: i for i, d in enumerate(self.dataset_ids)}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DatasetMeta:
+        return cls(
+            **{k: d[k] for k in ("name", "class_names", "is_thing", "ignore_label", "palette", "dataset_ids") if k in d}
+        )
+
+    def save_json(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
