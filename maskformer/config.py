@@ -95,6 +95,7 @@ class DataConfig:
     color_aug_ssd: bool = True
     pad_size: int = 512  # pad train images to exactly pad_size x pad_size (-1: no padding)
     ignore_label: int = 255
+    reduce_zero_label: str = "auto"  # folder datasets: "auto" (detect, explain if ambiguous) | "true" | "false"
     num_workers: int = 2
 
 

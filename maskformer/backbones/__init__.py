@@ -1,0 +1,53 @@
+"""Backbones behind one contract (see `base.py`): forward(x) -> {"res2".."res5"} at strides 4/8/16/32, with
+`out_channels`, `strides` and `size_divisibility`. Parameter names are the official detectron2 / D2SwinTransformer
+ones, so released checkpoints load with only the `backbone.` prefix removed.
+
+`build_backbone(name, **kwargs)` looks the name up in the explicit `BACKBONES` table; kwargs go to the builder
+(ResNets: `norm`; Swins: `drop_path_rate`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch import nn
+
+from maskformer.backbones.base import Backbone, check_image_input, num_parameters
+from maskformer.backbones.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet101c
+from maskformer.backbones.swin import SwinTransformer, swin_b, swin_l, swin_s, swin_t
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
+    "resnet101c": resnet101c,
+    "swin_t": swin_t,
+    "swin_s": swin_s,
+    "swin_b": swin_b,
+    "swin_l": swin_l,
+}
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+    """The backbone `name` (a key of BACKBONES), randomly initialized; unknown names or keywords are a clear error."""
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
+    builder = BACKBONES[name]
+    accepted = [p for p in inspect.signature(builder).parameters]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(f"backbone {name!r} got unexpected keyword(s) {unknown}; it accepts: {accepted}")
+    return builder(**kwargs)
+
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "ResNet",
+    "SwinTransformer",
+    "build_backbone",
+    "check_image_input",
+    "num_parameters",
+]

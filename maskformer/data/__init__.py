@@ -1,0 +1,106 @@
+"""Data layer: readers of the standard on-disk formats, the official augmentation recipes, loaders.
+
+`build_dataset(data_cfg, split, train)` picks the reader named by `data_cfg.format` from the explicit FORMATS table
+and attaches the training recipe (`data_cfg.recipe`) or the test-time resize. Items are
+`(image uint8 [3, h, w], SegTarget, info)`; `collate` batches them into `(ImageBatch, [SegTarget], [info])`.
+This package never imports maskformer.modeling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .coco_panoptic import ade20k_panoptic, coco_panoptic, coco_panoptic_files
+from .dataset import Record, SegDataset
+from .folder import folder
+from .io import DatasetError
+from .loader import ResumableLoader, ResumableSampler, build_loader, collate
+from .recipes import test_transform, train_transform
+from .semantic import ade20k, ade20k_full, cityscapes, coco_stuff, mapillary, semantic_files
+from .transforms import Sample
+
+# format name -> reader(root, split, **kw)
+FORMATS = {
+    "ade20k": ade20k,
+    "ade20k_full": ade20k_full,
+    "coco_stuff": coco_stuff,
+    "cityscapes": cityscapes,
+    "mapillary": mapillary,
+    "coco_panoptic": coco_panoptic,
+    "ade20k_panoptic": ade20k_panoptic,
+    "folder": folder,
+    "camvid": folder,
+    "synthetic": coco_panoptic,
+}
+_FOLDER_FORMATS = ("folder", "camvid")
+
+
+def _reduce_zero_label(value: str) -> bool | None:
+    v = str(value).lower()
+    if v not in ("auto", "true", "false", "1", "0"):
+        raise ValueError(f"data.reduce_zero_label must be auto, true or false, got {value!r}")
+    return None if v == "auto" else v in ("true", "1")
+
+
+def build_dataset(
+    data_cfg,
+    split: str,
+    train: bool,
+    root: str | Path | None = None,
+    *,
+    test_size: tuple[int, int] | None = None,
+    target: str | None = None,
+) -> SegDataset:
+    """The dataset of `split` in format `data_cfg.format` under `root` (default data_cfg.root).
+
+    train=True attaches the recipe `data_cfg.recipe`; otherwise the image is resized to test_size = (short side,
+    max size) when given (e.g. (cfg.inference.min_size_test, cfg.inference.max_size_test)) and the target stays at
+    the original resolution. target: "semantic" | "panoptic"; default panoptic for the "panoptic"/"detr" recipes.
+    """
+    if data_cfg.format not in FORMATS:
+        raise KeyError(f"unknown data.format {data_cfg.format!r}; valid: {', '.join(sorted(FORMATS))}")
+    root = str(root or data_cfg.root)
+    if not root:
+        hint = " (write one with `maskformer synth --out DIR`)" if data_cfg.format == "synthetic" else ""
+        raise DatasetError(f"data.root is empty: set data.root=/path/to/the/dataset{hint}")
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: dataset root folder not found (data.format={data_cfg.format})")
+    target = target or ("panoptic" if data_cfg.recipe in ("panoptic", "detr") else "semantic")
+    kw = dict(target=target, train=train)
+    if data_cfg.format in _FOLDER_FORMATS:
+        kw.update(
+            default_ignore_label=data_cfg.ignore_label,
+            reduce_zero_label=_reduce_zero_label(getattr(data_cfg, "reduce_zero_label", "auto")),
+        )
+    ds = FORMATS[data_cfg.format](root, split, **kw)
+    if train:
+        ds.transform = train_transform(data_cfg, ds.meta.ignore_label)
+    elif test_size is not None:
+        ds.transform = test_transform(*test_size)
+    return ds
+
+
+__all__ = [
+    "FORMATS",
+    "DatasetError",
+    "Record",
+    "ResumableLoader",
+    "ResumableSampler",
+    "Sample",
+    "SegDataset",
+    "ade20k",
+    "ade20k_full",
+    "ade20k_panoptic",
+    "build_dataset",
+    "build_loader",
+    "cityscapes",
+    "coco_panoptic",
+    "coco_panoptic_files",
+    "coco_stuff",
+    "collate",
+    "folder",
+    "mapillary",
+    "semantic_files",
+    "test_transform",
+    "train_transform",
+]

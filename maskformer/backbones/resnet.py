@@ -1,0 +1,288 @@
+"""ResNet backbones in the detectron2 layout and parameter names (official section 2.1 / 2.2).
+
+- ResNet-18/34: BasicBlock (conv1 3x3 with the stride, conv2 3x3, shortcut when the shape changes).
+- ResNet-50/101: BottleneckBlock (conv1 1x1, conv2 3x3 with the stride ("STRIDE_IN_1X1: False"), conv3 1x1,
+  shortcut 1x1 only in block 0 of a stage).
+- R101c: the DeepLab stem (three 3x3 convs 3->64 s2, 64->64, 64->128, max-pool) and res5 multi-grid dilations 1/2/4
+  with padding = dilation, res5 keeping stride 2 (output stride 32).
+
+Norm defaults to FrozenBN (four buffers, never trained); every conv weight is trainable (FREEZE_AT 0). In eval mode
+each conv + FrozenBN pair runs as one conv with folded weights (cached until a weight or buffer changes), so the
+state dict keeps the official `*.norm.{weight,bias,running_mean,running_var}` buffers while inference skips the
+per-pixel scale/shift pass. Inputs are converted to channels-last, the fast layout for oneDNN/cuDNN convs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskformer.backbones.base import FEATURE_NAMES, Backbone, check_image_input, is_exporting
+from maskformer.layers import Conv2d, FrozenBatchNorm2d, c2_msra_fill, group_norm
+
+NORMS = ("FrozenBN", "BN", "SyncBN", "GN")
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """detectron2's `get_norm` for the names used here."""
+    if norm == "FrozenBN":
+        return FrozenBatchNorm2d(channels)
+    if norm == "BN":
+        return nn.BatchNorm2d(channels)
+    if norm == "SyncBN":
+        return nn.SyncBatchNorm(channels)
+    if norm == "GN":
+        return group_norm(channels)
+    raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+
+
+class ConvNorm(Conv2d):
+    """Bias-free conv -> norm (-> ReLU), named like detectron2 (`weight`, `norm.*`).
+
+    In eval mode with FrozenBN the pair is one conv: w' = w * scale[:, None, None, None], b' = shift. The folded
+    tensors are cached while no gradient is needed and rebuilt whenever the weight or a norm buffer changes
+    (tracked by tensor version counters and storage pointers); with autograd on they are recomputed each call so
+    gradients still reach `weight`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        norm: str = "FrozenBN",
+        relu: bool = False,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=False,
+            norm=make_norm(norm, out_channels),
+        )
+        self.relu = relu
+        self._folded: tuple | None = None  # (key, weight, bias); plain attribute, never in the state dict
+        c2_msra_fill(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C_in, H, W] -> [B, C_out, H', W']."""
+        if isinstance(self.norm, FrozenBatchNorm2d) and not self.training:
+            w, b = self.folded_weight_bias()
+            x = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        else:
+            x = self.norm(F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups))
+        return F.relu_(x) if self.relu else x
+
+    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [C_out, C_in, k, k], bias [C_out]) of the conv with FrozenBN folded in."""
+        needs_grad = torch.is_grad_enabled() and self.weight.requires_grad
+        key = None if needs_grad or is_exporting() else self._fold_key()
+        if key is not None and self._folded is not None and self._folded[0] == key:
+            return self._folded[1], self._folded[2]
+        scale, shift = self.norm.scale_shift()
+        w = self.weight * scale.to(self.weight.dtype).view(-1, 1, 1, 1)
+        b = shift.to(self.weight.dtype)
+        if key is not None:
+            w = w.contiguous(memory_format=torch.channels_last) if w.shape[-1] > 1 else w
+            self._folded = (key, w, b)
+        return w, b
+
+    def _fold_key(self) -> tuple | None:
+        """Identity of the tensors the fold depends on; None when it cannot be tracked (inference tensors)."""
+        tensors = (self.weight, self.norm.weight, self.norm.bias, self.norm.running_mean, self.norm.running_var)
+        try:
+            return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+        except RuntimeError:  # inference-mode tensors have no version counter
+            return None
+
+
+class BasicStem(nn.Module):
+    """7x7/2 conv (`conv1`, pad 3) + norm + ReLU, then 3x3/2 max-pool: [B, 3, H, W] -> [B, C, H/4, W/4]."""
+
+    def __init__(self, *, out_channels: int = 64, norm: str = "FrozenBN"):
+        super().__init__()
+        self.out_channels = out_channels
+        self.conv1 = ConvNorm(3, out_channels, 7, stride=2, padding=3, norm=norm, relu=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
+
+
+class DeepLabStem(nn.Module):
+    """Three 3x3 convs (3->C/2 s2, C/2->C/2, C/2->C), each + norm + ReLU, then 3x3/2 max-pool (R101c)."""
+
+    def __init__(self, *, out_channels: int = 128, norm: str = "FrozenBN"):
+        super().__init__()
+        self.out_channels = out_channels
+        mid = out_channels // 2
+        self.conv1 = ConvNorm(3, mid, 3, stride=2, padding=1, norm=norm, relu=True)
+        self.conv2 = ConvNorm(mid, mid, 3, padding=1, norm=norm, relu=True)
+        self.conv3 = ConvNorm(mid, out_channels, 3, padding=1, norm=norm, relu=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv3(self.conv2(self.conv1(x)))
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int, norm: str) -> ConvNorm | None:
+    """1x1 projection (+ norm) when the block changes shape; None (identity) otherwise."""
+    if in_channels == out_channels and stride == 1:
+        return None
+    return ConvNorm(in_channels, out_channels, 1, stride=stride, norm=norm)
+
+
+class BasicBlock(nn.Module):
+    """relu(conv2(relu(conv1(x))) + shortcut(x)), two 3x3 convs, the stride in conv1."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm: str = "FrozenBN"):
+        super().__init__()
+        self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
+        self.conv1 = ConvNorm(in_channels, out_channels, 3, stride=stride, padding=1, norm=norm, relu=True)
+        self.conv2 = ConvNorm(out_channels, out_channels, 3, padding=1, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(x))
+        return F.relu_(out.add_(x if self.shortcut is None else self.shortcut(x)))
+
+
+class BottleneckBlock(nn.Module):
+    """relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x)); 1x1 -> 3x3 (stride, dilation) -> 1x1."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        dilation: int = 1,
+        norm: str = "FrozenBN",
+    ):
+        super().__init__()
+        self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
+        mid = bottleneck_channels
+        self.conv1 = ConvNorm(in_channels, mid, 1, norm=norm, relu=True)
+        self.conv2 = ConvNorm(mid, mid, 3, stride=stride, padding=dilation, dilation=dilation, norm=norm, relu=True)
+        self.conv3 = ConvNorm(mid, out_channels, 1, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3(self.conv2(self.conv1(x)))
+        return F.relu_(out.add_(x if self.shortcut is None else self.shortcut(x)))
+
+
+class ResNet(Backbone):
+    """detectron2-style ResNet trunk: `stem`, then stages `res2`..`res5` (nn.Sequential of blocks).
+
+    depths: blocks per stage; stage_channels: output channels per stage; bottleneck_channels: inner width per stage
+    (bottleneck blocks) or None (basic blocks); stem: "basic" (7x7) or "deeplab" (three 3x3);
+    res5_dilations: 3x3 dilation of each res5 block (multi-grid), stride stays 2.
+    forward(x [B, 3, H, W] normalized) -> {"res2".."res5"}: [B, C_i, ceil(H/s_i), ceil(W/s_i)], s = 4, 8, 16, 32.
+    """
+
+    def __init__(
+        self,
+        *,
+        depths: Sequence[int],
+        stage_channels: Sequence[int],
+        bottleneck_channels: Sequence[int] | None = None,
+        stem: str = "basic",
+        stem_channels: int = 64,
+        res5_dilations: Sequence[int] | None = None,
+        norm: str = "FrozenBN",
+        channels_last: bool = True,
+    ):
+        _check_resnet_args(depths, stage_channels, bottleneck_channels, stem, res5_dilations, norm)
+        super().__init__(out_channels=dict(zip(FEATURE_NAMES, stage_channels)))
+        self.channels_last = channels_last
+        stems = {"basic": BasicStem, "deeplab": DeepLabStem}
+        self.stem = stems[stem](out_channels=stem_channels, norm=norm)
+        in_ch = stem_channels
+        for i, name in enumerate(FEATURE_NAMES):
+            dilations = res5_dilations if (name == "res5" and res5_dilations) else [1] * depths[i]
+            mid = None if bottleneck_channels is None else bottleneck_channels[i]
+            stage = _make_stage(in_ch, stage_channels[i], depths[i], 1 if i == 0 else 2, mid, dilations, norm)
+            self.add_module(name, stage)
+            in_ch = stage_channels[i]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        check_image_input(x, type(self).__name__)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.stem(x)
+        out = {}
+        for name in FEATURE_NAMES:
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out
+
+
+def _make_stage(
+    in_ch: int, out_ch: int, depth: int, stride: int, mid: int | None, dilations: Sequence[int], norm: str
+) -> nn.Sequential:
+    """`depth` blocks; only block 0 strides (and may project the shortcut)."""
+    blocks = []
+    for j in range(depth):
+        cin, s = (in_ch, stride) if j == 0 else (out_ch, 1)
+        if mid is None:
+            blocks.append(BasicBlock(cin, out_ch, stride=s, norm=norm))
+        else:
+            blocks.append(BottleneckBlock(cin, out_ch, bottleneck_channels=mid, stride=s, dilation=dilations[j], norm=norm))
+    return nn.Sequential(*blocks)
+
+
+def _check_resnet_args(depths, stage_channels, bottleneck_channels, stem, res5_dilations, norm) -> None:
+    """Clear errors for inconsistent architecture arguments."""
+    if len(depths) != 4 or len(stage_channels) != 4:
+        raise ValueError(f"ResNet needs 4 stages: got depths={list(depths)}, stage_channels={list(stage_channels)}")
+    if bottleneck_channels is not None and len(bottleneck_channels) != 4:
+        raise ValueError(f"ResNet bottleneck_channels needs 4 entries, got {list(bottleneck_channels)}")
+    if stem not in ("basic", "deeplab"):
+        raise ValueError(f"unknown ResNet stem {stem!r}; valid: basic, deeplab")
+    if res5_dilations is not None:
+        if bottleneck_channels is None:
+            raise ValueError("res5_dilations needs bottleneck blocks (detectron2 BasicBlock has no dilation)")
+        if len(res5_dilations) != depths[3]:
+            raise ValueError(f"res5_dilations {list(res5_dilations)} must have one entry per res5 block ({depths[3]})")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+
+
+def resnet18(*, norm: str = "FrozenBN") -> ResNet:
+    """ResNet-18 (basic blocks 2-2-2-2; 64..512 channels): a small model for CPU work."""
+    return ResNet(depths=(2, 2, 2, 2), stage_channels=(64, 128, 256, 512), norm=norm)
+
+
+def resnet34(*, norm: str = "FrozenBN") -> ResNet:
+    """ResNet-34 (basic blocks 3-4-6-3; 64..512 channels)."""
+    return ResNet(depths=(3, 4, 6, 3), stage_channels=(64, 128, 256, 512), norm=norm)
+
+
+def _bottleneck(depths: Sequence[int], **kwargs) -> ResNet:
+    return ResNet(
+        depths=depths, stage_channels=(256, 512, 1024, 2048), bottleneck_channels=(64, 128, 256, 512), **kwargs
+    )
+
+
+def resnet50(*, norm: str = "FrozenBN") -> ResNet:
+    """ResNet-50 (bottleneck 3-4-6-3; 256..2048 channels), the official R50."""
+    return _bottleneck((3, 4, 6, 3), norm=norm)
+
+
+def resnet101(*, norm: str = "FrozenBN") -> ResNet:
+    """ResNet-101 (bottleneck 3-4-23-3), the official R101."""
+    return _bottleneck((3, 4, 23, 3), norm=norm)
+
+
+def resnet101c(*, norm: str = "FrozenBN") -> ResNet:
+    """R101c: ResNet-101 with the DeepLab stem (128 channels) and res5 dilations 1/2/4 at stride 32."""
+    return _bottleneck((3, 4, 23, 3), stem="deeplab", stem_channels=128, res5_dilations=(1, 2, 4), norm=norm)

@@ -1,0 +1,43 @@
+"""`maskformer export --model DIR --format onnx|torch-export --out FILE [--check]`: the tensor graph with dynamic batch,
+height and width (images [B, 3, H, W] raw RGB 0..255 -> pred_logits, pred_masks). Post-processing stays outside:
+`maskformer.numpy_postprocess` implements it in numpy for onnxruntime users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory (or a preset name: random weights)")
+    parser.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
+    parser.add_argument("--out", required=True, help="output file (.onnx or .pt2)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--check", action="store_true", help="compare the exported graph with torch on samples")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="--check: max |difference| relative to max |out|")
+
+
+def run(args: argparse.Namespace) -> int:
+    from maskformer.checkpoint import CheckpointError, load_model
+    from maskformer.export import check_export, export
+
+    try:
+        model, cfg, _ = load_model(args.model)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    kwargs = {"opset": args.opset} if args.format == "onnx" else {}
+    path = export(model, args.out, args.format, **kwargs)
+    print(f"wrote {path} ({args.format}; input images [B, 3, H, W] raw RGB 0..255, dynamic B/H/W)")
+    if not args.check:
+        return 0
+    worst = 0.0
+    for r in check_export(model, path, args.format):
+        print(f"check {r['size']}: max |diff| {r['max_abs_diff']:.3g} (max |out| {r['max_abs_ref']:.3g})")
+        worst = max(worst, r["max_abs_diff"] / max(1.0, r["max_abs_ref"]))
+    if worst > args.tolerance:
+        print(f"error: exported outputs differ from torch by {worst:.3g} > {args.tolerance}", file=sys.stderr)
+        return 1
+    print("check passed")
+    return 0

@@ -1,0 +1,58 @@
+"""`maskformer info PRESET`: parameters and GFLOPs (multiply-adds, semantic inference included) at the crop size.
+
+Counted on the meta device (no weights are allocated), so even Swin-L takes a few seconds. What is counted is
+documented in maskformer/modeling/flops.py.
+
+Examples:
+  maskformer info maskformer_r50_ade20k
+  maskformer info maskformer_swin_t_ade20k --size 640 640 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from maskformer.config import PAPER_NUMBERS, get_preset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("preset", help="preset name (see `maskformer models`)")
+    parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the crop size)")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--no-inference", action="store_true", help="count the network forward only")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def info(preset: str, size: tuple[int, int] | None = None, opts=(), semantic_inference: bool = True) -> dict:
+    """Counts for a preset as a dict (see ModelStats) plus the paper's numbers when known."""
+    from maskformer.modeling.flops import model_stats
+
+    cfg = get_preset(preset, list(opts))
+    stats = model_stats(cfg, size, semantic_inference=semantic_inference).to_dict()
+    params, gflops = PAPER_NUMBERS.get(preset, (None, None))
+    return dict(preset=preset, **stats, paper_params_m=params, paper_gflops=gflops)
+
+
+def _text(d: dict) -> str:
+    h, w = d["image_size"]
+    lines = [
+        f"{d['preset']}",
+        f"  parameters  {d['params'] / 1e6:8.2f} M   (backbone {d['params_backbone'] / 1e6:.2f} M)"
+        + (f"   paper {d['paper_params_m']} M" if d["paper_params_m"] else ""),
+        f"  GFLOPs      {d['gflops']:8.2f}     at {h}x{w}, multiply-adds"
+        + (f"   paper {d['paper_gflops']}" if d["paper_gflops"] else ""),
+    ]
+    for part in ("backbone", "pixel_decoder", "predictor", "inference"):
+        lines.append(f"    {part:<14}{d['gflops_' + part]:8.2f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        d = info(args.preset, tuple(args.size) if args.size else None, args.opts, not args.no_inference)
+    except KeyError as e:
+        print(f"maskformer info: {e.args[0]}")
+        return 2
+    print(json.dumps(d, indent=1) if args.json else _text(d))
+    return 0

@@ -1,0 +1,70 @@
+"""`maskformer models`: the model presets, with the paper's parameter and GFLOP numbers where the paper gives them.
+
+Examples:
+  maskformer models
+  maskformer models --filter swin --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from maskformer.config import PAPER_NUMBERS, PRESETS, get_preset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--filter", default="", help="only presets whose name contains this text")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+
+def preset_rows(name_filter: str = "") -> list[dict]:
+    """One dict per preset: name, arch, backbone, pixel decoder, dataset, classes, queries, crop, paper numbers."""
+    rows = []
+    for name in sorted(PRESETS):
+        if name_filter not in name:
+            continue
+        cfg = get_preset(name)
+        m = cfg.model
+        params, gflops = PAPER_NUMBERS.get(name, (None, None))
+        rows.append(
+            dict(
+                name=name,
+                arch=m.arch,
+                backbone=m.backbone,
+                pixel_decoder=m.pixel_decoder,
+                dataset=cfg.data.format,
+                classes=m.num_classes,
+                queries=m.num_queries if m.arch != "per_pixel_baseline" else None,
+                crop=list(cfg.data.crop_size),
+                paper_params_m=params,
+                paper_gflops=gflops,
+            )
+        )
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    cols = ("name", "backbone", "dataset", "classes", "crop", "paper_params_m", "paper_gflops")
+    heads = ("preset", "backbone", "dataset", "K", "crop", "params (paper)", "GFLOPs (paper)")
+
+    def cell(row: dict, col: str) -> str:
+        v = row[col]
+        if col == "crop":
+            return "x".join(map(str, v))
+        if col == "paper_params_m":
+            return "" if v is None else f"{v}M"
+        return "" if v is None else str(v)
+
+    cells = [heads] + [tuple(cell(r, c) for c in cols) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(cols))).rstrip() for c in cells)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = preset_rows(args.filter)
+    if not rows:
+        print(f"no preset name contains {args.filter!r}")
+        return 1
+    print(json.dumps(rows, indent=1) if args.json else _table(rows))
+    return 0

@@ -1,0 +1,207 @@
+"""Official detectron2 MaskFormer checkpoints (model-zoo `.pkl`, training `.pth`) -> a model of this library.
+
+Our parameter names are the official v2 names, so the key map is only the v1 -> v2 head rename
+(`sem_seg_head.<x>` -> `sem_seg_head.pixel_decoder.<x>` unless under `sem_seg_head.predictor`) plus dropping
+`criterion.empty_weight`. The architecture (backbone kind and depth, R101c stem, "+6 Enc" pixel decoder, per-pixel
+baselines, K, Q, widths) is read from the keys and shapes, and the closest preset supplies what weights cannot show
+(attention heads, dataset settings).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from maskformer.config import PRESETS, Config, get_preset
+
+EXPECTED_UNEXPECTED_BACKBONE = ("fc.*", "fc1000.*", "linear.*")
+_HEAD = "sem_seg_head."
+_PD = "sem_seg_head.pixel_decoder."
+_PRED = "sem_seg_head.predictor."
+_SWIN = {(96, (2, 2, 6, 2)): "swin_t", (96, (2, 2, 18, 2)): "swin_s", (128, (2, 2, 18, 2)): "swin_b"}
+_SWIN[(192, (2, 2, 18, 2))] = "swin_l"
+_RESNET = {("bottleneck", 6): "resnet50", ("bottleneck", 23): "resnet101", ("basic", 2): "resnet18"}
+_RESNET[("basic", 3)] = "resnet34"
+_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet101c": "r101c"}
+# K -> dataset preset suffix (semantic / panoptic); "+6 Enc" models are panoptic.
+_DATASETS = {150: "ade20k", 171: "coco_stuff", 847: "ade20k_full", 19: "cityscapes", 65: "mapillary"}
+_PANOPTIC = {133: "coco_panoptic", 150: "ade20k_panoptic"}
+_CPU_DATASETS = {8: "synth", 11: "camvid"}
+
+
+def upgrade_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """v1 head names -> v2 (see module doc); drops `criterion.empty_weight` and a DDP `module.` prefix."""
+    out = {}
+    for k, v in sd.items():
+        k = k.removeprefix("module.")
+        if k == "criterion.empty_weight":
+            continue
+        if k.startswith(_HEAD) and not k.startswith((_PD, _PRED)):
+            k = _PD + k[len(_HEAD) :]
+        out[k] = v
+    return out
+
+
+def backbone_state_dict(sd: dict[str, torch.Tensor], backbone_keys, heuristics: bool = False) -> dict[str, torch.Tensor]:
+    """Backbone weights in our names from a detectron2-style file (R-50.pkl, R-103.pkl, a full model).
+
+    `backbone.`-prefixed keys are taken without the prefix (others dropped). With `heuristics` (detectron2's
+    "matching_heuristics"), a key that is not ours is matched to the unique model key it is a dotted suffix of.
+    """
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    if "conv1_w" in sd or any(re.match(r"res\d_\d+_branch", k) for k in sd):
+        raise ValueError(
+            "Caffe2-format ResNet weights (keys like res2_0_branch2a_w) are not supported; use the torchvision "
+            "weights (resnet50-*.pth) or detectron2's ImageNetPretrained/torchvision/R-50.pkl"
+        )
+    return match_by_suffix(sd, backbone_keys) if heuristics else dict(sd)
+
+
+def match_by_suffix(sd: dict[str, torch.Tensor], model_keys) -> dict[str, torch.Tensor]:
+    """Rename file keys that are not model keys to the single model key ending in `.<file key>` (or vice versa)."""
+    model_keys = list(model_keys)
+    known = set(model_keys)
+    out = {}
+    for k, v in sd.items():
+        if k not in known:
+            hits = [m for m in model_keys if m.endswith("." + k) or k.endswith("." + m)]
+            if len(hits) == 1 and hits[0] not in sd:
+                k = hits[0]
+        out[k] = v
+    return out
+
+
+def _indices(sd: dict, prefix: str) -> list[int]:
+    """Sorted distinct integers i of keys `prefix{i}.`."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in sd for m in [pat.match(k)] if m})
+
+
+def infer_backbone(sd: dict[str, torch.Tensor]) -> str:
+    """Backbone name (a key of the BACKBONES table) from `backbone.*` keys and shapes."""
+    if "backbone.patch_embed.proj.weight" in sd:
+        dim = sd["backbone.patch_embed.proj.weight"].shape[0]
+        depths = tuple(len(_indices(sd, f"backbone.layers.{i}.blocks.")) for i in range(4))
+        if (dim, depths) not in _SWIN:
+            raise ValueError(f"unsupported Swin variant: embed dim {dim}, depths {depths} (known: {sorted(_SWIN)})")
+        return _SWIN[(dim, depths)]
+    if "backbone.stem.conv1.weight" not in sd:
+        raise ValueError("no backbone keys found (expected backbone.stem.conv1.weight or backbone.patch_embed.*)")
+    block = "bottleneck" if "backbone.res2.0.conv3.weight" in sd else "basic"
+    depth_key = (block, len(_indices(sd, "backbone.res4." if block == "bottleneck" else "backbone.res2.")))
+    if depth_key not in _RESNET:
+        raise ValueError(f"unsupported ResNet layout {depth_key} (known: {sorted(_RESNET)})")
+    name = _RESNET[depth_key]
+    if "backbone.stem.conv2.weight" in sd:  # DeepLab stem: three 3x3 convs
+        if name != "resnet101":
+            raise ValueError(f"a DeepLab (3-conv) stem is only supported on ResNet-101 (R101c), found {name}")
+        name = "resnet101c"
+    return name
+
+
+def infer_model_fields(sd: dict[str, torch.Tensor]) -> dict:
+    """ModelConfig fields readable from a v2-named state dict (nheads and dropout are not)."""
+    f: dict = {"backbone": infer_backbone(sd)}
+    if _PRED + "class_embed.weight" in sd:
+        f["arch"], f["num_classes"] = "maskformer", sd[_PRED + "class_embed.weight"].shape[0] - 1
+    elif _PRED + "weight" in sd:
+        f["arch"], f["num_classes"] = "per_pixel_baseline", sd[_PRED + "weight"].shape[0]
+    elif _PRED + "query_embed.weight" in sd:
+        f["arch"], f["num_classes"] = "per_pixel_baseline_plus", sd[_PRED + "query_embed.weight"].shape[0]
+    else:
+        raise ValueError(f"no predictor keys found (expected {_PRED}class_embed.weight or {_PRED}weight)")
+    f["conv_dim"] = sd[_PD + "layer_1.weight"].shape[0]
+    f["mask_dim"] = sd[_PD + "mask_features.weight"].shape[0]
+    enc = _indices(sd, _PD + "transformer.encoder.layers.")
+    f["pixel_decoder"] = "transformer_encoder" if enc else "fpn"
+    if enc:
+        f["enc_layers"] = len(enc)
+    if f["arch"] != "per_pixel_baseline":
+        q = sd[_PRED + "query_embed.weight"]
+        f["num_queries"], f["hidden_dim"] = q.shape
+        f["dec_layers"] = len(_indices(sd, _PRED + "transformer.decoder.layers."))
+        f["dim_feedforward"] = sd[_PRED + "transformer.decoder.layers.0.linear1.weight"].shape[0]
+        proj = sd.get(_PRED + "input_proj.weight")
+        f["enforce_input_proj"] = proj is not None and proj.shape[1] == f["hidden_dim"]
+    elif enc:
+        f["dim_feedforward"] = sd[_PD + "transformer.encoder.layers.0.linear1.weight"].shape[0]
+    return f
+
+
+def infer_preset(fields: dict) -> str | None:
+    """The preset name whose architecture matches `fields` (None if no preset does)."""
+    bb = fields["backbone"]
+    short = _SHORT.get(bb, bb)
+    k = fields["num_classes"]
+    if bb in ("resnet18", "resnet34"):
+        ds = _CPU_DATASETS.get(k)
+    elif fields["pixel_decoder"] == "transformer_encoder" or (bb.startswith("swin") and k == 133):
+        ds = _PANOPTIC.get(k)
+        short = f"{short}_6enc" if fields["pixel_decoder"] == "transformer_encoder" else short
+    else:
+        ds = _DATASETS.get(k)
+    name = f"{fields['arch']}_{short}_{ds}"
+    return name if ds is not None and name in PRESETS else None
+
+
+def build_config(
+    sd: dict[str, torch.Tensor], preset: str | None = None, num_classes: int | None = None
+) -> tuple[Config, list[str]]:
+    """(Config, notes) for a v2-named state dict: `preset` (or the inferred one) with the inferred model fields.
+
+    `num_classes`, if given and different from the checkpoint's, replaces K (the class head is then re-initialised).
+    """
+    fields = infer_model_fields(sd)
+    notes = []
+    name = preset or infer_preset(fields)
+    if name is None:
+        cfg = Config()
+        notes.append("no preset matches these weights: default settings with the model fields read from the weights")
+    else:
+        cfg = get_preset(name)
+        notes.append(f"preset: {name}" + ("" if preset else " (inferred from the weights)"))
+    for key, value in fields.items():
+        setattr(cfg.model, key, value)
+    if num_classes is not None and num_classes != cfg.model.num_classes:
+        notes.append(f"num_classes {cfg.model.num_classes} -> {num_classes}: the class head is re-initialised")
+        cfg.model.num_classes = num_classes
+        if cfg.model.arch == "per_pixel_baseline_plus":
+            cfg.model.num_queries = num_classes
+    return cfg, notes
+
+
+def class_head_keys(cfg: Config) -> tuple[str, ...]:
+    """State-dict keys whose shape depends on K (dropped when the class count changes)."""
+    if cfg.model.arch == "maskformer":
+        return (_PRED + "class_embed.weight", _PRED + "class_embed.bias")
+    if cfg.model.arch == "per_pixel_baseline":
+        return (_PRED + "weight", _PRED + "bias")
+    return (_PRED + "query_embed.weight",)
+
+
+def convert_detectron2(path: str | os.PathLike, preset: str | None = None, num_classes: int | None = None):
+    """(model, cfg, meta, report, notes) from an official `.pkl` / `.pth`. Raises `CheckpointError` if any key of
+    the model is missing from the file or any key of the file is not used (other than a re-initialised class head).
+    """
+    from maskformer.checkpoint import CheckpointError, generic_meta, load_checked, read_state_dict
+    from maskformer.modeling import build_model
+
+    raw, info = read_state_dict(path)
+    if info["kind"] == "transformers":
+        raise CheckpointError(f"{path}: a transformers checkpoint, not a detectron2 one")
+    sd = upgrade_names(raw)
+    try:
+        cfg, notes = build_config(sd, preset, num_classes)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read the architecture from the keys: {e}") from None
+    reinit = num_classes is not None and any(n.startswith("num_classes") for n in notes)
+    if reinit:
+        sd = {k: v for k, v in sd.items() if k not in class_head_keys(cfg)}
+    model = build_model(cfg)
+    report = load_checked(
+        model, sd, source=str(path), expected_missing=class_head_keys(cfg) if reinit else (), strict=True
+    )
+    return model.eval(), cfg, generic_meta(cfg), report, notes

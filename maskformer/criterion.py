@@ -1,0 +1,266 @@
+"""Training objectives (reference sections 4 and 3.5), separate from the network.
+
+- `SetCriterion` (MaskFormer): Hungarian matching, then cross-entropy over all queries (no-object weight 0.1) plus
+  focal and dice losses on matched pairs at the full padded target resolution, normalized by the average number of
+  target masks per process; deep supervision repeats matching and losses on every auxiliary decoder layer.
+- `PerPixelCriterion` (PerPixelBaseline/+): per-pixel cross-entropy with an ignore index at full resolution.
+- `build_criterion(cfg)` picks one from `cfg.model.arch`.
+
+Both return every weighted term by name plus "loss" = their sum, and compute in float32 (or float64) even under
+autocast. Target masks come at the unpadded image size and are zero-padded bottom/right to the padded input size,
+4 x the prediction size; padding and ignore pixels are negatives of every mask (the official rule).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maskformer.config import Config
+from maskformer.mask_losses import full_res_mask_losses, point_sampled_mask_losses
+from maskformer.matcher import HungarianMatcher, _fp32
+from maskformer.structures import SegTarget
+
+STRIDE = 4  # predictions are at 1/4 of the padded input
+PER_PIXEL_ARCHS = ("per_pixel_baseline", "per_pixel_baseline_plus")
+
+
+def average_num_masks(num_masks: int, device: torch.device) -> float:
+    """The number of target masks averaged over processes (all-reduced when torch.distributed is initialized),
+    clamped to >= 1: the normalizer of the mask losses."""
+    n = torch.tensor([float(num_masks)], device=device)
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        world = dist.get_world_size()
+    return max(n.item() / world, 1.0)
+
+
+def prepare_targets(
+    targets: list[SegTarget], size: tuple[int, int], num_classes: int, device: torch.device
+) -> tuple[list[Tensor], Tensor]:
+    """Validate targets and zero-pad their masks to `size` = (H, W).
+
+    Returns per-image labels [T_i] int64 and all images' masks concatenated, bool [sum T_i, H, W].
+    """
+    labels, masks = [], []
+    for i, tgt in enumerate(targets):
+        lab, m = tgt.labels.reshape(-1), tgt.masks
+        if m.ndim != 3 or m.shape[0] != lab.numel():
+            raise ValueError(f"targets[{i}]: masks {tuple(m.shape)} do not match {lab.numel()} labels (want [T, h, w])")
+        if m.shape[-2] > size[0] or m.shape[-1] > size[1]:
+            raise ValueError(
+                f"targets[{i}]: masks of size {tuple(m.shape[-2:])} exceed the padded input size {size} "
+                f"(4 x the prediction size)"
+            )
+        if lab.numel() and (lab.min() < 0 or lab.max() >= num_classes):
+            raise ValueError(f"targets[{i}]: labels {lab.tolist()} outside [0, {num_classes})")
+        m = m.to(device=device, dtype=torch.bool)
+        labels.append(lab.to(device=device, dtype=torch.long))
+        masks.append(F.pad(m, (0, size[1] - m.shape[-1], 0, size[0] - m.shape[-2])))  # bottom/right zeros
+    return labels, torch.cat(masks)
+
+
+def _check_outputs(outputs: dict, keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        if key not in outputs:
+            raise KeyError(f"{where}: missing {key!r} in the model outputs (have {sorted(outputs)})")
+
+
+class SetCriterion(nn.Module):
+    """MaskFormer's loss: matching + CE (all queries) + focal and dice (matched pairs), with deep supervision.
+
+    Terms: loss_ce, loss_mask, loss_dice for the final layer and loss_ce_i, loss_mask_i, loss_dice_i for aux layer i,
+    each multiplied by its weight (class_weight, mask_weight, dice_weight); "loss" is the sum.
+    With point_sampling=True the mask term follows Mask2Former: sigmoid BCE (mean over `num_points`
+    importance-sampled points, no focal weighting) + dice on the same points, from the 1/4-resolution logits.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        class_weight: float = 1.0,
+        mask_weight: float = 20.0,
+        dice_weight: float = 1.0,
+        no_object_weight: float = 0.1,
+        deep_supervision: bool = True,
+        point_sampling: bool = False,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.weight_dict = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+        self.deep_supervision = deep_supervision
+        self.point_sampling = point_sampling
+        self.point_args = dict(
+            num_points=num_points, oversample_ratio=oversample_ratio, importance_sample_ratio=importance_sample_ratio
+        )
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = no_object_weight
+        self.register_buffer("empty_weight", empty_weight)
+
+    def forward(self, outputs: dict, targets: list[SegTarget]) -> dict[str, Tensor]:
+        """outputs: {"pred_logits" [B,Q,K+1], "pred_masks" [B,Q,h,w], optional "aux_outputs": [such dicts]};
+        targets: B SegTargets with masks at most (4h, 4w). Returns {term: weighted loss, "loss": total}."""
+        _check_outputs(outputs, ("pred_logits", "pred_masks"), "SetCriterion")
+        logits, masks = outputs["pred_logits"], outputs["pred_masks"]
+        B, Q, h, w = masks.shape
+        if logits.shape[:2] != (B, Q) or logits.shape[-1] != self.num_classes + 1:
+            raise ValueError(
+                f"SetCriterion: pred_logits {tuple(logits.shape)} does not fit pred_masks {tuple(masks.shape)} "
+                f"and {self.num_classes} classes (want [B, Q, {self.num_classes + 1}])"
+            )
+        if len(targets) != B:
+            raise ValueError(f"SetCriterion: {len(targets)} targets for a batch of {B}")
+        layers = [outputs] + (list(outputs.get("aux_outputs", [])) if self.deep_supervision else [])
+        with torch.autocast(masks.device.type, enabled=False):
+            labels, all_masks = prepare_targets(targets, (STRIDE * h, STRIDE * w), self.num_classes, masks.device)
+            num_masks = average_num_masks(sum(len(lb) for lb in labels), masks.device)
+            losses = {}
+            for i, layer in enumerate(layers):
+                _check_outputs(layer, ("pred_logits", "pred_masks"), f"SetCriterion aux_outputs[{i - 1}]")
+                suffix = "" if i == 0 else f"_{i - 1}"
+                terms = self.layer_losses(layer["pred_logits"], layer["pred_masks"], labels, all_masks, num_masks)
+                losses.update({f"{k}{suffix}": v * self.weight_dict[k] for k, v in terms.items()})
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def layer_losses(
+        self, logits: Tensor, masks: Tensor, labels: list[Tensor], all_masks: Tensor, num_masks: float
+    ) -> dict[str, Tensor]:
+        """Unweighted loss_ce, loss_mask, loss_dice of one decoder layer (matching redone for this layer).
+
+        labels: per image [T_i]; all_masks: bool [sum T_i, H, W] padded targets of all images, in order.
+        """
+        logits, masks = _fp32(logits), _fp32(masks)
+        indices = self.matcher(logits, masks, labels, list(all_masks.split([len(lb) for lb in labels])))
+        batch = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)]).to(masks.device)  # [M]
+        src = torch.cat([s for s, _ in indices]).to(masks.device)  # [M] query index
+        offsets = torch.tensor([0] + [len(lb) for lb in labels]).cumsum(0)[:-1]
+        tgt = torch.cat([t + offsets[b] for b, (_, t) in enumerate(indices)]).to(masks.device)  # [M] into all targets
+        return {
+            "loss_ce": self.loss_ce(logits, batch, src, torch.cat(labels)[tgt]),
+            **self.loss_masks(masks[batch, src], all_masks[tgt], num_masks),
+        }
+
+    def loss_ce(self, logits: Tensor, batch: Tensor, src: Tensor, matched_labels: Tensor) -> Tensor:
+        """Weighted-mean CE over all B*Q queries; unmatched queries target the no-object class K."""
+        target = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)  # [B, Q]
+        target[batch, src] = matched_labels
+        weight = self.empty_weight.to(logits.dtype)
+        return F.cross_entropy(logits.transpose(1, 2), target, weight=weight)  # logits as [B, K+1, Q]
+
+    def loss_masks(self, src_masks: Tensor, tgt_masks: Tensor, num_masks: float) -> dict[str, Tensor]:
+        """loss_mask and loss_dice of matched logits [M, h, w] vs bool targets [M, H, W], summed / num_masks."""
+        if self.point_sampling:
+            mask, dice = point_sampled_mask_losses(src_masks, tgt_masks, **self.point_args)
+        else:
+            mask, dice = full_res_mask_losses(src_masks, tgt_masks)
+        return {"loss_mask": mask.sum() / num_masks, "loss_dice": dice.sum() / num_masks}
+
+
+class PerPixelCriterion(nn.Module):
+    """PerPixelBaseline/+ loss: softmax CE over K classes, mean over non-ignored pixels, after upsampling the
+    [B, K, h, w] logits x4 bilinearly (align_corners False) to the padded input; targets' sem_seg padded with
+    `ignore_label`. With aux outputs (PerPixelBaseline+) the same loss on every aux layer (loss_sem_seg_i)."""
+
+    def __init__(self, *, num_classes: int, ignore_label: int = 255, loss_weight: float = 1.0, deep_supervision=True):
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.loss_weight = loss_weight
+        self.deep_supervision = deep_supervision
+
+    def forward(self, outputs: dict, targets: list[SegTarget]) -> dict[str, Tensor]:
+        """outputs: {"sem_seg": [B, K, h, w], optional "aux_outputs": [{"sem_seg"}]} -> weighted terms + "loss"."""
+        _check_outputs(outputs, ("sem_seg",), "PerPixelCriterion")
+        B, K, h, w = outputs["sem_seg"].shape
+        if K != self.num_classes or len(targets) != B:
+            raise ValueError(
+                f"PerPixelCriterion: sem_seg {(B, K, h, w)} vs {len(targets)} targets and {self.num_classes} classes"
+            )
+        layers = [outputs] + (list(outputs.get("aux_outputs", [])) if self.deep_supervision else [])
+        with torch.autocast(outputs["sem_seg"].device.type, enabled=False):
+            labels = self.label_maps(targets, (STRIDE * h, STRIDE * w), outputs["sem_seg"].device)
+            losses = {}
+            for i, layer in enumerate(layers):
+                _check_outputs(layer, ("sem_seg",), f"PerPixelCriterion aux_outputs[{i - 1}]")
+                key = "loss_sem_seg" if i == 0 else f"loss_sem_seg_{i - 1}"
+                losses[key] = self.loss_weight * self.cross_entropy(layer["sem_seg"], labels)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def cross_entropy(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """CE of logits [B, K, h, w] against labels [B, H, W], mean over non-ignored pixels (0 if there are none)."""
+        up = F.interpolate(_fp32(logits), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        total = F.cross_entropy(up, labels, ignore_index=self.ignore_label, reduction="sum")
+        return total / (labels != self.ignore_label).sum().clamp(min=1)
+
+    def label_maps(self, targets: list[SegTarget], size: tuple[int, int], device: torch.device) -> Tensor:
+        """[B, H, W] int64 label maps padded with the ignore value. A target without sem_seg is rebuilt from its
+        masks (pixels in no mask are ignored)."""
+        out = torch.full((len(targets), *size), self.ignore_label, dtype=torch.long, device=device)
+        for i, tgt in enumerate(targets):
+            sem = tgt.sem_seg if tgt.sem_seg is not None else self._from_masks(tgt)
+            if sem.ndim != 2 or sem.shape[0] > size[0] or sem.shape[1] > size[1]:
+                raise ValueError(f"targets[{i}].sem_seg {tuple(sem.shape)} does not fit the padded input size {size}")
+            sem = sem.to(device=device, dtype=torch.long)
+            bad = (sem != self.ignore_label) & ((sem < 0) | (sem >= self.num_classes))
+            if bad.any():
+                raise ValueError(
+                    f"targets[{i}].sem_seg has labels {sem[bad].unique().tolist()[:10]} outside [0, {self.num_classes})"
+                    f" that are not the ignore label {self.ignore_label}"
+                )
+            out[i, : sem.shape[0], : sem.shape[1]] = sem
+        return out
+
+    def _from_masks(self, tgt: SegTarget) -> Tensor:
+        sem = torch.full(tgt.masks.shape[-2:], self.ignore_label, dtype=torch.long, device=tgt.masks.device)
+        for lab, m in zip(tgt.labels.tolist(), tgt.masks):
+            sem[m.bool()] = lab
+        return sem
+
+
+def build_criterion(cfg: Config) -> nn.Module:
+    """SetCriterion for arch "maskformer", PerPixelCriterion for the per-pixel baselines, from cfg.loss/cfg.model.
+
+    The matcher's class cost weight is 1 as in the official MaskFormer (which ignores CLASS_WEIGHT there); with
+    point sampling it is cfg.loss.class_weight, as in Mask2Former.
+    """
+    arch, lc = cfg.model.arch, cfg.loss
+    if arch in PER_PIXEL_ARCHS:
+        return PerPixelCriterion(
+            num_classes=cfg.model.num_classes,
+            ignore_label=cfg.data.ignore_label,
+            deep_supervision=arch == "per_pixel_baseline_plus",
+        )
+    if arch != "maskformer":
+        raise ValueError(
+            f"build_criterion: unknown model.arch {arch!r}; valid: maskformer, {', '.join(PER_PIXEL_ARCHS)}"
+        )
+    matcher = HungarianMatcher(
+        cost_class=lc.class_weight if lc.point_sampling else 1.0,
+        cost_mask=lc.mask_weight,
+        cost_dice=lc.dice_weight,
+        num_points=lc.num_points if lc.point_sampling else 0,
+    )
+    return SetCriterion(
+        num_classes=cfg.model.num_classes,
+        matcher=matcher,
+        class_weight=lc.class_weight,
+        mask_weight=lc.mask_weight,
+        dice_weight=lc.dice_weight,
+        no_object_weight=lc.no_object_weight,
+        deep_supervision=lc.deep_supervision,
+        point_sampling=lc.point_sampling,
+        num_points=lc.num_points,
+        oversample_ratio=lc.oversample_ratio,
+        importance_sample_ratio=lc.importance_sample_ratio,
+    )

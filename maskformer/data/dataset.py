@@ -1,0 +1,205 @@
+"""The map-style dataset every reader returns: records (file paths + panoptic segments) + meta + transforms.
+
+Items are `(image uint8 [3, h, w], SegTarget, info)`. In training the image and its label maps go through the
+recipe together and the target is built from the transformed maps. At test time only the image is resized and the
+target stays at the original resolution (what the evaluators compare against); `info` keeps the original size, the
+file names and, for panoptic data, the JSON segments (dataset category ids, iscrowd, area).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..structures import DatasetMeta, SegTarget
+from .io import DatasetError, read_image, read_label, read_panoptic
+from .transforms import Sample
+
+TARGETS = ("semantic", "panoptic")
+
+
+@dataclass
+class Record:
+    """One image. sem_seg / pan_seg: label-map and panoptic-PNG paths (either may be None);
+    segments: the panoptic JSON segments_info (dataset category ids); json_file names their source in errors."""
+
+    image: str
+    sem_seg: str | None = None
+    pan_seg: str | None = None
+    segments: list[dict] = field(default_factory=list)
+    image_id: int | str = ""
+    json_file: str = ""
+
+
+class SegDataset(Dataset):
+    """Records of one split, decoded and (in training) augmented on access.
+
+    label_fn: optional raw-label -> class-id map (e.g. reduce-zero-label for raw ADE20K PNGs).
+    target: "semantic" (one target per class present) or "panoptic" (one per non-crowd segment; needs pan_seg).
+    transform: `t(sample, rng) -> sample`; applied to image + labels when train, to the image alone otherwise.
+    """
+
+    def __init__(
+        self,
+        records: list[Record],
+        meta: DatasetMeta,
+        *,
+        source: str,
+        target: str = "semantic",
+        transform: Callable | None = None,
+        train: bool = False,
+        label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        check_labels: bool = True,
+    ):
+        if not records:
+            raise DatasetError(f"{source}: the dataset is empty (no image/label pairs found)")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if target == "panoptic" and any(r.pan_seg is None for r in records):
+            raise DatasetError(f"{source}: panoptic targets need panoptic PNGs, which this dataset does not have")
+        self.records = records
+        self.meta = meta
+        self.source = source
+        self.target = target
+        self.transform = transform
+        self.train = train
+        self.label_fn = label_fn
+        self.check_labels = check_labels
+        self._rng: np.random.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        mode = "train" if self.train else "test"
+        return f"SegDataset({self.meta.name!r}, {len(self)} images, {self.target}, {mode}, source={self.source!r})"
+
+    # ------------------------------------------------------------------------------------------------ decoding
+    def load(self, index: int) -> tuple[Sample, list[dict]]:
+        """Decode record `index` (no augmentation): the Sample and its segments with contiguous category ids."""
+        r = self.records[index]
+        image = read_image(r.image)
+        sem = self._read_semantic(r) if r.sem_seg else None
+        pan, segs = None, []
+        if r.pan_seg:
+            pan, segs, sem_from_pan = self._read_panoptic(r)
+            sem = sem_from_pan if sem is None else sem
+        for path, lab in ((r.sem_seg, sem if r.sem_seg else None), (r.pan_seg, pan)):
+            if lab is not None and lab.shape != image.shape[:2]:
+                raise DatasetError(
+                    f"{path}: size {lab.shape[0]}x{lab.shape[1]} does not match the image {r.image} "
+                    f"({image.shape[0]}x{image.shape[1]})"
+                )
+        return Sample(image, sem, pan), segs
+
+    def _read_semantic(self, r: Record) -> np.ndarray:
+        lab = read_label(r.sem_seg)
+        if self.label_fn is not None:
+            lab = self.label_fn(lab)
+        if self.check_labels:
+            check_label_values(lab, self.meta, r.sem_seg)
+        return lab
+
+    def _read_panoptic(self, r: Record) -> tuple[np.ndarray, list[dict], np.ndarray]:
+        """Panoptic ids int32 [h, w], segments (contiguous ids), and the semantic map painted from them
+        (Mask2Former's rule: every segment, crowd included, gets its class; VOID -> ignore)."""
+        ids = read_panoptic(r.pan_seg)
+        seg_ids = np.array([int(s["id"]) for s in r.segments], dtype=np.int64)
+        classes = np.array([self.meta.contiguous_id(int(s["category_id"])) for s in r.segments], dtype=np.int64)
+        order = np.argsort(seg_ids)
+        sorted_ids = seg_ids[order]
+        pos = np.searchsorted(sorted_ids, ids).clip(max=max(len(sorted_ids) - 1, 0))  # [h, w] index into sorted
+        found = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(ids.shape, bool)
+        _check_panoptic_ids(ids, found, pos, sorted_ids, r)
+        sem = np.where(found, classes[order][pos] if len(order) else 0, self.meta.ignore_label).astype(np.int32)
+        segs = [
+            {"id": int(s["id"]), "category_id": int(c), "iscrowd": int(s.get("iscrowd", 0))}
+            for s, c in zip(r.segments, classes)
+        ]
+        return ids, segs, sem
+
+    # ------------------------------------------------------------------------------------------------ items
+    def __getitem__(self, key: int | tuple[int, int]):
+        """key: an index, or (index, seed) as yielded by `ResumableSampler` (seeded, worker-independent)."""
+        if isinstance(key, tuple):
+            index, rng = int(key[0]), np.random.default_rng(int(key[1]))
+        else:
+            index, rng = int(key), self._default_rng()
+        sample, segs = self.load(index)
+        info = self._info(index, sample, segs)
+        if self.train and self.transform is not None:
+            sample = self.transform(sample, rng)
+            target = self._target(sample, segs)
+            image = sample.image
+        else:
+            target = self._target(sample, segs)
+            image = sample.image if self.transform is None else self.transform(Sample(sample.image), rng).image
+        info["image_size"] = (int(image.shape[0]), int(image.shape[1]))
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), target, info
+
+    def _target(self, sample: Sample, segs: list[dict]) -> SegTarget:
+        sem = None if sample.sem_seg is None else torch.from_numpy(sample.sem_seg.astype(np.int64))
+        if self.target == "panoptic":
+            return SegTarget.from_panoptic(torch.from_numpy(sample.pan_seg.astype(np.int64)), segs, sem)
+        if sem is None:
+            raise DatasetError(f"{self.source}: semantic targets need label maps, which this dataset does not have")
+        return semantic_target(sample.sem_seg, self.meta.ignore_label)
+
+    def _info(self, index: int, sample: Sample, segs: list[dict]) -> dict:
+        r = self.records[index]
+        h, w = sample.size
+        info = {"file_name": r.image, "image_id": r.image_id, "height": h, "width": w}
+        info.update(sem_seg_file_name=r.sem_seg, pan_seg_file_name=r.pan_seg)
+        if r.pan_seg:
+            info["segments_info"] = [dict(s) for s in r.segments]
+        return info
+
+    def _default_rng(self) -> np.random.Generator:
+        """Per-process generator for plain integer keys, seeded from torch's (per-worker) seed."""
+        if self._rng is None:
+            self._rng = np.random.default_rng(torch.initial_seed() % 2**63)
+        return self._rng
+
+
+def semantic_target(sem: np.ndarray, ignore_label: int) -> SegTarget:
+    """Same as SegTarget.from_semantic (one mask per class present, ignore excluded, classes ascending) for a
+    non-negative int map [h, w]; np.bincount instead of torch.unique, which is ~20x slower on CPU."""
+    values = sem[sem != ignore_label]
+    classes = np.nonzero(np.bincount(values.ravel()))[0] if values.size else np.zeros(0, np.int64)
+    sem_t = torch.from_numpy(sem.astype(np.int64))
+    labels = torch.from_numpy(classes.astype(np.int64))
+    return SegTarget(labels, sem_t.unsqueeze(0) == labels.view(-1, 1, 1), sem_t)  # masks [T, h, w]
+
+
+def check_label_values(lab: np.ndarray, meta: DatasetMeta, path: str) -> None:
+    """Raise naming `path` if a value is neither a class id in [0, K) nor the ignore label."""
+    k = meta.num_classes
+    bad = (lab < 0) | ((lab >= k) & (lab != meta.ignore_label))
+    if bad.any():
+        vals = np.unique(lab[bad])[:8].tolist()
+        raise DatasetError(
+            f"{path}: label values {vals} are outside the {k} classes 0..{k - 1} of {meta.name!r} and are not the "
+            f"ignore value {meta.ignore_label}"
+        )
+
+
+def _check_panoptic_ids(ids: np.ndarray, found: np.ndarray, pos: np.ndarray, sorted_ids: np.ndarray, r: Record):
+    """PNG ids must all be listed in segments_info and every listed segment must appear in the PNG."""
+    stray = ~found & (ids != 0)
+    if stray.any():
+        vals = np.unique(ids[stray])[:8].tolist()
+        raise DatasetError(
+            f"{r.pan_seg}: segment ids {vals} appear in the PNG but not in segments_info of image {r.image_id!r} "
+            f"in {r.json_file}"
+        )
+    counts = np.bincount(pos[found], minlength=len(sorted_ids))
+    if (counts == 0).any():
+        missing = sorted_ids[counts == 0][:8].tolist()
+        raise DatasetError(
+            f"{r.json_file}: segments {missing} of image {r.image_id!r} are listed in segments_info but absent from "
+            f"the PNG {r.pan_seg}"
+        )

@@ -1,0 +1,167 @@
+"""Batching and deterministic, exactly resumable loading.
+
+`ResumableSampler` yields `(index, seed)` keys: a seeded permutation per epoch, sharded by rank like
+DistributedSampler, and a per-sample augmentation seed tied to (seed, epoch, position), so a sample's augmentation
+does not depend on the number of workers or on where training was resumed. `ResumableLoader` counts delivered
+samples and reports/restores the position as {"epoch", "offset"}.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..structures import ImageBatch, SegTarget
+
+
+def collate(batch: Sequence, size_divisibility: int = 32) -> tuple[ImageBatch, list[SegTarget], list[dict]]:
+    """[(image uint8 [3, h, w], SegTarget, info)] -> (ImageBatch padded with the pixel mean, targets, infos)."""
+    images, targets, infos = zip(*batch)
+    return ImageBatch.from_images(list(images), size_divisibility=size_divisibility), list(targets), list(infos)
+
+
+class ResumableSampler(Sampler):
+    """Keys (index, seed) over `size` items for one rank, infinite or one epoch per iteration.
+
+    Each epoch: a permutation of range(size) from (seed, epoch) (identity when shuffle=False), padded by wrapping to
+    a multiple of world_size, positions rank, rank + world_size, ... for this rank. `epoch_length` is the per-rank
+    count. Iteration starts at (self.epoch, self.offset), set by `set_position`.
+    """
+
+    def __init__(
+        self, size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, infinite=False
+    ):
+        if size <= 0:
+            raise ValueError("ResumableSampler needs a non-empty dataset")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size, self.infinite = rank, world_size, infinite
+        self.epoch_length = -(-size // world_size)
+        self.epoch, self.offset = 0, 0
+
+    def set_position(self, epoch: int, offset: int) -> None:
+        if not 0 <= offset <= self.epoch_length:
+            raise ValueError(f"offset {offset} is outside [0, {self.epoch_length}]")
+        self.epoch, self.offset = int(epoch), int(offset)
+
+    def epoch_keys(self, epoch: int) -> list[tuple[int, int]]:
+        """This rank's (index, seed) keys of one epoch."""
+        total = self.epoch_length * self.world_size
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        order = np.resize(order, total)  # wrap-around padding to a multiple of world_size
+        seeds = rng.integers(0, 2**63 - 1, size=total)
+        pos = np.arange(self.rank, total, self.world_size)
+        return list(zip(order[pos].tolist(), seeds[pos].tolist()))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, offset = self.epoch, self.offset
+        while True:
+            yield from self.epoch_keys(epoch)[offset:]
+            if not self.infinite:
+                return
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:
+        return self.epoch_length - self.offset
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed python/numpy in a DataLoader worker from torch's per-worker seed (deterministic given the loader's
+    generator), for any incidental randomness outside the keyed augmentation."""
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+class ResumableLoader:
+    """A DataLoader over a ResumableSampler that knows how many samples it has delivered.
+
+    state_dict() -> {"epoch", "offset"} of the next undelivered sample (independent of worker prefetching);
+    load_state_dict() makes the next iteration continue from there. A finite loader ends each iteration at the end
+    of its epoch and the next iteration starts the following epoch.
+    """
+
+    def __init__(self, dataset, sampler: ResumableSampler, *, batch_size: int, num_workers: int, seed: int, **kw):
+        self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            worker_init_fn=seed_worker if num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=False,
+            **kw,
+        )
+
+    def __iter__(self):
+        start_epoch = self.sampler.epoch
+        for batch in self.loader:
+            self._advance(len(batch[0]))
+            yield batch
+        if not self.sampler.infinite and self.sampler.epoch == start_epoch:
+            self.sampler.set_position(start_epoch + 1, 0)
+
+    def _advance(self, n: int) -> None:
+        L = self.sampler.epoch_length
+        total = self.sampler.offset + n
+        epoch, offset = self.sampler.epoch + total // L, total % L
+        if not self.sampler.infinite and epoch > self.sampler.epoch:
+            epoch, offset = self.sampler.epoch + 1, 0
+        self.sampler.epoch, self.sampler.offset = epoch, offset
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.loader.drop_last else -(-n // self.batch_size)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "offset": self.sampler.offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.set_position(state["epoch"], state["offset"])
+
+
+def build_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    sampler=None,
+    *,
+    infinite: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    size_divisibility: int = 32,
+    drop_last: bool = False,
+):
+    """A loader yielding (ImageBatch, list[SegTarget], list[info]).
+
+    Default: a `ResumableLoader` (seeded keys, sharded by rank/world_size, state_dict/load_state_dict). With an
+    explicit `sampler` a plain seeded DataLoader is returned (no resume).
+    """
+    coll = functools.partial(collate, size_divisibility=size_divisibility)
+    if sampler is not None:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=coll,
+            worker_init_fn=seed_worker if num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed),
+            drop_last=drop_last,
+        )
+    rs = ResumableSampler(
+        len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, infinite=infinite
+    )
+    return ResumableLoader(
+        dataset, rs, batch_size=batch_size, num_workers=num_workers, seed=seed, collate_fn=coll, drop_last=drop_last
+    )

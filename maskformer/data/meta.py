@@ -1,0 +1,131 @@
+"""Built-in `DatasetMeta` of the standard datasets (class names, thing flags, ignore label, dataset ids).
+
+Datasets whose files carry their own categories (COCO panoptic JSON, a folder's classes file) build their meta
+from those files instead; see coco_panoptic.py and folder.py.
+"""
+
+from __future__ import annotations
+
+from ..structures import DatasetMeta
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.replace("\n", "|").split("|") if n.strip()]
+
+
+ADE20K_150_NAMES = _names("""
+wall|building|sky|floor|tree|ceiling|road|bed|windowpane|grass|cabinet|sidewalk|person|earth|door|table|mountain
+plant|curtain|chair|car|water|painting|sofa|shelf|house|sea|mirror|rug|field|armchair|seat|fence|desk|rock|wardrobe
+lamp|bathtub|railing|cushion|base|box|column|signboard|chest of drawers|counter|sand|sink|skyscraper|fireplace
+refrigerator|grandstand|path|stairs|runway|case|pool table|pillow|screen door|stairway|river|bridge|bookcase|blind
+coffee table|toilet|flower|book|hill|bench|countertop|stove|palm|kitchen island|computer|swivel chair|boat|bar
+arcade machine|hovel|bus|towel|light|truck|tower|chandelier|awning|streetlight|booth|television receiver|airplane
+dirt track|apparel|pole|land|bannister|escalator|ottoman|bottle|buffet|poster|stage|van|ship|fountain|conveyer belt
+canopy|washer|plaything|swimming pool|stool|barrel|basket|waterfall|tent|bag|minibike|cradle|oven|ball|food|step
+tank|trade name|microwave|pot|animal|bicycle|lake|dishwasher|screen|blanket|sculpture|hood|sconce|vase
+traffic light|tray|ashcan|fan|pier|crt screen|plate|monitor|bulletin board|shower|radiator|glass|clock|flag
+""")
+
+# 1-based SceneParse150 ids of the 100 ADE20K panoptic thing classes (ade20k_instance_catid_mapping.txt, in
+# instance-class order: instance class i+1 -> ADE20K_PANOPTIC_THING_IDS[i]).
+ADE20K_PANOPTIC_THING_IDS = (
+    8, 9, 11, 13, 15, 16, 19, 20, 21, 23, 24, 25, 28, 31, 32, 33, 34, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46, 48, 50,
+    51, 54, 56, 57, 58, 59, 63, 65, 66, 67, 68, 70, 71, 72, 73, 74, 75, 76, 77, 79, 81, 82, 83, 84, 86, 87, 88, 89,
+    90, 91, 93, 94, 96, 98, 99, 103, 104, 105, 108, 109, 111, 112, 113, 116, 117, 119, 120, 121, 122, 124, 125, 126,
+    127, 128, 130, 131, 133, 134, 135, 136, 137, 138, 139, 140, 143, 144, 145, 147, 148, 149, 150,
+)  # fmt: skip
+
+COCO_THING_NAMES = _names("""
+person|bicycle|car|motorcycle|airplane|bus|train|truck|boat|traffic light|fire hydrant|stop sign|parking meter|bench
+bird|cat|dog|horse|sheep|cow|elephant|bear|zebra|giraffe|backpack|umbrella|handbag|tie|suitcase|frisbee|skis
+snowboard|sports ball|kite|baseball bat|baseball glove|skateboard|surfboard|tennis racket|bottle|wine glass|cup|fork
+knife|spoon|bowl|banana|apple|sandwich|orange|broccoli|carrot|hot dog|pizza|donut|cake|chair|couch|potted plant|bed
+dining table|toilet|tv|laptop|mouse|remote|keyboard|cell phone|microwave|oven|toaster|sink|refrigerator|book|clock
+vase|scissors|teddy bear|hair drier|toothbrush
+""")
+COCO_THING_IDS = (
+    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83), *range(84, 91)
+)
+# COCO-Stuff's 91 stuff categories, COCO ids 92..182 in order.
+COCO_STUFF_NAMES = _names("""
+banner|blanket|branch|bridge|building-other|bush|cabinet|cage|cardboard|carpet|ceiling-other|ceiling-tile|cloth
+clothes|clouds|counter|cupboard|curtain|desk-stuff|dirt|door-stuff|fence|floor-marble|floor-other|floor-stone
+floor-tile|floor-wood|flower|fog|food-other|fruit|furniture-other|grass|gravel|ground-other|hill|house|leaves|light
+mat|metal|mirror-stuff|moss|mountain|mud|napkin|net|paper|pavement|pillow|plant-other|plastic|platform|playingfield
+railing|railroad|river|road|rock|roof|rug|salad|sand|sea|shelf|sky-other|skyscraper|snow|solid-other|stairs|stone
+straw|structural-other|table|tent|textile-other|towel|tree|vegetable|wall-brick|wall-concrete|wall-other
+wall-panel|wall-stone|wall-tile|wall-wood|water-other|waterdrops|window-blind|window-other|wood
+""")
+
+CITYSCAPES_NAMES = _names("""
+road|sidewalk|building|wall|fence|pole|traffic light|traffic sign|vegetation|terrain|sky|person|rider|car|truck|bus
+train|motorcycle|bicycle
+""")
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+MAPILLARY_NAMES = _names("""
+animal--bird|animal--ground-animal|construction--barrier--curb|construction--barrier--fence
+construction--barrier--guard-rail|construction--barrier--other-barrier|construction--barrier--wall
+construction--flat--bike-lane|construction--flat--crosswalk-plain|construction--flat--curb-cut
+construction--flat--parking|construction--flat--pedestrian-area|construction--flat--rail-track
+construction--flat--road|construction--flat--service-lane|construction--flat--sidewalk
+construction--structure--bridge|construction--structure--building|construction--structure--tunnel|human--person
+human--rider--bicyclist|human--rider--motorcyclist|human--rider--other-rider|marking--crosswalk-zebra
+marking--general|nature--mountain|nature--sand|nature--sky|nature--snow|nature--terrain|nature--vegetation
+nature--water|object--banner|object--bench|object--bike-rack|object--billboard|object--catch-basin
+object--cctv-camera|object--fire-hydrant|object--junction-box|object--mailbox|object--manhole|object--phone-booth
+object--pothole|object--street-light|object--support--pole|object--support--traffic-sign-frame
+object--support--utility-pole|object--traffic-light|object--traffic-sign--back|object--traffic-sign--front
+object--trash-can|object--vehicle--bicycle|object--vehicle--boat|object--vehicle--bus|object--vehicle--car
+object--vehicle--caravan|object--vehicle--motorcycle|object--vehicle--on-rails|object--vehicle--other-vehicle
+object--vehicle--trailer|object--vehicle--truck|object--vehicle--wheeled-slow|void--car-mount|void--ego-vehicle
+""")
+
+
+def ade20k_150() -> DatasetMeta:
+    """ADE20K SceneParse150: 150 classes, contiguous id = raw PNG value - 1, ignore 255."""
+    return DatasetMeta("ade20k", list(ADE20K_150_NAMES), ignore_label=255, dataset_ids=list(range(1, 151)))
+
+
+def ade20k_panoptic() -> DatasetMeta:
+    """ADE20K panoptic: the 150 classes, 100 things (instance mapping) and 50 stuff; dataset id = contiguous id."""
+    things = {i - 1 for i in ADE20K_PANOPTIC_THING_IDS}
+    return DatasetMeta("ade20k_panoptic", list(ADE20K_150_NAMES), is_thing=[i in things for i in range(150)])
+
+
+def ade20k_full(names: list[str] | None = None, dataset_ids: list[int] | None = None) -> DatasetMeta:
+    """ADE20K-Full: 847 classes (generic names unless the prepared categories file gives them), ignore 65535."""
+    names = names or [f"class_{i}" for i in range(847)]
+    return DatasetMeta("ade20k_full", list(names), ignore_label=65535, dataset_ids=dataset_ids or [])
+
+
+def coco_stuff_171() -> DatasetMeta:
+    """COCO-Stuff: 80 things (COCO ids) then 91 stuff (ids 92..182), contiguous 0..170, ignore 255."""
+    names = COCO_THING_NAMES + COCO_STUFF_NAMES
+    ids = list(COCO_THING_IDS) + list(range(92, 183))
+    return DatasetMeta("coco_stuff", names, is_thing=[i < 80 for i in range(171)], dataset_ids=ids)
+
+
+def cityscapes_19() -> DatasetMeta:
+    """Cityscapes: 19 train ids (dataset ids = the cityscapesScripts labelIds), 8 things, ignore 255."""
+    return DatasetMeta(
+        "cityscapes",
+        list(CITYSCAPES_NAMES),
+        is_thing=[11 <= i <= 18 for i in range(19)],
+        dataset_ids=list(CITYSCAPES_LABEL_IDS),
+    )
+
+
+def mapillary_65() -> DatasetMeta:
+    """Mapillary Vistas v1.2: 65 evaluated classes; label 65 (void--unlabeled) is the ignore label."""
+    return DatasetMeta("mapillary", list(MAPILLARY_NAMES), ignore_label=65)
+
+
+BUILTIN_META = {
+    "ade20k": ade20k_150,
+    "ade20k_panoptic": ade20k_panoptic,
+    "ade20k_full": ade20k_full,
+    "coco_stuff": coco_stuff_171,
+    "cityscapes": cityscapes_19,
+    "mapillary": mapillary_65,
+}

@@ -1,0 +1,69 @@
+"""The official augmentation recipes (reference section 6.3) assembled from transforms.py.
+
+- "semantic" (MaskFormerSemanticDatasetMapper) and "panoptic" (the ADE20K panoptic mapper, same augmentations):
+  ResizeShortestEdge(choice) -> RandomCrop (category-area constraint) -> ColorAugSSD -> flip -> pad to S x S with
+  128 / ignore / 0.
+- "detr" (COCO panoptic): with p = 0.5 flip -> resize; otherwise flip -> resize(400/500/600) -> crop
+  "absolute_range" (384, 600) -> resize. No padding.
+- test: ResizeShortestEdge to one short side with a max size.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .transforms import ColorJitterSSD, Compose, PadTo, RandomChoice, RandomCrop, RandomFlip, ResizeShortestEdge
+
+RECIPES = ("semantic", "panoptic", "detr")
+DETR_CROP_RESIZE = (400, 500, 600)
+DETR_CROP_RANGE = (384, 600)
+
+
+def semantic_recipe(data_cfg, ignore_label: int) -> Compose:
+    """The semantic / ADE20K-panoptic training pipeline from a DataConfig."""
+    crop = tuple(data_cfg.crop_size)
+    steps = [
+        ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train),
+        RandomCrop(
+            crop_size=crop, single_category_max_area=data_cfg.single_category_max_area, ignore_label=ignore_label
+        ),
+    ]
+    if data_cfg.color_aug_ssd:
+        steps.append(ColorJitterSSD())
+    steps.append(RandomFlip(prob=0.5))
+    if data_cfg.pad_size > 0:
+        if max(crop) > data_cfg.pad_size:
+            raise ValueError(f"data.crop_size {crop} is larger than data.pad_size {data_cfg.pad_size}")
+        steps.append(PadTo(size=(data_cfg.pad_size, data_cfg.pad_size), ignore_label=ignore_label))
+    return Compose(steps)
+
+
+def detr_recipe(data_cfg) -> RandomChoice:
+    """DETR's COCO recipe (DETRPanopticDatasetMapper): two equally likely branches, both starting with a flip."""
+    resize = ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train)
+    extra = [ColorJitterSSD()] if data_cfg.color_aug_ssd else []
+    plain = Compose([RandomFlip(prob=0.5), resize, *extra])
+    cropped = Compose(
+        [
+            RandomFlip(prob=0.5),
+            ResizeShortestEdge(sizes=DETR_CROP_RESIZE, max_size=sys.maxsize),
+            RandomCrop(crop_size=DETR_CROP_RANGE, crop_type="absolute_range"),
+            resize,
+            *extra,
+        ]
+    )
+    return RandomChoice(plain, cropped, prob=0.5)
+
+
+def train_transform(data_cfg, ignore_label: int):
+    """The training transform named by data_cfg.recipe."""
+    if data_cfg.recipe in ("semantic", "panoptic"):
+        return semantic_recipe(data_cfg, ignore_label)
+    if data_cfg.recipe == "detr":
+        return detr_recipe(data_cfg)
+    raise KeyError(f"unknown data.recipe {data_cfg.recipe!r}; valid: {', '.join(RECIPES)}")
+
+
+def test_transform(min_size: int, max_size: int) -> ResizeShortestEdge:
+    """Test-time resize: short side to `min_size`, long side at most `max_size`."""
+    return ResizeShortestEdge(sizes=(min_size,), max_size=max_size)

@@ -1,0 +1,169 @@
+"""Readers of the standard semantic-segmentation layouts (reference section 7), each taking a root folder.
+
+ADE20K-150 (raw ADEChallengeData2016 or the prepared annotations_detectron2), ADE20K-Full-847 (uint16 TIFF),
+COCO-Stuff-10k (prepared PNGs), Cityscapes (*_gtFine_labelTrainIds.png) and Mapillary Vistas (ignore 65).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..structures import DatasetMeta
+from . import meta as builtin
+from .dataset import Record, SegDataset
+from .io import IMAGE_EXTS, LABEL_EXTS, DatasetError, list_files, load_json
+
+
+def find_dir(candidates: Sequence[Path], what: str) -> Path:
+    """The first existing folder among `candidates`; else an error listing every path tried."""
+    for c in candidates:
+        if Path(c).is_dir():
+            return Path(c)
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"{what} not found; looked for: {tried}")
+
+
+def _key(path: Path, base: Path, suffixes: Sequence[str] | None, exts: Sequence[str]) -> str | None:
+    """Relative path without its suffix (a known suffix, or any extension in `exts`); None if it matches none."""
+    rel = str(path.relative_to(base))
+    for s in suffixes or ():
+        if rel.endswith(s):
+            return rel[: -len(s)]
+    if suffixes:
+        return None
+    return rel[: -len(path.suffix)] if path.suffix.lower() in exts else None
+
+
+def pair_by_name(
+    image_dir: Path,
+    label_dir: Path,
+    *,
+    image_suffixes: Sequence[str] | None = None,
+    label_suffixes: Sequence[str] | None = None,
+    recursive: bool = False,
+) -> list[Record]:
+    """Records pairing image_dir/REL/NAME<image suffix> with label_dir/REL/NAME<label suffix>.
+
+    Suffixes default to any image / label extension. A missing label, or a label without an image, is an error
+    naming the file.
+    """
+    images = {}
+    for p in list_files(image_dir, IMAGE_EXTS, recursive):
+        k = _key(p, image_dir, image_suffixes, IMAGE_EXTS)
+        if k is not None:
+            images[k] = p
+    labels = {}
+    for p in list_files(label_dir, LABEL_EXTS, recursive):
+        k = _key(p, label_dir, label_suffixes, LABEL_EXTS)
+        if k is not None:
+            labels[k] = p
+    no_label = sorted(set(images) - set(labels))
+    if no_label:
+        raise DatasetError(
+            f"{images[no_label[0]]}: no label map for this image in {label_dir} "
+            f"({len(no_label)} image(s) without a label, e.g. {no_label[:3]})"
+        )
+    no_image = sorted(set(labels) - set(images))
+    if no_image:
+        raise DatasetError(
+            f"{labels[no_image[0]]}: label map has no matching image in {image_dir} "
+            f"({len(no_image)} label(s) without an image, e.g. {no_image[:3]})"
+        )
+    if not images:
+        raise DatasetError(f"{image_dir}: the dataset is empty (no images found)")
+    return [Record(image=str(images[k]), sem_seg=str(labels[k]), image_id=Path(k).name) for k in sorted(images)]
+
+
+def reduce_zero_label(ignore_label: int = 255):
+    """Raw value 0 -> ignore, c -> c - 1 (ADE20K's "reduce zero label"; the same as uint8 wrap for ignore 255)."""
+
+    def fn(lab: np.ndarray) -> np.ndarray:
+        out = lab.astype(np.int32) - 1
+        out[lab == 0] = ignore_label
+        return out
+
+    return fn
+
+
+def ade20k(root: str | Path, split: str, **kw) -> SegDataset:
+    """ADEChallengeData2016: images/{split}/*.jpg with annotations_detectron2/{split}/*.png (prepared, 255 =
+    ignore) when present, else the raw annotations/{split}/*.png (0 -> ignore, c -> c-1 on the fly)."""
+    root = Path(root)
+    base = find_dir([root / "ADEChallengeData2016", root], "ADE20K folder")
+    image_dir = find_dir([base / "images" / split], f"ADE20K images of split {split!r}")
+    prepared = base / "annotations_detectron2" / split
+    meta = builtin.ade20k_150()
+    if prepared.is_dir():
+        records = pair_by_name(image_dir, prepared)
+        return SegDataset(records, meta, source=str(base), **kw)
+    raw = find_dir([base / "annotations" / split], f"ADE20K annotations of split {split!r}")
+    records = pair_by_name(image_dir, raw)
+    return SegDataset(records, meta, source=str(base), label_fn=reduce_zero_label(meta.ignore_label), **kw)
+
+
+def ade20k_full(root: str | Path, split: str, **kw) -> SegDataset:
+    """ADE20K_2021_17_01 prepared by `maskformer prepare ade20k_full`: images_detectron2/{split}/*.jpg and
+    annotations_detectron2/{split}/*.tif (uint16, 65535 = ignore); class names from ade20k_full_categories.json
+    when present."""
+    root = Path(root)
+    base = find_dir([root / "ADE20K_2021_17_01", root], "ADE20K-Full folder")
+    image_dir = find_dir([base / "images_detectron2" / split], f"ADE20K-Full images of split {split!r}")
+    label_dir = find_dir([base / "annotations_detectron2" / split], f"ADE20K-Full labels of split {split!r}")
+    cats_file = base / "ade20k_full_categories.json"
+    meta = builtin.ade20k_full()
+    if cats_file.is_file():
+        cats = sorted(load_json(cats_file), key=lambda c: c["trainId"])
+        meta = builtin.ade20k_full([c["name"] for c in cats], [int(c["id"]) for c in cats])
+    records = pair_by_name(image_dir, label_dir, label_suffixes=(".tif", ".tiff"))
+    return SegDataset(records, meta, source=str(base), **kw)
+
+
+_COCO_STUFF_SPLITS = {"train2014": "train", "test2014": "test", "val": "test", "validation": "test"}
+
+
+def coco_stuff(root: str | Path, split: str, **kw) -> SegDataset:
+    """COCO-Stuff-10k prepared by `maskformer prepare coco_stuff_10k`: images_detectron2/{train,test}/*.jpg and
+    annotations_detectron2/{train,test}/*.png (contiguous 0..170, 255 = ignore)."""
+    root = Path(root)
+    base = find_dir([root / "coco" / "coco_stuff_10k", root / "coco_stuff_10k", root], "COCO-Stuff-10k folder")
+    names = [split, _COCO_STUFF_SPLITS.get(split, split)]
+    image_dir = find_dir([base / "images_detectron2" / s for s in names], f"COCO-Stuff images of split {split!r}")
+    label_dir = find_dir([base / "annotations_detectron2" / s for s in names], f"COCO-Stuff labels of {split!r}")
+    return SegDataset(pair_by_name(image_dir, label_dir), builtin.coco_stuff_171(), source=str(base), **kw)
+
+
+def cityscapes(root: str | Path, split: str, **kw) -> SegDataset:
+    """Cityscapes: leftImg8bit/{split}/CITY/*_leftImg8bit.png with gtFine/{split}/CITY/*_gtFine_labelTrainIds.png
+    (made by cityscapesScripts createTrainIdLabelImgs), 19 classes, ignore 255."""
+    root = Path(root)
+    base = find_dir([root / "cityscapes", root], "Cityscapes folder")
+    image_dir = find_dir([base / "leftImg8bit" / split], f"Cityscapes images of split {split!r}")
+    label_dir = find_dir([base / "gtFine" / split], f"Cityscapes gtFine of split {split!r}")
+    records = pair_by_name(
+        image_dir,
+        label_dir,
+        image_suffixes=("_leftImg8bit.png",),
+        label_suffixes=("_gtFine_labelTrainIds.png",),
+        recursive=True,
+    )
+    return SegDataset(records, builtin.cityscapes_19(), source=str(base), **kw)
+
+
+def mapillary(root: str | Path, split: str, **kw) -> SegDataset:
+    """Mapillary Vistas v1.2: {split}/images/*.jpg with {split}/labels/*.png, 65 classes, 65 = ignore."""
+    root = Path(root)
+    base = find_dir([root / "mapillary_vistas", root], "Mapillary Vistas folder")
+    image_dir = find_dir([base / split / "images"], f"Mapillary images of split {split!r}")
+    label_dir = find_dir([base / split / "labels"], f"Mapillary labels of split {split!r}")
+    return SegDataset(pair_by_name(image_dir, label_dir), builtin.mapillary_65(), source=str(base), **kw)
+
+
+def semantic_files(
+    image_dir: str | Path, label_dir: str | Path, meta: DatasetMeta, *, recursive: bool = False, **kw
+) -> SegDataset:
+    """Any image folder + label folder with a given meta (the building block of the folder reader)."""
+    records = pair_by_name(Path(image_dir), Path(label_dir), recursive=recursive)
+    return SegDataset(records, meta, source=str(image_dir), **kw)

@@ -1,0 +1,206 @@
+"""Geometric and photometric augmentations (reference section 6.3), in numpy/Pillow.
+
+A `Sample` carries the image and its label maps; every geometric transform moves them together (bilinear for the
+image, nearest for label and panoptic-id maps, so label values are never interpolated). Each transform is called as
+`t(sample, rng)` and draws all randomness from the passed numpy Generator: same seed -> same sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from .color import ColorAugSSD
+
+
+@dataclass
+class Sample:
+    """image: uint8 [h, w, 3] RGB; sem_seg: int32 [h, w] class ids (ignore kept) or None;
+    pan_seg: int32 [h, w] panoptic segment ids (0 = VOID) or None."""
+
+    image: np.ndarray
+    sem_seg: np.ndarray | None = None
+    pan_seg: np.ndarray | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    def map_labels(self, fn) -> Sample:
+        """Apply `fn` to each present label map."""
+        sem = None if self.sem_seg is None else fn(self.sem_seg)
+        pan = None if self.pan_seg is None else fn(self.pan_seg)
+        return replace(self, sem_seg=sem, pan_seg=pan)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [h, w, 3] -> [H, W, 3] with PIL bilinear (as detectron2's ResizeTransform for uint8 images)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """int [h, w] -> int32 [H, W] with nearest neighbour (values are copied, never mixed)."""
+    if label.shape == tuple(size):
+        return label
+    img = Image.fromarray(np.ascontiguousarray(label, dtype=np.int32))  # mode "I"
+    return np.asarray(img.resize((size[1], size[0]), Image.NEAREST), dtype=np.int32)
+
+
+def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """Output (h, w) with the short side at `short` and the long side capped at `max_size` (detectron2 rounding)."""
+    scale = short / min(h, w)
+    newh, neww = (short, scale * w) if h < w else (scale * h, short)
+    if max(newh, neww) > max_size:
+        s = max_size / max(newh, neww)
+        newh, neww = newh * s, neww * s
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+class ResizeShortestEdge:
+    """Resize so the short side is a size drawn uniformly from `sizes`, the long side at most `max_size`."""
+
+    def __init__(self, *, sizes: Sequence[int], max_size: int):
+        if len(sizes) == 0:
+            raise ValueError("ResizeShortestEdge needs at least one short-side size")
+        self.sizes = tuple(int(s) for s in sizes)
+        self.max_size = int(max_size)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        short = self.sizes[0] if len(self.sizes) == 1 else self.sizes[int(rng.integers(len(self.sizes)))]
+        size = shortest_edge_size(*sample.size, short, self.max_size)
+        return replace(sample.map_labels(lambda x: resize_label(x, size)), image=resize_image(sample.image, size))
+
+
+class RandomCrop:
+    """Random crop of min(crop, image) per side; optional category-area constraint (up to 10 tries).
+
+    crop_type "absolute": crop (h, w) = crop_size. "absolute_range": h and w each drawn uniformly from
+    [crop_size[0], min(side, crop_size[1])] (the DETR recipe). With single_category_max_area < 1, a window is
+    accepted when more than one non-ignore class is present and none covers >= that fraction of the non-ignore
+    pixels; after 10 failed tries the last window is used (as detectron2).
+    """
+
+    def __init__(
+        self,
+        *,
+        crop_size: tuple[int, int],
+        crop_type: str = "absolute",
+        single_category_max_area: float = 1.0,
+        ignore_label: int | None = None,
+    ):
+        if crop_type not in ("absolute", "absolute_range"):
+            raise ValueError(f"crop_type must be 'absolute' or 'absolute_range', got {crop_type!r}")
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.crop_type = crop_type
+        self.max_area = float(single_category_max_area)
+        self.ignore_label = ignore_label
+
+    def _size(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
+        a, b = self.crop_size
+        if self.crop_type == "absolute":
+            return min(a, h), min(b, w)
+        ch = int(rng.integers(min(h, a), min(h, b) + 1))
+        cw = int(rng.integers(min(w, a), min(w, b) + 1))
+        return ch, cw
+
+    def _window(self, sample: Sample, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        h, w = sample.size
+        for _ in range(10 if self.max_area < 1.0 and sample.sem_seg is not None else 1):
+            ch, cw = self._size(h, w, rng)
+            y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+            if self._accept(sample.sem_seg, (y0, x0, ch, cw)):
+                break
+        return y0, x0, ch, cw
+
+    def _accept(self, sem: np.ndarray | None, win: tuple[int, int, int, int]) -> bool:
+        if self.max_area >= 1.0 or sem is None:
+            return True
+        y0, x0, ch, cw = win
+        labels, counts = np.unique(sem[y0 : y0 + ch, x0 : x0 + cw], return_counts=True)
+        if self.ignore_label is not None:
+            counts = counts[labels != self.ignore_label]
+        return len(counts) > 1 and counts.max() < counts.sum() * self.max_area
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        y0, x0, ch, cw = self._window(sample, rng)
+        crop = lambda x: x[y0 : y0 + ch, x0 : x0 + cw]  # noqa: E731
+        return replace(sample.map_labels(crop), image=crop(sample.image))
+
+
+class RandomFlip:
+    """Horizontal flip with probability `prob`."""
+
+    def __init__(self, *, prob: float = 0.5):
+        self.prob = prob
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        if rng.random() >= self.prob:
+            return sample
+        flip = lambda x: np.ascontiguousarray(x[:, ::-1])  # noqa: E731
+        return replace(sample.map_labels(flip), image=flip(sample.image))
+
+
+class ColorJitterSSD:
+    """The SSD colour augmentation on the image only (labels untouched)."""
+
+    def __init__(self):
+        self.aug = ColorAugSSD()
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        return replace(sample, image=self.aug.apply(sample.image, rng))
+
+
+class PadTo:
+    """Pad bottom/right to exactly `size` (h, w): image with 128, sem_seg with the ignore label, pan_seg with 0."""
+
+    def __init__(self, *, size: tuple[int, int], ignore_label: int, image_value: int = 128, pan_value: int = 0):
+        self.size = (int(size[0]), int(size[1]))
+        self.ignore_label = ignore_label
+        self.image_value = image_value
+        self.pan_value = pan_value
+
+    def _pad(self, x: np.ndarray, value: int) -> np.ndarray:
+        h, w = x.shape[:2]
+        H, W = self.size
+        if h > H or w > W:
+            raise ValueError(f"PadTo: input {h}x{w} is larger than the pad size {H}x{W}; use a crop <= pad size")
+        if (h, w) == (H, W):
+            return x
+        out = np.full((H, W) + x.shape[2:], value, dtype=x.dtype)
+        out[:h, :w] = x
+        return out
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        sem = None if sample.sem_seg is None else self._pad(sample.sem_seg, self.ignore_label)
+        pan = None if sample.pan_seg is None else self._pad(sample.pan_seg, self.pan_value)
+        return Sample(self._pad(sample.image, self.image_value), sem, pan)
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence):
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        for t in self.transforms:
+            sample = t(sample, rng)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"Compose({[type(t).__name__ for t in self.transforms]})"
+
+
+class RandomChoice:
+    """With probability `prob` apply `first`, otherwise `second` (the DETR recipe's two branches)."""
+
+    def __init__(self, first, second, *, prob: float = 0.5):
+        self.first, self.second, self.prob = first, second, prob
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        return self.first(sample, rng) if rng.random() < self.prob else self.second(sample, rng)

@@ -1,0 +1,105 @@
+"""The training loop's links to the rest of the library: data loader, weights in and out, evaluation, seeding.
+
+Kept apart from loop.py so the loop itself only sees small functions with plain arguments.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from maskformer.config import Config
+from maskformer.engine.distributed import DistInfo
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------------- data
+def build_train_loader(dataset, cfg: Config, micro_batch: int, dist: DistInfo):
+    """An infinite, resumable, rank-sharded loader of `micro_batch`-image batches from the data layer."""
+    from maskformer.data import build_loader
+    from maskformer.data.loader import ResumableSampler
+
+    if len(dataset) < dist.world_size:
+        raise ValueError(f"the training set has {len(dataset)} images, fewer than {dist.world_size} processes")
+    sampler = ResumableSampler(
+        len(dataset), shuffle=True, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size
+    )
+    return build_loader(
+        dataset,
+        batch_size=micro_batch,
+        shuffle=True,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.train.seed + dist.rank,
+        sampler=sampler,
+    )
+
+
+def loader_state(loader) -> dict:
+    """The sampler's position (epoch + offset) for exact resume."""
+    return loader.sampler.state_dict()
+
+
+def restore_loader(loader, state: dict, consumed_batches: int) -> None:
+    """Put the sampler back where a checkpoint left it (`consumed_batches` is a cross-check for the caller)."""
+    loader.sampler.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+def write_model_dir(model: nn.Module, cfg: Config, meta, path: Path) -> None:
+    """A model directory (config.json + model.safetensors) loadable by `maskformer eval/predict`."""
+    from maskformer.checkpoint import generic_meta, save_pretrained
+
+    save_pretrained(model, cfg, meta if meta is not None else generic_meta(cfg), path)
+
+
+def load_weights(model: nn.Module, ckpt_dir: Path) -> None:
+    """Exactly the weights of a training checkpoint's model directory (every key must match)."""
+    from maskformer.checkpoint import WEIGHTS_NAME, load_checked, load_safetensors
+
+    file = Path(ckpt_dir) / WEIGHTS_NAME
+    load_checked(model, load_safetensors(file), source=str(file), strict=True)
+
+
+def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
+    """`--init-weights`: a full model (model dir, detectron2 / transformers checkpoint) or backbone-only weights.
+
+    kind: "auto" (full when the file holds head weights, else backbone), "full" or "backbone". Prints the key report.
+    """
+    from maskformer import checkpoint as C
+
+    if kind == "auto":
+        sd, info = C.read_state_dict(path)
+        full_prefixes = (
+            "sem_seg_head.",
+            "module.sem_seg_head.",
+            "model.transformer_module.",
+            "model.pixel_level_module.decoder.",
+        )
+        kind = "full" if info["kind"] == "model_dir" or any(k.startswith(full_prefixes) for k in sd) else "backbone"
+    if kind not in ("full", "backbone"):
+        raise ValueError(f"init-weights kind must be auto, full or backbone, got {kind!r}")
+    report = C.load_full_weights(model, path) if kind == "full" else C.load_backbone_weights(model, path)
+    print(f"--init-weights ({kind}): {report}")
+    return report
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+def default_evaluate(cfg: Config):
+    """evaluate_fn(model, dataset) -> metrics for cfg.inference.task, via maskformer.evaluation."""
+
+    def evaluate(model: nn.Module, dataset) -> dict:
+        from maskformer.evaluation.loop import evaluate_model
+
+        return evaluate_model(model, dataset, task=cfg.inference.task, cfg=cfg)
+
+    return evaluate

@@ -1,0 +1,301 @@
+"""The training loop: iteration-based AdamW + poly/multistep schedule, gradient accumulation, mixed precision,
+DDP (torchrun), periodic evaluation with best-model tracking, exact resume, JSONL metrics and PNG curves.
+
+Batch semantics: `cfg.train.batch_size` is the total batch of one optimizer step, over all processes and all
+accumulation steps (like detectron2's IMS_PER_BATCH), so each process loads micro-batches of
+batch_size / (world_size * grad_accum) images. The loss of each micro-batch is divided by grad_accum.
+
+Output folder:
+  metrics.jsonl, curves.png, config.json (resolved config), checkpoints/iter_*/ (see engine.state),
+  best/ (model directory with the best validation metric, best.json), model/ (final model directory).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskformer.config import Config, TrainConfig
+from maskformer.engine import distributed as D
+from maskformer.engine import state as S
+from maskformer.engine.components import (
+    build_train_loader,
+    default_evaluate,
+    load_init_weights,
+    load_weights,
+    loader_state,
+    restore_loader,
+    seed_everything,
+    write_model_dir,
+)
+from maskformer.engine.metrics import MetricsLogger, read_jsonl
+from maskformer.engine.plots import plot_training_curves
+from maskformer.engine.progress import Progress, WindowMeter
+from maskformer.engine.step import NonFiniteLossError, TrainStep
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    iteration: int
+    last_checkpoint: Path | None
+    best: dict | None = None
+    last_eval: dict = field(default_factory=dict)
+
+
+def micro_batch_size(train: TrainConfig, world_size: int) -> int:
+    """Images per process per forward pass: batch_size / (world_size * grad_accum), which must divide exactly."""
+    parts = world_size * max(train.grad_accum, 1)
+    if train.batch_size % parts:
+        raise ValueError(
+            f"train.batch_size={train.batch_size} is not divisible by world_size ({world_size}) x "
+            f"train.grad_accum ({train.grad_accum}); the total batch must split evenly"
+        )
+    return train.batch_size // parts
+
+
+def best_metric_key(task: str) -> str:
+    """The validation metric that selects the best checkpoint: mIoU (semantic), PQ (panoptic), AP (instance)."""
+    return {"semantic": "mIoU", "panoptic": "PQ", "instance": "AP"}.get(task, "mIoU")
+
+
+class Trainer:
+    """One training run. Components not given are built from `cfg` (model, criterion, datasets).
+
+    model/criterion: nn.Modules meeting docs/CONTRACTS.md; train_set/val_set: map-style datasets with `.meta`.
+    evaluate_fn(model, dataset) -> dict of metrics; defaults to maskformer.evaluation's `evaluate_model`.
+    device: "cpu", "cuda" or None (cuda when available). Under torchrun each process is one rank.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        out_dir: str | Path,
+        *,
+        model: nn.Module | None = None,
+        criterion: nn.Module | None = None,
+        train_set=None,
+        val_set=None,
+        evaluate_fn=None,
+        init_weights: str | None = None,
+        init_kind: str = "auto",
+        device: str | None = None,
+        progress: bool = True,
+    ):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.dist = D.init_distributed(device)
+        self.micro_batch = micro_batch_size(cfg.train, self.dist.world_size)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        if model is None:
+            from maskformer.modeling import build_model
+
+            model = build_model(cfg)
+        if init_weights:
+            load_init_weights(model, init_weights, init_kind)
+        self.model = model.to(self.dist.device)
+        if criterion is None:
+            from maskformer.criterion import build_criterion
+
+            criterion = build_criterion(cfg)
+        self.criterion = criterion.to(self.dist.device)
+        self.step = TrainStep(self.model, self.criterion, cfg.train, self.dist.device, net=self._wrap_ddp(self.model))
+        self.train_set = train_set if train_set is not None else _build_split(cfg, cfg.data.train_split, True)
+        self._val_set, self.evaluate_fn = val_set, evaluate_fn or default_evaluate(cfg)
+        seed_everything(cfg.train.seed + self.dist.rank)  # different augmentation streams per rank
+        self.loader = build_train_loader(self.train_set, cfg, self.micro_batch, self.dist)
+        self.iteration, self.best, self.last_eval = 0, None, {}
+        self.logger = MetricsLogger(self.out, enabled=self.dist.is_main)
+        self.progress = progress and self.dist.is_main
+
+    # ---------------------------------------------------------------------------------------------- set-up
+    def _wrap_ddp(self, model: nn.Module) -> nn.Module:
+        if not self.dist.distributed:
+            return model
+        ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    @property
+    def meta(self):
+        return getattr(self.train_set, "meta", None)
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def resume(self, path: str | Path | None = "latest") -> Path | None:
+        """Continue from a checkpoint ("latest"/"" = newest under out_dir, or a path). Returns the path used."""
+        ckpt = S.resolve_resume(None if path is None else str(path), self.out)
+        if ckpt is None:
+            return None
+        state = S.load_train_state(ckpt)
+        _warn_config_changes(state.get("config", {}), self.cfg, ckpt)
+        load_weights(self.model, ckpt)
+        self.step.load_state_dict(state["step"])
+        self.iteration, self.best = int(state["iteration"]), state.get("best")
+        rngs = state["rng"]
+        S.restore_rng(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
+        if len(rngs) != self.dist.world_size:
+            warnings.warn(f"resuming {ckpt} with {self.dist.world_size} processes instead of {len(rngs)}", stacklevel=2)
+        restore_loader(self.loader, state["loader"], self.iteration * max(self.cfg.train.grad_accum, 1))
+        self.logger.truncate_after(self.iteration)
+        return ckpt
+
+    # ------------------------------------------------------------------------------------------------ run
+    def run(self, stop_at: int | None = None) -> TrainResult:
+        """Train until cfg.train.max_iter (or stop after iteration `stop_at`, checkpointing there)."""
+        t = self.cfg.train
+        end = t.max_iter if stop_at is None else min(stop_at, t.max_iter)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            S.write_text_atomic(self.out / "config.json", self.cfg.to_json())
+        meter = WindowMeter()
+        bar = Progress(total=t.max_iter, initial=self.iteration, enabled=self.progress)
+        data = iter(self.loader)
+        last_ckpt = None
+        try:
+            while self.iteration < end:
+                t0 = time.perf_counter()
+                batches = [next(data) for _ in range(max(t.grad_accum, 1))]
+                t1 = time.perf_counter()
+                values = self._step(batches)
+                self.iteration += 1
+                meter.add(values, data_time=t1 - t0, step_time=time.perf_counter() - t1)
+                bar.update(self.iteration, values, meter, images=t.batch_size)
+                if self.iteration % t.log_period == 0 or self.iteration == end:
+                    self._log(meter)
+                if _due(self.iteration, t.checkpoint_period) or self.iteration == end:
+                    last_ckpt = self.save_checkpoint()
+                if _due(self.iteration, t.eval_period) or (self.iteration == t.max_iter and t.eval_period > 0):
+                    self.evaluate()
+        finally:
+            bar.close()
+        if self.iteration >= t.max_iter:
+            self._finish()
+        return TrainResult(self.out, self.iteration, last_ckpt, self.best, self.last_eval)
+
+    def _step(self, batches: list) -> dict[str, float]:
+        try:
+            return self.step(batches)
+        except NonFiniteLossError as e:
+            last = S.latest_checkpoint(self.checkpoint_root)
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise NonFiniteLossError(
+                f"{e}; the weights of this step were not updated and {where} "
+                "(try a lower train.base_lr, or train.amp=none)"
+            ) from None
+
+    def _log(self, meter: WindowMeter) -> None:
+        values = D.all_reduce_mean(meter.averages(), self.dist.device)
+        meter.reset()
+        self.logger.log(self.iteration, values)
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/iter_N (rank 0) with every rank's RNG state; prune to keep_last."""
+        rngs = _gather(S.capture_rng())
+        path = self.checkpoint_root / S.checkpoint_name(self.iteration)
+        if self.dist.is_main:
+            state = {
+                "iteration": self.iteration,
+                "step": self.step.state_dict(),
+                "rng": rngs,
+                "loader": loader_state(self.loader),
+                "best": self.best,
+                "config": self.cfg.to_dict(),
+                "world_size": self.dist.world_size,
+            }
+            writer = lambda d: write_model_dir(self.model, self.cfg, self.meta, d)  # noqa: E731
+            S.save_checkpoint(self.checkpoint_root, path.name, writer, state)
+            S.prune_checkpoints(self.checkpoint_root, self.cfg.train.keep_last)
+        D.barrier()
+        return path
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict:
+        """Evaluate on the validation split (rank 0), log "val/*" metrics, keep the best model directory."""
+        metrics: dict = {}
+        if self.dist.is_main:
+            rng = S.capture_rng()  # evaluation must not shift the training random streams
+            self.model.eval()
+            with torch.no_grad():
+                metrics = self.evaluate_fn(self.model, self.val_set)
+            self.model.train()
+            S.restore_rng(rng)
+            self._track_best(metrics)
+            self.logger.log(self.iteration, {f"val/{k}": v for k, v in metrics.items() if _is_scalar(v)})
+        D.barrier()
+        self.last_eval = metrics
+        return metrics
+
+    @property
+    def val_set(self):
+        if self._val_set is None:
+            self._val_set = _build_split(self.cfg, self.cfg.data.val_split, False)
+        return self._val_set
+
+    def _track_best(self, metrics: dict) -> None:
+        key = best_metric_key(self.cfg.inference.task)
+        if key not in metrics or (self.best is not None and metrics[key] <= self.best["value"]):
+            return
+        self.best = {"metric": key, "value": float(metrics[key]), "iteration": self.iteration}
+        writer = lambda d: write_model_dir(self.model, self.cfg, self.meta, d)  # noqa: E731
+        S.save_checkpoint(self.out, "best", writer, None, mark_latest=False)
+        S.write_text_atomic(self.out / "best" / "best.json", json.dumps({**self.best, "metrics": _scalars(metrics)}))
+
+    def _finish(self) -> None:
+        """Final model directory and curves (rank 0)."""
+        if self.dist.is_main:
+            writer = lambda d: write_model_dir(self.model, self.cfg, self.meta, d)  # noqa: E731
+            S.save_checkpoint(self.out, "model", writer, None, mark_latest=False)
+            plot_training_curves(read_jsonl(self.logger.path), self.out / "curves.png")
+        self.logger.close()
+
+
+def _build_split(cfg: Config, split: str, train: bool):
+    from maskformer.data import build_dataset
+
+    return build_dataset(cfg.data, split, train=train)
+
+
+def _due(iteration: int, period: int) -> bool:
+    return period > 0 and iteration % period == 0
+
+
+def _is_scalar(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _scalars(d: dict) -> dict:
+    return {k: v for k, v in d.items() if _is_scalar(v)}
+
+
+def _gather(obj) -> list:
+    """`obj` from every rank, in rank order (a one-element list when not distributed)."""
+    if not D.is_distributed():
+        return [obj]
+    out = [None] * D.world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _warn_config_changes(saved: dict, cfg: Config, where: Path) -> None:
+    """Name the config keys that differ from the checkpoint's (allowed, e.g. a longer max_iter, but worth seeing)."""
+    now = cfg.to_dict()
+    diffs = [
+        f"{sec}.{k}: {saved[sec][k]!r} -> {v!r}"
+        for sec, fields in now.items()
+        for k, v in fields.items()
+        if sec in saved and k in saved[sec] and _norm(saved[sec][k]) != _norm(v)
+    ]
+    if diffs:
+        warnings.warn(f"resuming {where} with a changed config: {'; '.join(diffs)}", stacklevel=3)
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v

@@ -1,0 +1,90 @@
+"""One optimizer step: forward (autocast) -> criterion (fp32) -> backward over accumulated micro-batches ->
+NaN/inf guard -> unscale -> global grad-norm clipping -> AdamW step -> scheduler step.
+
+Shared by the training loop and benchmarks/bench_train_step.py, so the benchmark times exactly what training runs.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from maskformer.config import TrainConfig
+from maskformer.engine import distributed as D
+from maskformer.engine.amp import autocast, check_amp, fp32_region, grad_scaler, to_float
+from maskformer.engine.optim import build_optimizer, clip_grad_norm
+from maskformer.engine.schedule import build_scheduler, lr_factor
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the step was abandoned before the weights changed."""
+
+
+class TrainStep:
+    """Owns the optimizer, scheduler and grad scaler of `model`; `net` is what runs forward (the DDP wrapper or model).
+
+    __call__(micro_batches [(ImageBatch | Tensor [B,3,H,W], list[SegTarget], ...)]) -> {loss terms, grad_norm, lr}.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, train: TrainConfig, device: torch.device, net=None):
+        check_amp(train.amp, device)
+        self.model, self.criterion, self.train, self.device = model, criterion, train, device
+        self.net = net if net is not None else model
+        self.optimizer = build_optimizer(model, train)
+        self.scheduler = build_scheduler(self.optimizer, train)
+        self.scaler = grad_scaler(train.amp, device)
+        self.iteration = 0  # optimizer steps taken (kept in sync with the scheduler)
+
+    def __call__(self, micro_batches: list) -> dict[str, float]:
+        self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = self._forward_backward(micro_batches)
+        values = {k: float(v) for k, v in sums.items()}
+        if not D.all_true(all(torch.isfinite(v).item() for v in sums.values()), self.device):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1}: {_bad(values)}")
+        self.scaler.unscale_(self.optimizer)
+        values["grad_norm"] = float(clip_grad_norm(self.model.parameters(), self.train.clip_grad_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        values["lr"] = self.train.base_lr * lr_factor(self.iteration, self.train)  # the lr this step used
+        self.scheduler.step()
+        self.iteration += 1
+        return values
+
+    def _forward_backward(self, micro_batches: list) -> dict[str, torch.Tensor]:
+        """Gradients of mean_i(loss_i) over the micro-batches (DDP all-reduces only on the last one)."""
+        n, dev = len(micro_batches), self.device
+        sums: dict[str, torch.Tensor] = {}
+        distributed = isinstance(self.net, nn.parallel.DistributedDataParallel)
+        for i, (images, targets, *_) in enumerate(micro_batches):
+            sync = i == n - 1 or not distributed
+            with nullcontext() if sync else self.net.no_sync():
+                with autocast(self.train.amp, dev):
+                    outputs = self.net(images.to(dev))
+                with fp32_region(dev):
+                    losses = self.criterion(to_float(outputs), [t.to(dev) for t in targets])
+                self.scaler.scale(losses["loss"] / n).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / n
+        return sums
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+
+
+def _bad(values: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if v != v or v in (float("inf"), float("-inf"))}

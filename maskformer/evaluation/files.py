@@ -1,0 +1,200 @@
+"""Scoring prediction files against ground-truth files, in the standard formats.
+
+- Semantic: a folder of GT label maps (PNG/TIFF, one class index per pixel) and a folder of predicted label maps,
+  matched by file stem.
+- Panoptic (COCO format): a JSON with `annotations` (image_id, file_name, segments_info) plus a folder of PNGs with
+  id = R + 256 G + 256^2 B, for GT and prediction, matched by image_id; folders default to the JSON path without
+  ".json" (panopticapi's convention); categories come from the GT JSON.
+
+Worker processes decode the PNGs and reduce each image to a small histogram (panoptic: [2+n_gt, 2+n_pred];
+semantic: the non-zero entries of the [K+1, K] confusion counts); the main process only accumulates, in image order,
+so the numbers equal the in-memory evaluators' exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from maskformer.evaluation.panoptic import PairCounter, PanopticEvaluator, segment_ids
+from maskformer.evaluation.sem_seg import ConfusionCounter, SemSegEvaluator
+
+LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
+_WORKER_STATE: dict = {}  # per process: reusable counters (lookup tables and buffers)
+
+
+def _state(key, factory: Callable):
+    """This process's reusable object for `key` (built once per worker process)."""
+    if key not in _WORKER_STATE:
+        _WORKER_STATE[key] = factory()
+    return _WORKER_STATE[key]
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_panoptic_png(path: str | Path) -> np.ndarray:
+    """COCO panoptic PNG -> uint32 [h, w] segment ids (R + 256 G + 256^2 B; 0 = VOID)."""
+    with Image.open(path) as im:
+        if im.mode not in ("RGB", "RGBA"):
+            im = im.convert("RGB")
+        rgb = np.asarray(im)
+    ids = rgb[:, :, 2].astype(np.uint32)
+    ids <<= 8
+    ids |= rgb[:, :, 1]
+    ids <<= 8
+    ids |= rgb[:, :, 0]
+    return ids
+
+
+def read_label_map(path: str | Path) -> np.ndarray:
+    """Single-channel label map (PNG "L"/"P"/"I;16"/"I", TIFF) -> integer [h, w]; colour images are an error."""
+    with Image.open(path) as im:
+        if im.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
+            raise ValueError(f"{path}: a label map must have one channel of class indices, got mode {im.mode}")
+        return np.asarray(im)
+
+
+def load_json(path: str | Path, what: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} JSON {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} JSON {path} is not valid JSON: {e}") from None
+
+
+def check_panoptic_json(data: dict, path, what: str, keys=("annotations",)) -> None:
+    """Clear errors for a COCO panoptic JSON missing its lists or per-image fields."""
+    for key in keys:
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{what} JSON {path} has no '{key}' list")
+    for ann in data["annotations"]:
+        for key in ("image_id", "file_name", "segments_info"):
+            if key not in ann:
+                raise ValueError(f"{what} JSON {path}: an annotation lacks '{key}' (image_id {ann.get('image_id')})")
+
+
+def match_panoptic(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]:
+    """(GT annotation, prediction annotation) per GT image, by image_id; a missing prediction names the image."""
+    preds = {ann["image_id"]: ann for ann in pred_json.get("annotations", [])}
+    missing = [ann["image_id"] for ann in gt_json["annotations"] if ann["image_id"] not in preds]
+    if missing:
+        raise ValueError(f"no prediction for the ground-truth image(s) with image_id {missing[:10]}")
+    return [(ann, preds[ann["image_id"]]) for ann in gt_json["annotations"]]
+
+
+def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """(stem, gt path, pred path) for every GT label map, predictions matched by file stem."""
+    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    for d, what in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} folder {d} does not exist")
+    gts = sorted(p for p in gt_dir.iterdir() if p.suffix.lower() in LABEL_EXTENSIONS)
+    if not gts:
+        raise ValueError(f"ground-truth folder {gt_dir} has no label maps ({', '.join(LABEL_EXTENSIONS)})")
+    preds = {p.stem: p for p in pred_dir.iterdir() if p.suffix.lower() in LABEL_EXTENSIONS}
+    missing = [p.stem for p in gts if p.stem not in preds]
+    if missing:
+        raise ValueError(f"no prediction in {pred_dir} for the ground-truth image(s) {missing[:10]}")
+    return [(p.stem, p, preds[p.stem]) for p in gts]
+
+
+def parallel_map(fn: Callable, tasks: Iterable, workers: int) -> Iterator:
+    """fn over tasks in order; `workers` > 0 uses that many worker processes (fork where available)."""
+    tasks = list(tasks)
+    if workers <= 0 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap(fn, tasks, chunksize=max(1, min(8, len(tasks) // (4 * workers))))
+
+
+# ---------------------------------------------------------------------------------------------------- panoptic
+def _panoptic_counts(task) -> np.ndarray:
+    """Worker: decode one GT/prediction PNG pair -> joint histogram [2+n_gt, 2+n_pred]."""
+    image_id, gt_path, pred_path, gt_seg, pred_seg = task
+    gt, pred = read_panoptic_png(gt_path), read_panoptic_png(pred_path)
+    if gt.shape != pred.shape:
+        raise ValueError(f"image {image_id}: prediction PNG {pred_path} is {pred.shape}, ground truth is {gt.shape}")
+    return _state("pairs", PairCounter).counts(gt, pred, gt_seg, pred_seg, image_id)
+
+
+def score_panoptic(
+    gt_json: str | Path,
+    pred_json: str | Path,
+    *,
+    gt_folder: str | Path | None = None,
+    pred_folder: str | Path | None = None,
+    workers: int | None = None,
+) -> dict:
+    """PQ/SQ/RQ of COCO-format panoptic predictions, as panopticapi's pq_compute (see PanopticEvaluator.compute)."""
+    gt, pred = load_json(gt_json, "ground-truth"), load_json(pred_json, "prediction")
+    check_panoptic_json(gt, gt_json, "ground-truth", ("annotations", "categories"))
+    check_panoptic_json(pred, pred_json, "prediction")
+    gt_folder = Path(gt_folder) if gt_folder else Path(str(gt_json).replace(".json", ""))
+    pred_folder = Path(pred_folder) if pred_folder else Path(str(pred_json).replace(".json", ""))
+    for d, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} PNG folder {d} does not exist")
+    evaluator = PanopticEvaluator(gt["categories"])
+    pairs = match_panoptic(gt, pred)
+    tasks = [
+        (
+            g["image_id"],
+            gt_folder / g["file_name"],
+            pred_folder / p["file_name"],
+            segment_ids(g["segments_info"], "ground truth", g["image_id"]),
+            segment_ids(p["segments_info"], "prediction", g["image_id"]),
+        )
+        for g, p in pairs
+    ]
+    workers = default_workers() if workers is None else workers
+    for (g, p), hist in zip(pairs, parallel_map(_panoptic_counts, tasks, workers)):
+        evaluator.update_counts(hist, p["segments_info"], g["segments_info"], image_id=g["image_id"])
+    return evaluator.compute()
+
+
+# ---------------------------------------------------------------------------------------------------- semantic
+def _semantic_counts(task) -> tuple[np.ndarray, np.ndarray]:
+    """Worker: decode one GT/prediction pair -> non-zero confusion entries (flat index int32, count int64)."""
+    name, gt_path, pred_path, k, ignore, reduce_zero = task
+    counter = _state(
+        ("confusion", k, ignore, reduce_zero), lambda: ConfusionCounter(k, ignore, reduce_zero_label=reduce_zero)
+    )
+    counts = counter.counts(read_label_map(pred_path), read_label_map(gt_path), name).reshape(-1)
+    idx = np.flatnonzero(counts)
+    return idx.astype(np.int32), counts[idx]
+
+
+def score_semantic(
+    gt_dir: str | Path,
+    pred_dir: str | Path,
+    *,
+    num_classes: int,
+    ignore_label: int = 255,
+    reduce_zero_label: bool = False,
+    class_names: list[str] | None = None,
+    workers: int | None = None,
+) -> dict:
+    """mIoU & co. of a folder of predicted label maps against a folder of GT label maps (SemSegEvaluator.compute)."""
+    evaluator = SemSegEvaluator(num_classes, ignore_label, class_names, reduce_zero_label=reduce_zero_label)
+    pairs = match_semantic(gt_dir, pred_dir)
+    tasks = [(stem, g, p, num_classes, ignore_label, reduce_zero_label) for stem, g, p in pairs]
+    workers = default_workers() if workers is None else workers
+    dense = np.zeros((num_classes + 1) * num_classes, dtype=np.int64)
+    for idx, vals in parallel_map(_semantic_counts, tasks, workers):
+        dense[idx] = vals
+        evaluator.update_counts(dense.reshape(num_classes + 1, num_classes))
+        dense[idx] = 0
+    return evaluator.compute()

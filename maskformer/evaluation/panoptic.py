@@ -1,0 +1,284 @@
+"""Panoptic quality (PQ = SQ x RQ) with panopticapi's rules, streaming and vectorized per image.
+
+Rules (reference evaluation-semantics.md section 1), all reproduced in float64:
+- one joint histogram of (GT segment, predicted segment) per image, VOID (id 0) included;
+- a pair matches iff same category, GT not crowd and IoU > 0.5 (strict), with the asymmetric union
+  |p| + |g| - |g n p| - |p n GT-VOID| (prediction VOID inside g stays in the union);
+- predicted areas come from the PNG, GT areas from the segments' "area" field (JSON);
+- unmatched non-crowd GT -> FN; unmatched prediction -> FP unless
+  (|p n GT-VOID| + |p n crowd of its category|) / |p| > 0.5, with only the last crowd segment of a
+  category in `segments_info` counting (panopticapi's dict overwrite);
+- GT ids in the PNG but not in `segments_info` are skipped, not VOID; per-class PQ = iou_sum / (TP + FP/2 + FN/2);
+  averages over categories with TP + FP + FN > 0 (SQ = 0 for TP = 0 included).
+
+Deliberate deviations, all on input panopticapi would crash on or mis-handle:
+- a split with no counted category (n = 0) gives pq = sq = rq = -1.0 and n = 0 (hotcoco's convention) instead of
+  ZeroDivisionError;
+- a GT segment without "area" takes its PNG pixel count (hotcoco) instead of KeyError;
+- segment id 0 in `segments_info`, duplicate segment ids and unknown GT categories are errors naming the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+VOID = 0
+_LUT_LIMIT = 1 << 24  # ids below this are looked up in a table (PNG ids are < 2^24); above: np.unique
+_DIRECT_LIMIT = 1 << 12  # small ids (model outputs: 1..N) are used as histogram indices directly
+
+
+def _numpy(x) -> np.ndarray:
+    """Tensor or array -> numpy array (no copy for numpy input or CPU tensors)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class PairCounter:
+    """Joint pixel histograms of (GT id, predicted id) with reusable buffers and id lookup table.
+
+    counts(...) returns int64 [2 + n_gt, 2 + n_pred]: index 0 = ids not listed in the segments, 1 = VOID (id 0),
+    2 + i = the i-th listed segment. Cost per image: one table gather and one bincount, no sort.
+    """
+
+    def __init__(self) -> None:
+        self._lut = np.zeros(0, dtype=np.intp)
+        self._key = np.zeros(0, dtype=np.intp)
+        self._tmp = np.zeros(0, dtype=np.intp)
+
+    def counts(self, gt_ids, pred_ids, gt_seg_ids: np.ndarray, pred_seg_ids: np.ndarray, image_id=None) -> np.ndarray:
+        """gt_ids, pred_ids: int [h, w] id maps; *_seg_ids: int64 [n] listed segment ids -> int64 [2+n_gt, 2+n_pred]."""
+        gt, pred = _numpy(gt_ids).reshape(-1), _numpy(pred_ids).reshape(-1)
+        g_max, p_max = _max_id(gt, "ground-truth", image_id), _max_id(pred, "prediction", image_id)
+        listed_max = int(max(gt_seg_ids.max(initial=0), pred_seg_ids.max(initial=0)))
+        if max(g_max, p_max, listed_max) >= _LUT_LIMIT:
+            return _counts_by_unique(gt, pred, gt_seg_ids, pred_seg_ids)
+        g_direct, p_direct = g_max < _DIRECT_LIMIT, p_max < _DIRECT_LIMIT
+        ncols = p_max + 1 if p_direct else len(pred_seg_ids) + 2
+        nrows = g_max + 1 if g_direct else len(gt_seg_ids) + 2
+        key = self._buffer("_key", gt.size)
+        if g_direct:
+            np.multiply(gt, ncols, out=key, dtype=np.intp, casting="unsafe")  # key = row * ncols
+        else:
+            self._gather(gt, max(g_max, listed_max), gt_seg_ids, ncols, key)
+        if p_direct:
+            np.add(key, pred, out=key, dtype=np.intp, casting="unsafe")  # key = row * ncols + col
+        else:
+            tmp = self._buffer("_tmp", pred.size)
+            np.add(key, self._gather(pred, max(p_max, listed_max), pred_seg_ids, 1, tmp), out=key)
+        hist = np.bincount(key, minlength=nrows * ncols).reshape(nrows, ncols)
+        if g_direct:
+            hist = _select(hist, gt_seg_ids)
+        if p_direct:
+            hist = _select(hist.T, pred_seg_ids).T
+        return hist
+
+    def _buffer(self, name: str, n: int) -> np.ndarray:
+        buf = getattr(self, name)
+        if buf.size < n:
+            buf = np.empty(n, dtype=np.intp)
+            setattr(self, name, buf)
+        return buf[:n]
+
+    def _gather(self, ids: np.ndarray, max_id: int, seg_ids: np.ndarray, scale: int, out: np.ndarray) -> np.ndarray:
+        """out[k] = compact index of ids[k] times `scale` (0 = not listed, 1 = VOID, 2 + i = segment i).
+
+        max_id bounds ids and seg_ids (< 2^24); the table grows to a power of two above it.
+        """
+        if self._lut.size <= max_id:
+            self._lut = np.zeros(1 << max(max_id, 255).bit_length(), dtype=np.intp)  # calloc: lazy zero pages
+        lut = self._lut
+        lut[VOID] = scale
+        lut[seg_ids] = (np.arange(len(seg_ids)) + 2) * scale
+        np.take(lut, ids, out=out, mode="clip")
+        lut[seg_ids] = 0
+        lut[VOID] = 0
+        return out
+
+
+def _max_id(ids: np.ndarray, what: str, image_id) -> int:
+    if ids.size == 0:
+        return 0
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"image {image_id}: {what} id map must be integer, got dtype {ids.dtype}")
+    if ids.dtype.kind == "i" and int(ids.min()) < 0:
+        raise ValueError(f"image {image_id}: {what} id map has negative ids")
+    return int(ids.max())
+
+
+def _select(hist: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
+    """Rows of a histogram indexed by raw id [max_id+1, C] -> [2 + n, C] in the compact layout."""
+    inside = seg_ids < hist.shape[0]
+    listed = np.zeros((len(seg_ids), hist.shape[1]), dtype=hist.dtype)
+    listed[inside] = hist[seg_ids[inside]]
+    void = hist[VOID]
+    unlisted = hist.sum(0) - void - listed.sum(0)
+    return np.concatenate([unlisted[None], void[None], listed])
+
+
+def _counts_by_unique(gt, pred, gt_seg_ids, pred_seg_ids) -> np.ndarray:
+    """Fallback for ids >= 2^24: compact both sides with np.unique (sorts; slower)."""
+    idx = []
+    for ids, seg in ((gt, gt_seg_ids), (pred, pred_seg_ids)):
+        uniq, inv = np.unique(ids, return_inverse=True)
+        lookup = {int(s): i + 2 for i, s in enumerate(seg)}
+        lookup[VOID] = 1
+        idx.append(np.array([lookup.get(int(u), 0) for u in uniq], dtype=np.intp)[inv.reshape(-1)])
+    n_cols = len(pred_seg_ids) + 2
+    hist = np.bincount(idx[0] * n_cols + idx[1], minlength=(len(gt_seg_ids) + 2) * n_cols)
+    return hist.reshape(len(gt_seg_ids) + 2, n_cols)
+
+
+class PanopticEvaluator:
+    """Streaming PQ/SQ/RQ over a dataset, identical to panopticapi's `pq_compute` (to float64 summation order).
+
+    categories: dicts {"id", "isthing", "name"} with dataset category ids (the GT JSON's "categories").
+    update(pred_ids, pred_segments, gt_ids, gt_segments): id maps int [h, w] (0 = VOID); segments are dicts with
+    "id", "category_id" (dataset ids) and, for GT, "iscrowd" and "area".
+    """
+
+    def __init__(self, categories: Sequence[dict]) -> None:
+        if not categories:
+            raise ValueError("PanopticEvaluator needs at least one category")
+        self.categories = [dict(c) for c in categories]
+        self._cat_index = {int(c["id"]): i for i, c in enumerate(self.categories)}
+        if len(self._cat_index) != len(self.categories):
+            raise ValueError("PanopticEvaluator: duplicate category ids")
+        self._isthing = np.array([int(c.get("isthing", 0)) == 1 for c in self.categories])
+        self._counter = PairCounter()
+        self.reset()
+
+    def reset(self) -> None:
+        k = len(self.categories)
+        self.tp, self.fp, self.fn = (np.zeros(k, dtype=np.int64) for _ in range(3))
+        self.iou = np.zeros(k, dtype=np.float64)
+        self.num_images = 0
+
+    def update(self, pred_ids, pred_segments: Sequence[dict], gt_ids, gt_segments: Sequence[dict], *, image_id=None):
+        """Add one image. pred_ids/gt_ids: int [h, w] (numpy or torch); image_id names the image in errors."""
+        pred_ids, gt_ids = _numpy(pred_ids), _numpy(gt_ids)
+        if pred_ids.shape != gt_ids.shape:
+            raise ValueError(f"image {image_id}: prediction size {pred_ids.shape} != ground-truth size {gt_ids.shape}")
+        gt_seg, pred_seg = (
+            segment_ids(gt_segments, "ground truth", image_id),
+            segment_ids(pred_segments, "prediction", image_id),
+        )
+        hist = self._counter.counts(gt_ids, pred_ids, gt_seg, pred_seg, image_id)
+        self.update_counts(hist, pred_segments, gt_segments, image_id=image_id)
+
+    def update_counts(self, hist: np.ndarray, pred_segments, gt_segments, *, image_id=None) -> None:
+        """Add one image from its joint histogram [2+n_gt, 2+n_pred] (`PairCounter.counts` layout)."""
+        if hist[:, 0].any():
+            raise ValueError(
+                f"image {image_id}: the prediction PNG has segment ids missing from its segments_info "
+                f"({int(hist[:, 0].sum())} pixels); every non-zero id must be listed"
+            )
+        p_area = hist[:, 2:].sum(0)  # [P] areas counted from the PNG
+        if (p_area == 0).any():
+            missing = [int(s["id"]) for s, a in zip(pred_segments, p_area) if a == 0]
+            raise ValueError(
+                f"image {image_id}: prediction segment ids {missing} are in segments_info but not in the PNG"
+            )
+        p_cat = self._category_indices(pred_segments, "prediction", image_id)
+        g_cat = self._category_indices(gt_segments, "ground truth", image_id)
+        g_crowd = np.array([int(s.get("iscrowd", 0)) == 1 for s in gt_segments], dtype=bool)
+        g_png_area = hist[2:].sum(1)
+        g_area = np.array([s.get("area", a) for s, a in zip(gt_segments, g_png_area.tolist())], dtype=np.float64)
+        self._match(hist, g_cat, g_crowd, g_area, p_cat, p_area, gt_segments)
+        self.num_images += 1
+
+    def _category_indices(self, segments, what: str, image_id) -> np.ndarray:
+        try:
+            return np.array([self._cat_index[int(s["category_id"])] for s in segments], dtype=np.intp)
+        except KeyError:
+            bad = sorted({int(s["category_id"]) for s in segments} - set(self._cat_index))
+            raise ValueError(f"image {image_id}: {what} segments have unknown category_id {bad}") from None
+
+    def _match(self, hist, g_cat, g_crowd, g_area, p_cat, p_area, gt_segments) -> None:
+        inter = hist[2:, 2:]  # [G, P] |g n p|
+        p_void = hist[1, 2:]  # [P] |p n GT-VOID|
+        candidate = (g_cat[:, None] == p_cat[None, :]) & ~g_crowd[:, None] & (inter > 0)
+        union = p_area[None, :] + g_area[:, None] - inter - p_void[None, :]  # [G, P] asymmetric union
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / union
+        match = candidate & (iou > 0.5)
+        gi, pj = np.nonzero(match)
+        k = len(self.categories)
+        self.tp += np.bincount(g_cat[gi], minlength=k)
+        self.iou += np.bincount(g_cat[gi], weights=iou[gi, pj], minlength=k)
+        g_free = ~match.any(1)
+        self.fn += np.bincount(g_cat[g_free & ~g_crowd], minlength=k)
+        crowd_row = np.full(k, -1, dtype=np.intp)
+        for i in np.flatnonzero(g_crowd):  # in segments_info order: the last crowd of a category wins
+            crowd_row[g_cat[i]] = i
+        p_free = ~match.any(0)
+        rows = crowd_row[p_cat]  # [P] crowd segment of each prediction's category, -1 if none
+        crowd = np.where(rows >= 0, inter[np.maximum(rows, 0), np.arange(len(p_cat))], 0)
+        ignored = (p_void + crowd) / p_area > 0.5
+        self.fp += np.bincount(p_cat[p_free & ~ignored], minlength=k)
+
+    def merge(self, other: PanopticEvaluator) -> None:
+        """Add another evaluator's counts (same categories), e.g. from another process."""
+        self.tp += other.tp
+        self.fp += other.fp
+        self.fn += other.fn
+        self.iou += other.iou
+        self.num_images += other.num_images
+
+    def compute(self) -> dict:
+        """{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {cat_id: {...}}, "PQ", "SQ", "RQ", "PQ_th", ...}.
+
+        Values in [0, 1] (panopticapi's convention; its printed table is x100).
+        """
+        denom = self.tp + 0.5 * self.fp + 0.5 * self.fn
+        counted = (self.tp + self.fp + self.fn) > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pq = np.where(counted, self.iou / denom, 0.0)
+            sq = np.where(self.tp > 0, self.iou / self.tp, 0.0)
+            rq = np.where(counted, self.tp / denom, 0.0)
+        out: dict = {}
+        for name, sel in (("All", np.ones_like(counted)), ("Things", self._isthing), ("Stuff", ~self._isthing)):
+            out[name] = _average(pq, sq, rq, counted & sel)
+        out["per_class"] = {
+            int(c["id"]): {
+                "name": c.get("name", str(c["id"])),
+                "isthing": bool(self._isthing[i]),
+                "pq": float(pq[i]),
+                "sq": float(sq[i]),
+                "rq": float(rq[i]),
+                "tp": int(self.tp[i]),
+                "fp": int(self.fp[i]),
+                "fn": int(self.fn[i]),
+            }
+            for i, c in enumerate(self.categories)
+        }
+        for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+            for m in ("pq", "sq", "rq"):
+                out[m.upper() + suffix] = out[name][m]
+        out["num_images"] = self.num_images
+        return out
+
+
+def _average(pq, sq, rq, sel) -> dict:
+    """Plain means over the selected categories in category order; n = 0 -> -1.0 (documented deviation)."""
+    n = int(sel.sum())
+    if n == 0:
+        return {"pq": -1.0, "sq": -1.0, "rq": -1.0, "n": 0}
+    mean = lambda v: float(sum(v[sel].tolist()) / n)  # noqa: E731  (sequential sum, as panopticapi)
+    return {"pq": mean(pq), "sq": mean(sq), "rq": mean(rq), "n": n}
+
+
+def segment_ids(segments: Sequence[dict], what: str, image_id) -> np.ndarray:
+    """int64 [n] ids of `segments`; a missing field, id 0 (VOID) or a repeated id is an error naming the image."""
+    try:
+        pairs = [(int(s["id"]), int(s["category_id"])) for s in segments]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"image {image_id}: every {what} segment needs an integer 'id' and 'category_id'") from None
+    ids = np.array([i for i, _ in pairs], dtype=np.int64).reshape(-1)
+    if (ids <= 0).any():
+        raise ValueError(f"image {image_id}: {what} segments_info uses id <= 0 (0 is VOID)")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"image {image_id}: {what} segments_info repeats a segment id")
+    return ids

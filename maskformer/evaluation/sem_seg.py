@@ -1,0 +1,211 @@
+"""Semantic segmentation metrics from one int64 confusion matrix over the dataset (detectron2 / mmseg conventions).
+
+- Ignore applies to the ground truth only; predictions must lie in [0, K) (an argmax), anything else is an error.
+- Per class: IoU = TP / (GT + PRED - TP), Acc = TP / GT (NaN where the denominator is 0).
+- mIoU: mean over classes with union > 0 (mmseg, detectron2 <= v0.6: the primary value); mIoU_gt: over classes
+  present in the GT (detectron2 since 2022-07); mACC over GT-present classes; pACC = sum TP / sum GT;
+  fwIoU = sum over GT-present classes of IoU * GT / sum GT.
+- PQ^St (the paper's ablations): every class is one segment per image in the GT and in the prediction; matching,
+  FP forgiveness and averaging follow panopticapi with VOID = the ignore label (MaskFormer's
+  tools/evaluate_pq_for_semantic_segmentation.py).
+- reduce_zero_label (mmseg / ADE20K raw labels): 0 -> ignore, x -> x - 1, the ignore value stays ignore.
+All metrics are fractions in [0, 1] (printed tables show x100).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from maskformer.evaluation.panoptic import _numpy
+
+_LUT_SIZE = 1 << 16  # GT values 0..65535 go through a lookup table; wider or signed maps are range-checked first
+
+
+class ConfusionCounter:
+    """Per-image confusion counts with a GT lookup table and a reused key buffer (no per-image temporaries).
+
+    counts(pred, gt) -> int64 [K + 1, K]: rows = GT class (row K = ignore), columns = predicted class.
+    """
+
+    def __init__(self, num_classes: int, ignore_label: int, *, reduce_zero_label: bool = False) -> None:
+        k = self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        raw = np.arange(_LUT_SIZE + 1, dtype=np.intp)
+        row = raw - 1 if reduce_zero_label else raw.copy()
+        row[(row < 0) | (row >= k)] = k + 1  # out of range: an error row
+        if reduce_zero_label:
+            row[0] = k  # raw 0 = "other" -> ignore
+        if 0 <= self.ignore_label < _LUT_SIZE:
+            row[self.ignore_label] = k  # the ignore value stays ignore
+        row[_LUT_SIZE] = k  # slot for ignore labels outside the table (e.g. -1)
+        self._lut = row * k  # premultiplied: key = lut[gt] + pred
+        self._key = np.zeros(0, dtype=np.intp)
+
+    def counts(self, pred, gt, name=None) -> np.ndarray:
+        """pred: int [h, w] in [0, K); gt: int [h, w] -> int64 [K + 1, K] (row K: pixels whose GT is ignore)."""
+        pred, gt = _numpy(pred), _numpy(gt)
+        k = self.num_classes
+        if pred.shape != gt.shape:
+            raise ValueError(f"image {name}: prediction size {pred.shape} != ground-truth size {gt.shape}")
+        _check_pred(pred, k, name)
+        key = self._keys(gt.reshape(-1), name)
+        np.add(key, pred.reshape(-1), out=key, dtype=np.intp, casting="unsafe")  # key = row * K + pred
+        hist = np.bincount(key, minlength=(k + 2) * k)
+        if hist[(k + 1) * k :].any():
+            bad = np.unique(gt[self._lut[np.clip(gt, 0, _LUT_SIZE)] > k * k])[:10].tolist()
+            raise ValueError(
+                f"image {name}: ground-truth values {bad} are neither classes 0..{k - 1} nor ignore {self.ignore_label}"
+            )
+        return hist[: (k + 1) * k].reshape(k + 1, k)
+
+    def _keys(self, gt: np.ndarray, name) -> np.ndarray:
+        """GT row index * K for every pixel, written into the reused key buffer."""
+        if self._key.size < gt.size:
+            self._key = np.empty(gt.size, dtype=np.intp)
+        key = self._key[: gt.size]
+        if gt.dtype.kind not in "iu":
+            raise ValueError(f"image {name}: ground-truth label map must be integer, got {gt.dtype}")
+        if gt.dtype.itemsize > 2 or gt.dtype.kind == "i":
+            gt = self._narrow(gt, name)
+        np.take(self._lut, gt, out=key, mode="clip")
+        return key
+
+    def _narrow(self, gt: np.ndarray, name) -> np.ndarray:
+        """Wide or signed GT: values outside the table may only be the ignore label (sent to the ignore slot)."""
+        if gt.size == 0 or (int(gt.min()) >= 0 and int(gt.max()) < _LUT_SIZE):
+            return gt
+        outside = (gt < 0) | (gt >= _LUT_SIZE)
+        bad = np.unique(gt[outside & (gt != self.ignore_label)])
+        if bad.size:
+            raise ValueError(
+                f"image {name}: ground-truth values {bad[:10].tolist()} are neither classes "
+                f"0..{self.num_classes - 1} nor ignore {self.ignore_label}"
+            )
+        return np.where(outside, _LUT_SIZE, gt)  # the extra last table entry is the ignore row
+
+
+def _check_pred(pred: np.ndarray, k: int, name) -> None:
+    if pred.dtype.kind not in "iu":
+        raise ValueError(f"image {name}: prediction must be an integer label map, got dtype {pred.dtype}")
+    if pred.size and (int(pred.max()) >= k or (pred.dtype.kind == "i" and int(pred.min()) < 0)):
+        lo, hi = int(pred.min()), int(pred.max())
+        raise ValueError(f"image {name}: predicted labels span [{lo}, {hi}], outside the classes [0, {k})")
+
+
+class SemSegEvaluator:
+    """Streaming semantic-segmentation metrics: mIoU (+ GT-present variant), mACC, pACC, fwIoU, per-class, PQ^St.
+
+    update(pred [h, w], gt [h, w]) with numpy arrays or tensors; compute() -> dict of fractions in [0, 1].
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_label: int = 255,
+        class_names: Sequence[str] | None = None,
+        *,
+        reduce_zero_label: bool = False,
+    ) -> None:
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        self.reduce_zero_label = bool(reduce_zero_label)
+        names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise ValueError(f"SemSegEvaluator: {len(names)} class names for {self.num_classes} classes")
+        self.class_names = names
+        self._counter = ConfusionCounter(self.num_classes, self.ignore_label, reduce_zero_label=reduce_zero_label)
+        self.reset()
+
+    def reset(self) -> None:
+        k = self.num_classes
+        self.confusion = np.zeros((k + 1, k), dtype=np.int64)  # [GT (+ ignore row), pred]
+        self.pq_tp, self.pq_fp, self.pq_fn = (np.zeros(k, dtype=np.int64) for _ in range(3))
+        self.pq_iou = np.zeros(k, dtype=np.float64)
+        self.num_images = 0
+
+    def update(self, pred, gt, *, name=None) -> None:
+        """Add one image: pred int [h, w] in [0, K); gt int [h, w] (ignore label allowed). name appears in errors."""
+        self.update_counts(self._counter.counts(pred, gt, name))
+
+    def update_counts(self, counts: np.ndarray) -> None:
+        """Add one image's confusion counts int64 [K + 1, K] (`ConfusionCounter.counts`)."""
+        self.confusion += counts
+        self._add_pq_stuff(counts)
+        self.num_images += 1
+
+    def _add_pq_stuff(self, c: np.ndarray) -> None:
+        """PQ^St of one image: class c is one GT segment (GT == c) and one predicted segment (pred == c)."""
+        k = self.num_classes
+        inter = np.diagonal(c)  # [K]
+        gt_area = c[:k].sum(1)  # [K], ignore pixels excluded
+        pred_area = c.sum(0)  # [K], all pixels of the prediction
+        void = c[k]  # [K] predicted pixels on GT ignore (VOID)
+        union = pred_area + gt_area - inter - void
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / union
+            ignored = void / pred_area > 0.5
+        match = (inter > 0) & (iou > 0.5)
+        self.pq_tp += match
+        self.pq_iou += np.where(match, iou, 0.0)
+        self.pq_fn += (gt_area > 0) & ~match
+        self.pq_fp += (pred_area > 0) & ~match & ~ignored
+
+    def merge(self, other: SemSegEvaluator) -> None:
+        """Add another evaluator's state (same classes), e.g. from another process."""
+        self.confusion += other.confusion
+        for name in ("pq_tp", "pq_fp", "pq_fn", "pq_iou"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        self.num_images += other.num_images
+
+    def compute(self) -> dict:
+        """Summary fractions plus "per_class": [{name, iou, acc, pq, sq, rq, gt_pixels, pred_pixels}]."""
+        k = self.num_classes
+        conf = self.confusion[:k].astype(np.float64)  # ignore row dropped
+        tp, gt, pred = np.diagonal(conf), conf.sum(1), conf.sum(0)
+        union = gt + pred - tp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+            acc = np.where(gt > 0, tp / gt, np.nan)
+        present, total = gt > 0, gt.sum()
+        out = {
+            "mIoU": _mean(iou[union > 0]),
+            "mIoU_gt": _mean(iou[present]),
+            "mACC": _mean(acc[present]),
+            "pACC": float(tp.sum() / total) if total > 0 else float("nan"),
+            "fwIoU": float((iou[present] * gt[present]).sum() / total) if total > 0 else float("nan"),
+        }
+        pq, sq, rq, n = self._pq_stuff()
+        counted = n > 0
+        out.update(PQ_St=_mean(pq[counted], -1.0), SQ_St=_mean(sq[counted], -1.0), RQ_St=_mean(rq[counted], -1.0))
+        out["num_images"] = self.num_images
+        out["per_class"] = [
+            {
+                "name": self.class_names[c],
+                "iou": float(iou[c]),
+                "acc": float(acc[c]),
+                "pq": float(pq[c]),
+                "sq": float(sq[c]),
+                "rq": float(rq[c]),
+                "gt_pixels": int(gt[c]),
+                "pred_pixels": int(pred[c]),
+            }
+            for c in range(k)
+        ]
+        return out
+
+    def _pq_stuff(self):
+        """Per-class PQ, SQ, RQ (0 where uncounted) and TP + FP + FN."""
+        tp, n = self.pq_tp, self.pq_tp + self.pq_fp + self.pq_fn
+        denom = tp + 0.5 * self.pq_fp + 0.5 * self.pq_fn
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pq = np.where(n > 0, self.pq_iou / denom, 0.0)
+            sq = np.where(tp > 0, self.pq_iou / tp, 0.0)
+            rq = np.where(n > 0, tp / denom, 0.0)
+        return pq, sq, rq, n
+
+
+def _mean(values: np.ndarray, empty: float = float("nan")) -> float:
+    """Sequential mean (panopticapi / detectron2 order); `empty` when there is nothing to average."""
+    return float(sum(values.tolist()) / len(values)) if len(values) else empty

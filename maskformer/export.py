@@ -1,0 +1,183 @@
+"""Export the tensor graph (raw image batch -> class logits, mask logits) to ONNX or torch.export.
+
+The graph takes `images` float [B, 3, H, W] (RGB 0..255, any H and W: the model normalizes and pads to a multiple of
+32 inside the graph) and returns `pred_logits` [B, Q, K+1] and `pred_masks` [B, Q, Hp/4, Wp/4] (per-pixel baselines:
+`sem_seg` [B, K, Hp/4, Wp/4]), with batch, height and width dynamic. Post-processing stays outside the graph: use
+`maskformer.inference` (torch) or `maskformer.numpy_postprocess` (numpy, for onnxruntime users).
+
+ONNX uses torch's TorchScript-based exporter (no extra dependency; it traces the shape arithmetic of the padding
+symbolically). Files are written to a temporary name in the target directory and moved into place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMATS = ("onnx", "torch-export")
+DEFAULT_OPSET = 17
+
+
+class ExportModule(nn.Module):
+    """Eval-mode wrapper returning a tuple of tensors: images [B, 3, H, W] -> (pred_logits, pred_masks) or (sem_seg,)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        if "pred_logits" in out:
+            return out["pred_logits"], out["pred_masks"]
+        return (out["sem_seg"],)
+
+
+def output_names(model: nn.Module, sample: torch.Tensor | None = None) -> list[str]:
+    """Names of the exported outputs, from one forward on a tiny sample."""
+    sample = sample if sample is not None else sample_images(1, 64, 64)
+    with torch.no_grad():
+        out = model.eval()(sample.to(_device(model)))
+    return ["pred_logits", "pred_masks"] if "pred_logits" in out else ["sem_seg"]
+
+
+def sample_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Deterministic raw images float [batch, 3, height, width] in 0..255."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, height, width, generator=g) * 255
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _atomic_target(path: Path):
+    """A temporary path next to `path` (same directory, so os.replace is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    sample_size: tuple[int, int, int] = (2, 96, 128),
+) -> Path:
+    """Write an ONNX graph with input "images" [B, 3, H, W] and dynamic B, H, W. Returns the file path.
+
+    sample_size: (batch, height, width) of the tracing sample; any size works afterwards.
+    """
+    path = Path(path)
+    module = ExportModule(model)
+    sample = sample_images(*sample_size).to(_device(model))
+    names = output_names(model, sample)
+    dims = {0: "batch", 2: "height", 3: "width"}
+    dynamic = {"images": dims, **{n: {0: "batch", 2: "mask_height", 3: "mask_width"} for n in names}}
+    if "pred_logits" in names:
+        dynamic["pred_logits"] = {0: "batch"}
+    tmp = _atomic_target(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(
+                module,
+                (sample,),
+                str(tmp),
+                dynamo=False,
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def export_torch(
+    model: nn.Module, path: str | os.PathLike, *, sample_size: tuple[int, int, int] = (2, 96, 128)
+) -> Path:
+    """Save a `torch.export` program (.pt2) with dynamic batch, height and width; load with torch.export.load."""
+    path = Path(path)
+    module = ExportModule(model)
+    sample = sample_images(*sample_size).to(_device(model))
+    dyn = torch.export.Dim.DYNAMIC
+    with torch.no_grad():
+        program = torch.export.export(module, (sample,), dynamic_shapes={"images": {0: dyn, 2: dyn, 3: dyn}})
+    tmp = _atomic_target(path)
+    try:
+        torch.export.save(program, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
+    """An onnxruntime CPU InferenceSession (lazy import with a clear message)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("onnxruntime is needed to run ONNX files: pip install 'maskformer[onnx]'") from None
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def compare(model: nn.Module, run, sizes: list[tuple[int, int, int]]) -> list[dict]:
+    """Run `run(images) -> list of arrays` against the torch model at each (batch, h, w).
+
+    Returns [{"size", "max_abs_diff", "max_abs_ref"}] (largest |difference| and largest |torch output| over outputs).
+    """
+    results = []
+    for i, (b, h, w) in enumerate(sizes):
+        images = sample_images(b, h, w, seed=100 + i)
+        with torch.no_grad():
+            ref = ExportModule(model)(images.to(_device(model)))
+        got = run(images)
+        diffs, mags = [], []
+        for r, o in zip(ref, got):
+            o = torch.as_tensor(o)
+            if tuple(o.shape) != tuple(r.shape):
+                raise AssertionError(f"size {(b, h, w)}: output shape {tuple(o.shape)} != torch {tuple(r.shape)}")
+            diffs.append(float((o.float().cpu() - r.float().cpu()).abs().max()))
+            mags.append(float(r.abs().max()))
+        results.append({"size": (b, h, w), "max_abs_diff": max(diffs), "max_abs_ref": max(mags)})
+    return results
+
+
+def check_export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str,
+    sizes: list[tuple[int, int, int]] = ((2, 64, 96), (1, 100, 75)),
+) -> list[dict]:
+    """Compare the exported file with the eager model at several input sizes (see `compare`)."""
+    if fmt == "onnx":
+        session = onnx_session(path)
+        return compare(model, lambda x: session.run(None, {"images": x.numpy()}), list(sizes))
+    if fmt == "torch-export":
+        program = torch.export.load(str(path)).module()
+        return compare(model, lambda x: [t.cpu() for t in program(x.to(_device(model)))], list(sizes))
+    raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def export(model: nn.Module, path: str | os.PathLike, fmt: str, **kwargs) -> Path:
+    """Dispatch to `export_onnx` / `export_torch` by format name."""
+    if fmt == "onnx":
+        return export_onnx(model, path, **kwargs)
+    if fmt == "torch-export":
+        return export_torch(model, path, **kwargs)
+    raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")

@@ -1,0 +1,156 @@
+"""Parameter and FLOP counts of a model, computed on the meta device (no memory, no arithmetic; about a second).
+
+What "GFLOPs" means here (the paper's convention, fvcore's `FlopCountAnalysis` as used by detectron2's analyze_model):
+- one multiply-add = one FLOP for conv, linear, matmul/bmm, einsum and attention (q.k and attn.v products);
+  torch's FlopCounterMode counts 2 per multiply-add, so its numbers are halved;
+- fvcore's extra per-element terms, added the same way: GroupNorm/LayerNorm 5 per element, BatchNorm (unfolded)
+  2 per element, bilinear upsampling 4 per output element, nearest upsampling 1 per output element;
+- not counted (as in fvcore): activations, softmax/sigmoid, additions, padding, pooling.
+- the forward at the crop size (batch 1), plus semantic inference as the official eval forward does it: mask logits
+  upsampled bilinearly to the input size, softmax(class)[:, :K] x sigmoid(masks) marginalized by an einsum over the
+  queries (Q x K x H x W multiply-adds; 3.9 G for 100 queries, 150 classes at 512x512), then the (no-op-size) bilinear
+  resize of the K score maps to the output size. Per-pixel baselines: x4 bilinear upsampling of the K logits + resize.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from maskformer.config import Config
+
+aten = torch.ops.aten
+
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+def _per_output(k: int):
+    def formula(*args, out_shape=None, **kwargs) -> int:
+        return 2 * k * _numel(out_shape)  # x2: FlopCounterMode units (halved at the end)
+
+    return formula
+
+
+def _per_input(k: int):
+    def formula(x_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * k * _numel(x_shape)
+
+    return formula
+
+
+def _cpu_attention(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """CPU fused SDPA kernel (not in torch's registry): q.k^T and attn.v, 2 FLOPs per multiply-add."""
+    b, h, lq, d = q_shape
+    lk, dv = k_shape[-2], v_shape[-1]
+    return 2 * b * h * lq * lk * (d + dv)
+
+
+EXTRA_FORMULAS = {
+    aten.upsample_bilinear2d: _per_output(4),
+    aten.upsample_nearest2d: _per_output(1),
+    aten.native_group_norm: _per_input(5),
+    aten.native_layer_norm: _per_input(5),
+    aten._native_batch_norm_legit_no_training: _per_input(2),
+    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+}
+
+
+@dataclass
+class ModelStats:
+    """Counts for one model at one input size. GFLOPs in multiply-adds (see the module docstring)."""
+
+    params: int
+    params_backbone: int
+    gflops: float
+    gflops_backbone: float
+    gflops_pixel_decoder: float
+    gflops_predictor: float
+    gflops_inference: float
+    image_size: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters plus FrozenBN affine buffers (trainable-size count comparable with published numbers)."""
+    from maskformer.layers import FrozenBatchNorm2d
+
+    n = sum(p.numel() for p in model.parameters())
+    return n + sum(m.weight.numel() + m.bias.numel() for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
+
+
+def semantic_inference_for_flops(
+    outputs: dict, padded_size: tuple[int, int], output_size: tuple[int, int]
+) -> torch.Tensor:
+    """The official eval-time semantic inference: upsample to the padded input size, marginalize (mask
+    classification), crop the padding, resize to the output size. -> [B, K, h, w] class scores."""
+    if "sem_seg" in outputs:
+        scores = F.interpolate(outputs["sem_seg"], size=padded_size, mode="bilinear", align_corners=False)
+    else:
+        masks = F.interpolate(outputs["pred_masks"], size=padded_size, mode="bilinear", align_corners=False)
+        probs = outputs["pred_logits"].softmax(-1)[..., :-1]  # [B, Q, K+1] -> [B, Q, K]
+        scores = torch.einsum("bqc,bqhw->bchw", probs, masks.sigmoid())  # [B, K, Hp, Wp]
+    scores = scores[..., : output_size[0], : output_size[1]]
+    return F.interpolate(scores, size=output_size, mode="bilinear", align_corners=False)
+
+
+def model_stats(
+    cfg: Config, image_size: tuple[int, int] | None = None, *, semantic_inference: bool = True
+) -> ModelStats:
+    """Parameters and GFLOPs of `build_model(cfg)` at `image_size` (default: the config's crop size), on meta."""
+    from maskformer.modeling import build_model
+
+    size = tuple(image_size or cfg.data.crop_size)
+    with torch.device("meta"):
+        model = build_model(cfg).eval()
+    return measure(model, size, semantic_inference=semantic_inference)
+
+
+def measure(model: nn.Module, image_size: tuple[int, int], *, semantic_inference: bool = True) -> ModelStats:
+    """Count `model` (a MaskFormer in eval mode, on any device incl. meta) on one [1, 3, H, W] input.
+
+    Parameters are switched to requires_grad=False while counting (FlopCounterMode's module tracker fails on
+    parameters that require grad under no_grad), then restored.
+    """
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    x = torch.zeros(1, 3, *image_size, device=params[0].device)
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with counter:
+            out = model(x)
+            if semantic_inference:
+                padded = tuple(model.preprocess(x).shape[-2:])
+                semantic_inference_for_flops(out, padded, tuple(image_size))
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    return _stats(model, counter.get_flop_counts(), image_size)
+
+
+def _stats(model: nn.Module, counts: dict, image_size: tuple[int, int]) -> ModelStats:
+    def g(name: str) -> float:
+        return sum(counts.get(name, {}).values()) / 2e9
+
+    root = type(model).__name__
+    total, net = g("Global"), g(root)
+    return ModelStats(
+        params=count_parameters(model),
+        params_backbone=count_parameters(model.backbone),
+        gflops=total,
+        gflops_backbone=g(f"{root}.backbone"),
+        gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),
+        gflops_predictor=g(f"{root}.sem_seg_head.predictor"),
+        gflops_inference=total - net,
+        image_size=tuple(image_size),
+    )

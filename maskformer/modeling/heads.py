@@ -1,0 +1,142 @@
+"""Heads: the mask-classification transformer predictor and the `sem_seg_head` modules of the three architectures.
+
+Reference notes 3.3 (TransformerPredictor) and 3.5 (PerPixelBaseline / PerPixelBaseline+). Each head holds
+`pixel_decoder` and `predictor`, so state-dict keys read `sem_seg_head.pixel_decoder.*` / `sem_seg_head.predictor.*`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskformer.layers import c2_msra_fill, c2_xavier_fill
+
+from .position_encoding import PositionEmbeddingSine
+from .transformer import Transformer
+
+
+class MLP(nn.Module):
+    """`num_layers` Linear layers (`layers.{i}`) with ReLU between them, none after the last."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class TransformerPredictor(nn.Module):
+    """DETR decoder over the transformer input map, then class and mask heads shared by all decoder layers.
+
+    forward(x [B, Cin, h, w], mask_features [B, mask_dim, H, W]) -> {"pred_logits": [B, Q, K+1] (only when
+    mask_classification), "pred_masks": [B, Q, H, W], "aux_outputs": the same for layers 1..L-1 (training with
+    deep_supervision only)}. Mask logits are the dot product of mask_embed(query) with each pixel embedding.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        mask_classification: bool = True,
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        nheads: int = 8,
+        dropout: float = 0.1,
+        dim_feedforward: int = 2048,
+        dec_layers: int = 6,
+        mask_dim: int = 256,
+        enforce_input_proj: bool = False,
+        deep_supervision: bool = True,
+    ):
+        super().__init__()
+        self.mask_classification = mask_classification
+        self.deep_supervision = deep_supervision
+        self.pe_layer = PositionEmbeddingSine(num_pos_feats=hidden_dim // 2)
+        self.transformer = Transformer(
+            d_model=hidden_dim,
+            nhead=nheads,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            num_decoder_layers=dec_layers,
+        )
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if in_channels != hidden_dim or enforce_input_proj:
+            self.input_proj = nn.Conv2d(in_channels, hidden_dim, 1)
+            c2_xavier_fill(self.input_proj)
+        else:
+            self.input_proj = nn.Identity()
+        if mask_classification:
+            self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def forward(self, x: torch.Tensor, mask_features: torch.Tensor) -> dict:
+        aux = self.training and self.deep_supervision
+        pos = self.pe_layer(x)
+        hs = self.transformer(self.input_proj(x), self.query_embed.weight, pos, return_intermediate=aux)  # [L,B,Q,C]
+        masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)  # [L, B, Q, H, W]
+        logits = self.class_embed(hs) if self.mask_classification else None  # [L, B, Q, K+1]
+        out = self._layer_output(logits, masks, -1)
+        if aux:
+            out["aux_outputs"] = [self._layer_output(logits, masks, i) for i in range(hs.shape[0] - 1)]
+        return out
+
+    def _layer_output(self, logits: torch.Tensor | None, masks: torch.Tensor, i: int) -> dict:
+        out = {"pred_masks": masks[i]}
+        if logits is not None:
+            out = {"pred_logits": logits[i], **out}
+        return out
+
+
+class MaskFormerHead(nn.Module):
+    """`sem_seg_head` of MaskFormer: pixel decoder -> (mask features, transformer input) -> TransformerPredictor."""
+
+    def __init__(self, *, pixel_decoder: nn.Module, predictor: TransformerPredictor):
+        super().__init__()
+        self.pixel_decoder = pixel_decoder
+        self.predictor = predictor
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+        mask_features, transformer_in = self.pixel_decoder(features)
+        return self.predictor(transformer_in, mask_features)
+
+
+class PerPixelBaselineHead(nn.Module):
+    """PerPixelBaseline: pixel decoder then a 1x1 conv `predictor` (mask_dim -> K). -> {"sem_seg": [B, K, H/4, W/4]}."""
+
+    def __init__(self, *, pixel_decoder: nn.Module, num_classes: int, mask_dim: int = 256):
+        super().__init__()
+        self.pixel_decoder = pixel_decoder
+        self.predictor = nn.Conv2d(mask_dim, num_classes, 1)
+        c2_msra_fill(self.predictor)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+        mask_features, _ = self.pixel_decoder(features)
+        return {"sem_seg": self.predictor(mask_features)}
+
+
+class PerPixelBaselinePlusHead(nn.Module):
+    """PerPixelBaseline+: TransformerPredictor without class head, Q = K queries; each query's mask logits are the
+    per-pixel logits of one class. -> {"sem_seg": [B, K, H/4, W/4]} (+ "aux_outputs": [{"sem_seg"}] * (L-1) in training).
+    """
+
+    def __init__(self, *, pixel_decoder: nn.Module, predictor: TransformerPredictor):
+        super().__init__()
+        if predictor.mask_classification:
+            raise ValueError("PerPixelBaselinePlusHead needs a TransformerPredictor with mask_classification=False")
+        self.pixel_decoder = pixel_decoder
+        self.predictor = predictor
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+        mask_features, transformer_in = self.pixel_decoder(features)
+        out = self.predictor(transformer_in, mask_features)
+        result = {"sem_seg": out["pred_masks"]}
+        if "aux_outputs" in out:
+            result["aux_outputs"] = [{"sem_seg": a["pred_masks"]} for a in out["aux_outputs"]]
+        return result

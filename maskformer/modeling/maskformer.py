@@ -1,0 +1,82 @@
+"""`MaskFormer`: normalization + padding, backbone, `sem_seg_head`. Wiring only: no loss, no post-processing.
+
+Reference notes section 1. Images are raw RGB 0..255; they are normalized with the pixel mean/std and padded bottom/right
+with 0 *after* normalization to a multiple of `size_divisibility` (identical to padding raw images with the mean, which is
+what `ImageBatch.from_images` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskformer.structures import PIXEL_MEAN, PIXEL_STD, ImageBatch
+
+
+class MaskFormer(nn.Module):
+    """forward(images: Tensor [B, 3, H, W] raw 0..255 | ImageBatch) -> dict.
+
+    mask classification: {"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, Hp/4, Wp/4]} + "aux_outputs" (5 dicts) in
+    training; per-pixel baselines: {"sem_seg": [B, K, Hp/4, Wp/4]} (+ "aux_outputs" for the "+" variant in training).
+    Hp, Wp = H, W rounded up to `size_divisibility` (0 or 1: no extra padding).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: nn.Module,
+        pixel_mean: Sequence[float] = PIXEL_MEAN,
+        pixel_std: Sequence[float] = PIXEL_STD,
+        size_divisibility: int = 32,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.size_divisibility = size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.channels_last = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, images: torch.Tensor | ImageBatch) -> torch.Tensor:
+        """Raw [B, 3, H, W] (or an ImageBatch) -> normalized float [B, 3, Hp, Wp], zero-padded bottom/right."""
+        x = images.tensor if isinstance(images, ImageBatch) else images
+        if not torch.is_tensor(x) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"MaskFormer expects images as a [B, 3, H, W] tensor or an ImageBatch, got {shape}")
+        x = x.to(self.pixel_mean.device, torch.float32)
+        x = (x - self.pixel_mean) / self.pixel_std
+        d = self.size_divisibility
+        if d > 1:
+            h, w = x.shape[-2:]
+            x = F.pad(x, (0, -w % d, 0, -h % d))  # bottom/right, value 0 (= the mean before normalization)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, images: torch.Tensor | ImageBatch) -> dict:
+        features = self.backbone(self.preprocess(images))
+        return self.sem_seg_head(features)
+
+    @torch.no_grad()
+    def optimize_for_inference(self, *, channels_last: bool = True) -> MaskFormer:
+        """Eval mode plus CPU-friendly layouts, keeping the state dict (names, shapes and values) unchanged.
+
+        Calls the backbone's own `optimize_for_inference()` when it has one (e.g. FrozenBN folded into the convs) and
+        moves 4-d weights to channels-last. Returns self.
+        """
+        self.eval()
+        hook = getattr(self.backbone, "optimize_for_inference", None)
+        if callable(hook):
+            hook()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        return self

@@ -1,0 +1,226 @@
+"""Official checkpoint readers: detectron2 .pkl / .pth (old and new names), the safe unpickler, ImageNet weights."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+from ckpt_utils import build, randomize
+
+from maskformer.checkpoint import CheckpointError, load_backbone_weights, load_full_weights
+from maskformer.config import PRESETS, get_preset
+from maskformer.convert.detectron2 import convert_detectron2, infer_model_fields, infer_preset
+from maskformer.convert.safe_pickle import UnsafePickleError, load_weights_pickle
+
+
+@pytest.fixture(scope="module")
+def r18():
+    """A randomized maskformer_r18_synth model (the preset the converter must infer: R18 basic blocks, K=8)."""
+    torch.manual_seed(0)
+    return build(get_preset("maskformer_r18_synth"))
+
+
+def v1_name(key: str) -> str:
+    """Our (v2) name -> the released model-zoo (v1) name: the pixel decoder lives directly under sem_seg_head."""
+    return key.replace("sem_seg_head.pixel_decoder.", "sem_seg_head.")
+
+
+def same_forward(a, b) -> None:
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        oa, ob = a(x), b(x)
+    assert oa.keys() == ob.keys()
+    assert all(torch.equal(oa[k], ob[k]) for k in oa if torch.is_tensor(oa[k]))
+
+
+def test_official_pkl_with_v1_names_loads_into_an_identical_forward(r18, tmp_path):
+    sd = {v1_name(k): v.numpy().copy() for k, v in r18.state_dict().items()}
+    assert any(k.startswith("sem_seg_head.adapter_1.") for k in sd)  # really the old names
+    sd["criterion.empty_weight"] = np.ones(9, np.float32)
+    path = tmp_path / "model_final_abc123.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": sd, "__author__": "maskformer", "matching_heuristics": False}, f)
+    model, cfg, meta, report, notes = convert_detectron2(path)
+    assert "preset: maskformer_r18_synth (inferred from the weights)" in notes
+    assert report.ok and report.loaded == len(r18.state_dict()) and meta.num_classes == 8
+    same_forward(r18, model)
+
+
+def test_detectron2_pth_with_v2_names_loads_into_an_identical_forward(r18, tmp_path):
+    path = tmp_path / "model_0004999.pth"
+    trainer = {
+        "iteration": 4999,
+        "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4}]},
+    }
+    torch.save({"model": dict(r18.state_dict()), "trainer": trainer, "iteration": 4999}, path)
+    model, cfg, _, report, _ = convert_detectron2(path, preset="maskformer_r18_synth")
+    assert report.ok and cfg.model.num_queries == 20
+    same_forward(r18, model)
+    other = randomize(build(cfg), seed=5)
+    assert load_full_weights(other, path).ok
+    same_forward(r18, other)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": np.zeros(2)}, "x": _Payload(marker)}, f)
+    with pytest.raises(UnsafePickleError, match=r"evil.pkl.*(posix|os|nt)\.system"):
+        load_weights_pickle(path)
+    with pytest.raises(UnsafePickleError):
+        convert_detectron2(path)
+    pth = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "x": _Payload(marker)}, pth)
+    with pytest.raises(UnsafePickleError, match="evil.pth.*weights_only"):
+        load_weights_pickle(pth)
+    assert not marker.exists()
+
+
+def test_plain_pickles_of_tensors_load_through_the_restricted_torch_loader(tmp_path):
+    """detectron2's converted Swin .pkl pickles torch tensors with plain pickle (torch.storage._load_from_bytes)."""
+    sd = {"a": torch.randn(3, 2), "b": torch.arange(4)}
+    path = tmp_path / "swin.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": sd, "__author__": "third_party", "matching_heuristics": True}, f, protocol=2)
+    obj = load_weights_pickle(path)
+    assert obj["__author__"] == "third_party" and all(torch.equal(obj["model"][k], sd[k]) for k in sd)
+
+
+def test_truncated_pickle_is_a_clear_error(tmp_path):
+    blob = pickle.dumps({"model": {"w": np.zeros(1000, np.float32)}})
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="cut.pkl.*truncated or corrupted"):
+        load_weights_pickle(path)
+
+
+# Presets whose architecture the converter must recognise from shapes alone (built on the meta device: no memory).
+INFERABLE = [n for n in PRESETS if not re.search(r"_(synth|camvid)$", n)] + ["maskformer_r18_synth",
+             "maskformer_r34_camvid", "per_pixel_baseline_plus_r18_camvid", "per_pixel_baseline_r34_synth"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", INFERABLE)
+def test_architecture_and_preset_are_inferred_from_shapes(name):
+    from maskformer.modeling import build_model
+
+    cfg = get_preset(name)
+    with torch.device("meta"):
+        sd = {v1_name(k): v for k, v in build_model(cfg).state_dict().items()}
+    from maskformer.convert.detectron2 import upgrade_names
+
+    fields = infer_model_fields(upgrade_names(sd))
+    assert infer_preset(fields) == name
+    for key, value in fields.items():
+        assert getattr(cfg.model, key) == value, key
+
+
+def test_shape_mismatch_names_the_key(r18, tmp_path):
+    path = tmp_path / "m.pth"
+    torch.save({"model": dict(r18.state_dict())}, path)
+    other = build(get_preset("maskformer_r18_synth", ["model.num_classes=3"]))
+    with pytest.raises(CheckpointError, match=r"m.pth.*class_embed.weight: file \(9, 128\) vs model \(4, 128\)"):
+        load_full_weights(other, path)
+
+
+def test_num_classes_reinitialises_only_the_class_head(r18, tmp_path):
+    path = tmp_path / "m.pth"
+    torch.save({"model": dict(r18.state_dict())}, path)
+    model, cfg, _, report, notes = convert_detectron2(path, num_classes=3)
+    assert cfg.model.num_classes == 3 and model.sem_seg_head.predictor.class_embed.weight.shape == (4, 128)
+    assert report.expected_missing == [
+        "sem_seg_head.predictor.class_embed.weight",
+        "sem_seg_head.predictor.class_embed.bias",
+    ]
+    assert not report.missing and not report.unexpected
+    assert torch.equal(model.state_dict()["sem_seg_head.predictor.query_embed.weight"],
+                       r18.state_dict()["sem_seg_head.predictor.query_embed.weight"])  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ ImageNet weights
+def torchvision_resnet18_keys() -> dict[str, str]:
+    """torchvision resnet18 names -> our names, written out from torchvision's layout (BasicBlock conv1/bn1/conv2/bn2,
+    downsample.0/1 in block 0 of layers 2-4)."""
+    table = {"conv1.weight": "stem.conv1.weight"}
+    for p in ("weight", "bias", "running_mean", "running_var"):
+        table[f"bn1.{p}"] = f"stem.conv1.norm.{p}"
+    for layer in range(1, 5):
+        for block in range(2):
+            src, dst = f"layer{layer}.{block}.", f"res{layer + 1}.{block}."
+            for c in (1, 2):
+                table[f"{src}conv{c}.weight"] = f"{dst}conv{c}.weight"
+                for p in ("weight", "bias", "running_mean", "running_var"):
+                    table[f"{src}bn{c}.{p}"] = f"{dst}conv{c}.norm.{p}"
+            if block == 0 and layer > 1:
+                table[f"{src}downsample.0.weight"] = f"{dst}shortcut.weight"
+                for p in ("weight", "bias", "running_mean", "running_var"):
+                    table[f"{src}downsample.1.{p}"] = f"{dst}shortcut.norm.{p}"
+    return table
+
+
+def test_torchvision_resnet_weights_load_into_the_backbone(r18, tmp_path):
+    own = r18.backbone.state_dict()
+    table = torchvision_resnet18_keys()
+    assert set(table.values()) == set(own)
+    src = {k: torch.randn(own[v].shape).abs() + 0.1 for k, v in table.items()}
+    src.update({k.rsplit(".", 1)[0] + ".num_batches_tracked": torch.tensor(7) for k in table if ".running_var" in k})
+    src.update({"fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)})
+    path = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(src, path)
+    report = load_backbone_weights(r18, path)
+    assert report.ok and report.expected_unexpected == ["fc.weight", "fc.bias"] and report.loaded == len(own)
+    now = r18.backbone.state_dict()
+    assert all(torch.equal(now[v], src[k]) for k, v in table.items())
+
+
+def test_detectron2_imagenet_pkl_loads_with_matching_heuristics(r18, tmp_path):
+    own = r18.backbone.state_dict()
+    src = {k: np.random.rand(*v.shape).astype(np.float32) + 0.1 for k, v in own.items()}
+    src["linear.weight"] = np.zeros((1000, 512), np.float32)
+    path = tmp_path / "R-18.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": src, "__author__": "torchvision", "matching_heuristics": True}, f)
+    report = load_backbone_weights(r18, path)
+    assert report.ok and report.expected_unexpected == ["linear.weight"]
+    assert all(np.array_equal(r18.backbone.state_dict()[k].numpy(), src[k]) for k in own)
+
+
+def test_caffe2_resnet_names_are_refused(r18, tmp_path):
+    path = tmp_path / "R-50-caffe2.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": np.zeros((64, 3, 7, 7), np.float32)}, "res2_0_branch2a_w": np.zeros(1)}, f)
+    with pytest.raises(ValueError, match="Caffe2"):
+        load_backbone_weights(r18, path)
+
+
+def test_official_swin_pth_reports_the_expected_keys(tmp_path):
+    from maskformer.backbones import build_backbone
+
+    swin = build_backbone("swin_t")
+    own = swin.state_dict()
+    src = {k: torch.randn(v.shape) if v.is_floating_point() else v.clone() for k, v in own.items()}
+    for i in range(4):  # the classification checkpoint has no per-stage output norms ...
+        del src[f"norm{i}.weight"], src[f"norm{i}.bias"]
+    src.update({"norm.weight": torch.ones(768), "norm.bias": torch.zeros(768), "head.weight": torch.zeros(1000, 768),
+                "head.bias": torch.zeros(1000), "layers.0.blocks.1.attn_mask": torch.zeros(64, 49, 49)})  # fmt: skip
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save({"model": src}, path)
+    report = load_backbone_weights(swin, path)
+    assert report.ok and report.loaded == len(own) - 8
+    assert sorted(report.expected_missing) == sorted(f"norm{i}.{p}" for i in range(4) for p in ("weight", "bias"))
+    assert sorted(report.expected_unexpected) == sorted(
+        ["norm.weight", "norm.bias", "head.weight", "head.bias", "layers.0.blocks.1.attn_mask"]
+    )
+    assert torch.equal(swin.state_dict()["layers.2.blocks.5.attn.qkv.weight"], src["layers.2.blocks.5.attn.qkv.weight"])
