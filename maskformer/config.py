@@ -28,6 +28,7 @@ class ModelConfig:
 
     arch: str = "maskformer"
     backbone: str = "resnet50"
+    backbone_norm: str = "FrozenBN"  # ResNet norms: "FrozenBN" (official, for pretrained weights) | "BN" | "GN" (scratch)
     drop_path_rate: float = 0.0  # Swin stochastic depth (0.3 in every official Swin config)
     pixel_decoder: str = "fpn"  # "fpn" | "transformer_encoder" ("+6 Enc")
     num_classes: int = 150

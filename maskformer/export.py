@@ -58,7 +58,7 @@ def _device(model: nn.Module) -> torch.device:
 def _atomic_target(path: Path):
     """A temporary path next to `path` (same directory, so os.replace is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp.", suffix=f".{path.name}", dir=path.parent)  # keeps the extension
     os.close(fd)
     return Path(tmp)
 
@@ -146,7 +146,7 @@ def compare(model: nn.Module, run, sizes: list[tuple[int, int, int]]) -> list[di
         images = sample_images(b, h, w, seed=100 + i)
         with torch.no_grad():
             ref = ExportModule(model)(images.to(_device(model)))
-        got = run(images)
+            got = run(images)
         diffs, mags = [], []
         for r, o in zip(ref, got):
             o = torch.as_tensor(o)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from maskformer import resample as rs
-from maskformer.semantic_official import official_labels
+from maskformer.marginal_argmax import official_labels
 
 Size = tuple[int, int]
 CHUNK_ELEMS = 1 << 25  # full-size mask values held at once by the dense official path
@@ -158,17 +158,37 @@ def semantic_labels(
             continue
         probs, masks = class_probs(outputs["pred_logits"][i]), outputs["pred_masks"][i]
         if order == "fast":
-            sem = torch.einsum("qk,qhw->khw", probs, masks.sigmoid())  # [K, h, w]
-            results.append(_bounded_argmax(sem, "fast", low, pad, img, out))
+            classes, sem = marginal_pruned(probs, masks.sigmoid())  # [C'], [C', h, w]
+            results.append(classes[_bounded_argmax(sem, "fast", low, pad, img, out)])
         else:
             results.append(official_labels(probs, masks, low, pad, img, out, before_inference))
     return results
+
+
+def marginal_pruned(probs: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The marginal sum_q probs[q, k] sig[q] for the classes that can win somewhere: (classes [C'], maps [C', h, w]).
+
+    Any resampling of the maps is a convex combination, so class k never exceeds its mass sum_q probs[q, k], while the
+    best class at a pixel is at least the mean over any class set S, which is at least min_pixels mean_S. Classes
+    whose mass is below that bound are dropped before the (K x Q x h x w) marginalization.
+    """
+    mass = probs.sum(0)  # [K]
+    dominant = (mass >= 0.5) | (mass == mass.max())
+    sel = dominant.nonzero()[:, 0]  # S: classes holding at least half a query's probability
+    sem_s = torch.einsum("qk,qhw->khw", probs[:, sel], sig)  # [|S|, h, w]
+    bound = float(sem_s.mean(0).amin())
+    extra = ((mass >= bound * (1 - 1e-5) - 1e-7) & ~dominant).nonzero()[:, 0]
+    if len(extra) == 0:
+        return sel, sem_s
+    sem_e = torch.einsum("qk,qhw->khw", probs[:, extra], sig)
+    classes, order = torch.cat([sel, extra]).sort()
+    return classes, torch.cat([sem_s, sem_e])[order]
 
 
 def _bounded_argmax(x: torch.Tensor, kind: str, low: Size, pad: Size, img: Size, out: Size) -> torch.Tensor:
     """argmax over channels of the resampled x [C, h, w] -> int64 [H, W] (linear resampling, tiled)."""
     py, px = rs.plans(kind, low, pad, img, out, x)
     lo, hi = rs.window_bounds(x, py, px)  # [C, n_ty, n_tx]
-    best_lo = lo.amax(0)
+    best_lo = torch.maximum(lo.amax(0), rs.mean_lower_bound(x, hi, py, px))
     cand = hi >= best_lo - 1e-6 * (1 + best_lo.abs())
     return rs.candidate_argmax(x, cand, py, px)

@@ -5,9 +5,10 @@ Full resolution (reference section 4.3): the 1/4-resolution logits are upsampled
 the padded target size, then per mask
     focal = mean over pixels of alpha_t (1 - p_t)^2 BCE(x, t)      (alpha 0.25; padding/ignore pixels are negatives)
     dice  = 1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1).
-`full_res_mask_losses` computes both in one fused pass, chunked over masks so the full-resolution tensors stay small
-and cache-resident, and recomputes the upsampling in backward instead of storing it. With the signed logit
-z = x (t = 0) or -x (t = 1): BCE = softplus(z) and 1 - p_t = sigmoid(z), so focal = alpha_t softplus(z) sigmoid(z)^2.
+`full_res_mask_losses` computes both in one pass over cache-sized chunks of masks. With the signed logit
+z = x (1 - 2t): BCE = softplus(z), 1 - p_t = sigmoid(z), so focal = alpha_t softplus(z) sigmoid(z)^2. The same pass
+computes the per-mask gradients and maps them back to 1/4 resolution with the exact adjoint of the bilinear
+upsampling (a stride-s convolution), so nothing at full resolution is stored for backward.
 """
 
 from __future__ import annotations
@@ -20,39 +21,66 @@ from torch.autograd.function import once_differentiable
 from maskformer.point_sampling import point_sample, point_sample_binary, uncertain_point_coords
 
 FOCAL_ALPHA = 0.25
-CHUNK_PIXELS = 1 << 20  # full-resolution elements per chunk (4 MB in fp32)
+CHUNK_PIXELS = 1 << 19  # full-resolution elements per chunk (2 MB in fp32): temporaries stay in cache
+
+
+def bilinear_taps(scale: int) -> tuple[list[float], int]:
+    """1-D weights of bilinear x`scale` upsampling (align_corners False) as a transposed convolution.
+
+    Output pixel i = scale * k + o reads low-res pixel k with weight 1 - |(o + 0.5) / scale - 0.5| for the offsets
+    o where that is positive. Returns (weights in increasing o, -min o).
+    """
+    offsets = [o for o in range(-scale, 2 * scale) if abs((o + 0.5) / scale - 0.5) < 1]
+    return [1 - abs((o + 0.5) / scale - 0.5) for o in offsets], -offsets[0]
+
+
+def upsample_adjoint(grad: Tensor, size: tuple[int, int]) -> Tensor:
+    """Adjoint (backward) of bilinear upsampling [m, h, w] -> [m, H, W], align_corners False, integer H/h and W/w.
+
+    grad [m, H, W] -> [m, h, w]. Upsampling equals replicate-padding the input by one pixel followed by a transposed
+    convolution with the bilinear taps; its adjoint is the stride-s convolution onto the padded grid, with the padding
+    ring folded back onto the border. Equal to autograd through F.interpolate, and much faster on CPU.
+    """
+    (h, w), (H, W) = size, grad.shape[-2:]
+    (ky, py), (kx, px) = bilinear_taps(H // h), bilinear_taps(W // w)
+    kernel = torch.outer(grad.new_tensor(ky), grad.new_tensor(kx))[None, None]  # [1, 1, Ly, Lx]
+    sy, sx = H // h, W // w
+    r = F.conv2d(grad[:, None], kernel, stride=(sy, sx), padding=(sy + py, sx + px))[:, 0]  # [m, h+2, w+2]
+    r[:, 1] += r[:, 0]
+    r[:, -2] += r[:, -1]
+    r[:, :, 1] += r[:, :, 0]
+    r[:, :, -2] += r[:, :, -1]
+    return r[:, 1:-1, 1:-1]
 
 
 def _upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """[m, h, w] -> [m, H*W], bilinear, align_corners False."""
-    up = F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)  # [m, 1, H, W]
-    return up.flatten(1)
+    return F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False).flatten(1)
 
 
-def _forward_terms(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Full-resolution logits x [m, N], bool targets t [m, N] -> focal [m], dice numerator A [m], denominator D [m]."""
-    tf = t.to(x.dtype)
-    s = torch.where(t, -x, x).sigmoid_()  # sigmoid(z) = 1 - p_t
-    focal = (torch.where(t, FOCAL_ALPHA, 1 - FOCAL_ALPHA) * F.softplus(torch.where(t, -x, x)) * s * s).mean(1)
-    sum_t = tf.sum(1)
-    sum_ts = (tf * s).sum(1)
-    sum_p = s.sum(1) + sum_t - 2 * sum_ts  # p = s where t = 0, 1 - s where t = 1
-    return focal, 2 * (sum_t - sum_ts) + 1, sum_p + sum_t + 1
-
-
-def _backward_terms(x: Tensor, t: Tensor, g_focal: Tensor, g_dice: Tensor, num: Tensor, den: Tensor) -> Tensor:
-    """d(sum g_focal focal + g_dice dice)/dx at full resolution, [m, N]; all per-mask inputs are [m]."""
-    z = torch.where(t, -x, x)
-    s = z.sigmoid()
-    s1 = 1 - s
-    # d focal / dz = alpha_t s^2 (s + 2 softplus(z) (1 - s)) / N, dz/dx = -1 where t
-    c_pos = (-FOCAL_ALPHA * g_focal / x.shape[1])[:, None]
-    c_neg = ((1 - FOCAL_ALPHA) * g_focal / x.shape[1])[:, None]
-    d_focal = torch.where(t, c_pos, c_neg) * s * s * (s + 2 * F.softplus(z) * s1)
-    # d dice / dp = A / D^2 - 2 t / D, dp/dx = p (1 - p) = s (1 - s)
-    a = (g_dice * num / den.square())[:, None]
-    d_dice = torch.where(t, a - (2 * g_dice / den)[:, None], a) * s * s1
-    return d_focal + d_dice
+def _chunk_terms(x: Tensor, tf: Tensor, with_grad: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Logits x [m, N] and float 0/1 targets tf [m, N] -> focal [m], dice [m], and if with_grad the elementwise
+    gradients d focal_j / dx and d dice_j / dx, [m, N] each."""
+    n = x.shape[1]
+    z = torch.addcmul(x, x, tf, value=-2)  # x where t = 0, -x where t = 1
+    s = z.sigmoid()  # 1 - p_t
+    sp = F.softplus(z)  # BCE(x, t)
+    f = sp * s
+    f.mul_(s)
+    focal = ((1 - FOCAL_ALPHA) * f.sum(1) + (2 * FOCAL_ALPHA - 1) * torch.linalg.vecdot(f, tf)) / n  # alpha_t
+    sum_t, sum_ts = tf.sum(1), torch.linalg.vecdot(s, tf)
+    num = 2 * (sum_t - sum_ts) + 1  # sum(p t) = sum over t of (1 - s)
+    den = s.sum(1) + 2 * (sum_t - sum_ts) + 1  # sum(p) = sum(s) + sum_t - 2 sum_ts
+    dice = 1 - num / den
+    if not with_grad:
+        return focal, dice, None, None
+    u = 1 - s
+    # d focal/dx = alpha_t (1 - 2t) s^2 (s + 2 softplus(z) (1 - s)) / N, alpha_t (1 - 2t) = (1 - alpha) - t
+    g_focal = torch.addcmul(s, sp, u, value=2).mul_(s).mul_(s).mul_(torch.rsub(tf, 1 - FOCAL_ALPHA)).div_(n)
+    # d dice/dx = (num / den^2 - 2 t / den) p (1 - p), p (1 - p) = s (1 - s)
+    coef = torch.addcmul((num / den.square())[:, None], tf, (-2 / den)[:, None])
+    g_dice = s.mul_(u).mul_(coef)
+    return focal, dice, g_focal, g_dice
 
 
 def _chunks(m: int, pixels: int) -> list[slice]:
@@ -62,38 +90,42 @@ def _chunks(m: int, pixels: int) -> list[slice]:
 
 class _FullResMaskLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        m, (H, W) = logits.shape[0], targets.shape[-2:]
-        focal, num, den = (logits.new_zeros(m) for _ in range(3))
+    def forward(ctx, logits: Tensor, targets: Tensor, with_grad: bool) -> tuple[Tensor, Tensor]:
+        (m, h, w), (H, W) = logits.shape, targets.shape[-2:]
+        focal, dice = logits.new_zeros(m), logits.new_zeros(m)
+        grads = logits.new_zeros(2, m, h, w) if with_grad else None  # d focal_j, d dice_j w.r.t. logits_j
         for sl in _chunks(m, H * W):
-            focal[sl], num[sl], den[sl] = _forward_terms(_upsample(logits[sl], (H, W)), targets[sl].flatten(1))
-        ctx.save_for_backward(logits, targets, num, den)
-        return focal, 1 - num / den
+            tf = targets[sl].reshape(-1, H * W).view(torch.uint8).to(logits.dtype)  # [c, N] 0/1
+            focal[sl], dice[sl], gf, gd = _chunk_terms(_upsample(logits[sl], (H, W)), tf, with_grad)
+            if with_grad:
+                grads[:, sl] = upsample_adjoint(torch.cat([gf, gd]).view(-1, H, W), (h, w)).view(2, -1, h, w)
+        ctx.save_for_backward(grads)
+        return focal, dice
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_focal: Tensor, g_dice: Tensor) -> tuple[Tensor, None]:
-        logits, targets, num, den = ctx.saved_tensors
-        H, W = targets.shape[-2:]
-        grad = torch.zeros_like(logits)
-        for sl in _chunks(logits.shape[0], H * W):
-            with torch.enable_grad():
-                lo = logits[sl].detach().requires_grad_()
-                up = _upsample(lo, (H, W))  # recomputed instead of stored
-            g_up = _backward_terms(up.detach(), targets[sl].flatten(1), g_focal[sl], g_dice[sl], num[sl], den[sl])
-            (grad[sl],) = torch.autograd.grad(up, lo, g_up)
-        return grad, None
+    def backward(ctx, g_focal: Tensor, g_dice: Tensor) -> tuple[Tensor, None, None]:
+        (grads,) = ctx.saved_tensors
+        if grads is None:
+            raise RuntimeError("full_res_mask_losses: gradients were not prepared (called without grad enabled)")
+        return g_focal[:, None, None] * grads[0] + g_dice[:, None, None] * grads[1], None, None
 
 
 def full_res_mask_losses(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """Focal (mean over pixels) and dice loss per matched pair at the target resolution.
 
-    logits: float [M, h, w] matched mask logits (1/4 resolution); targets: bool [M, H, W] padded target masks.
-    Returns (focal [M], dice [M]), differentiable w.r.t. logits.
+    logits: float [M, h, w] matched mask logits (1/4 resolution); targets: bool [M, H, W] padded target masks with
+    H/h and W/w integers (4 in the model). Returns (focal [M], dice [M]), differentiable w.r.t. logits.
     """
-    if targets.dtype != torch.bool:
-        raise TypeError(f"full_res_mask_losses: targets must be bool masks, got {targets.dtype}")
-    return _FullResMaskLoss.apply(logits, targets)
+    (m, h, w), (H, W) = logits.shape, targets.shape[-2:]
+    if targets.dtype != torch.bool or targets.shape[0] != m:
+        raise ValueError(
+            f"full_res_mask_losses: want bool targets [{m}, H, W], got {targets.dtype} {tuple(targets.shape)}"
+        )
+    if H % h or W % w:
+        raise ValueError(f"full_res_mask_losses: target size {(H, W)} is not an integer multiple of {(h, w)}")
+    with_grad = logits.requires_grad and torch.is_grad_enabled()
+    return _FullResMaskLoss.apply(logits, targets.contiguous(), with_grad)
 
 
 def point_sampled_mask_losses(

@@ -26,27 +26,30 @@ from maskformer.point_sampling import point_sample, point_sample_binary
 FOCAL_ALPHA = 0.25  # focal loss alpha; gamma is 2 (squared below)
 
 
-def pairwise_focal_cost(x: Tensor, t: Tensor) -> Tensor:
+def pairwise_focal_cost(x: Tensor, t: Tensor, p: Tensor | None = None) -> Tensor:
     """Focal cost of logits x [B, Q, N] against binary targets t [B, T, N] -> [B, Q, T], mean over the N pixels.
 
     Positive pixels cost alpha (1-p)^2 BCE(x, 1), negative ones (1-alpha) p^2 BCE(x, 0), with BCE(x, 0) = softplus(x)
-    and BCE(x, 1) = softplus(x) - x.
+    and BCE(x, 1) = softplus(x) - x; sum_n [t pos + (1-t) neg] = t @ (pos - neg) + sum_n neg. `p`: sigmoid(x) if known.
     """
-    p = x.sigmoid()
+    p = x.sigmoid() if p is None else p
     sp = F.softplus(x)
-    neg = (1 - FOCAL_ALPHA) * p.square() * sp  # [B, Q, N]
-    pos = FOCAL_ALPHA * (1 - p).square() * (sp - x)
-    return (torch.bmm(pos - neg, t.transpose(1, 2)) + neg.sum(-1, keepdim=True)) / x.shape[-1]
+    neg = p * p
+    neg.mul_(sp)  # p^2 BCE(x, 0)
+    diff = (1 - p).square_().mul_(sp - x).mul_(FOCAL_ALPHA).sub_(neg, alpha=1 - FOCAL_ALPHA)  # pos - neg
+    return torch.baddbmm(neg.sum(-1, keepdim=True), diff, t.transpose(1, 2), alpha=1.0, beta=1 - FOCAL_ALPHA).div_(
+        x.shape[-1]
+    )
 
 
 def pairwise_bce_cost(x: Tensor, t: Tensor) -> Tensor:
     """Sigmoid BCE cost (Mask2Former) [B, Q, N] x [B, T, N] -> [B, Q, T], mean over N: softplus(x) - x t."""
-    return (F.softplus(x).sum(-1, keepdim=True) - torch.bmm(x, t.transpose(1, 2))) / x.shape[-1]
+    return torch.baddbmm(F.softplus(x).sum(-1, keepdim=True), x, t.transpose(1, 2), alpha=-1.0).div_(x.shape[-1])
 
 
-def pairwise_dice_cost(x: Tensor, t: Tensor) -> Tensor:
+def pairwise_dice_cost(x: Tensor, t: Tensor, p: Tensor | None = None) -> Tensor:
     """Dice cost with +1 smoothing, logits x [B, Q, N] against targets t [B, T, N] -> [B, Q, T]."""
-    p = x.sigmoid()
+    p = x.sigmoid() if p is None else p
     inter = torch.bmm(p, t.transpose(1, 2))  # [B, Q, T]
     return 1 - (2 * inter + 1) / (p.sum(-1)[:, :, None] + t.sum(-1)[:, None, :] + 1)
 
@@ -106,11 +109,12 @@ class HungarianMatcher(nn.Module):
             lab = pack_targets([lb[:, None] for lb in labels], torch.long)[..., 0]  # [B, Tmax] (0-padded)
             prob = pred_logits.softmax(-1)  # [B, Q, K+1]
             cost = -self.cost_class * prob.gather(2, lab[:, None, :].expand(B, Q, -1))  # [B, Q, Tmax]
+            p = x.sigmoid()  # [B, Q, N], shared by both mask costs
             if self.cost_mask != 0:
-                mask_cost = pairwise_bce_cost(x, t) if self.num_points > 0 else pairwise_focal_cost(x, t)
+                mask_cost = pairwise_bce_cost(x, t) if self.num_points > 0 else pairwise_focal_cost(x, t, p)
                 cost = cost + self.cost_mask * mask_cost
             if self.cost_dice != 0:
-                cost = cost + self.cost_dice * pairwise_dice_cost(x, t)
+                cost = cost + self.cost_dice * pairwise_dice_cost(x, t, p)
             big = torch.finfo(cost.dtype).max
             cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
         return [cost[b, :, : len(lb)] for b, lb in enumerate(labels)]

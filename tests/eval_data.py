@@ -81,7 +81,7 @@ def random_panoptic_image(rng: np.random.Generator, image_id: int, h: int = 24, 
     things = [c["id"] for c in CATEGORIES if c["isthing"] and c["id"] != 8]  # cup (8) only ever predicted
     stuff = [c["id"] for c in CATEGORIES if not c["isthing"] and c["id"] != 41]  # grass (41) only in GT below
     big = image_id % 2 == 0
-    pool = rng.choice(np.arange(1, 1 << 24), 40, replace=False) if big else np.arange(1, 41)
+    pool = rng.choice((1 << 24) - 1, 40, replace=False) + 1 if big else np.arange(1, 41)
     gt = np.zeros((h, w), dtype=np.int64)
     n_stuff, n_things = rng.integers(1, 4), rng.integers(1, 6)
     ids = [int(v) for v in pool[: n_stuff + n_things + 1]]
@@ -127,9 +127,14 @@ def _perturb(rng, gt: np.ndarray, segs: list[dict], image_id: int) -> tuple[np.n
         _paint_rects(rng, labels, [10**9 + 1], 0.1, 0.3)
         cat[10**9 + 1] = 8 if rng.random() < 0.5 else int(rng.choice([c["id"] for c in CATEGORIES]))
     present = [int(v) for v in np.unique(labels) if v != 0]
-    new_ids = np.arange(1, len(present) + 1) if image_id % 3 else rng.choice(np.arange(1, 1 << 24), len(present), False)
+    new_ids = np.arange(1, len(present) + 1) if image_id % 3 else rng.choice((1 << 24) - 1, len(present), False) + 1
     pred = np.zeros_like(labels)
     for old, new in zip(present, new_ids):
         pred[labels == old] = new
     pred_segs = [{"id": int(new), "category_id": int(cat[old])} for old, new in zip(present, new_ids)]
     return pred, pred_segs
+
+
+def same_results(a: dict, b: dict) -> bool:
+    """Exact equality of two result dicts, NaN equal to NaN (floats compared through their repr)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)

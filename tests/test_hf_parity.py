@@ -1,8 +1,8 @@
 """Parity with transformers' MaskFormerForInstanceSegmentation (the independent oracle), tiny configs, random weights.
 
 Every parameter HF initializes to a constant is re-drawn (norm affine + BN statistics, biases, Swin relative-position
-tables, queries), decoder Linear weights are xavier and queries N(0, 1) (transformers-oracle.md section 3), so a
-mis-wired or ignored parameter changes the outputs.
+tables, queries), Linear weights are xavier and queries N(0, 1) (transformers-oracle.md section 3), so a mis-wired or
+ignored parameter changes the outputs.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _redraw(hf: nn.Module) -> None:
             mod.running_var.uniform_(0.5, 1.5)
         if isinstance(mod, (nn.Linear, nn.Conv2d)) and mod.bias is not None:
             mod.bias.normal_(0.0, 0.2)
-        if isinstance(mod, nn.Linear) and name.startswith("model.transformer_module"):
+        if isinstance(mod, nn.Linear):  # xavier everywhere (HF: N(0, 0.02), which makes Swin maps near-constant)
             nn.init.xavier_uniform_(mod.weight)
     for name, p in hf.named_parameters():
         if name.endswith("relative_position_bias_table"):
@@ -101,7 +101,8 @@ def test_outputs_match_transformers(kind):
     assert out["pred_masks"].shape == ref.masks_queries_logits.shape == (2, 8, 16, 24)
     assert _rel(out["pred_logits"], ref.class_queries_logits) < 1e-4
     assert _rel(out["pred_masks"], ref.masks_queries_logits) < 1e-4
-    assert out["pred_masks"].std(dim=1).mean() > 1e-2  # queries differ: the comparison is not degenerate
+    spread = out["pred_masks"].std(dim=1).mean() / out["pred_masks"].std()
+    assert spread > 0.1  # queries differ from each other: the comparison is not degenerate
 
 
 @pytest.mark.parametrize("kind", ["swin", "resnet"])

@@ -31,6 +31,11 @@ class Backbone(nn.Module):
         self.out_channels = dict(out_channels)
         self.strides = dict(FEATURE_STRIDES)
 
+    def optimize_for_inference(self) -> Backbone:
+        """Eval mode plus any precomputation inference can reuse; the state dict is unchanged. Returns self."""
+        self.eval()
+        return self
+
     def output_shape(self) -> dict[str, tuple[int, int]]:
         """{name: (channels, stride)} for each output map."""
         return {k: (self.out_channels[k], self.strides[k]) for k in FEATURE_NAMES}

@@ -214,6 +214,15 @@ class ResNet(Backbone):
             self.add_module(name, stage)
             in_ch = stage_channels[i]
 
+    @torch.no_grad()
+    def optimize_for_inference(self) -> ResNet:
+        """Eval mode and FrozenBN folded into every conv now (cached; refreshed if weights change). Returns self."""
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, ConvNorm) and isinstance(m.norm, FrozenBatchNorm2d):
+                m.folded_weight_bias()
+        return self
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_image_input(x, type(self).__name__)
         if self.channels_last:

@@ -125,7 +125,8 @@ def infer_model_fields(sd: dict[str, torch.Tensor]) -> dict:
         f["dec_layers"] = len(_indices(sd, _PRED + "transformer.decoder.layers."))
         f["dim_feedforward"] = sd[_PRED + "transformer.decoder.layers.0.linear1.weight"].shape[0]
         proj = sd.get(_PRED + "input_proj.weight")
-        f["enforce_input_proj"] = proj is not None and proj.shape[1] == f["hidden_dim"]
+        if proj is None or proj.shape[1] == f["hidden_dim"]:  # otherwise the projection exists either way
+            f["enforce_input_proj"] = proj is not None
     elif enc:
         f["dim_feedforward"] = sd[_PD + "transformer.encoder.layers.0.linear1.weight"].shape[0]
     return f

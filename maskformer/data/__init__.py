@@ -15,7 +15,7 @@ from .dataset import Record, SegDataset
 from .folder import folder
 from .io import DatasetError
 from .loader import ResumableLoader, ResumableSampler, build_loader, collate
-from .recipes import test_transform, train_transform
+from .recipes import eval_transform, train_transform
 from .semantic import ade20k, ade20k_full, cityscapes, coco_stuff, mapillary, semantic_files
 from .transforms import Sample
 
@@ -76,7 +76,7 @@ def build_dataset(
     if train:
         ds.transform = train_transform(data_cfg, ds.meta.ignore_label)
     elif test_size is not None:
-        ds.transform = test_transform(*test_size)
+        ds.transform = eval_transform(*test_size)
     return ds
 
 
@@ -101,6 +101,6 @@ __all__ = [
     "folder",
     "mapillary",
     "semantic_files",
-    "test_transform",
+    "eval_transform",
     "train_transform",
 ]

@@ -40,7 +40,9 @@ def _records(data: dict, meta: DatasetMeta, image_dir: Path, pan_dir: Path, sem_
     for ann in data["annotations"]:
         image_id = ann["image_id"]
         if image_id not in images:
-            raise DatasetError(f"{json_file}: annotation {ann.get('file_name')} has image_id {image_id!r} not in images")
+            raise DatasetError(
+                f"{json_file}: annotation {ann.get('file_name')} has image_id {image_id!r} not in images"
+            )
         image = image_dir / images[image_id]["file_name"]
         if not image.is_file():
             raise DatasetError(f"{image}: image file not found (listed in {json_file})")

@@ -110,12 +110,8 @@ class SegDataset(Dataset):
         ids = read_panoptic(r.pan_seg)
         seg_ids = np.array([int(s["id"]) for s in r.segments], dtype=np.int64)
         classes = np.array([self.meta.contiguous_id(int(s["category_id"])) for s in r.segments], dtype=np.int64)
-        order = np.argsort(seg_ids)
-        sorted_ids = seg_ids[order]
-        pos = np.searchsorted(sorted_ids, ids).clip(max=max(len(sorted_ids) - 1, 0))  # [h, w] index into sorted
-        found = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(ids.shape, bool)
+        sem, found, pos, sorted_ids = paint_semantic(ids, seg_ids, classes, self.meta.ignore_label)
         _check_panoptic_ids(ids, found, pos, sorted_ids, r)
-        sem = np.where(found, classes[order][pos] if len(order) else 0, self.meta.ignore_label).astype(np.int32)
         segs = [
             {"id": int(s["id"]), "category_id": int(c), "iscrowd": int(s.get("iscrowd", 0))}
             for s, c in zip(r.segments, classes)
@@ -167,12 +163,31 @@ class SegDataset(Dataset):
 
 def semantic_target(sem: np.ndarray, ignore_label: int) -> SegTarget:
     """Same as SegTarget.from_semantic (one mask per class present, ignore excluded, classes ascending) for a
-    non-negative int map [h, w]; np.bincount instead of torch.unique, which is ~20x slower on CPU."""
+    non-negative int map [h, w], with numpy (torch.unique is ~20x slower on CPU)."""
     values = sem[sem != ignore_label]
     classes = np.nonzero(np.bincount(values.ravel()))[0] if values.size else np.zeros(0, np.int64)
-    sem_t = torch.from_numpy(sem.astype(np.int64))
-    labels = torch.from_numpy(classes.astype(np.int64))
-    return SegTarget(labels, sem_t.unsqueeze(0) == labels.view(-1, 1, 1), sem_t)  # masks [T, h, w]
+    masks = torch.from_numpy(sem[None] == classes[:, None, None])  # [T, h, w]; numpy compares ~4x faster here
+    return SegTarget(torch.from_numpy(classes.astype(np.int64)), masks, torch.from_numpy(sem.astype(np.int64)))
+
+
+def paint_semantic(ids: np.ndarray, seg_ids: np.ndarray, classes: np.ndarray, ignore_label: int):
+    """Semantic map int32 [h, w] from panoptic ids [h, w]: each listed segment's class, other pixels ignore.
+
+    Returns (sem, found [h, w] bool, pos [h, w] index into sorted_ids, sorted_ids) for the consistency checks.
+    """
+    order = np.argsort(seg_ids)
+    sorted_ids = seg_ids[order]
+    if len(sorted_ids) == 0:
+        return (
+            np.full(ids.shape, ignore_label, np.int32),
+            np.zeros(ids.shape, bool),
+            np.zeros(ids.shape, int),
+            sorted_ids,
+        )
+    pos = np.searchsorted(sorted_ids, ids).clip(max=len(sorted_ids) - 1)  # [h, w]
+    found = sorted_ids[pos] == ids
+    sem = np.where(found, classes[order][pos], ignore_label).astype(np.int32)
+    return sem, found, pos, sorted_ids
 
 
 def check_label_values(lab: np.ndarray, meta: DatasetMeta, path: str) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from ..structures import DatasetMeta
 from .dataset import SegDataset
 from .io import DatasetError, read_label
-from .semantic import find_dir, pair_by_name, reduce_zero_label
+from .semantic import find_dir, pair_by_name, zero_label_reducer
 
 SCAN_FILES = 16
 
@@ -94,5 +94,5 @@ def folder(
     if reduce is None:
         values = _scan_values([r.sem_seg for r in records])
         reduce = detect_reduce_zero_label(values, meta.num_classes, ignore, str(label_dir))
-    label_fn = reduce_zero_label(ignore) if reduce else None
+    label_fn = zero_label_reducer(ignore) if reduce else None
     return SegDataset(records, meta, source=str(root), label_fn=label_fn, **kw)

@@ -28,7 +28,8 @@ def _open(path: str | Path, what: str) -> Image.Image:
         img = Image.open(path)
         img.load()  # decode now so a truncated/corrupt file fails here, with its name
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot decode {what} ({type(e).__name__}: {e}); the file is corrupt or truncated")
+        problem = f"cannot decode {what} ({type(e).__name__}: {e}); the file is corrupt or truncated"
+        raise DatasetError(f"{path}: {problem}") from None
     return img
 
 
@@ -85,27 +86,34 @@ def read_panoptic(path: str | Path) -> np.ndarray:
     return rgb2id(np.asarray(img))
 
 
-def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
+def _save_kwargs(path: str | Path, quality: int, compress_level: int) -> dict:
+    ext = str(path).lower()
+    if ext.endswith((".jpg", ".jpeg")):
+        return {"quality": quality}
+    return {"compress_level": compress_level} if ext.endswith(".png") else {}
+
+
+def write_image(path: str | Path, image: np.ndarray, quality: int = 95, compress_level: int = 6) -> None:
     """Write uint8 [h, w, 3] RGB; the format follows the extension."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"quality": quality} if str(path).lower().endswith((".jpg", ".jpeg")) else {}
+    kwargs = _save_kwargs(path, quality, compress_level)
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(path, **kwargs)
 
 
-def write_label(path: str | Path, label: np.ndarray) -> None:
+def write_label(path: str | Path, label: np.ndarray, compress_level: int = 6) -> None:
     """Write a label map: uint8 PNG when values fit in 0..255, else uint16 (PNG or TIFF by extension)."""
     label = np.asarray(label)
     if label.min(initial=0) < 0 or label.max(initial=0) > 65535:
         raise ValueError(f"{path}: label values must lie in 0..65535, got {label.min()}..{label.max()}")
     dtype = np.uint8 if label.max(initial=0) <= 255 and not str(path).lower().endswith((".tif", ".tiff")) else np.uint16
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(label, dtype=dtype)).save(path)
+    Image.fromarray(np.ascontiguousarray(label, dtype=dtype)).save(path, **_save_kwargs(path, 95, compress_level))
 
 
-def write_panoptic(path: str | Path, ids: np.ndarray) -> None:
+def write_panoptic(path: str | Path, ids: np.ndarray, compress_level: int = 6) -> None:
     """Write segment ids int [h, w] as a COCO-format RGB PNG."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(id2rgb(ids)).save(path)
+    Image.fromarray(id2rgb(ids)).save(path, compress_level=compress_level)
 
 
 def load_json(path: str | Path) -> dict:

@@ -159,9 +159,7 @@ def build_loader(
             generator=torch.Generator().manual_seed(seed),
             drop_last=drop_last,
         )
-    rs = ResumableSampler(
-        len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, infinite=infinite
-    )
+    rs = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, infinite=infinite)
     return ResumableLoader(
         dataset, rs, batch_size=batch_size, num_workers=num_workers, seed=seed, collate_fn=coll, drop_last=drop_last
     )

@@ -44,7 +44,16 @@ dining table|toilet|tv|laptop|mouse|remote|keyboard|cell phone|microwave|oven|to
 vase|scissors|teddy bear|hair drier|toothbrush
 """)
 COCO_THING_IDS = (
-    *range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83), *range(84, 91)
+    *range(1, 12),
+    *range(13, 26),
+    27,
+    28,
+    *range(31, 45),
+    *range(46, 66),
+    67,
+    70,
+    *range(72, 83),
+    *range(84, 91),
 )
 # COCO-Stuff's 91 stuff categories, COCO ids 92..182 in order.
 COCO_STUFF_NAMES = _names("""

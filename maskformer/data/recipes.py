@@ -64,6 +64,6 @@ def train_transform(data_cfg, ignore_label: int):
     raise KeyError(f"unknown data.recipe {data_cfg.recipe!r}; valid: {', '.join(RECIPES)}")
 
 
-def test_transform(min_size: int, max_size: int) -> ResizeShortestEdge:
+def eval_transform(min_size: int, max_size: int) -> ResizeShortestEdge:
     """Test-time resize: short side to `min_size`, long side at most `max_size`."""
     return ResizeShortestEdge(sizes=(min_size,), max_size=max_size)

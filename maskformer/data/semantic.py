@@ -77,7 +77,7 @@ def pair_by_name(
     return [Record(image=str(images[k]), sem_seg=str(labels[k]), image_id=Path(k).name) for k in sorted(images)]
 
 
-def reduce_zero_label(ignore_label: int = 255):
+def zero_label_reducer(ignore_label: int = 255):
     """Raw value 0 -> ignore, c -> c - 1 (ADE20K's "reduce zero label"; the same as uint8 wrap for ignore 255)."""
 
     def fn(lab: np.ndarray) -> np.ndarray:
@@ -101,7 +101,7 @@ def ade20k(root: str | Path, split: str, **kw) -> SegDataset:
         return SegDataset(records, meta, source=str(base), **kw)
     raw = find_dir([base / "annotations" / split], f"ADE20K annotations of split {split!r}")
     records = pair_by_name(image_dir, raw)
-    return SegDataset(records, meta, source=str(base), label_fn=reduce_zero_label(meta.ignore_label), **kw)
+    return SegDataset(records, meta, source=str(base), label_fn=zero_label_reducer(meta.ignore_label), **kw)
 
 
 def ade20k_full(root: str | Path, split: str, **kw) -> SegDataset:

@@ -23,35 +23,47 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_train_model(cfg: Config) -> nn.Module:
+    """build_model(cfg), with the ResNet norm of `cfg.model.backbone_norm` (BN/GN train from scratch far better
+    than the official FrozenBN, which is meant for ImageNet-initialised weights)."""
+    from maskformer.modeling import build_model
+
+    norm = cfg.model.backbone_norm
+    if norm == "FrozenBN" or not cfg.model.backbone.startswith("resnet"):
+        return build_model(cfg)
+    from maskformer.backbones import build_backbone
+
+    return build_model(cfg, backbone=build_backbone(cfg.model.backbone, norm=norm))
+
+
 # ------------------------------------------------------------------------------------------------------- data
 def build_train_loader(dataset, cfg: Config, micro_batch: int, dist: DistInfo):
-    """An infinite, resumable, rank-sharded loader of `micro_batch`-image batches from the data layer."""
+    """An infinite, resumable loader of `micro_batch`-image batches, sharded by rank (one shared permutation per
+    epoch, seeded by cfg.train.seed; per-sample augmentation seeds, so resume is exact whatever the workers)."""
     from maskformer.data import build_loader
-    from maskformer.data.loader import ResumableSampler
 
     if len(dataset) < dist.world_size:
         raise ValueError(f"the training set has {len(dataset)} images, fewer than {dist.world_size} processes")
-    sampler = ResumableSampler(
-        len(dataset), shuffle=True, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size
-    )
     return build_loader(
         dataset,
         batch_size=micro_batch,
         shuffle=True,
         num_workers=cfg.data.num_workers,
-        seed=cfg.train.seed + dist.rank,
-        sampler=sampler,
+        seed=cfg.train.seed,
+        infinite=True,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        size_divisibility=max(cfg.model.size_divisibility, 1),
     )
 
 
 def loader_state(loader) -> dict:
-    """The sampler's position (epoch + offset) for exact resume."""
-    return loader.sampler.state_dict()
+    """The position (epoch + offset of the next undelivered sample) for exact resume."""
+    return loader.state_dict()
 
 
-def restore_loader(loader, state: dict, consumed_batches: int) -> None:
-    """Put the sampler back where a checkpoint left it (`consumed_batches` is a cross-check for the caller)."""
-    loader.sampler.load_state_dict(state)
+def restore_loader(loader, state: dict) -> None:
+    loader.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------------- weights

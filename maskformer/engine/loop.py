@@ -26,6 +26,7 @@ from maskformer.engine import distributed as D
 from maskformer.engine import state as S
 from maskformer.engine.components import (
     build_train_loader,
+    build_train_model,
     default_evaluate,
     load_init_weights,
     load_weights,
@@ -92,10 +93,7 @@ class Trainer:
         self.dist = D.init_distributed(device)
         self.micro_batch = micro_batch_size(cfg.train, self.dist.world_size)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        if model is None:
-            from maskformer.modeling import build_model
-
-            model = build_model(cfg)
+        model = model if model is not None else build_train_model(cfg)
         if init_weights:
             load_init_weights(model, init_weights, init_kind)
         self.model = model.to(self.dist.device)
@@ -142,7 +140,7 @@ class Trainer:
         S.restore_rng(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
         if len(rngs) != self.dist.world_size:
             warnings.warn(f"resuming {ckpt} with {self.dist.world_size} processes instead of {len(rngs)}", stacklevel=2)
-        restore_loader(self.loader, state["loader"], self.iteration * max(self.cfg.train.grad_accum, 1))
+        restore_loader(self.loader, state["loader"])
         self.logger.truncate_after(self.iteration)
         return ckpt
 

@@ -64,12 +64,17 @@ class InstanceEvaluator:
         if pm.shape[1:] != gm.shape[1:] and len(pm) and len(gm):
             raise ValueError(f"image {image_id}: predicted masks {pm.shape[1:]} != ground-truth masks {gm.shape[1:]}")
         h, w = gm.shape[1:] if len(gm) else pm.shape[1:]
-        self._images.append({"id": image_id, "height": int(h), "width": int(w)})
-        crowd = np.zeros(len(gm), dtype=bool) if gt_iscrowd is None else _numpy(gt_iscrowd).astype(bool)
-        for rle, label, c in zip(self._encode(gm), self._labels(gt_labels, len(gm), image_id), crowd):
-            self._gts.append({"image_id": image_id, "category_id": label, "iscrowd": int(c), **rle})
+        g_labels, p_labels = self._labels(gt_labels, len(gm), image_id), self._labels(pred_labels, len(pm), image_id)
+        crowd = np.zeros(len(gm), dtype=bool) if gt_iscrowd is None else _numpy(gt_iscrowd).astype(bool).reshape(-1)
         scores = _numpy(pred_scores).astype(np.float64).reshape(-1)
-        for rle, label, s in zip(self._encode(pm), self._labels(pred_labels, len(pm), image_id), scores):
+        if len(crowd) != len(gm) or len(scores) != len(pm):
+            raise ValueError(
+                f"image {image_id}: {len(crowd)} iscrowd flags / {len(scores)} scores for {len(gm)} / {len(pm)} masks"
+            )
+        self._images.append({"id": image_id, "height": int(h), "width": int(w)})
+        for rle, label, c in zip(self._encode(gm), g_labels, crowd):
+            self._gts.append({"image_id": image_id, "category_id": label, "iscrowd": int(c), **rle})
+        for rle, label, s in zip(self._encode(pm), p_labels, scores):
             self._dets.append({"image_id": image_id, "category_id": label, "score": float(s), **rle})
 
     def _labels(self, labels, n: int, image_id) -> list[int]:

@@ -37,34 +37,36 @@ def _numpy(x) -> np.ndarray:
 
 
 class PairCounter:
-    """Joint pixel histograms of (GT id, predicted id) with reusable buffers and id lookup table.
+    """Joint pixel histograms of (GT id, predicted id) with reusable int32 buffers and an id lookup table.
 
     counts(...) returns int64 [2 + n_gt, 2 + n_pred]: index 0 = ids not listed in the segments, 1 = VOID (id 0),
-    2 + i = the i-th listed segment. Cost per image: one table gather and one bincount, no sort.
+    2 + i = the i-th listed segment. Cost per image: one table gather per side with large ids (small ids index the
+    histogram directly) and one bincount, no sort. The table covers ids < 2^24 (64 MiB of int32 at most, pages
+    allocated only where ids fall).
     """
 
     def __init__(self) -> None:
-        self._lut = np.zeros(0, dtype=np.intp)
-        self._key = np.zeros(0, dtype=np.intp)
-        self._tmp = np.zeros(0, dtype=np.intp)
+        self._lut = np.zeros(0, dtype=np.int32)
+        self._key = np.zeros(0, dtype=np.int32)
+        self._tmp = np.zeros(0, dtype=np.int32)
 
     def counts(self, gt_ids, pred_ids, gt_seg_ids: np.ndarray, pred_seg_ids: np.ndarray, image_id=None) -> np.ndarray:
         """gt_ids, pred_ids: int [h, w] id maps; *_seg_ids: int64 [n] listed segment ids -> int64 [2+n_gt, 2+n_pred]."""
         gt, pred = _numpy(gt_ids).reshape(-1), _numpy(pred_ids).reshape(-1)
         g_max, p_max = _max_id(gt, "ground-truth", image_id), _max_id(pred, "prediction", image_id)
         listed_max = int(max(gt_seg_ids.max(initial=0), pred_seg_ids.max(initial=0)))
-        if max(g_max, p_max, listed_max) >= _LUT_LIMIT:
-            return _counts_by_unique(gt, pred, gt_seg_ids, pred_seg_ids)
         g_direct, p_direct = g_max < _DIRECT_LIMIT, p_max < _DIRECT_LIMIT
         ncols = p_max + 1 if p_direct else len(pred_seg_ids) + 2
         nrows = g_max + 1 if g_direct else len(gt_seg_ids) + 2
+        if max(g_max, p_max, listed_max) >= _LUT_LIMIT or nrows * ncols >= 1 << 31:
+            return _counts_by_unique(gt, pred, gt_seg_ids, pred_seg_ids)
         key = self._buffer("_key", gt.size)
         if g_direct:
-            np.multiply(gt, ncols, out=key, dtype=np.intp, casting="unsafe")  # key = row * ncols
+            np.multiply(gt, ncols, out=key, dtype=np.int32, casting="unsafe")  # key = row * ncols
         else:
             self._gather(gt, max(g_max, listed_max), gt_seg_ids, ncols, key)
         if p_direct:
-            np.add(key, pred, out=key, dtype=np.intp, casting="unsafe")  # key = row * ncols + col
+            np.add(key, pred, out=key, dtype=np.int32, casting="unsafe")  # key = row * ncols + col
         else:
             tmp = self._buffer("_tmp", pred.size)
             np.add(key, self._gather(pred, max(p_max, listed_max), pred_seg_ids, 1, tmp), out=key)
@@ -78,7 +80,7 @@ class PairCounter:
     def _buffer(self, name: str, n: int) -> np.ndarray:
         buf = getattr(self, name)
         if buf.size < n:
-            buf = np.empty(n, dtype=np.intp)
+            buf = np.empty(n, dtype=np.int32)
             setattr(self, name, buf)
         return buf[:n]
 
@@ -88,11 +90,11 @@ class PairCounter:
         max_id bounds ids and seg_ids (< 2^24); the table grows to a power of two above it.
         """
         if self._lut.size <= max_id:
-            self._lut = np.zeros(1 << max(max_id, 255).bit_length(), dtype=np.intp)  # calloc: lazy zero pages
+            self._lut = np.zeros(1 << max(max_id, 255).bit_length(), dtype=np.int32)  # calloc: lazy zero pages
         lut = self._lut
         lut[VOID] = scale
         lut[seg_ids] = (np.arange(len(seg_ids)) + 2) * scale
-        np.take(lut, ids, out=out, mode="clip")
+        np.take(lut, ids, out=out, mode="wrap")  # ids < lut.size: "wrap" is the identity, and faster than "clip"
         lut[seg_ids] = 0
         lut[VOID] = 0
         return out

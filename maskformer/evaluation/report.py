@@ -49,7 +49,9 @@ def format_panoptic(results: dict, per_class: bool = True) -> str:
     for name in ("All", "Things", "Stuff"):
         r = results[name]
         lines.append(f"{name:10s}| {_pct(r['pq'])} {_pct(r['sq'])} {_pct(r['rq'])} {r['n']:5d}")
-    lines.append(f"({results['num_images']} images; a split with n = 0 shows -100.00: no category counted)")
+    empty = [name for name in ("All", "Things", "Stuff") if results[name]["n"] == 0]
+    note = f"; {'/'.join(empty)}: no category counted, shown as -100 (n = 0)" if empty else ""
+    lines.append(f"({results['num_images']} images{note})")
     return "\n".join(lines)
 
 

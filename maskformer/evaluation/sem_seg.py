@@ -69,7 +69,7 @@ class ConfusionCounter:
             raise ValueError(f"image {name}: ground-truth label map must be integer, got {gt.dtype}")
         if gt.dtype.itemsize > 2 or gt.dtype.kind == "i":
             gt = self._narrow(gt, name)
-        np.take(self._lut, gt, out=key, mode="clip")
+        np.take(self._lut, gt, out=key, mode="wrap")  # gt < table size here: "wrap" is the identity, and fast
         return key
 
     def _narrow(self, gt: np.ndarray, name) -> np.ndarray:

@@ -6,6 +6,10 @@ What "GFLOPs" means here (the paper's convention, fvcore's `FlopCountAnalysis` a
 - fvcore's extra per-element terms, added the same way: GroupNorm/LayerNorm 5 per element, BatchNorm (unfolded)
   2 per element, bilinear upsampling 4 per output element, nearest upsampling 1 per output element;
 - not counted (as in fvcore): activations, softmax/sigmoid, additions, padding, pooling.
+- work the official implementation does that this one skips because it cannot change the result: the official Swin
+  runs the qkv and output-projection Linears on the window-padding tokens too (4 C^2 multiply-adds per padded token
+  and block); this backbone computes them on real tokens only. The paper counted them (Swin-B at 640: 15.4 G of
+  195 G), so `gflops` adds them analytically and reports them as `gflops_skipped`; `gflops_executed` is what runs here.
 - the forward at the crop size (batch 1), plus semantic inference as the official eval forward does it: mask logits
   upsampled bilinearly to the input size, softmax(class)[:, :K] x sigmoid(masks) marginalized by an einsum over the
   queries (Q x K x H x W multiply-adds; 3.9 G for 100 queries, 150 classes at 512x512), then the (no-op-size) bilinear
@@ -69,6 +73,8 @@ class ModelStats:
     params: int
     params_backbone: int
     gflops: float
+    gflops_executed: float
+    gflops_skipped: float
     gflops_backbone: float
     gflops_pixel_decoder: float
     gflops_predictor: float
@@ -135,10 +141,31 @@ def measure(model: nn.Module, image_size: tuple[int, int], *, semantic_inference
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
-    return _stats(model, counter.get_flop_counts(), image_size)
+    skipped = swin_window_padding_macs(model.backbone, tuple(model.preprocess(x).shape[-2:])) / 1e9
+    return _stats(model, counter.get_flop_counts(), image_size, skipped)
 
 
-def _stats(model: nn.Module, counts: dict, image_size: tuple[int, int]) -> ModelStats:
+def swin_window_padding_macs(backbone: nn.Module, size: tuple[int, int]) -> int:
+    """Multiply-adds of the official Swin's qkv + proj Linears on window-padding tokens (0 for other backbones).
+
+    Stage maps: ceil(H/4) x ceil(W/4) after the patch embedding, then ceil halves; each block pads to a multiple of the
+    window and projects (3C + C) x C per padded token.
+    """
+    from maskformer.backbones.swin import SwinTransformer
+
+    if not isinstance(backbone, SwinTransformer):
+        return 0
+    w = backbone.window_size
+    h, wd = -(-size[0] // 4), -(-size[1] // 4)
+    total = 0
+    for stage, c in zip(backbone.layers, backbone.out_channels.values()):
+        padded = (-(-h // w) * w) * (-(-wd // w) * w)
+        total += (padded - h * wd) * 4 * c * c * len(stage.blocks)
+        h, wd = -(-h // 2), -(-wd // 2)
+    return total
+
+
+def _stats(model: nn.Module, counts: dict, image_size: tuple[int, int], skipped: float) -> ModelStats:
     def g(name: str) -> float:
         return sum(counts.get(name, {}).values()) / 2e9
 
@@ -147,8 +174,10 @@ def _stats(model: nn.Module, counts: dict, image_size: tuple[int, int]) -> Model
     return ModelStats(
         params=count_parameters(model),
         params_backbone=count_parameters(model.backbone),
-        gflops=total,
-        gflops_backbone=g(f"{root}.backbone"),
+        gflops=total + skipped,
+        gflops_executed=total,
+        gflops_skipped=skipped,
+        gflops_backbone=g(f"{root}.backbone") + skipped,
         gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),
         gflops_predictor=g(f"{root}.sem_seg_head.predictor"),
         gflops_inference=total - net,

@@ -1,0 +1,142 @@
+"""Scoring from files (`score_semantic`, `score_panoptic`, `maskformer score`) equals the in-memory evaluators."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from eval_data import panopticapi_stats, same_results, write_panoptic
+from PIL import Image
+
+from maskformer.cli import main
+from maskformer.evaluation import PanopticEvaluator, SemSegEvaluator, score_panoptic, score_semantic
+from maskformer.evaluation.files import read_panoptic_png
+
+K = 6
+
+
+def write_semantic(tmp_path, n: int = 5, wide: bool = False):
+    """GT and prediction label-map folders (one GT 16-bit when `wide`); returns (gt_dir, pred_dir, pairs)."""
+    rng = np.random.default_rng(0)
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    pairs = []
+    for i in range(n):
+        h, w = rng.integers(8, 30, 2)
+        gt = rng.integers(0, K, (h, w)).astype(np.uint8)
+        gt[rng.random((h, w)) < 0.1] = 255
+        pred = np.where(rng.random((h, w)) < 0.7, gt % K, rng.integers(0, K, (h, w))).astype(np.uint8)
+        gt_img = Image.fromarray(gt.astype(np.uint16)) if wide and i == 0 else Image.fromarray(gt)
+        gt_img.save(gt_dir / f"img{i}.png")
+        Image.fromarray(pred).save(pred_dir / f"img{i}.png")
+        pairs.append((pred, gt))
+    Image.fromarray(pairs[0][0]).save(pred_dir / "extra.png")  # predictions without GT are ignored
+    return gt_dir, pred_dir, pairs
+
+
+def test_semantic_files_equal_in_memory(tmp_path):
+    gt_dir, pred_dir, pairs = write_semantic(tmp_path, wide=True)
+    ev = SemSegEvaluator(K, 255)
+    for pred, gt in pairs:
+        ev.update(pred, gt)
+    expected = ev.compute()
+    assert same_results(score_semantic(gt_dir, pred_dir, num_classes=K, workers=0), expected)
+    assert same_results(score_semantic(gt_dir, pred_dir, num_classes=K, workers=2), expected)
+
+
+def test_semantic_file_errors_name_the_image(tmp_path):
+    gt_dir, pred_dir, _ = write_semantic(tmp_path)
+    (pred_dir / "img3.png").unlink()
+    with pytest.raises(ValueError, match=r"no prediction in .* for the ground-truth image\(s\) \['img3'\]"):
+        score_semantic(gt_dir, pred_dir, num_classes=K, workers=0)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(pred_dir / "img3.png")
+    with pytest.raises(ValueError, match=r"img3\.png: a label map must have one channel"):
+        score_semantic(gt_dir, pred_dir, num_classes=K, workers=2)
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(pred_dir / "img3.png")
+    with pytest.raises(ValueError, match=r"image img3: prediction size \(8, 8\) != ground-truth size"):
+        score_semantic(gt_dir, pred_dir, num_classes=K, workers=0)
+
+
+def test_cli_score_semantic_writes_json(tmp_path, capsys):
+    gt_dir, pred_dir, _ = write_semantic(tmp_path)
+    out = tmp_path / "r.json"
+    code = main(["score", "--gt", str(gt_dir), "--pred", str(pred_dir), "--num-classes", str(K), "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    expected = score_semantic(gt_dir, pred_dir, num_classes=K, workers=0)
+    assert report["task"] == "semantic" and report["mIoU"] == expected["mIoU"] and len(report["per_class"]) == K
+    assert f"mIoU {100 * expected['mIoU']:.2f}" in capsys.readouterr().out
+    assert main(["score", "--gt", str(gt_dir), "--pred", str(tmp_path / "nope"), "--num-classes", "6"]) == 1
+    assert "prediction folder" in capsys.readouterr().err
+
+
+def shifted_prediction(ids: np.ndarray, segments: list[dict], shift: int) -> tuple[np.ndarray, list[dict]]:
+    """A prediction made from a GT: shifted pixels, sequential ids, crowd segments dropped (left VOID)."""
+    moved = np.roll(ids, shift, axis=1)
+    pred, segs = np.zeros_like(moved), []
+    for s in segments:
+        if not s["iscrowd"] and (moved == s["id"]).any():
+            pred[moved == s["id"]] = len(segs) + 1
+            segs.append({"id": len(segs) + 1, "category_id": s["category_id"]})
+    return pred, segs
+
+
+def test_coco_sample_equals_panopticapi_and_in_memory(shared_data, tmp_path):
+    root = shared_data / "coco-panoptic-sample"
+    gt_json = root / "annotations" / "panoptic_val2017.json"
+    gt_folder = root / "panoptic_val2017"
+    gt = json.loads(gt_json.read_text())
+    ev = PanopticEvaluator(gt["categories"])
+    preds = []
+    for k, ann in enumerate(gt["annotations"]):
+        ids = read_panoptic_png(gt_folder / ann["file_name"])
+        pred, segs = shifted_prediction(ids.astype(np.int64), ann["segments_info"], 9 + 20 * k)
+        ev.update(pred, segs, ids, ann["segments_info"], image_id=ann["image_id"])
+        preds.append((ann["image_id"], pred, segs))
+    pred_json = write_panoptic(tmp_path, "pred", preds, gt["categories"])
+    local_gt = tmp_path / "gt.json"  # panopticapi's folder convention: the JSON path without .json
+    local_gt.write_text(gt_json.read_text())
+    (tmp_path / "gt").symlink_to(gt_folder)
+    oracle, _ = panopticapi_stats(local_gt, pred_json)
+    files = score_panoptic(gt_json, pred_json, gt_folder=gt_folder, workers=0)
+    assert files == ev.compute()
+    assert 0.2 < files["PQ"] < 0.95
+    for name in ("All", "Things", "Stuff"):
+        for m in ("pq", "sq", "rq"):
+            assert abs(files[name][m] - oracle[name][m]) < 1e-9
+
+
+def test_ade_sample_reduce_zero_label_from_files(shared_data, tmp_path):
+    ann_dir = shared_data / "ade20k-sample" / "ADEChallengeData2016" / "annotations" / "validation"
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    ev = SemSegEvaluator(150, 255)
+    for path in sorted(ann_dir.glob("*.png")):
+        raw = np.asarray(Image.open(path))
+        pred = (np.roll(raw, 7, axis=0).astype(np.int64) - 1) % 150  # a plausible, imperfect prediction
+        Image.fromarray(pred.astype(np.uint8)).save(pred_dir / path.name)
+        ev.update(pred, np.where(raw == 0, 255, raw.astype(np.int64) - 1))  # pre-reduced GT
+    files = score_semantic(ann_dir, pred_dir, num_classes=150, reduce_zero_label=True, workers=0)
+    assert same_results(files, ev.compute()) and 0.2 < files["mIoU"] < 0.95
+
+
+def test_cli_score_panoptic(tmp_path, capsys):
+    cats = [{"id": 1, "isthing": 1, "name": "a"}, {"id": 2, "isthing": 0, "name": "b"}]
+    g = np.array([[1, 1, 2, 2, 0]])
+    p = np.array([[3, 3, 3, 4, 4]])
+    gs = [{"id": 1, "category_id": 1, "iscrowd": 0, "area": 2}, {"id": 2, "category_id": 2, "iscrowd": 0, "area": 2}]
+    ps = [{"id": 3, "category_id": 1}, {"id": 4, "category_id": 2}]
+    gt_json = write_panoptic(tmp_path, "gt", [(5, g, gs)], cats)
+    pred_json = write_panoptic(tmp_path, "pred", [(5, p, ps)], cats)
+    out = tmp_path / "pq.json"
+    assert main(["score", "--gt", str(gt_json), "--pred", str(pred_json), "--workers", "0", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    # thing: IoU 2 / 3 -> TP; stuff: |p| 2, |g| 2, overlap 1, p on VOID 1 -> IoU 1 / 2 -> no match (FN + FP)
+    assert report["PQ_th"] == pytest.approx(2 / 3) and report["PQ_st"] == 0.0 and report["All"]["n"] == 2
+    assert report["per_class"]["2"]["fp"] == 1 and report["per_class"]["2"]["fn"] == 1
+    assert "Things    |  66.67" in capsys.readouterr().out
+    pred_json.write_text(json.dumps({"annotations": [], "categories": cats}))
+    assert main(["score", "--gt", str(gt_json), "--pred", str(pred_json)]) == 1
+    assert "no prediction for the ground-truth image(s) with image_id [5]" in capsys.readouterr().err
