@@ -57,16 +57,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         raise
 
 
-def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+def save_safetensors(
+    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None
+) -> None:
     """Save a state dict to a `.safetensors` file atomically, with a SHA-256 of the tensor bytes in the metadata."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     blob = save(tensors, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
     header_len = struct.unpack("<Q", blob[:8])[0]
-    digest = hashlib.sha256(blob[8 + header_len :]).hexdigest()
-    meta = {**{str(k): str(v) for k, v in (metadata or {}).items()}, _SHA_KEY: digest}
-    atomic_write(path, save(tensors, metadata=meta))
+    header = json.loads(blob[8 : 8 + header_len])
+    data = memoryview(blob)[8 + header_len :]
+    header.setdefault("__metadata__", {})[_SHA_KEY] = hashlib.sha256(data).hexdigest()
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as safetensors writes it
+    atomic_write(path, b"".join([struct.pack("<Q", len(text)), text, data]))
 
 
 def load_safetensors(path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -190,7 +195,7 @@ def read_model_config(path: str | os.PathLike) -> tuple[Config, DatasetMeta]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file}: not valid JSON (truncated or corrupted?): {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: not a maskformer model config (expected \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{file}: not a maskformer model config (expected "format": "{FORMAT}")')
     if doc.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{file}: format version {doc['version']} is newer than this library's {FORMAT_VERSION}")
     try:
@@ -335,10 +340,12 @@ def to_backbone_state_dict(
 
 
 def read_transformers_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json dict, state dict) of a transformers checkpoint directory (model.safetensors or pytorch_model.bin)."""
+    """(config.json dict, state dict) of a transformers directory (model.safetensors or pytorch_model.bin)."""
     file = path / CONFIG_NAME
     if not file.is_file():
-        raise CheckpointError(f"{path}: a directory without config.json is neither a model directory nor a transformers one")
+        raise CheckpointError(
+            f"{path}: a directory without config.json is neither a model directory nor a transformers one"
+        )
     try:
         hf_config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -24,7 +24,7 @@ DEFAULT_OPSET = 17
 
 
 class ExportModule(nn.Module):
-    """Eval-mode wrapper returning a tuple of tensors: images [B, 3, H, W] -> (pred_logits, pred_masks) or (sem_seg,)."""
+    """Eval-mode wrapper returning a tuple: images [B, 3, H, W] -> (pred_logits, pred_masks) or (sem_seg,)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -58,7 +58,7 @@ def _device(model: nn.Module) -> torch.device:
 def _atomic_target(path: Path):
     """A temporary path next to `path` (same directory, so os.replace is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp.", suffix=f".{path.name}", dir=path.parent)  # keeps the extension
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=f".{path.name}", dir=path.parent)  # keeps the extension
     os.close(fd)
     return Path(tmp)
 

@@ -18,13 +18,15 @@ bilinear resize to the output size (align_corners=False).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from maskformer import resample as rs
 from maskformer.marginal_argmax import official_labels
+from maskformer.structures import DatasetMeta
 
 Size = tuple[int, int]
 CHUNK_ELEMS = 1 << 25  # full-size mask values held at once by the dense official path
@@ -192,3 +194,185 @@ def _bounded_argmax(x: torch.Tensor, kind: str, low: Size, pad: Size, img: Size,
     best_lo = torch.maximum(lo.amax(0), rs.mean_lower_bound(x, hi, py, px))
     cand = hi >= best_lo - 1e-6 * (1 + best_lo.abs())
     return rs.candidate_argmax(x, cand, py, px)
+
+
+# ------------------------------------------------------------------------------------------------ panoptic
+def panoptic_inference(
+    outputs: dict,
+    image_sizes: Sequence[Size],
+    output_sizes: Sequence[Size] | None = None,
+    *,
+    thing_ids: Iterable[int],
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+    meta: DatasetMeta | None = None,
+    padded_size: Size | None = None,
+    tile: int = 16,
+) -> list[tuple[torch.Tensor, list[dict]]]:
+    """Official general/panoptic inference (reference section 5.3) -> per image (ids int32 [H, W], segments_info).
+
+    Mask logits are upsampled, cropped and resized to the output size before the sigmoid. Queries are kept when
+    their best class is not no-object and its probability > object_mask_threshold (strict). Each pixel goes to the
+    kept query with the largest score * sigmoid(mask) (ties: lowest query index). In query order, a query whose
+    assigned area / area(sigmoid >= 0.5) < overlap_threshold is dropped (its pixels stay 0); stuff queries of a class
+    already emitted join that segment; others get the next id (from 1). segments_info: {"id", "isthing",
+    "category_id" (contiguous), "dataset_category_id" (meta.dataset_ids, else the contiguous id), "area" (pixels in
+    the final map), "score" (the probability of the query that opened the segment)}.
+    """
+    if "pred_logits" not in outputs:
+        raise ValueError("panoptic inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
+    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size)
+    things = {int(t) for t in thing_ids}
+    results = []
+    for i, (img, out) in enumerate(zip(images, outs)):
+        probs = outputs["pred_logits"][i].softmax(-1)
+        scores, labels = probs.max(-1)
+        keep = (labels != probs.shape[-1] - 1) & (scores > object_mask_threshold)
+        if not keep.any():
+            results.append((torch.zeros(out, dtype=torch.int32, device=probs.device), []))
+            continue
+        s, c, m = scores[keep], labels[keep], outputs["pred_masks"][i][keep]
+        assign, orig_area = _panoptic_assign(m, s, low, pad, img, out, tile)
+        area = torch.bincount(assign.flatten(), minlength=len(s))
+        lut, segments = _segments(c.tolist(), s.tolist(), area.tolist(), orig_area.tolist(), things, overlap_threshold)
+        ids = torch.tensor(lut, dtype=torch.int32, device=assign.device)[assign]
+        _finish_segments(segments, ids, meta)
+        results.append((ids, segments))
+    return results
+
+
+def _panoptic_assign(m, s, low: Size, pad: Size, img: Size, out: Size, tile: int):
+    """(argmax_q s_q * sigmoid(V_q) int64 [H, W], #pixels with sigmoid(V_q) >= 0.5 [Qk]); V = the resampled logits."""
+    py, px = rs.plans("linear", low, pad, img, out, m, tile)
+    lo, hi = rs.window_bounds(m, py, px)  # [Qk, n_ty, n_tx] logit bounds
+    s3 = s[:, None, None]
+    v_lo, v_hi = s3 * lo.sigmoid(), s3 * hi.sigmoid()
+    cand = v_hi >= v_lo.amax(0) - 1e-6
+    assign = rs.candidate_argmax(m, cand, py, px, value_fn=lambda z, ch: s[ch][:, None, None] * z.sigmoid())
+    return assign, _area_at_half(m, lo, hi, py, px)
+
+
+def _area_at_half(m, lo, hi, py, px) -> torch.Tensor:
+    """Per channel, the number of output pixels with sigmoid(resampled logit) >= 0.5: int64 [C]."""
+    full = lo > 1e-6  # the whole tile is >= 0.5
+    area = (full * rs.tile_pixels(py, px)).sum((1, 2))
+    ch, ty, tx = ((hi >= -1e-6) & ~full).nonzero(as_tuple=True)  # tiles crossing 0.5
+    t2 = py.tile * py.tile
+    for sl in rs.chunks(len(ch), t2):
+        z = rs.stage_a(m, py, px, ch[sl], ty[sl], tx[sl])
+        inside = (z.sigmoid() >= 0.5) & rs.valid_mask(py, px, ty[sl], tx[sl])
+        area.index_add_(0, ch[sl], inside.sum((1, 2)))
+    return area
+
+
+def _segments(classes, scores, areas, orig_areas, things, overlap_threshold) -> tuple[list[int], list[dict]]:
+    """The official per-query rule on scalars: (segment id per kept query, 0 = dropped; segments_info)."""
+    lut, segments, stuff_seen = [0] * len(classes), [], {}
+    for k, (c, score, area, orig) in enumerate(zip(classes, scores, areas, orig_areas)):
+        if area == 0 or orig == 0 or area / orig < overlap_threshold:
+            continue
+        isthing = c in things
+        if not isthing and c in stuff_seen:
+            lut[k] = stuff_seen[c]
+            continue
+        lut[k] = len(segments) + 1
+        if not isthing:
+            stuff_seen[c] = lut[k]
+        segments.append({"id": lut[k], "isthing": isthing, "category_id": c, "score": score})
+    return lut, segments
+
+
+def _finish_segments(segments: list[dict], ids: torch.Tensor, meta: DatasetMeta | None) -> None:
+    """Add "area" (pixels of each id in the final map) and "dataset_category_id" to each segment, in place."""
+    areas = torch.bincount(ids.flatten().long(), minlength=len(segments) + 1).tolist()
+    for seg in segments:
+        seg["area"] = areas[seg["id"]]
+        c = seg["category_id"]
+        seg["dataset_category_id"] = int(meta.dataset_ids[c]) if meta is not None else c
+
+
+# ------------------------------------------------------------------------------------------------ instance
+@dataclass
+class Instances:
+    """Instances of one image, sorted by score: masks bool [N, H, W], scores float [N], labels int64 [N] (contiguous)."""
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def instance_inference(
+    outputs: dict,
+    image_sizes: Sequence[Size],
+    output_sizes: Sequence[Size] | None = None,
+    *,
+    thing_ids: Iterable[int] | None = None,
+    topk: int = 100,
+    padded_size: Size | None = None,
+    tile: int = 16,
+) -> list[Instances]:
+    """Mask2Former's instance rule (reference section 11.8) -> per image `Instances`.
+
+    The top-k (query, class) pairs of the flattened Q x K class probabilities (no-object excluded); with thing_ids,
+    pairs of other classes are then dropped (as in panoptic models). Mask = resampled logit > 0 (upsampled, cropped
+    and resized bilinearly); score = class probability x mean sigmoid inside the mask (sum / (area + 1e-6)).
+    """
+    if "pred_logits" not in outputs:
+        raise ValueError("instance inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
+    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size)
+    results = []
+    for i, (img, out) in enumerate(zip(images, outs)):
+        probs = class_probs(outputs["pred_logits"][i])  # [Q, K]
+        n_cls = probs.shape[1]
+        scores, idx = probs.flatten().topk(min(topk, probs.numel()))
+        labels, queries = idx % n_cls, idx // n_cls
+        if thing_ids is not None:
+            is_thing = torch.isin(labels, torch.as_tensor(list(thing_ids), dtype=labels.dtype, device=labels.device))
+            scores, labels, queries = scores[is_thing], labels[is_thing], queries[is_thing]
+        uq, inv = torch.unique(queries, return_inverse=True)
+        items, pos, mean_prob = _instance_tiles(outputs["pred_masks"][i][uq], low, pad, img, out, tile)
+        scores = scores * mean_prob[inv]
+        order = scores.argsort(descending=True, stable=True)
+        masks = _paint_instances(inv[order], len(uq), items, pos, out)
+        results.append(Instances(masks, scores[order], labels[order]))
+    return results
+
+
+def _instance_tiles(m, low: Size, pad: Size, img: Size, out: Size, tile: int):
+    """Resampled logit > 0 on every tile where it can be positive, for low-res logits m [C, h, w].
+
+    Returns ((ch, ty, tx) [N] x 3, pos bool [N, tile, tile], mean sigmoid inside each channel's mask [C]).
+    """
+    py, px = rs.plans("linear", low, pad, img, out, m, tile)
+    _, hi = rs.window_bounds(m, py, px)
+    ch, ty, tx = (hi > 0).nonzero(as_tuple=True)  # elsewhere every resampled logit is <= 0
+    count, total, pos = m.new_zeros(m.shape[0]), m.new_zeros(m.shape[0]), []
+    for sl in rs.chunks(len(ch), tile * tile):
+        z = rs.stage_a(m, py, px, ch[sl], ty[sl], tx[sl])
+        pos.append(z > 0)  # padded rows have all-zero weights, so z = 0 there
+        count.index_add_(0, ch[sl], pos[-1].sum((1, 2)).to(m.dtype))
+        total.index_add_(0, ch[sl], (z.sigmoid() * pos[-1]).sum((1, 2)))
+    pos = torch.cat(pos) if pos else torch.zeros(0, tile, tile, dtype=torch.bool, device=m.device)
+    return (ch, ty, tx), pos, total / (count + 1e-6)
+
+
+def _paint_instances(inst_ch: torch.Tensor, n_ch: int, items, pos: torch.Tensor, out: Size) -> torch.Tensor:
+    """bool [N, H, W] masks: instance n gets channel inst_ch[n]'s positive tiles, written straight into place."""
+    ch, ty, tx = items
+    t = pos.shape[-1]
+    n_ty, n_tx = -(-out[0] // t), -(-out[1] // t)
+    masks = torch.zeros(len(inst_ch), n_ty * t, n_tx * t, dtype=torch.bool, device=pos.device)
+    # pair every item with every instance of its channel
+    per_ch = torch.bincount(inst_ch, minlength=n_ch)  # [C] instances per channel
+    inst_sorted = inst_ch.argsort(stable=True)
+    first = torch.cumsum(per_ch, 0) - per_ch
+    reps = per_ch[ch]
+    item_id = torch.repeat_interleave(torch.arange(len(ch), device=ch.device), reps)
+    rank = torch.arange(len(item_id), device=ch.device) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
+    inst = inst_sorted[first[ch[item_id]] + rank]
+    tiled = masks.view(len(inst_ch), n_ty, t, n_tx, t).permute(0, 1, 3, 2, 4)  # [N, n_ty, n_tx, t, t] view
+    tiled[inst, ty[item_id], tx[item_id]] = pos[item_id]
+    return masks[:, : out[0], : out[1]]

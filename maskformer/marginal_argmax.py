@@ -24,11 +24,18 @@ MARGIN = 1e-6  # float slack on every comparison of bounds
 
 
 def official_labels(
-    probs: torch.Tensor, masks: torch.Tensor, low: Size, pad: Size, img: Size, out: Size, before_inference: bool
+    probs: torch.Tensor,
+    masks: torch.Tensor,
+    low: Size,
+    pad: Size,
+    img: Size,
+    out: Size,
+    before_inference: bool,
+    tile: int = 8,
 ) -> torch.Tensor:
     """argmax_k of the official semantic scores: probs [Q, K], masks [Q, h, w] logits -> int64 [H, W]."""
     kind = "linear" if before_inference else "two_stage"
-    py, px = rs.plans(kind, low, pad, img, out, masks)
+    py, px = rs.plans(kind, low, pad, img, out, masks, tile)
     lo, hi = rs.window_bounds(masks, py, px)  # [Q, n_ty, n_tx]
     sl, sh = lo.sigmoid().flatten(1).T, hi.sigmoid().flatten(1).T  # [n_tiles, Q]
     lower, upper = sl @ probs, sh @ probs  # [n_tiles, K]
@@ -38,12 +45,14 @@ def official_labels(
     multi = (cand.sum(1) >= 2).nonzero()[:, 0]
     undecided = []
     if len(multi):
-        active = probs.amax(1) * (sh - sl) > DELTA  # [n_tiles, Q]
-        a, b = (sl * ~active) @ probs, (sh * ~active) @ probs  # [n_tiles, K] inactive parts
-        per_group = max(1, rs.ITEM_BUDGET // (t * t * 8))
+        per_group = max(1, rs.ITEM_BUDGET // (t * t * 16))
         for g0 in range(0, len(multi), per_group):
             tiles = multi[g0 : g0 + per_group]
-            undecided.append(_decide_tiles(probs, masks, py, px, tiles, cand[tiles], active[tiles], a, b, labels))
+            kmat, cvalid = _slot_matrix(cand[tiles])  # [g, n_c] candidate classes per tile
+            p_cand = (probs[:, kmat] * cvalid).amax(2).T  # [g, Q] a query's largest probability among candidates
+            active = p_cand * (sh[tiles] - sl[tiles]) > DELTA
+            a, b = (sl[tiles] * ~active) @ probs, (sh[tiles] * ~active) @ probs  # [g, K] the inactive parts
+            undecided.append(_decide_tiles(probs, masks, py, px, tiles, kmat, cvalid, active, a, b, labels))
     labels = rs.untile(labels.view(py.n_tiles, px.n_tiles, t, t), py, px)
     pix = torch.cat(undecided) if undecided else labels.new_zeros(0)
     if len(pix):
@@ -61,24 +70,30 @@ def _slots(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return row, col, slot, int(sel.sum(1).max()) if len(row) else 0
 
 
-def _decide_tiles(probs, masks, py, px, tiles, cand, active, a, b, labels) -> torch.Tensor:
-    """Label the pixels of `tiles` (several candidate classes each) in place; returns undecided flat pixel ids."""
+def _slot_matrix(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sel [g, n] bool -> (ids [g, m], valid [g, m]): each row's True columns packed to the left."""
+    row, col, slot, m = _slots(sel)
+    ids = col.new_zeros(sel.shape[0], m)
+    ids[row, slot] = col
+    valid = torch.zeros(sel.shape[0], m, dtype=torch.bool, device=sel.device)
+    valid[row, slot] = True
+    return ids, valid
+
+
+def _decide_tiles(probs, masks, py, px, tiles, kmat, cvalid, active, a, b, labels) -> torch.Tensor:
+    """Label the pixels of `tiles` (candidate classes kmat [g, n_c]) in place; returns undecided flat pixel ids."""
     g, t = len(tiles), py.tile
     ty, tx = tiles // px.n_tiles, tiles % px.n_tiles
-    c_row, c_cls, c_slot, n_c = _slots(cand)  # candidate classes per tile
     q_row, q_id, q_slot, n_q = _slots(active)  # active queries per tile
-    kmat = c_cls.new_zeros(g, n_c)
-    kmat[c_row, c_slot] = c_cls
-    cvalid = torch.zeros(g, n_c, dtype=torch.bool, device=probs.device)
-    cvalid[c_row, c_slot] = True
     scores = _active_scores(probs, masks, py, px, ty, tx, kmat, q_row, q_id, q_slot, n_q)  # [g, n_c, t, t]
-    rows = tiles[:, None]
-    low_v = (scores + a[rows, kmat][..., None, None]).masked_fill(~cvalid[..., None, None], float("-inf"))
-    up_v = (scores + b[rows, kmat][..., None, None]).masked_fill(~cvalid[..., None, None], float("-inf"))
-    win = low_v.argmax(1, keepdim=True)  # [g, 1, t, t]
-    best = low_v.gather(1, win)
-    rival = up_v.scatter(1, win, float("-inf")).amax(1, keepdim=True)
-    decided = (best > rival + MARGIN * (1 + best.abs()))[:, 0]  # [g, t, t]
+    scores = scores.permute(0, 2, 3, 1)  # [g, t, t, n_c]: candidates last for fast reductions
+    off = ~cvalid[:, None, None, :]
+    low_v = (scores + a.gather(1, kmat)[:, None, None, :]).masked_fill(off, float("-inf"))
+    up_v = (scores + b.gather(1, kmat)[:, None, None, :]).masked_fill(off, float("-inf"))
+    win = low_v.argmax(-1, keepdim=True)  # [g, t, t, 1]
+    best = low_v.gather(-1, win)
+    rival = up_v.scatter(-1, win, float("-inf")).amax(-1, keepdim=True)
+    decided = (best > rival + MARGIN * (1 + best.abs()))[..., 0]  # [g, t, t]
     labels[tiles] = kmat.gather(1, win.flatten(1)).view(g, t, t)
     lt, yy, xx = (~decided).nonzero(as_tuple=True)
     gy, gx = ty[lt] * t + yy, tx[lt] * t + xx

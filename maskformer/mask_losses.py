@@ -58,29 +58,27 @@ def _upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False).flatten(1)
 
 
-def _chunk_terms(x: Tensor, tf: Tensor, with_grad: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Logits x [m, N] and float 0/1 targets tf [m, N] -> focal [m], dice [m], and if with_grad the elementwise
-    gradients d focal_j / dx and d dice_j / dx, [m, N] each."""
+def _chunk_terms(x: Tensor, tf: Tensor, grads: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Logits x [m, N] and float 0/1 targets tf [m, N] -> focal [m], dice [m]. If `grads` [2, m, N] is given, fill
+    it with the elementwise gradients d focal_j / dx and d dice_j / dx."""
     n = x.shape[1]
     z = torch.addcmul(x, x, tf, value=-2)  # x where t = 0, -x where t = 1
     s = z.sigmoid()  # 1 - p_t
     sp = F.softplus(z)  # BCE(x, t)
-    f = sp * s
-    f.mul_(s)
+    s2 = s * s
+    f = sp * s2
     focal = ((1 - FOCAL_ALPHA) * f.sum(1) + (2 * FOCAL_ALPHA - 1) * torch.linalg.vecdot(f, tf)) / n  # alpha_t
     sum_t, sum_ts = tf.sum(1), torch.linalg.vecdot(s, tf)
-    num = 2 * (sum_t - sum_ts) + 1  # sum(p t) = sum over t of (1 - s)
-    den = s.sum(1) + 2 * (sum_t - sum_ts) + 1  # sum(p) = sum(s) + sum_t - 2 sum_ts
-    dice = 1 - num / den
-    if not with_grad:
-        return focal, dice, None, None
-    u = 1 - s
-    # d focal/dx = alpha_t (1 - 2t) s^2 (s + 2 softplus(z) (1 - s)) / N, alpha_t (1 - 2t) = (1 - alpha) - t
-    g_focal = torch.addcmul(s, sp, u, value=2).mul_(s).mul_(s).mul_(torch.rsub(tf, 1 - FOCAL_ALPHA)).div_(n)
-    # d dice/dx = (num / den^2 - 2 t / den) p (1 - p), p (1 - p) = s (1 - s)
-    coef = torch.addcmul((num / den.square())[:, None], tf, (-2 / den)[:, None])
-    g_dice = s.mul_(u).mul_(coef)
-    return focal, dice, g_focal, g_dice
+    num = 2 * (sum_t - sum_ts) + 1  # 2 sum(p t) + 1, sum(p t) = sum over t of (1 - s)
+    den = s.sum(1) + 2 * (sum_t - sum_ts) + 1  # sum(p) + sum(t) + 1, sum(p) = sum(s) + sum_t - 2 sum_ts
+    if grads is not None:
+        u = 1 - s
+        # d focal/dx = alpha_t (1 - 2t) s^2 (s + 2 softplus(z) (1 - s)) / N, alpha_t (1 - 2t) = (1 - alpha) - t
+        torch.addcmul(s, sp, u, value=2, out=grads[0]).mul_(s2).mul_(torch.rsub(tf, (1 - FOCAL_ALPHA) / n, alpha=1 / n))
+        # d dice/dx = (num / den^2 - 2 t / den) p (1 - p), p (1 - p) = s (1 - s)
+        coef = torch.addcmul((num / den.square())[:, None], tf, (-2 / den)[:, None])
+        torch.mul(s, u, out=grads[1]).mul_(coef)
+    return focal, 1 - num / den
 
 
 def _chunks(m: int, pixels: int) -> list[slice]:
@@ -96,9 +94,10 @@ class _FullResMaskLoss(torch.autograd.Function):
         grads = logits.new_zeros(2, m, h, w) if with_grad else None  # d focal_j, d dice_j w.r.t. logits_j
         for sl in _chunks(m, H * W):
             tf = targets[sl].reshape(-1, H * W).view(torch.uint8).to(logits.dtype)  # [c, N] 0/1
-            focal[sl], dice[sl], gf, gd = _chunk_terms(_upsample(logits[sl], (H, W)), tf, with_grad)
+            full = logits.new_empty(2, tf.shape[0], H * W) if with_grad else None  # full-resolution gradients
+            focal[sl], dice[sl] = _chunk_terms(_upsample(logits[sl], (H, W)), tf, full)
             if with_grad:
-                grads[:, sl] = upsample_adjoint(torch.cat([gf, gd]).view(-1, H, W), (h, w)).view(2, -1, h, w)
+                grads[:, sl] = upsample_adjoint(full.view(-1, H, W), (h, w)).view(2, -1, h, w)
         ctx.save_for_backward(grads)
         return focal, dice
 
@@ -148,7 +147,7 @@ def point_sampled_mask_losses(
             oversample_ratio=oversample_ratio,
             importance_sample_ratio=importance_sample_ratio,
         )  # [M, P, 2]
-        labels = point_sample_binary(targets, coords).to(logits.dtype)  # [M, P]
+        labels = point_sample_binary(targets, coords.to(logits.dtype))  # [M, P]
     x = point_sample(logits[:, None], coords)[:, 0]  # [M, P]
     bce = F.binary_cross_entropy_with_logits(x, labels, reduction="none").mean(1)
     p = x.sigmoid()

@@ -36,10 +36,9 @@ def pairwise_focal_cost(x: Tensor, t: Tensor, p: Tensor | None = None) -> Tensor
     sp = F.softplus(x)
     neg = p * p
     neg.mul_(sp)  # p^2 BCE(x, 0)
-    diff = (1 - p).square_().mul_(sp - x).mul_(FOCAL_ALPHA).sub_(neg, alpha=1 - FOCAL_ALPHA)  # pos - neg
-    return torch.baddbmm(neg.sum(-1, keepdim=True), diff, t.transpose(1, 2), alpha=1.0, beta=1 - FOCAL_ALPHA).div_(
-        x.shape[-1]
-    )
+    diff = (1 - p).square_().mul_(sp.sub_(x)).sub_(neg, alpha=(1 - FOCAL_ALPHA) / FOCAL_ALPHA)  # (pos - neg) / alpha
+    cost = torch.baddbmm(neg.sum(-1, keepdim=True), diff, t.transpose(1, 2), beta=1 - FOCAL_ALPHA, alpha=FOCAL_ALPHA)
+    return cost.div_(x.shape[-1])
 
 
 def pairwise_bce_cost(x: Tensor, t: Tensor) -> Tensor:

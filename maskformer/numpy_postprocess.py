@@ -45,7 +45,8 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives the right limit, 0
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def postprocess_masks(
@@ -87,9 +88,14 @@ def panoptic_inference(
     padded_size: tuple[int, int] | None = None,
     object_mask_threshold: float = 0.8,
     overlap_threshold: float = 0.8,
+    dataset_ids: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
-    """One image -> (segment id map int32 [H, W] with 0 = void, segments_info [{"id", "isthing", "category_id",
-    "score"}]). `is_thing[c]` says whether contiguous class c is a thing; ids start at 1, in query order."""
+    """One image -> (segment id map int32 [H, W] with 0 = void, segments_info).
+
+    `is_thing[c]` says whether contiguous class c is a thing. Ids start at 1, in query order. segments_info entries:
+    {"id", "isthing", "category_id" (contiguous), "dataset_category_id" (`dataset_ids[c]`, else c), "area" (pixels
+    in the map), "score" (probability of the query that opened the segment)}, as `maskformer.inference`.
+    """
     padded_size = padded_size or (4 * pred_masks.shape[-2], 4 * pred_masks.shape[-1])
     output_size = output_size or image_size
     num_classes = pred_logits.shape[-1] - 1
@@ -118,4 +124,8 @@ def panoptic_inference(
         if not thing:
             stuff_ids[label] = new_id
         segments.append({"id": new_id, "isthing": thing, "category_id": int(label), "score": float(score)})
+    areas = np.bincount(seg.ravel(), minlength=len(segments) + 1)
+    for s in segments:
+        s["area"] = int(areas[s["id"]])
+        s["dataset_category_id"] = int(dataset_ids[s["category_id"]]) if dataset_ids is not None else s["category_id"]
     return seg, segments

@@ -71,7 +71,7 @@ def test_unknown_keyword_is_clear():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_contract_on_odd_input(name):
-    small = name in ("resnet18", "swin_t")
+    small = name == "resnet18"
     device = torch.device("cpu") if small else torch.device("meta")  # big ones: shapes only
     with device:
         model = build_backbone(name).eval()
@@ -106,9 +106,12 @@ def resnet_formula(depths, outs, mids, stem="basic", stem_ch=64) -> int:
     if stem == "basic":
         n, cin = conv(3, stem_ch, 7), stem_ch
     else:
-        n, cin = conv(3, stem_ch // 2, 3) + conv(stem_ch // 2, stem_ch // 2, 3) + conv(stem_ch // 2, stem_ch, 3), stem_ch
+        n, cin = (
+            conv(3, stem_ch // 2, 3) + conv(stem_ch // 2, stem_ch // 2, 3) + conv(stem_ch // 2, stem_ch, 3),
+            stem_ch,
+        )
     for depth, cout, mid in zip(depths, outs, mids or [None] * 4):
-        for j in range(depth):
+        for _ in range(depth):
             if mid is None:
                 n += conv(cin, cout, 3) + conv(cout, cout, 3)
             else:
@@ -208,7 +211,9 @@ def test_resnet_parity_with_transformers(layer_type):
 
 def test_hf_mapping_errors():
     with pytest.raises(KeyError, match="unrecognized"):
-        hf_backbone_to_official({"embedder.embedder.convolution.weight": torch.zeros(1), "foo.bar": torch.zeros(1)}, "resnet")
+        hf_backbone_to_official(
+            {"embedder.embedder.convolution.weight": torch.zeros(1), "foo.bar": torch.zeros(1)}, "resnet"
+        )
     q = "model.encoder.layers.0.blocks.0.attention.self.query.weight"
     with pytest.raises(KeyError, match="key"):
         hf_backbone_to_official({q: torch.zeros(2, 2)}, "swin")
@@ -387,7 +392,9 @@ def test_dilated_res5_matches_reference_conv():
     assert isinstance(conv, ConvNorm) and conv.dilation == (4, 4)
     x = torch.randn(1, conv.in_channels, 9, 11, dtype=torch.float64)
     scale, shift = conv.norm.scale_shift()
-    ref = F.relu(F.conv2d(x, conv.weight, stride=2, padding=4, dilation=4) * scale[:, None, None] + shift[:, None, None])
+    ref = F.relu(
+        F.conv2d(x, conv.weight, stride=2, padding=4, dilation=4) * scale[:, None, None] + shift[:, None, None]
+    )
     torch.testing.assert_close(conv(x), ref)
     torch.testing.assert_close(conv.eval()(x), ref)
 
@@ -404,3 +411,30 @@ def test_bf16_autocast_close_to_fp32(make):
     for key in ref:
         err = (low[key].float() - ref[key]).abs().max() / ref[key].abs().max()
         assert err < 0.05, key
+
+
+# ------------------------------------------------------------------------------------------------- export
+@pytest.mark.parametrize("make", [tiny_resnet, tiny_swin], ids=["resnet", "swin"])
+def test_onnx_export_matches(make, tmp_path):
+    pytest.importorskip("onnx", reason="onnx (dev extra) is needed for export")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (dev extra) runs the exported graph")
+    model = make().eval()
+    randomize_(model)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return tuple(self.model(x).values())
+
+    x = torch.randn(1, 3, 64, 80)
+    path = tmp_path / "backbone.onnx"
+    torch.onnx.export(Wrapped().eval(), (x,), str(path), dynamo=False, opset_version=17)
+    session = ort.InferenceSession(str(path))
+    outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expected = model(x)
+    for got, ref in zip(outputs, expected.values()):
+        torch.testing.assert_close(torch.from_numpy(got), ref, atol=1e-4, rtol=1e-4)

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from ckpt_utils import TINY_HEADS, build, randomize
+from ckpt_utils import TINY_HEADS, build
 
 from maskformer.checkpoint import CheckpointError, load_backbone_weights, load_full_weights
 from maskformer.config import PRESETS, get_preset
@@ -224,3 +224,26 @@ def test_official_swin_pth_reports_the_expected_keys(tmp_path):
         ["norm.weight", "norm.bias", "head.weight", "head.bias", "layers.0.blocks.1.attn_mask"]
     )
     assert torch.equal(swin.state_dict()["layers.2.blocks.5.attn.qkv.weight"], src["layers.2.blocks.5.attn.qkv.weight"])
+
+
+def test_convert_cli_writes_a_model_directory(r18, tmp_path, capsys):
+    from maskformer.checkpoint import load_model
+    from maskformer.cli import main
+
+    pkl = tmp_path / "model_final.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": {v1_name(k): v.numpy() for k, v in r18.state_dict().items()}, "__author__": "x"}, f)
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"thing{i}" for i in range(8)))
+    out = tmp_path / "converted"
+    assert main(["convert", str(pkl), str(out), "--class-names", str(names)]) == 0
+    assert "preset: maskformer_r18_synth" in capsys.readouterr().out
+    model, cfg, meta = load_model(out)
+    assert meta.class_names[3] == "thing3" and cfg.model.num_classes == 8
+    same_forward(r18, model)
+    assert main(["convert", str(pkl), str(out)]) == 2  # refuses to overwrite
+    evil = tmp_path / "evil.pkl"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": _Payload(tmp_path / "pwned")}, f)
+    assert main(["convert", str(evil), str(tmp_path / "o2")]) == 1
+    assert "refusing to load the global" in capsys.readouterr().err and not (tmp_path / "pwned").exists()

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from _data_fixtures import (
-    CATEGORIES,
     blocks,
     id_png,
     panoptic_layout,

@@ -231,3 +231,16 @@ def test_id_paths_agree():
         ev.update(np.where(p > 0, p + offset, 0), ps2, np.where(g > 0, g + offset, 0), gs2)
         results.append(ev.compute())
     assert results[0] == results[1] == results[2]
+
+
+def test_run_length_and_per_pixel_counts_agree():
+    """The joint histogram is the same whether pixels are counted one by one or per run of equal (gt, pred)."""
+    from maskformer.evaluation.panoptic import PairCounter, segment_ids
+
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        _, g, gs, p, ps = random_panoptic_image(rng, i, 40, 50)
+        args = (g, p, segment_ids(gs, "gt", i), segment_ids(ps, "pred", i))
+        dense, runs = PairCounter(run_fraction=0).counts(*args), PairCounter(run_fraction=1).counts(*args)
+        assert dense.dtype == runs.dtype == np.int64 and np.array_equal(dense, runs)
+        assert dense.sum() == g.size

@@ -158,6 +158,18 @@ def test_bad_input_is_a_clear_error():
         ev.update(np.zeros((4, 5), dtype=np.uint8), np.full((4, 5), 9, dtype=np.uint8), name="c")
     with pytest.raises(ValueError, match=r"image d: ground-truth values \[-3\]"):
         ev.update(np.zeros((4, 5), dtype=np.uint8), np.full((4, 5), -3), name="d")
-    with pytest.raises(ValueError, match=r"image e: prediction must be an integer label map"):
+    with pytest.raises(ValueError, match=r"image e: prediction must be integer"):
         ev.update(np.zeros((4, 5)), gt, name="e")
     assert ev.num_images == 0 and ev.confusion.sum() == 0
+
+
+def test_run_length_and_per_pixel_counts_agree():
+    from maskformer.evaluation.sem_seg import ConfusionCounter
+
+    rng = np.random.default_rng(4)
+    gt = np.repeat(rng.integers(0, K, (30, 8)), 5, axis=1)  # piecewise-constant rows: long runs
+    gt[rng.random(gt.shape) < 0.05] = 255
+    pred = np.repeat(rng.integers(0, K, (30, 10)), 4, axis=1)
+    dense = ConfusionCounter(K, 255, run_fraction=0).counts(pred, gt)
+    runs = ConfusionCounter(K, 255, run_fraction=1).counts(pred, gt)
+    assert dense.dtype == runs.dtype == np.int64 and np.array_equal(dense, runs) and dense.sum() == gt.size

@@ -133,16 +133,31 @@ def test_numpy_panoptic_applies_the_official_rules():
     assert empty == [] and none.dtype == np.int32 and not none.any()
 
 
-def test_numpy_panoptic_equals_maskformer_inference():
+def _voronoi_case(seed: int, q: int = 12, k: int = 5, h: int = 8, w: int = 12):
+    """ "Trained-like" outputs: each low-res pixel claimed by about one query (soft Voronoi cells), confident classes,
+    a few queries with low scores or no-object; several queries share a stuff class (merging)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(0, 1, (q, 2)) * (h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = np.hypot(yy[None] - centers[:, 0, None, None], xx[None] - centers[:, 1, None, None])  # [Q, h, w]
+    masks = (3.0 - 10.0 * (d - d.min(0, keepdims=True))).astype(np.float32)
+    logits = rng.normal(-2, 0.5, (q, k + 1)).astype(np.float32)
+    logits[np.arange(q), rng.integers(0, k, q)] = 6.0
+    logits[0, -1], logits[1, :] = 9.0, 0.0  # no-object; uniform (score 1/(k+1)): both dropped
+    return logits, masks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_numpy_panoptic_equals_maskformer_inference(seed):
     inference = pytest.importorskip("maskformer.inference")
     if not hasattr(inference, "panoptic_inference"):
         pytest.skip("maskformer.inference.panoptic_inference is not there yet")
-    logits, masks = _panoptic_case()
-    rng = np.random.default_rng(0)
-    masks = masks + rng.normal(0, 2, masks.shape).astype(np.float32)
+    logits, masks = _voronoi_case(seed)
+    is_thing = [True, True, False, False, False]
     out = {"pred_logits": torch.from_numpy(logits)[None], "pred_masks": torch.from_numpy(masks)[None]}
-    ref_seg, ref_info = inference.panoptic_inference(out, [(30, 29)], [(45, 40)], thing_ids=[0])[0]
-    seg, info = npp.panoptic_inference(logits, masks, (30, 29), [True, False, False], output_size=(45, 40))
+    ref_seg, ref_info = inference.panoptic_inference(out, [(30, 45)], [(52, 70)], thing_ids=[0, 1])[0]
+    seg, info = npp.panoptic_inference(logits, masks, (30, 45), is_thing, output_size=(52, 70))
     np.testing.assert_array_equal(seg, np.asarray(ref_seg))
-    key = ("id", "isthing", "category_id")
+    key = ("id", "isthing", "category_id", "area")
     assert [tuple(s[k] for k in key) for s in info] == [tuple(s[k] for k in key) for s in ref_info]
+    assert len(info) >= 4 and [s["score"] for s in info] == pytest.approx([s["score"] for s in ref_info], abs=1e-6)

@@ -90,7 +90,7 @@ def test_groups_on_built_model_follow_reference_rules(preset):
     t = get_preset(preset).train
     hp = param_hyperparams(model, t)
     modules = dict(model.named_modules())
-    for name, p in model.named_parameters():
+    for name, _ in model.named_parameters():
         mod_name, _, pname = name.rpartition(".")
         mod = modules[mod_name]
         lr = t.base_lr * (t.backbone_multiplier if mod_name.startswith("backbone") else 1.0)
@@ -145,7 +145,13 @@ def test_swin_warmup_then_poly():
 
 def test_coco_panoptic_multistep():
     t = get_preset("maskformer_r50_6enc_coco_panoptic").train
-    assert (t.scheduler, t.steps, t.max_iter, t.warmup_iters, t.warmup_factor) == ("multistep", (369600,), 554400, 10, 1.0)
+    assert (t.scheduler, t.steps, t.max_iter, t.warmup_iters, t.warmup_factor) == (
+        "multistep",
+        (369600,),
+        554400,
+        10,
+        1.0,
+    )
     assert lr_factor(0, t) == 1.0 and lr_factor(369599, t) == 1.0
     assert lr_factor(369600, t) == pytest.approx(0.1) and lr_factor(554399, t) == pytest.approx(0.1)
     s = get_preset("maskformer_swin_t_coco_panoptic").train
@@ -158,7 +164,7 @@ def test_scheduler_drives_every_group_and_resumes():
     opt = build_optimizer(model, t)
     sched = build_scheduler(opt, t)
     seen = []
-    for it in range(8):
+    for _ in range(8):
         seen.append([g["lr"] for g in opt.param_groups])
         opt.step()
         sched.step()

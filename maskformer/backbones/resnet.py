@@ -245,7 +245,9 @@ def _make_stage(
         if mid is None:
             blocks.append(BasicBlock(cin, out_ch, stride=s, norm=norm))
         else:
-            blocks.append(BottleneckBlock(cin, out_ch, bottleneck_channels=mid, stride=s, dilation=dilations[j], norm=norm))
+            blocks.append(
+                BottleneckBlock(cin, out_ch, bottleneck_channels=mid, stride=s, dilation=dilations[j], norm=norm)
+            )
     return nn.Sequential(*blocks)
 
 

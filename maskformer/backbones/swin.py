@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,58 +66,66 @@ class WindowLayout:
     """How the H*W tokens of one stage map to (shifted, padded) windows of N = ws*ws slots.
 
     gather [nW*N]: source token of each window slot (padding slots point at token 0 and are overwritten);
+    gather_ext [nW*N]: the same with padding slots pointing at row H*W of the tokens plus one appended row;
     pad_slots [P] or None: window slots that are padding; scatter [H*W]: window slot of each token (reverse map,
     crop included); shift_mask [nW, 1, N, N] or None: 0 within a region, -100 across regions (shifted layouts).
     """
 
     num_windows: int
     gather: torch.Tensor
+    gather_ext: torch.Tensor
     pad_slots: torch.Tensor | None
     scatter: torch.Tensor
     shift_mask: torch.Tensor | None
 
 
 def window_layout(H: int, W: int, window: int, shift: int, device: torch.device) -> WindowLayout:
-    """Index maps and shift mask for an H x W map padded to window multiples and rolled by -shift."""
+    """Index maps and shift mask for an H x W map padded to window multiples and rolled by -shift.
+
+    Computed with numpy on the host: pure functions of the sizes, so tracers/exporters see constants.
+    """
     Hp, Wp = -(-H // window) * window, -(-W // window) * window
-    cpu = torch.device("cpu")  # built on the host (also under a meta-device context), then moved
-    ids = torch.full((Hp, Wp), -1, dtype=torch.long, device=cpu)
-    ids[:H, :W] = torch.arange(H * W, device=cpu).view(H, W)
+    ids = np.full((Hp, Wp), -1, dtype=np.int64)
+    ids[:H, :W] = np.arange(H * W).reshape(H, W)
     if shift > 0:
-        ids = ids.roll((-shift, -shift), dims=(0, 1))
+        ids = np.roll(ids, (-shift, -shift), axis=(0, 1))
     slots = _partition(ids, window).reshape(-1)  # [nW*N] token id per slot, -1 = padding
     real = slots >= 0
-    scatter = torch.empty(H * W, dtype=torch.long, device=cpu)
-    scatter[slots[real]] = torch.arange(slots.numel(), device=cpu)[real]
-    pad = (~real).nonzero().flatten()
-    mask = _shift_mask(Hp, Wp, window, shift) if shift > 0 else None
+    scatter = np.empty(H * W, dtype=np.int64)
+    scatter[slots[real]] = np.nonzero(real)[0]
+    pad = np.nonzero(~real)[0]
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
     return WindowLayout(
         num_windows=(Hp // window) * (Wp // window),
-        gather=slots.clamp(min=0).to(device),
-        pad_slots=pad.to(device) if pad.numel() else None,
-        scatter=scatter.to(device),
-        shift_mask=None if mask is None else mask.to(device),
+        gather=tensor(np.maximum(slots, 0)),
+        gather_ext=tensor(np.where(real, slots, H * W)),
+        pad_slots=tensor(pad) if pad.size else None,
+        scatter=tensor(scatter),
+        shift_mask=tensor(_shift_mask(Hp, Wp, window, shift)) if shift > 0 else None,
     )
 
 
-def _partition(grid: torch.Tensor, window: int) -> torch.Tensor:
+def _partition(grid: np.ndarray, window: int) -> np.ndarray:
     """[Hp, Wp] -> [nW, N], windows in row-major order, slots row-major inside a window."""
     Hp, Wp = grid.shape
-    g = grid.view(Hp // window, window, Wp // window, window).permute(0, 2, 1, 3)  # [nh, nw, ws, ws]
+    g = grid.reshape(Hp // window, window, Wp // window, window).transpose(0, 2, 1, 3)  # [nh, nw, ws, ws]
     return g.reshape(-1, window * window)
 
 
-def _shift_mask(Hp: int, Wp: int, window: int, shift: int) -> torch.Tensor:
-    """[nW, 1, N, N]: -100 between slots from different regions of the rolled map (official 3x3 regions)."""
+def _shift_mask(Hp: int, Wp: int, window: int, shift: int) -> np.ndarray:
+    """[nW, 1, N, N] float32: -100 between slots from different regions of the rolled map (official 3x3 regions)."""
 
-    def region(n: int) -> torch.Tensor:  # [n]: 0, 1 or 2 along one axis
-        idx = torch.arange(n, device="cpu")
-        return (idx >= n - window).long() + (idx >= n - shift).long()
+    def region(n: int) -> np.ndarray:  # [n]: 0, 1 or 2 along one axis
+        idx = np.arange(n)
+        return (idx >= n - window).astype(np.int64) + (idx >= n - shift)
 
     labels = region(Hp)[:, None] * 3 + region(Wp)[None, :]  # [Hp, Wp]
     win = _partition(labels, window)  # [nW, N]
     diff = win[:, None, :] != win[:, :, None]  # [nW, N, N]
-    return (diff.float() * MASK_VALUE).unsqueeze(1)
+    return (diff.astype(np.float32) * MASK_VALUE)[:, None]
 
 
 class WindowAttention(nn.Module):
@@ -147,9 +156,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, qkv: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
         B, nW, N, C = qkv.shape[0], layout.num_windows, self.window_size**2, self.dim
-        win = qkv.index_select(1, layout.gather)  # [B, nW*N, 3C]: pad + roll + partition in one copy
-        if layout.pad_slots is not None:
-            self._fill_padding(win, layout.pad_slots)
+        win = self._windows(qkv, layout)  # [B, nW*N, 3C]
         q, k, v = win.view(B * nW, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)  # [B*nW,h,N,d]
         mask = self._attn_mask(layout, B).to(q.dtype)  # [1 or B*nW, heads, N, N]
         if self.use_sdpa:
@@ -159,15 +166,24 @@ class WindowAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, nW * N, C)  # [B, nW*N, C]
         return self.proj(out.index_select(1, layout.scatter))  # reverse roll/partition + crop: [B, H*W, C]
 
-    def _fill_padding(self, win: torch.Tensor, pad_slots: torch.Tensor) -> None:
-        """Padded tokens are 0 after norm1, so their qkv is the bias: win[b, pad_slots] = qkv.bias, in place."""
-        P, C3 = pad_slots.numel(), win.shape[-1]
-        if self.qkv.bias is None:
-            fill = win.new_zeros(P, C3)
-        else:
-            fill = self.qkv.bias.to(win.dtype).expand(P, C3).contiguous()  # a stride-0 source is ~30x slower
-        for b in range(win.shape[0]):
-            win[b].index_copy_(0, pad_slots, fill)
+    def _windows(self, qkv: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
+        """[B, H*W, 3C] -> [B, nW*N, 3C]: pad + roll + partition as one gather.
+
+        Padded tokens are 0 after norm1, so their qkv is the bias: those slots are overwritten in place (export
+        instead gathers from the tokens plus one appended bias row, which tracers handle).
+        """
+        if layout.pad_slots is None:
+            return qkv.index_select(1, layout.gather)
+        B, C3 = qkv.shape[0], qkv.shape[-1]
+        bias = self.qkv.bias.to(qkv.dtype) if self.qkv.bias is not None else qkv.new_zeros(C3)
+        if is_exporting():
+            extended = torch.cat([qkv, bias.view(1, 1, C3).expand(B, 1, C3)], dim=1)  # [B, H*W + 1, 3C]
+            return extended.index_select(1, layout.gather_ext)
+        win = qkv.index_select(1, layout.gather)
+        fill = bias.expand(layout.pad_slots.numel(), C3).contiguous()  # a stride-0 source is ~30x slower
+        for b in range(B):
+            win[b].index_copy_(0, layout.pad_slots, fill)
+        return win
 
     def _attn_mask(self, layout: WindowLayout, batch: int) -> torch.Tensor:
         """Relative bias (+ shift mask), broadcast over windows: [1, h, N, N] or [B*nW, h, N, N]."""
@@ -322,6 +338,7 @@ class SwinTransformer(Backbone):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_image_input(x, type(self).__name__)
         x, H, W = self.patch_embed(x)
+        H, W = int(H), int(W)  # plain ints also under tracing: window layouts are per-size constants
         B, out = x.shape[0], {}
         for i, (name, stage) in enumerate(zip(FEATURE_NAMES, self.layers)):
             y, x = stage(x, self.layouts(H, W, x.device, len(stage.blocks)), H, W)

@@ -15,7 +15,9 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="detectron2 .pkl/.pth file, or a transformers directory (config.json + weights)")
     parser.add_argument("out_dir", help="model directory to write (config.json + model.safetensors)")
-    parser.add_argument("--preset", default=None, help="preset for the settings weights cannot show (default: inferred)")
+    parser.add_argument(
+        "--preset", default=None, help="preset for the settings weights cannot show (default: inferred)"
+    )
     parser.add_argument(
         "--num-classes", type=int, default=None, help="new class count: the class head is re-initialised (fine-tuning)"
     )

@@ -44,7 +44,9 @@ def upgrade_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def backbone_state_dict(sd: dict[str, torch.Tensor], backbone_keys, heuristics: bool = False) -> dict[str, torch.Tensor]:
+def backbone_state_dict(
+    sd: dict[str, torch.Tensor], backbone_keys, heuristics: bool = False
+) -> dict[str, torch.Tensor]:
     """Backbone weights in our names from a detectron2-style file (R-50.pkl, R-103.pkl, a full model).
 
     `backbone.`-prefixed keys are taken without the prefix (others dropped). With `heuristics` (detectron2's

@@ -34,7 +34,9 @@ _SWIN_RULES = [
     (rf"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.{re.escape(hf)}(.*)", rf"layers.\1.blocks.\2.{ours}\3")
     for hf, ours in _SWIN_BLOCK.items()
 ]
-_SWIN_QKV = re.compile(r"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)")
+_SWIN_QKV = re.compile(
+    r"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)"
+)
 _SWIN_DROPPED = re.compile(r"model\.layernorm\..+")  # final LN of the classification Swin: computed, never used
 
 _RESNET_RULES = [

@@ -14,6 +14,7 @@ import torch
 
 EXPECTED_UNEXPECTED = ("fc.*",)
 
+
 def is_torchvision_resnet(sd: dict[str, torch.Tensor]) -> bool:
     """True for a torchvision ResNet state dict (keys `conv1.weight`, `layer1.0.conv1.weight`, ...)."""
     return "conv1.weight" in sd and "layer1.0.conv1.weight" in sd

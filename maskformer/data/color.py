@@ -13,45 +13,77 @@ _SHIFT = 12
 _HALF = 1 << (_SHIFT - 1)
 _I = np.arange(1, 256, dtype=np.float64)
 # round-half-even of (255 << 12) / v and (180 << 12) / (6 diff), index 0 -> 0 (as OpenCV's tables)
-_SDIV = np.concatenate([[0], np.rint((255 << _SHIFT) / _I)]).astype(np.int64)
-_HDIV = np.concatenate([[0], np.rint((180 << _SHIFT) / (6.0 * _I))]).astype(np.int64)
+_SDIV = np.concatenate([[0], np.rint((255 << _SHIFT) / _I)]).astype(np.int32)
+_HDIV = np.concatenate([[0], np.rint((180 << _SHIFT) / (6.0 * _I))]).astype(np.int32)
 # per hue sector: which of (v, p, q, t) gives b, g, r
 _SECTOR = np.array([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], [2, 1, 0]])
 
 
+def _inverse_factors() -> np.ndarray:
+    """float32 [3, 256, 256]: per output channel (b, g, r) and (H, S), the factor F with out = trunc(v F 255).
+
+    OpenCV's vectorized path: h = H * (6/180) (float32), sector = trunc(h) mod 6, f = h - trunc(h),
+    s = S / 255, factors 1, 1 - s, 1 - s f and 1 - s (1 - f), the last two as fused multiply-adds (one rounding).
+    """
+    f32 = np.float32
+    h = np.arange(256, dtype=f32)[:, None] * (f32(6.0) / f32(180.0))  # [256, 1]
+    s = np.arange(256, dtype=f32)[None, :] * f32(1.0 / 255.0)  # [1, 256]
+    pre = np.trunc(h)
+    f = h - pre
+    sector = (pre - np.trunc(pre * f32(1.0 / 6.0)) * f32(6.0)).astype(np.int64)[:, 0]  # [256]
+    one = np.ones((256, 256), f32)
+    p = np.broadcast_to(f32(1.0) - s, (256, 256))
+    q = (1.0 - s.astype(np.float64) * f.astype(np.float64)).astype(f32)  # fused 1 - s*f
+    t = (1.0 - s.astype(np.float64) * (f32(1.0) - f).astype(np.float64)).astype(f32)
+    tab = np.stack([one, p, q, t])  # [4, H, S]
+    pick = _SECTOR[sector].T  # [3, H]: which factor each channel takes
+    return np.stack([tab[pick[c], np.arange(256)] for c in range(3)])  # [3, H, S]
+
+
+_FACTORS = _inverse_factors()
+_V = (np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)).astype(np.float32)
+
+
+def _forward_tables() -> tuple[np.ndarray, np.ndarray]:
+    """uint8 lookup tables of OpenCV's fixed-point forward formulas: S[v * 256 + diff] and
+    H[(num + 255) * 256 + diff], num = the hue numerator in [-255, 1275]."""
+    v, diff = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    s = (diff * _SDIV[v] + _HALF) >> _SHIFT
+    num, diff = np.meshgrid(np.arange(-255, 1276), np.arange(256), indexing="ij")
+    h = (num * _HDIV[diff] + _HALF) >> _SHIFT
+    h = np.where(h < 0, h + 180, h)
+    return s.astype(np.uint8).ravel(), (h % 256).astype(np.uint8).ravel()
+
+
+_S_TABLE, _H_TABLE = _forward_tables()
+
+
 def bgr_to_hsv(bgr: np.ndarray) -> np.ndarray:
     """uint8 [h, w, 3] BGR -> uint8 [h, w, 3] HSV (H in 0..179), as cv2.cvtColor(COLOR_BGR2HSV)."""
-    x = bgr.astype(np.int64)
-    b, g, r = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(axis=-1)
-    diff = v - x.min(axis=-1)
-    s = (diff * _SDIV[v] + _HALF) >> _SHIFT
+    b, g, r = (bgr[..., i].astype(np.int32) for i in range(3))
+    v = np.maximum(np.maximum(b, g), r)
+    diff = v - np.minimum(np.minimum(b, g), r)
     # hue numerator per max channel (r wins ties, then g), in units of diff/60 degrees
-    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
-    h = (h * _HDIV[diff] + _HALF) >> _SHIFT
-    h = np.where(h < 0, h + 180, h)
-    return np.stack([h, s, v], axis=-1).astype(np.uint8)
+    num = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    out = np.empty(bgr.shape, np.uint8)
+    out[..., 0] = _H_TABLE[(num + 255) * 256 + diff]
+    out[..., 1] = _S_TABLE[v * 256 + diff]
+    out[..., 2] = v
+    return out
 
 
 def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
     """uint8 [h, w, 3] HSV (H in 0..179) -> uint8 [h, w, 3] BGR, as cv2.cvtColor(COLOR_HSV2BGR).
 
     Follows OpenCV 4.x's vectorized 8-bit path: float32 sector formula, 1 - s*f as a fused multiply-add,
-    truncation (not rounding) of value * 255.
+    truncation (not rounding) of value * 255; the (H, S) factors come from a precomputed table.
     """
-    f32 = np.float32
-    h = hsv[..., 0].astype(f32) * (f32(6.0) / f32(180.0))
-    s = hsv[..., 1].astype(f32) * f32(1.0 / 255.0)
-    v = hsv[..., 2].astype(f32) * f32(1.0 / 255.0)
-    pre = np.trunc(h)
-    f = h - pre
-    sector = (pre - np.trunc(pre * f32(1.0 / 6.0)) * f32(6.0)).astype(np.int64)
-    s64 = s.astype(np.float64)
-    q = (1.0 - s64 * f.astype(np.float64)).astype(f32)  # fused 1 - s*f (one rounding)
-    t = (1.0 - s64 * (f32(1.0) - f).astype(np.float64)).astype(f32)
-    tab = np.stack([v, v * (f32(1.0) - s), v * q, v * t], axis=-1)  # [h, w, 4]: v, p, q, t
-    bgr = np.take_along_axis(tab, _SECTOR[sector], axis=-1)  # [h, w, 3]
-    return np.clip(np.trunc(bgr * f32(255.0)), 0, 255).astype(np.uint8)
+    hs = hsv[..., 0].astype(np.intp) * 256 + hsv[..., 1]  # [h, w] index into the flattened (H, S) table
+    v = _V[hsv[..., 2]]
+    out = np.empty(hsv.shape, np.uint8)
+    for c in range(3):
+        out[..., c] = np.trunc(v * _FACTORS[c].ravel()[hs] * np.float32(255.0))  # values lie in 0..255
+    return out
 
 
 def _convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:

@@ -50,6 +50,13 @@ class ResumableSampler(Sampler):
             raise ValueError(f"offset {offset} is outside [0, {self.epoch_length}]")
         self.epoch, self.offset = int(epoch), int(offset)
 
+    def state_dict(self) -> dict:
+        """The position of the next key to deliver (advanced by ResumableLoader as batches are delivered)."""
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_position(state["epoch"], state["offset"])
+
     def epoch_keys(self, epoch: int) -> list[tuple[int, int]]:
         """This rank's (index, seed) keys of one epoch."""
         total = self.epoch_length * self.world_size
@@ -122,10 +129,10 @@ class ResumableLoader:
         return n // self.batch_size if self.loader.drop_last else -(-n // self.batch_size)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "offset": self.sampler.offset}
+        return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.set_position(state["epoch"], state["offset"])
+        self.sampler.load_state_dict(state)
 
 
 def build_loader(

@@ -77,15 +77,16 @@ def pair_by_name(
     return [Record(image=str(images[k]), sem_seg=str(labels[k]), image_id=Path(k).name) for k in sorted(images)]
 
 
-def zero_label_reducer(ignore_label: int = 255):
+class zero_label_reducer:  # noqa: N801 (used like a function; a class so worker processes can pickle it)
     """Raw value 0 -> ignore, c -> c - 1 (ADE20K's "reduce zero label"; the same as uint8 wrap for ignore 255)."""
 
-    def fn(lab: np.ndarray) -> np.ndarray:
-        out = lab.astype(np.int32) - 1
-        out[lab == 0] = ignore_label
-        return out
+    def __init__(self, ignore_label: int = 255):
+        self.ignore_label = ignore_label
 
-    return fn
+    def __call__(self, lab: np.ndarray) -> np.ndarray:
+        out = lab.astype(np.int32) - 1
+        out[lab == 0] = self.ignore_label
+        return out
 
 
 def ade20k(root: str | Path, split: str, **kw) -> SegDataset:

@@ -12,6 +12,7 @@ Output folder:
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import warnings
@@ -116,7 +117,12 @@ class Trainer:
         if not self.dist.distributed:
             return model
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        ddp = nn.parallel.DistributedDataParallel
+        if getattr(getattr(model, "backbone", None), "channels_last", False):
+            model.backbone.to(memory_format=torch.channels_last)  # grads come channels-last: match DDP's buckets
+        # buffers (FrozenBN statistics, pixel mean/std) are identical on all ranks: no per-forward broadcast
+        new_api = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        return ddp(model, device_ids=ids, **{"forward_sync_buffers" if new_api else "broadcast_buffers": False})
 
     @property
     def meta(self):

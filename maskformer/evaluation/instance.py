@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskformer.evaluation.panoptic import _numpy
+from maskformer.evaluation.counting import to_numpy
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -65,8 +65,8 @@ class InstanceEvaluator:
             raise ValueError(f"image {image_id}: predicted masks {pm.shape[1:]} != ground-truth masks {gm.shape[1:]}")
         h, w = gm.shape[1:] if len(gm) else pm.shape[1:]
         g_labels, p_labels = self._labels(gt_labels, len(gm), image_id), self._labels(pred_labels, len(pm), image_id)
-        crowd = np.zeros(len(gm), dtype=bool) if gt_iscrowd is None else _numpy(gt_iscrowd).astype(bool).reshape(-1)
-        scores = _numpy(pred_scores).astype(np.float64).reshape(-1)
+        crowd = np.zeros(len(gm), dtype=bool) if gt_iscrowd is None else to_numpy(gt_iscrowd).astype(bool).reshape(-1)
+        scores = to_numpy(pred_scores).astype(np.float64).reshape(-1)
         if len(crowd) != len(gm) or len(scores) != len(pm):
             raise ValueError(
                 f"image {image_id}: {len(crowd)} iscrowd flags / {len(scores)} scores for {len(gm)} / {len(pm)} masks"
@@ -78,7 +78,7 @@ class InstanceEvaluator:
             self._dets.append({"image_id": image_id, "category_id": label, "score": float(s), **rle})
 
     def _labels(self, labels, n: int, image_id) -> list[int]:
-        out = [int(v) for v in _numpy(labels).reshape(-1)]
+        out = [int(v) for v in to_numpy(labels).reshape(-1)]
         if len(out) != n:
             raise ValueError(f"image {image_id}: {len(out)} labels for {n} masks")
         unknown = sorted(set(out) - self._known)
@@ -129,7 +129,7 @@ class InstanceEvaluator:
 
 
 def _masks(masks, image_id, what: str) -> np.ndarray:
-    m = _numpy(masks)
+    m = to_numpy(masks)
     if m.ndim != 3:
         raise ValueError(f"image {image_id}: {what} masks must be [N, h, w], got shape {m.shape}")
     return m.astype(bool, copy=False)

@@ -24,113 +24,82 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from maskformer.evaluation.counting import PairRuns, to_numpy, weighted_bincount
+
 VOID = 0
-_LUT_LIMIT = 1 << 24  # ids below this are looked up in a table (PNG ids are < 2^24); above: np.unique
-_DIRECT_LIMIT = 1 << 12  # small ids (model outputs: 1..N) are used as histogram indices directly
-
-
-def _numpy(x) -> np.ndarray:
-    """Tensor or array -> numpy array (no copy for numpy input or CPU tensors)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+_LUT_LIMIT = 1 << 24  # per-pixel counting looks ids below this up in a table (PNG ids are < 2^24)
 
 
 class PairCounter:
-    """Joint pixel histograms of (GT id, predicted id) with reusable int32 buffers and an id lookup table.
+    """Joint pixel histograms of (GT id, predicted id), vectorized, with reusable buffers.
 
     counts(...) returns int64 [2 + n_gt, 2 + n_pred]: index 0 = ids not listed in the segments, 1 = VOID (id 0),
-    2 + i = the i-th listed segment. Cost per image: one table gather per side with large ids (small ids index the
-    histogram directly) and one bincount, no sort. The table covers ids < 2^24 (64 MiB of int32 at most, pages
-    allocated only where ids fall).
+    2 + i = the i-th listed segment. The pair of maps is first run-length compressed (counting.PairRuns); the few
+    thousand run values are mapped to segment indices by binary search and counted with one weighted bincount. Noisy
+    maps (many runs) are counted per pixel, ids mapped through a lookup table (int32, ids < 2^24: at most 64 MiB,
+    pages allocated only where ids fall). No sort of the pixels either way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, run_fraction: float = 0.25) -> None:
+        self._runs = PairRuns(run_fraction)
         self._lut = np.zeros(0, dtype=np.int32)
-        self._key = np.zeros(0, dtype=np.int32)
-        self._tmp = np.zeros(0, dtype=np.int32)
+        self._buffers = {"rows": np.zeros(0, dtype=np.int32), "cols": np.zeros(0, dtype=np.int32)}
 
     def counts(self, gt_ids, pred_ids, gt_seg_ids: np.ndarray, pred_seg_ids: np.ndarray, image_id=None) -> np.ndarray:
         """gt_ids, pred_ids: int [h, w] id maps; *_seg_ids: int64 [n] listed segment ids -> int64 [2+n_gt, 2+n_pred]."""
-        gt, pred = _numpy(gt_ids).reshape(-1), _numpy(pred_ids).reshape(-1)
-        g_max, p_max = _max_id(gt, "ground-truth", image_id), _max_id(pred, "prediction", image_id)
-        listed_max = int(max(gt_seg_ids.max(initial=0), pred_seg_ids.max(initial=0)))
-        g_direct, p_direct = g_max < _DIRECT_LIMIT, p_max < _DIRECT_LIMIT
-        ncols = p_max + 1 if p_direct else len(pred_seg_ids) + 2
-        nrows = g_max + 1 if g_direct else len(gt_seg_ids) + 2
-        if max(g_max, p_max, listed_max) >= _LUT_LIMIT or nrows * ncols >= 1 << 31:
-            return _counts_by_unique(gt, pred, gt_seg_ids, pred_seg_ids)
-        key = self._buffer("_key", gt.size)
-        if g_direct:
-            np.multiply(gt, ncols, out=key, dtype=np.int32, casting="unsafe")  # key = row * ncols
-        else:
-            self._gather(gt, max(g_max, listed_max), gt_seg_ids, ncols, key)
-        if p_direct:
-            np.add(key, pred, out=key, dtype=np.int32, casting="unsafe")  # key = row * ncols + col
-        else:
-            tmp = self._buffer("_tmp", pred.size)
-            np.add(key, self._gather(pred, max(p_max, listed_max), pred_seg_ids, 1, tmp), out=key)
-        hist = np.bincount(key, minlength=nrows * ncols).reshape(nrows, ncols)
-        if g_direct:
-            hist = _select(hist, gt_seg_ids)
-        if p_direct:
-            hist = _select(hist.T, pred_seg_ids).T
-        return hist
+        gt, pred = _flat_ids(gt_ids, "ground-truth", image_id), _flat_ids(pred_ids, "prediction", image_id)
+        if gt.size != pred.size:
+            raise ValueError(f"image {image_id}: ground truth has {gt.size} pixels, the prediction {pred.size}")
+        nrows, ncols = len(gt_seg_ids) + 2, len(pred_seg_ids) + 2
+        if nrows * ncols >= 1 << 31:
+            raise ValueError(f"image {image_id}: too many segments ({nrows - 2} x {ncols - 2})")
+        gt, pred, weights = self._runs(gt, pred)  # one entry per run of equal (gt, pred), weights = run lengths
+        key = self._index(gt, gt_seg_ids, "rows", image_id, "ground-truth")
+        cols = self._index(pred, pred_seg_ids, "cols", image_id, "prediction")
+        np.multiply(key, ncols, out=key)
+        np.add(key, cols, out=key)  # key = row * ncols + col
+        return weighted_bincount(key, weights, nrows * ncols).reshape(nrows, ncols)
 
-    def _buffer(self, name: str, n: int) -> np.ndarray:
-        buf = getattr(self, name)
-        if buf.size < n:
-            buf = np.empty(n, dtype=np.int32)
-            setattr(self, name, buf)
-        return buf[:n]
+    def _index(self, ids: np.ndarray, seg_ids: np.ndarray, buffer: str, image_id, what: str) -> np.ndarray:
+        """int32 [N] compact index of every id (0 = not listed, 1 = VOID, 2 + i = seg_ids[i]), in a reused buffer."""
+        if ids.size and ids.dtype.kind == "i" and int(ids.min()) < 0:
+            raise ValueError(f"image {image_id}: {what} id map has negative ids")
+        if self._buffers[buffer].size < ids.size:
+            self._buffers[buffer] = np.empty(ids.size, dtype=np.int32)
+        out = self._buffers[buffer][: ids.size]
+        max_id = int(max(ids.max(initial=0), seg_ids.max(initial=0)))
+        if ids.size > 4096 and max_id < _LUT_LIMIT:
+            return self._lookup(ids, max_id, seg_ids, out)
+        return _search(ids, seg_ids, out)
 
-    def _gather(self, ids: np.ndarray, max_id: int, seg_ids: np.ndarray, scale: int, out: np.ndarray) -> np.ndarray:
-        """out[k] = compact index of ids[k] times `scale` (0 = not listed, 1 = VOID, 2 + i = segment i).
-
-        max_id bounds ids and seg_ids (< 2^24); the table grows to a power of two above it.
-        """
+    def _lookup(self, ids: np.ndarray, max_id: int, seg_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Per-pixel table lookup; the table grows to a power of two above max_id and is left all zero."""
         if self._lut.size <= max_id:
             self._lut = np.zeros(1 << max(max_id, 255).bit_length(), dtype=np.int32)  # calloc: lazy zero pages
         lut = self._lut
-        lut[VOID] = scale
-        lut[seg_ids] = (np.arange(len(seg_ids)) + 2) * scale
+        lut[VOID] = 1
+        lut[seg_ids] = np.arange(2, len(seg_ids) + 2)
         np.take(lut, ids, out=out, mode="wrap")  # ids < lut.size: "wrap" is the identity, and faster than "clip"
         lut[seg_ids] = 0
         lut[VOID] = 0
         return out
 
 
-def _max_id(ids: np.ndarray, what: str, image_id) -> int:
-    if ids.size == 0:
-        return 0
-    if ids.dtype.kind not in "iu":
-        raise ValueError(f"image {image_id}: {what} id map must be integer, got dtype {ids.dtype}")
-    if ids.dtype.kind == "i" and int(ids.min()) < 0:
-        raise ValueError(f"image {image_id}: {what} id map has negative ids")
-    return int(ids.max())
+def _flat_ids(ids, what: str, image_id) -> np.ndarray:
+    flat = to_numpy(ids).reshape(-1)
+    if flat.dtype.kind not in "iu":
+        raise ValueError(f"image {image_id}: {what} id map must be integer, got dtype {flat.dtype}")
+    return flat
 
 
-def _select(hist: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
-    """Rows of a histogram indexed by raw id [max_id+1, C] -> [2 + n, C] in the compact layout."""
-    inside = seg_ids < hist.shape[0]
-    listed = np.zeros((len(seg_ids), hist.shape[1]), dtype=hist.dtype)
-    listed[inside] = hist[seg_ids[inside]]
-    void = hist[VOID]
-    unlisted = hist.sum(0) - void - listed.sum(0)
-    return np.concatenate([unlisted[None], void[None], listed])
-
-
-def _counts_by_unique(gt, pred, gt_seg_ids, pred_seg_ids) -> np.ndarray:
-    """Fallback for ids >= 2^24: compact both sides with np.unique (sorts; slower)."""
-    idx = []
-    for ids, seg in ((gt, gt_seg_ids), (pred, pred_seg_ids)):
-        uniq, inv = np.unique(ids, return_inverse=True)
-        lookup = {int(s): i + 2 for i, s in enumerate(seg)}
-        lookup[VOID] = 1
-        idx.append(np.array([lookup.get(int(u), 0) for u in uniq], dtype=np.intp)[inv.reshape(-1)])
-    n_cols = len(pred_seg_ids) + 2
-    hist = np.bincount(idx[0] * n_cols + idx[1], minlength=(len(gt_seg_ids) + 2) * n_cols)
-    return hist.reshape(len(gt_seg_ids) + 2, n_cols)
+def _search(ids: np.ndarray, seg_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Compact indices by binary search in the sorted segment ids (for run values, or ids >= 2^24)."""
+    order = np.argsort(seg_ids, kind="stable")
+    sorted_ids = seg_ids[order]
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), max(len(seg_ids) - 1, 0))
+    found = sorted_ids[pos] == ids if len(seg_ids) else np.zeros(ids.shape, dtype=bool)
+    out[:] = np.where(found, order[pos] + 2 if len(seg_ids) else 0, ids == VOID)
+    return out
 
 
 class PanopticEvaluator:
@@ -160,7 +129,7 @@ class PanopticEvaluator:
 
     def update(self, pred_ids, pred_segments: Sequence[dict], gt_ids, gt_segments: Sequence[dict], *, image_id=None):
         """Add one image. pred_ids/gt_ids: int [h, w] (numpy or torch); image_id names the image in errors."""
-        pred_ids, gt_ids = _numpy(pred_ids), _numpy(gt_ids)
+        pred_ids, gt_ids = to_numpy(pred_ids), to_numpy(gt_ids)
         if pred_ids.shape != gt_ids.shape:
             raise ValueError(f"image {image_id}: prediction size {pred_ids.shape} != ground-truth size {gt_ids.shape}")
         gt_seg, pred_seg = (

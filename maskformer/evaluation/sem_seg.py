@@ -18,18 +18,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskformer.evaluation.panoptic import _numpy
+from maskformer.evaluation.counting import PairRuns, to_numpy, weighted_bincount
 
 _LUT_SIZE = 1 << 16  # GT values 0..65535 go through a lookup table; wider or signed maps are range-checked first
 
 
 class ConfusionCounter:
-    """Per-image confusion counts with a GT lookup table and a reused key buffer (no per-image temporaries).
+    """Per-image confusion counts: run-length compression of the (GT, prediction) pair (counting.PairRuns), a GT
+    lookup table and a reused key buffer, so no per-image temporary is larger than the runs.
 
     counts(pred, gt) -> int64 [K + 1, K]: rows = GT class (row K = ignore), columns = predicted class.
     """
 
-    def __init__(self, num_classes: int, ignore_label: int, *, reduce_zero_label: bool = False) -> None:
+    def __init__(
+        self, num_classes: int, ignore_label: int, *, reduce_zero_label: bool = False, run_fraction: float = 0.25
+    ) -> None:
+        self._runs = PairRuns(run_fraction)
         k = self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
         raw = np.arange(_LUT_SIZE + 1, dtype=np.intp)
@@ -45,14 +49,18 @@ class ConfusionCounter:
 
     def counts(self, pred, gt, name=None) -> np.ndarray:
         """pred: int [h, w] in [0, K); gt: int [h, w] -> int64 [K + 1, K] (row K: pixels whose GT is ignore)."""
-        pred, gt = _numpy(pred), _numpy(gt)
+        pred, gt = to_numpy(pred), to_numpy(gt)
         k = self.num_classes
         if pred.shape != gt.shape:
             raise ValueError(f"image {name}: prediction size {pred.shape} != ground-truth size {gt.shape}")
-        _check_pred(pred, k, name)
-        key = self._keys(gt.reshape(-1), name)
-        np.add(key, pred.reshape(-1), out=key, dtype=np.intp, casting="unsafe")  # key = row * K + pred
-        hist = np.bincount(key, minlength=(k + 2) * k)
+        for x, what in ((pred, "prediction"), (gt, "ground-truth label map")):
+            if x.dtype.kind not in "iu":
+                raise ValueError(f"image {name}: {what} must be integer, got dtype {x.dtype}")
+        gt_v, pred_v, weights = self._runs(gt.reshape(-1), pred.reshape(-1))  # one entry per run, weights = lengths
+        _check_pred(pred_v, k, name)
+        key = self._keys(gt_v, name)
+        np.add(key, pred_v, out=key, dtype=np.intp, casting="unsafe")  # key = row * K + pred
+        hist = weighted_bincount(key, weights, (k + 2) * k)
         if hist[(k + 1) * k :].any():
             bad = np.unique(gt[self._lut[np.clip(gt, 0, _LUT_SIZE)] > k * k])[:10].tolist()
             raise ValueError(
@@ -65,8 +73,6 @@ class ConfusionCounter:
         if self._key.size < gt.size:
             self._key = np.empty(gt.size, dtype=np.intp)
         key = self._key[: gt.size]
-        if gt.dtype.kind not in "iu":
-            raise ValueError(f"image {name}: ground-truth label map must be integer, got {gt.dtype}")
         if gt.dtype.itemsize > 2 or gt.dtype.kind == "i":
             gt = self._narrow(gt, name)
         np.take(self._lut, gt, out=key, mode="wrap")  # gt < table size here: "wrap" is the identity, and fast
@@ -87,8 +93,6 @@ class ConfusionCounter:
 
 
 def _check_pred(pred: np.ndarray, k: int, name) -> None:
-    if pred.dtype.kind not in "iu":
-        raise ValueError(f"image {name}: prediction must be an integer label map, got dtype {pred.dtype}")
     if pred.size and (int(pred.max()) >= k or (pred.dtype.kind == "i" and int(pred.min()) < 0)):
         lo, hi = int(pred.min()), int(pred.max())
         raise ValueError(f"image {name}: predicted labels span [{lo}, {hi}], outside the classes [0, {k})")

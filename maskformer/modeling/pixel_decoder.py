@@ -26,6 +26,16 @@ def _output_conv(in_ch: int, out_ch: int) -> Conv2d:
     return conv
 
 
+def add_upsampled(lateral: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """lateral + nearest-upsample(y to lateral's size). For an exact 2x the upsampled map is never materialized: y is
+    broadcast-added into `lateral` in place (a fresh GN output; GN's backward does not need it)."""
+    b, c, h, w = lateral.shape
+    if (h, w) != (2 * y.shape[-2], 2 * y.shape[-1]):
+        return lateral + F.interpolate(y, size=(h, w), mode="nearest")
+    lateral.view(b, c, h // 2, 2, w // 2, 2).add_(y[:, :, :, None, :, None])  # [B, C, H/2, 2, W/2, 2] += y
+    return lateral
+
+
 def _check_features(features: dict[str, torch.Tensor]) -> None:
     missing = [k for k in (*LATERALS, "res5") if k not in features]
     if missing:
@@ -56,14 +66,18 @@ class BasePixelDecoder(nn.Module):
         return features["res5"], features["res5"]
 
     def forward(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        y, transformer_in = self.forward_features(features)
+        return self.mask_features(y), transformer_in
+
+    def forward_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stride-4 FPN map before `mask_features` [B, conv_dim, H/4, W/4], transformer input)."""
         _check_features(features)
         top, transformer_in = self.top(features)
         y = self.layer_4(top)
         for i in (3, 2, 1):
             lateral = getattr(self, f"adapter_{i}")(features[LATERALS[i - 1]])
-            y = lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest")
-            y = getattr(self, f"layer_{i}")(y)
-        return self.mask_features(y), transformer_in
+            y = getattr(self, f"layer_{i}")(add_upsampled(lateral, y))
+        return y, transformer_in
 
 
 class TransformerEncoderPixelDecoder(BasePixelDecoder):

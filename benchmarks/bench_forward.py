@@ -1,0 +1,187 @@
+"""Forward speed at 512x512, batch 1, 2 threads: this MaskFormer vs transformers' with the same weights, R50 and Swin-T.
+
+One process, interleaved (ours fp32, transformers fp32, ours bf16 autocast in turn), median of --repeats (>= 7), plus the
+machine's FLOP floor measured in the same run: model FLOPs / the best of a large fp32 matmul and a channels-last 3x3
+conv. FLOPs here are 2 per multiply-add (hardware FLOPs); "official" = the network as the official code computes it,
+"executed" = what this implementation runs (Swin padding tokens skipped, mask conv fused with the mask einsum).
+
+  .venv/bin/python benchmarks/bench_forward.py [--repeats 7] [--models r50 swin_t] [--no-bf16] [--no-write]
+
+Writes the table under "## B: network forward" in benchmarks/RESULTS.md (only that section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from maskformer.config import get_preset
+from maskformer.convert.hf import build_hf_model, load_hf_state_dict
+from maskformer.modeling.flops import model_stats
+
+SECTION = "## B: network forward"
+S4 = ["stage1", "stage2", "stage3", "stage4"]
+PRESET = {"r50": "maskformer_r50_ade20k", "swin_t": "maskformer_swin_t_ade20k"}
+
+
+def hf_model(kind: str):
+    """transformers' MaskFormer for ADE20K (150 classes) with the paper's R50 / Swin-T configuration."""
+    import transformers as tr
+    from transformers.models.maskformer.configuration_maskformer import MaskFormerDetrConfig
+
+    if kind == "r50":
+        bb = tr.ResNetConfig(embedding_size=64, depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048],
+                             layer_type="bottleneck", out_features=S4)  # fmt: skip
+    else:
+        bb = tr.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+                           drop_path_rate=0.3, out_features=S4)  # fmt: skip
+    dec = MaskFormerDetrConfig(d_model=256, decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048,
+                               dropout=0.1, num_queries=100)  # fmt: skip
+    cfg = tr.MaskFormerConfig(backbone_config=bb, decoder_config=dec, num_labels=150)
+    return tr.MaskFormerForInstanceSegmentation(cfg).eval(), cfg.to_dict()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def flop_peak(repeats: int) -> dict:
+    """Best GFLOP/s of an fp32 2048^3 matmul and a channels-last 3x3 conv 256->256 at 128x128 (the FPN's layer)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    x = torch.randn(1, 256, 128, 128).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(256, 256, 3, 3).contiguous(memory_format=torch.channels_last)
+    jobs = {"matmul": (lambda: a @ b, 2 * 2048**3), "conv3x3": (lambda: F.conv2d(x, w, padding=1), 2 * 256 * 2304 * 128**2)}
+    out = {}
+    for name, (fn, flops) in jobs.items():
+        fn()
+        out[name] = flops / min(timed(fn) for _ in range(repeats)) / 1e9
+    return out
+
+
+def deviation(ref: dict, out: dict) -> dict:
+    """bf16 vs fp32: max |diff| / max |fp32| of logits and masks, and semantic-argmax agreement at mask resolution."""
+    rel = {k: ((out[k].float() - ref[k]).abs().max() / ref[k].abs().max()).item() for k in ("pred_logits", "pred_masks")}
+
+    def semantic(o):  # [B, K, h, w] -> argmax labels
+        probs = o["pred_logits"].float().softmax(-1)[..., :-1]
+        return torch.einsum("bqc,bqhw->bchw", probs, o["pred_masks"].float().sigmoid()).argmax(1)
+
+    rel["argmax_agree"] = (semantic(ref) == semantic(out)).float().mean().item()
+    return rel
+
+
+def bench_model(kind: str, repeats: int, bf16: bool) -> dict:
+    hf, hf_cfg = hf_model(kind)
+    ours = build_hf_model(hf_cfg)
+    load_hf_state_dict(ours, hf.state_dict())
+    ours.optimize_for_inference()
+    x = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)) * 255
+    xn = (x - ours.pixel_mean) / ours.pixel_std
+
+    def run_bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return ours(x)
+
+    runs = {"ours": lambda: ours(x), "hf": lambda: hf(pixel_values=xn)}
+    if bf16:
+        runs["ours_bf16"] = run_bf16
+    with torch.inference_mode():
+        ref, hf_out = ours(x), hf(pixel_values=xn)
+        parity = ((ref["pred_masks"] - hf_out.masks_queries_logits).abs().max() / hf_out.masks_queries_logits.abs().max()).item()
+        for fn in runs.values():
+            fn()  # warm-up (oneDNN primitive creation, layout caches)
+        times = {k: [] for k in runs}
+        for _ in range(repeats):
+            for k, fn in runs.items():
+                times[k].append(timed(fn))
+        dev = deviation(ref, run_bf16()) if bf16 else {}
+    return dict(kind=kind, median={k: statistics.median(v) for k, v in times.items()}, parity=parity, bf16=dev)
+
+
+def cpu_flags() -> str:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    wanted = ("avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni")
+    return ", ".join(f for f in wanted if f in flags) or "no avx512"
+
+
+def report(results: list[dict], peak: dict, repeats: int) -> str:
+    best = max(peak.values())
+    lines = [
+        f"{SECTION}",
+        "",
+        f"{datetime.date.today()}, `benchmarks/bench_forward.py`, fp32 forward 1x3x512x512, 2 threads, median of {repeats},"
+        f" interleaved in one run. CPU flags: {cpu_flags()}. Peak: matmul {peak['matmul']:.1f},"
+        f" conv3x3 {peak['conv3x3']:.1f} GFLOP/s (floor = FLOPs / {best:.1f} GFLOP/s). FLOPs = 2 per multiply-add,"
+        " forward only (no post-processing); official = as the official code computes it, executed = what runs here.",
+        "",
+        "| model | ours fp32 | transformers fp32 | speed-up | official GFLOP | executed GFLOP | ours / floor (official)"
+        " | ours / floor (executed) | ours bf16 | bf16 speed-up vs transformers | bf16 deviation | parity |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in results:
+        med, st = r["median"], r["stats"]
+        off, exe = 2 * (st.gflops - st.gflops_inference), 2 * st.gflops_executed
+        bf = med.get("ours_bf16")
+        dev = r["bf16"]
+        lines.append(
+            f"| {r['kind']} | {med['ours'] * 1e3:.0f} ms | {med['hf'] * 1e3:.0f} ms | {med['hf'] / med['ours']:.2f}x"
+            f" | {off:.1f} | {exe:.1f} | {med['ours'] / (off / best):.2f} | {med['ours'] / (exe / best):.2f}"
+            + (f" | {bf * 1e3:.0f} ms | {med['hf'] / bf:.2f}x" if bf else " | - | -")
+            + (
+                f" | logits {dev['pred_logits']:.1e}, masks {dev['pred_masks']:.1e}, argmax agree {dev['argmax_agree']:.4f}"
+                if dev
+                else " | -"
+            )
+            + f" | {r['parity']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str, path: Path) -> None:
+    """Replace (or append) only this benchmark's section of RESULTS.md."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    path.write_text(new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--models", nargs="+", default=["r50", "swin_t"], choices=sorted(PRESET))
+    parser.add_argument("--no-bf16", action="store_true")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    results = []
+    peak = flop_peak(args.repeats)
+    for kind in args.models:
+        r = bench_model(kind, args.repeats, not args.no_bf16)
+        r["stats"] = model_stats(get_preset(PRESET[kind]), semantic_inference=False)
+        results.append(r)
+        print(r["kind"], {k: f"{v * 1e3:.0f} ms" for k, v in r["median"].items()}, flush=True)
+    after = flop_peak(args.repeats)  # peak measured before and after the models; the best counts
+    peak = {k: max(v, after[k]) for k, v in peak.items()}
+    text = report(results, peak, args.repeats)
+    print(text)
+    if not args.no_write:
+        write_section(text, Path(__file__).with_name("RESULTS.md"))
+
+
+if __name__ == "__main__":
+    main()
