@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import tempfile
 import time
@@ -127,7 +128,9 @@ def main() -> None:
     lines = [
         SECTION,
         "",
-        f"{datetime.date.today()}, `benchmarks/bench_data.py`, CPU, torch.set_num_threads(2), shared 2-core machine.",
+        f"{datetime.date.today()}, `benchmarks/bench_data.py`, CPU, torch.set_num_threads(2), shared 2-core machine "
+        f"(load average {os.getloadavg()[0]:.1f} at the end of the run: 2 workers cannot beat in-process when other "
+        "jobs hold the cores).",
         "",
         "Training pipeline = official ADE20K semantic recipe at 512 crop (resize 256..1024 / 2048, crop 512, SSD",
         "colour aug, flip, pad 512) on ../shared/data/camvid (480x360 JPEG), batches of 2, median of "

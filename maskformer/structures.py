@@ -79,12 +79,16 @@ class SegTarget:
 
     @classmethod
     def from_semantic(cls, label_map: torch.Tensor | np.ndarray, ignore_label: int) -> SegTarget:
-        """One target per distinct class present in `label_map` [h, w] (ignore excluded), mask = (label == c)."""
-        sem = torch.as_tensor(np.asarray(label_map) if not torch.is_tensor(label_map) else label_map).long()
-        classes = torch.unique(sem)
-        classes = classes[classes != ignore_label]
-        masks = sem.unsqueeze(0) == classes.view(-1, 1, 1)  # [T, h, w]
-        return cls(classes, masks, sem)
+        """One target per distinct class present in `label_map` [h, w] (ignore excluded, classes ascending),
+        mask = (label == c). Computed with numpy bincount (torch.unique is ~20x slower on the CPU)."""
+        sem = label_map.cpu().numpy() if torch.is_tensor(label_map) else np.asarray(label_map)
+        sem = sem.astype(np.int64, copy=False)
+        if sem.size and sem.min() < 0:
+            raise ValueError(f"label map has negative values (min {sem.min()})")
+        values = sem[sem != ignore_label]
+        classes = np.flatnonzero(np.bincount(values.ravel())) if values.size else np.zeros(0, np.int64)
+        masks = torch.from_numpy(sem[None] == classes[:, None, None])  # [T, h, w]
+        return cls(torch.from_numpy(classes.astype(np.int64)), masks, torch.from_numpy(sem))
 
     @classmethod
     def from_panoptic(

@@ -438,3 +438,13 @@ def test_onnx_export_matches(make, tmp_path):
         expected = model(x)
     for got, ref in zip(outputs, expected.values()):
         torch.testing.assert_close(torch.from_numpy(got), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_inference_mode_then_training():
+    """Caches filled under inference_mode (window layouts, folded weights) must not break a later autograd pass."""
+    for model in (tiny_swin(), tiny_resnet()):
+        x = torch.randn(1, 3, 64, 80)
+        with torch.inference_mode():
+            model.eval()(x)
+        model.train()(x)["res5"].sum().backward()
+        model.eval()(x)["res5"].sum().backward()

@@ -133,27 +133,21 @@ def test_matches_transformers_loss():
 
 
 def test_gradcheck_criterion_float64():
-    K, targets = (
-        2,
-        [
-            SegTarget(torch.tensor([1, 0]), torch.rand(2, 7, 8) > 0.5),
-            SegTarget(torch.tensor([1]), torch.rand(1, 8, 8) > 0.5),
-        ],
-    )
-    criterion = _criterion(K)
-    base = _outputs(2, 3, K, 2, 2, aux=1)
-    tensors = [
-        base["pred_logits"],
-        base["pred_masks"],
-        base["aux_outputs"][0]["pred_logits"],
-        base["aux_outputs"][0]["pred_masks"],
+    # final + one aux layer, both images with targets (one a crop smaller than the 8x8 frame)
+    targets = [
+        SegTarget(torch.tensor([0]), torch.rand(1, 7, 8) > 0.5),
+        SegTarget(torch.tensor([0]), torch.rand(1, 8, 8) > 0.5),
     ]
-    tensors = [t.clone().requires_grad_() for t in tensors]
+    criterion, base = _criterion(1), _outputs(2, 2, 1, 2, 2, aux=1)
+    aux = base["aux_outputs"][0]
+    tensors = [
+        t.clone().requires_grad_()
+        for t in (base["pred_logits"], base["pred_masks"], aux["pred_logits"], aux["pred_masks"])
+    ]
 
     def total(lo, ma, alo, ama):
-        return criterion(
-            {"pred_logits": lo, "pred_masks": ma, "aux_outputs": [{"pred_logits": alo, "pred_masks": ama}]}, targets
-        )["loss"]
+        layers = {"pred_logits": lo, "pred_masks": ma, "aux_outputs": [{"pred_logits": alo, "pred_masks": ama}]}
+        return criterion(layers, targets)["loss"]
 
     assert torch.autograd.gradcheck(total, tensors, eps=1e-6, atol=1e-6)
 

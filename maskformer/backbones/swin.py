@@ -356,7 +356,8 @@ class SwinTransformer(Backbone):
             key = (H, W, shift, str(device))
             layout = None if is_exporting() else self._layouts.get(key)
             if layout is None:
-                layout = window_layout(H, W, ws, shift, device)
+                with torch.inference_mode(False):  # normal tensors: a cached layout may later meet autograd
+                    layout = window_layout(H, W, ws, shift, device)
                 if not is_exporting():
                     if len(self._layouts) >= 64:
                         self._layouts.clear()

@@ -68,7 +68,7 @@ class PairCounter:
             self._buffers[buffer] = np.empty(ids.size, dtype=np.int32)
         out = self._buffers[buffer][: ids.size]
         max_id = int(max(ids.max(initial=0), seg_ids.max(initial=0)))
-        if ids.size > 4096 and max_id < _LUT_LIMIT:
+        if ids.size > 256 and max_id < _LUT_LIMIT:
             return self._lookup(ids, max_id, seg_ids, out)
         return _search(ids, seg_ids, out)
 
@@ -141,23 +141,14 @@ class PanopticEvaluator:
 
     def update_counts(self, hist: np.ndarray, pred_segments, gt_segments, *, image_id=None) -> None:
         """Add one image from its joint histogram [2+n_gt, 2+n_pred] (`PairCounter.counts` layout)."""
-        if hist[:, 0].any():
-            raise ValueError(
-                f"image {image_id}: the prediction PNG has segment ids missing from its segments_info "
-                f"({int(hist[:, 0].sum())} pixels); every non-zero id must be listed"
-            )
         p_area = hist[:, 2:].sum(0)  # [P] areas counted from the PNG
-        if (p_area == 0).any():
-            missing = [int(s["id"]) for s, a in zip(pred_segments, p_area) if a == 0]
-            raise ValueError(
-                f"image {image_id}: prediction segment ids {missing} are in segments_info but not in the PNG"
-            )
+        _check_prediction(hist, p_area, pred_segments, image_id)
         p_cat = self._category_indices(pred_segments, "prediction", image_id)
         g_cat = self._category_indices(gt_segments, "ground truth", image_id)
-        g_crowd = np.array([int(s.get("iscrowd", 0)) == 1 for s in gt_segments], dtype=bool)
-        g_png_area = hist[2:].sum(1)
-        g_area = np.array([s.get("area", a) for s, a in zip(gt_segments, g_png_area.tolist())], dtype=np.float64)
-        self._match(hist, g_cat, g_crowd, g_area, p_cat, p_area, gt_segments)
+        g_crowd = np.array([s.get("iscrowd", 0) == 1 for s in gt_segments], dtype=bool)
+        png_area = hist[2:].sum(1).tolist()
+        g_area = np.array([s.get("area", a) for s, a in zip(gt_segments, png_area)], dtype=np.float64)
+        self._match(hist[2:, 2:], hist[1, 2:], g_cat, g_crowd, g_area, p_cat, p_area, image_id)
         self.num_images += 1
 
     def _category_indices(self, segments, what: str, image_id) -> np.ndarray:
@@ -167,28 +158,21 @@ class PanopticEvaluator:
             bad = sorted({int(s["category_id"]) for s in segments} - set(self._cat_index))
             raise ValueError(f"image {image_id}: {what} segments have unknown category_id {bad}") from None
 
-    def _match(self, hist, g_cat, g_crowd, g_area, p_cat, p_area, gt_segments) -> None:
-        inter = hist[2:, 2:]  # [G, P] |g n p|
-        p_void = hist[1, 2:]  # [P] |p n GT-VOID|
-        candidate = (g_cat[:, None] == p_cat[None, :]) & ~g_crowd[:, None] & (inter > 0)
-        union = p_area[None, :] + g_area[:, None] - inter - p_void[None, :]  # [G, P] asymmetric union
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iou = inter / union
-        match = candidate & (iou > 0.5)
+    def _match(self, inter, p_void, g_cat, g_crowd, g_area, p_cat, p_area, image_id) -> None:
+        """TP / FP / FN / IoU sums of one image. inter: [G, P] |g n p|; p_void: [P] |p n GT-VOID|."""
+        candidate = (g_cat[:, None] == p_cat[None, :]) & (inter > 0)  # [G, P]
+        candidate[g_crowd] = False
+        union = g_area[:, None] - inter + (p_area - p_void)[None, :]  # [G, P] asymmetric union
+        if (union[candidate] <= 0).any():
+            raise ValueError(f"image {image_id}: a ground-truth 'area' is smaller than the pixels it overlaps")
+        iou = np.divide(inter, union, out=np.zeros(inter.shape), where=candidate)
+        match = iou > 0.5
         gi, pj = np.nonzero(match)
-        k = len(self.categories)
-        self.tp += np.bincount(g_cat[gi], minlength=k)
-        self.iou += np.bincount(g_cat[gi], weights=iou[gi, pj], minlength=k)
-        g_free = ~match.any(1)
-        self.fn += np.bincount(g_cat[g_free & ~g_crowd], minlength=k)
-        crowd_row = np.full(k, -1, dtype=np.intp)
-        for i in np.flatnonzero(g_crowd):  # in segments_info order: the last crowd of a category wins
-            crowd_row[g_cat[i]] = i
-        p_free = ~match.any(0)
-        rows = crowd_row[p_cat]  # [P] crowd segment of each prediction's category, -1 if none
-        crowd = np.where(rows >= 0, inter[np.maximum(rows, 0), np.arange(len(p_cat))], 0)
-        ignored = (p_void + crowd) / p_area > 0.5
-        self.fp += np.bincount(p_cat[p_free & ~ignored], minlength=k)
+        np.add.at(self.tp, g_cat[gi], 1)
+        np.add.at(self.iou, g_cat[gi], iou[gi, pj])
+        np.add.at(self.fn, g_cat[~match.any(1) & ~g_crowd], 1)
+        forgiven = (p_void + _crowd_overlap(inter, g_cat, g_crowd, p_cat)) / p_area > 0.5
+        np.add.at(self.fp, p_cat[~match.any(0) & ~forgiven], 1)
 
     def merge(self, other: PanopticEvaluator) -> None:
         """Add another evaluator's counts (same categories), e.g. from another process."""
@@ -232,6 +216,29 @@ class PanopticEvaluator:
         return out
 
 
+def _check_prediction(hist: np.ndarray, p_area: np.ndarray, pred_segments, image_id) -> None:
+    """Prediction sanity checks that need pixels: every PNG id listed, every listed id in the PNG."""
+    if hist[:, 0].any():
+        raise ValueError(
+            f"image {image_id}: the prediction PNG has segment ids missing from its segments_info "
+            f"({int(hist[:, 0].sum())} pixels); every non-zero id must be listed"
+        )
+    if (p_area == 0).any():
+        missing = [int(s["id"]) for s, a in zip(pred_segments, p_area) if a == 0]
+        raise ValueError(f"image {image_id}: prediction segment ids {missing} are in segments_info but not in the PNG")
+
+
+def _crowd_overlap(inter: np.ndarray, g_cat: np.ndarray, g_crowd: np.ndarray, p_cat: np.ndarray) -> np.ndarray:
+    """[P] |p n crowd segment of p's category|, with panopticapi's dict overwrite: the last crowd segment wins."""
+    crowd_row = {}
+    for i in np.flatnonzero(g_crowd).tolist():  # segments_info order
+        crowd_row[int(g_cat[i])] = i
+    if not crowd_row:
+        return np.zeros(len(p_cat), dtype=np.int64)
+    rows = np.array([crowd_row.get(c, -1) for c in p_cat.tolist()], dtype=np.intp)
+    return np.where(rows >= 0, inter[rows, np.arange(len(p_cat))], 0)
+
+
 def _average(pq, sq, rq, sel) -> dict:
     """Plain means over the selected categories in category order; n = 0 -> -1.0 (documented deviation)."""
     n = int(sel.sum())
@@ -250,6 +257,6 @@ def segment_ids(segments: Sequence[dict], what: str, image_id) -> np.ndarray:
     ids = np.array([i for i, _ in pairs], dtype=np.int64).reshape(-1)
     if (ids <= 0).any():
         raise ValueError(f"image {image_id}: {what} segments_info uses id <= 0 (0 is VOID)")
-    if len(np.unique(ids)) != len(ids):
+    if len(set(ids.tolist())) != len(ids):
         raise ValueError(f"image {image_id}: {what} segments_info repeats a segment id")
     return ids
