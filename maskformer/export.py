@@ -11,6 +11,7 @@ symbolically). Files are written to a temporary name in the target directory and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
@@ -35,6 +36,23 @@ class ExportModule(nn.Module):
         if "pred_logits" in out:
             return out["pred_logits"], out["pred_masks"]
         return (out["sem_seg"],)
+
+
+@contextlib.contextmanager
+def traceable(model: nn.Module):
+    """Switch off eval shortcuts that are not shape-generic while exporting, and restore them afterwards.
+
+    `fuse_mask_conv` (MaskFormerHead) computes the mask logits with a Python loop over the batch, which a tracer would
+    unroll for the sample's batch size; the plain einsum path is batch-generic.
+    """
+    saved = [(m, m.fuse_mask_conv) for m in model.modules() if hasattr(m, "fuse_mask_conv")]
+    try:
+        for m, _ in saved:
+            m.fuse_mask_conv = False
+        yield model
+    finally:
+        for m, value in saved:
+            m.fuse_mask_conv = value
 
 
 def output_names(model: nn.Module, sample: torch.Tensor | None = None) -> list[str]:
@@ -84,7 +102,7 @@ def export_onnx(
         dynamic["pred_logits"] = {0: "batch"}
     tmp = _atomic_target(path)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), traceable(model):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             torch.onnx.export(
                 module,
@@ -112,7 +130,7 @@ def export_torch(
     module = ExportModule(model)
     sample = sample_images(*sample_size).to(_device(model))
     dyn = torch.export.Dim.DYNAMIC
-    with torch.no_grad():
+    with torch.no_grad(), traceable(model):
         program = torch.export.export(module, (sample,), dynamic_shapes={"images": {0: dyn, 2: dyn, 3: dyn}})
     tmp = _atomic_target(path)
     try:

@@ -96,7 +96,9 @@ def semantic_inference(
     for i, (img, out) in enumerate(zip(images, outs)):
         if "sem_seg" in outputs:
             maps = outputs["sem_seg"][i]
-            results.append(_fast_resample(maps, pad, img, out) if order == "fast" else postprocess_maps(maps, pad, img, out))
+            results.append(
+                _fast_resample(maps, pad, img, out) if order == "fast" else postprocess_maps(maps, pad, img, out)
+            )
             continue
         probs, masks = class_probs(outputs["pred_logits"][i]), outputs["pred_masks"][i]
         if order == "fast":
@@ -127,9 +129,11 @@ def _official_semantic(probs, masks, pad: Size, img: Size, out: Size, before_inf
     step = max(1, CHUNK_ELEMS // (pad[0] * pad[1]))
     sem = None
     for q0 in range(0, masks.shape[0], step):
-        m = postprocess_maps(masks[q0 : q0 + step], pad, img, out) if before_inference else _resize(
-            masks[q0 : q0 + step], pad
-        )[:, : img[0], : img[1]]
+        m = (
+            postprocess_maps(masks[q0 : q0 + step], pad, img, out)
+            if before_inference
+            else _resize(masks[q0 : q0 + step], pad)[:, : img[0], : img[1]]
+        )
         part = torch.einsum("qk,qhw->khw", probs[q0 : q0 + step], m.sigmoid())
         sem = part if sem is None else sem + part
     assert sem is not None and tuple(sem.shape[-2:]) == size
@@ -294,7 +298,7 @@ def _finish_segments(segments: list[dict], ids: torch.Tensor, meta: DatasetMeta 
 # ------------------------------------------------------------------------------------------------ instance
 @dataclass
 class Instances:
-    """Instances of one image, sorted by score: masks bool [N, H, W], scores float [N], labels int64 [N] (contiguous)."""
+    """Instances of one image, best first: masks bool [N, H, W], scores float [N], labels int64 [N] (contiguous)."""
 
     masks: torch.Tensor
     scores: torch.Tensor

@@ -81,33 +81,45 @@ def _chunk_terms(x: Tensor, tf: Tensor, grads: Tensor | None) -> tuple[Tensor, T
     return focal, 1 - num / den
 
 
-def _chunks(m: int, pixels: int) -> list[slice]:
-    step = max(1, CHUNK_PIXELS // max(pixels, 1))
+def _chunks(m: int, per_mask: int, budget: int = CHUNK_PIXELS) -> list[slice]:
+    step = max(1, budget // max(per_mask, 1))
     return [slice(i, min(i + step, m)) for i in range(0, m, step)]
 
 
-class _FullResMaskLoss(torch.autograd.Function):
+def _full_res_terms(logits: Tensor, targets: Tensor, with_grad: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(focal [M], dice [M], their gradients w.r.t. logits [2, M, h, w] or None), chunk by chunk, no autograd."""
+    (m, h, w), (H, W) = logits.shape, targets.shape[-2:]
+    focal, dice = logits.new_zeros(m), logits.new_zeros(m)
+    grads = logits.new_zeros(2, m, h, w) if with_grad else None  # d focal_j, d dice_j w.r.t. logits_j
+    for sl in _chunks(m, H * W):
+        tf = targets[sl].reshape(-1, H * W).view(torch.uint8).to(logits.dtype)  # [c, N] 0/1
+        full = logits.new_empty(2, tf.shape[0], H * W) if with_grad else None  # full-resolution gradients
+        focal[sl], dice[sl] = _chunk_terms(_upsample(logits[sl], (H, W)), tf, full)
+        if with_grad:
+            grads[:, sl] = upsample_adjoint(full.view(-1, H, W), (h, w)).view(2, -1, h, w)
+    return focal, dice, grads
+
+
+class _MaskPairLoss(torch.autograd.Function):
+    """Two per-mask losses [M] of logits [M, h, w] whose gradients are computed together with their values by
+    `terms(logits, *args, with_grad) -> (first [M], second [M], grads [2, M, h, w] | None)`. Only the 1/4-resolution
+    gradients are kept for backward (two [M, h, w] tensors), nothing at full resolution or per point."""
+
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, with_grad: bool) -> tuple[Tensor, Tensor]:
-        (m, h, w), (H, W) = logits.shape, targets.shape[-2:]
-        focal, dice = logits.new_zeros(m), logits.new_zeros(m)
-        grads = logits.new_zeros(2, m, h, w) if with_grad else None  # d focal_j, d dice_j w.r.t. logits_j
-        for sl in _chunks(m, H * W):
-            tf = targets[sl].reshape(-1, H * W).view(torch.uint8).to(logits.dtype)  # [c, N] 0/1
-            full = logits.new_empty(2, tf.shape[0], H * W) if with_grad else None  # full-resolution gradients
-            focal[sl], dice[sl] = _chunk_terms(_upsample(logits[sl], (H, W)), tf, full)
-            if with_grad:
-                grads[:, sl] = upsample_adjoint(full.view(-1, H, W), (h, w)).view(2, -1, h, w)
+    def forward(ctx, logits: Tensor, terms, with_grad: bool, *args) -> tuple[Tensor, Tensor]:
+        first, second, grads = terms(logits.detach(), *args, with_grad=with_grad)
+        ctx.num_args = len(args)
         ctx.save_for_backward(grads)
-        return focal, dice
+        return first, second
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_focal: Tensor, g_dice: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx, g_first: Tensor, g_second: Tensor):
         (grads,) = ctx.saved_tensors
         if grads is None:
-            raise RuntimeError("full_res_mask_losses: gradients were not prepared (called without grad enabled)")
-        return g_focal[:, None, None] * grads[0] + g_dice[:, None, None] * grads[1], None, None
+            raise RuntimeError("mask loss: backward through a call made without gradients enabled")
+        grad = g_first[:, None, None] * grads[0] + g_second[:, None, None] * grads[1]
+        return (grad, None, None) + (None,) * ctx.num_args
 
 
 def full_res_mask_losses(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,7 +136,32 @@ def full_res_mask_losses(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tenso
     if H % h or W % w:
         raise ValueError(f"full_res_mask_losses: target size {(H, W)} is not an integer multiple of {(h, w)}")
     with_grad = logits.requires_grad and torch.is_grad_enabled()
-    return _FullResMaskLoss.apply(logits, targets.contiguous(), with_grad)
+    return _MaskPairLoss.apply(logits, _full_res_terms, with_grad, targets.contiguous())
+
+
+def _point_terms(logits: Tensor, targets: Tensor, sampling: dict, with_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(BCE [M], dice [M], gradients [2, M, h, w] or None) at importance-sampled points, chunked over masks."""
+    m, h, w = logits.shape
+    bce, dice = logits.new_zeros(m), logits.new_zeros(m)
+    grads = logits.new_zeros(2, m, h, w) if with_grad else None
+    per_mask = int(sampling["num_points"] * sampling["oversample_ratio"])
+    for sl in _chunks(m, per_mask):
+        coords = uncertain_point_coords(logits[sl, None], **sampling).to(logits.dtype)  # [c, P, 2]
+        labels = point_sample_binary(targets[sl], coords)  # [c, P] soft labels (bilinear at mask edges)
+        lo = logits[sl, None].expand(-1, 2, -1, -1).detach().requires_grad_(with_grad)  # 2 channels: 2 cotangents
+        with torch.enable_grad():
+            y = point_sample(lo, coords)  # [c, 2, P]
+        x = y[:, 0].detach()
+        p = x.sigmoid()
+        bce[sl] = (F.softplus(x) - x * labels).mean(1)
+        num, den = 2 * (p * labels).sum(1) + 1, p.sum(1) + labels.sum(1) + 1
+        dice[sl] = 1 - num / den
+        if with_grad:
+            g_bce = (p - labels) / x.shape[1]  # d mean BCE / dx
+            g_dice = (num / den.square())[:, None].sub(labels * (2 / den)[:, None]).mul_(p * (1 - p))
+            (g,) = torch.autograd.grad(y, lo, torch.stack([g_bce, g_dice], 1))  # [c, 2, h, w]
+            grads[:, sl] = g.transpose(0, 1)
+    return bce, dice, grads
 
 
 def point_sampled_mask_losses(
@@ -140,16 +177,13 @@ def point_sampled_mask_losses(
     logits: float [M, h, w] (not upsampled); targets: bool [M, H, W] padded target masks (read bilinearly at the same
     points, giving soft labels at mask edges). Returns (sigmoid BCE mean over points [M], dice [M]).
     """
-    with torch.no_grad():
-        coords = uncertain_point_coords(
-            logits[:, None].detach(),
-            num_points=num_points,
-            oversample_ratio=oversample_ratio,
-            importance_sample_ratio=importance_sample_ratio,
-        )  # [M, P, 2]
-        labels = point_sample_binary(targets, coords.to(logits.dtype))  # [M, P]
-    x = point_sample(logits[:, None], coords)[:, 0]  # [M, P]
-    bce = F.binary_cross_entropy_with_logits(x, labels, reduction="none").mean(1)
-    p = x.sigmoid()
-    dice = 1 - (2 * (p * labels).sum(1) + 1) / (p.sum(1) + labels.sum(1) + 1)
-    return bce, dice
+    if targets.dtype != torch.bool or targets.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"point_sampled_mask_losses: want bool targets [{logits.shape[0]}, H, W], got {targets.dtype} "
+            f"{tuple(targets.shape)}"
+        )
+    sampling = dict(
+        num_points=num_points, oversample_ratio=oversample_ratio, importance_sample_ratio=importance_sample_ratio
+    )
+    with_grad = logits.requires_grad and torch.is_grad_enabled()
+    return _MaskPairLoss.apply(logits, _point_terms, with_grad, targets, sampling)

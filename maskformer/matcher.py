@@ -5,8 +5,10 @@ Cost C[q, t] = cost_class * (-softmax(logits)[q, label_t]) + cost_mask * focal(q
 - mask: the sigmoid focal loss (alpha 0.25, gamma 2) of prediction q against target t, summed over pixels / (H*W);
 - dice: 1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1), p = sigmoid(logit);
 computed at the prediction resolution (1/4) with nearest-downsampled targets and solved per image by
-`scipy.optimize.linear_sum_assignment`. The cost matrices of the whole batch come from one batched matrix product:
-every pairwise term is linear in the target, sum_n f(x_qn) t_tn + sum_n g(x_qn) (1 - t_tn).
+`scipy.optimize.linear_sum_assignment`. The cost matrices of the whole batch come from batched tensor operations:
+every pairwise term is linear in the target, sum_n f(x_qn) t_tn + sum_n g(x_qn) (1 - t_tn), so one batched
+matrix product per cost against the zero-padded [B, max T, N] targets gives all images' matrices (split afterwards);
+very large batches are processed in groups of images to bound memory.
 
 With `num_points > 0` the matcher follows Mask2Former instead: the mask cost is the sigmoid binary cross-entropy
 (no focal weighting) and both mask costs use `num_points` uniform random points per image, the same points for every
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from maskformer.point_sampling import point_sample, point_sample_binary
 
 FOCAL_ALPHA = 0.25  # focal loss alpha; gamma is 2 (squared below)
+GROUP_ELEMENTS = 1 << 23  # cost terms of at most this many (query, pixel) pairs at once: 32 MB per fp32 temporary
 
 
 def pairwise_focal_cost(x: Tensor, t: Tensor, p: Tensor | None = None) -> Tensor:
@@ -98,25 +101,39 @@ class HungarianMatcher(nn.Module):
     def cost_matrices(
         self, pred_logits: Tensor, pred_masks: Tensor, labels: list[Tensor], masks: list[Tensor]
     ) -> list[Tensor]:
-        """The weighted cost matrices, one float [Q, T_i] per image (NaN/inf replaced by the largest float)."""
+        """The weighted cost matrices, one float [Q, T_i] per image (NaN/inf replaced by the largest float).
+
+        Computed for groups of images at once (the whole batch unless B*Q*N exceeds GROUP_ELEMENTS)."""
         B, Q = pred_logits.shape[:2]
         if len(labels) != B or len(masks) != B:
             raise ValueError(f"HungarianMatcher: {B} predictions but {len(labels)} labels and {len(masks)} masks")
+        per_image = Q * (self.num_points if self.num_points > 0 else pred_masks[0, 0].numel())
+        step = max(1, GROUP_ELEMENTS // per_image)
+        costs = []
         with torch.autocast(pred_logits.device.type, enabled=False):
-            pred_logits, pred_masks = _fp32(pred_logits), _fp32(pred_masks)
-            x, t = self._mask_rows(pred_masks, masks)  # [B, Q, N], [B, Tmax, N]
-            lab = pack_targets([lb[:, None] for lb in labels], torch.long)[..., 0]  # [B, Tmax] (0-padded)
-            prob = pred_logits.softmax(-1)  # [B, Q, K+1]
-            cost = -self.cost_class * prob.gather(2, lab[:, None, :].expand(B, Q, -1))  # [B, Q, Tmax]
-            p = x.sigmoid()  # [B, Q, N], shared by both mask costs
-            if self.cost_mask != 0:
-                mask_cost = pairwise_bce_cost(x, t) if self.num_points > 0 else pairwise_focal_cost(x, t, p)
-                cost = cost + self.cost_mask * mask_cost
-            if self.cost_dice != 0:
-                cost = cost + self.cost_dice * pairwise_dice_cost(x, t, p)
-            big = torch.finfo(cost.dtype).max
-            cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
-        return [cost[b, :, : len(lb)] for b, lb in enumerate(labels)]
+            for i in range(0, B, step):
+                g = slice(i, i + step)
+                cost = self._group_costs(_fp32(pred_logits[g]), _fp32(pred_masks[g]), labels[g], masks[g])
+                costs += [cost[b, :, : len(lb)] for b, lb in enumerate(labels[g])]
+        return costs
+
+    def _group_costs(
+        self, pred_logits: Tensor, pred_masks: Tensor, labels: list[Tensor], masks: list[Tensor]
+    ) -> Tensor:
+        """Weighted costs [b, Q, Tmax] of b images (columns past an image's T_i are padding)."""
+        b, Q = pred_logits.shape[:2]
+        x, t = self._mask_rows(pred_masks, masks)  # [b, Q, N], [b, Tmax, N]
+        lab = pack_targets([lb[:, None] for lb in labels], torch.long)[..., 0]  # [b, Tmax] (0-padded)
+        prob = pred_logits.softmax(-1)  # [b, Q, K+1]
+        cost = -self.cost_class * prob.gather(2, lab[:, None, :].expand(b, Q, -1))  # [b, Q, Tmax]
+        p = x.sigmoid()  # [b, Q, N], shared by both mask costs
+        if self.cost_mask != 0:
+            mask_cost = pairwise_bce_cost(x, t) if self.num_points > 0 else pairwise_focal_cost(x, t, p)
+            cost = cost + self.cost_mask * mask_cost
+        if self.cost_dice != 0:
+            cost = cost + self.cost_dice * pairwise_dice_cost(x, t, p)
+        big = torch.finfo(cost.dtype).max
+        return torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
 
     def _mask_rows(self, pred_masks: Tensor, masks: list[Tensor]) -> tuple[Tensor, Tensor]:
         """Predictions [B, Q, N] and packed float targets [B, Tmax, N] at the pixels or points the costs use."""

@@ -26,7 +26,7 @@ ITEM_BUDGET = 1 << 22  # max evaluated pixels held at once (items x tile x tile)
 
 
 def linear_weights(n_in: int, n_out: int, scale: float | None = None) -> torch.Tensor:
-    """Weights of 1-D linear resampling n_in -> n_out (align_corners=False) as F.interpolate computes them: [n_out, n_in].
+    """Weights [n_out, n_in] of 1-D linear resampling (align_corners=False), exactly as F.interpolate computes them.
 
     scale: F.interpolate's scale_factor (coordinates src = (dst + 0.5) / scale - 0.5); None: size mode (n_in / n_out).
     """

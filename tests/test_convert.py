@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import re
@@ -33,7 +34,7 @@ def same_forward(a, b) -> None:
     x = torch.rand(1, 3, 64, 96) * 255
     with torch.no_grad():
         oa, ob = a(x), b(x)
-    assert oa.keys() == ob.keys()
+    assert oa.keys() == ob.keys() and all(v.isfinite().all() for v in oa.values() if torch.is_tensor(v))
     assert all(torch.equal(oa[k], ob[k]) for k in oa if torch.is_tensor(oa[k]))
 
 
@@ -171,6 +172,7 @@ def torchvision_resnet18_keys() -> dict[str, str]:
 
 
 def test_torchvision_resnet_weights_load_into_the_backbone(r18, tmp_path):
+    r18 = copy.deepcopy(r18)  # the shared fixture keeps its weights
     own = r18.backbone.state_dict()
     table = torchvision_resnet18_keys()
     assert set(table.values()) == set(own)
@@ -186,6 +188,7 @@ def test_torchvision_resnet_weights_load_into_the_backbone(r18, tmp_path):
 
 
 def test_detectron2_imagenet_pkl_loads_with_matching_heuristics(r18, tmp_path):
+    r18 = copy.deepcopy(r18)
     own = r18.backbone.state_dict()
     src = {k: np.random.rand(*v.shape).astype(np.float32) + 0.1 for k, v in own.items()}
     src["linear.weight"] = np.zeros((1000, 512), np.float32)

@@ -156,6 +156,12 @@ def test_gradcheck_mask_losses_and_adjoint():
     logits = torch.randn(3, 3, 2, dtype=torch.float64, requires_grad=True)
     targets = torch.rand(3, 12, 6) > 0.5
     assert torch.autograd.gradcheck(lambda x: full_res_mask_losses(x, targets), (logits,), eps=1e-6, atol=1e-7)
+
+    def point_losses(x):  # the same points at every evaluation
+        torch.manual_seed(0)
+        return point_sampled_mask_losses(x, targets, num_points=20)
+
+    assert torch.autograd.gradcheck(point_losses, (logits,), eps=1e-6, atol=1e-7)
     for (h, w), (H, W) in (((1, 3), (4, 12)), ((5, 4), (10, 8)), ((3, 4), (9, 12)), ((4, 4), (16, 8))):
         x = torch.randn(2, h, w, dtype=torch.float64, requires_grad=True)
         g = torch.randn(2, H, W, dtype=torch.float64)
@@ -245,6 +251,9 @@ def test_point_sampling_option_end_to_end():
     assert len(losses) == 19 and all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert outputs["pred_masks"].grad.abs().sum() > 0
+    empty = [SegTarget(torch.zeros(0, dtype=torch.long), torch.zeros(0, 16, 16, dtype=torch.bool))] * 2
+    losses = criterion(outputs, empty)
+    assert losses["loss_mask"].item() == 0 and losses["loss_dice_4"].item() == 0 and torch.isfinite(losses["loss"])
 
 
 def test_per_pixel_criterion_equals_reference():

@@ -11,7 +11,7 @@ from ckpt_utils import build, meta_for, randomize, tiny_cfg
 from maskformer import numpy_postprocess as npp
 from maskformer.export import check_export, export_onnx, export_torch, output_names
 
-SIZES = [(2, 64, 96), (2, 100, 75)]  # batch 2; the second is not a multiple of 32 in either side
+SIZES = [(2, 64, 96), (2, 100, 75), (3, 70, 50)]  # batch 2 twice (sides not multiples of 32), then batch 3
 
 
 @pytest.fixture(scope="module")

@@ -213,7 +213,9 @@ def test_semantic_labels_many_classes_and_batch():
     sizes, outs = [(64, 64), (50, 37)], [(64, 64), (80, 41)]
     got = inf.semantic_labels(o, sizes, outs)
     for b in range(2):
-        labels_agree(got[b], ref_semantic(np64(o["pred_logits"][b]), np64(o["pred_masks"][b]), (64, 64), *[sizes[b], outs[b]]))
+        labels_agree(
+            got[b], ref_semantic(np64(o["pred_logits"][b]), np64(o["pred_masks"][b]), (64, 64), *[sizes[b], outs[b]])
+        )
 
 
 def test_semantic_official_labels_decide_close_calls_exactly():
@@ -283,7 +285,7 @@ def test_panoptic_matches_reference(pad, img, out, seed):
 
 def hand_built(mask_maps, class_logits):
     """Outputs whose masks are already at full resolution: padded = image = output = the map size."""
-    masks = torch.tensor(mask_maps, dtype=torch.float32)[None]
+    masks = torch.tensor(np.array(mask_maps), dtype=torch.float32)[None]
     return {"pred_logits": torch.tensor(class_logits, dtype=torch.float32)[None], "pred_masks": masks}
 
 

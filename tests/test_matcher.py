@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import require_transformers
 
+import maskformer.matcher as matcher_mod
 from maskformer.matcher import HungarianMatcher, downsample_masks, pairwise_bce_cost, pairwise_dice_cost
 from maskformer.point_sampling import point_sample, point_sample_binary, uncertain_point_coords
 
@@ -62,6 +63,14 @@ def test_assignment_equals_brute_force(Q, T):
             best_cost, best_pairs = ref.brute_force_assignment(cost.numpy())
             assert sorted(zip(rows.tolist(), cols.tolist())) == best_pairs
             assert cost[rows, cols].sum().item() == pytest.approx(best_cost if n else 0.0, abs=1e-9)
+
+
+def test_image_groups_give_the_same_costs(monkeypatch):
+    logits, masks, labels, tmasks = _case(5, 4, 3, 3, 3, [2, 0, 3, 1, 4])
+    whole = HungarianMatcher().cost_matrices(logits, masks, labels, tmasks)
+    monkeypatch.setattr(matcher_mod, "GROUP_ELEMENTS", 2 * 4 * 9)  # groups of 2 images
+    for a, b in zip(whole, HungarianMatcher().cost_matrices(logits, masks, labels, tmasks)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_nan_and_inf_predictions_are_matched_last():

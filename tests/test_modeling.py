@@ -19,6 +19,15 @@ from maskformer.modeling.transformer import MultiheadAttention, TransformerEncod
 from maskformer.structures import PIXEL_MEAN, ImageBatch
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread avoids OpenMP barrier stalls on the shared 2-core machine (several x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _sine_reference(h: int, w: int, f: int) -> torch.Tensor:
     """Section 3.4 written out element by element in float64: [2F, H, W]."""
     out = torch.zeros(2 * f, h, w, dtype=torch.float64)
@@ -64,10 +73,17 @@ def _encoder_reference(enc: TransformerEncoderOnly, src: torch.Tensor, pos: torc
     for layer in enc.encoder.layers:
         mha = nn.MultiheadAttention(x.shape[-1], layer.self_attn.num_heads, batch_first=True).double()
         mha.load_state_dict(layer.self_attn.state_dict())
-        x = F.layer_norm(x + mha(x + p, x + p, x, need_weights=False)[0], x.shape[-1:],
-                         layer.norm1.weight.double(), layer.norm1.bias.double())  # fmt: skip
-        ff = F.linear(F.relu(F.linear(x, layer.linear1.weight.double(), layer.linear1.bias.double())),
-                      layer.linear2.weight.double(), layer.linear2.bias.double())  # fmt: skip
+        x = F.layer_norm(
+            x + mha(x + p, x + p, x, need_weights=False)[0],
+            x.shape[-1:],
+            layer.norm1.weight.double(),
+            layer.norm1.bias.double(),
+        )
+        ff = F.linear(
+            F.relu(F.linear(x, layer.linear1.weight.double(), layer.linear1.bias.double())),
+            layer.linear2.weight.double(),
+            layer.linear2.bias.double(),
+        )
         x = F.layer_norm(x + ff, x.shape[-1:], layer.norm2.weight.double(), layer.norm2.bias.double())
     return x.transpose(1, 2).reshape(src.shape)
 
@@ -119,8 +135,17 @@ def test_fpn_parameter_layout():
 
 
 def _predictor(**kw) -> TransformerPredictor:
-    args = dict(in_channels=24, num_classes=5, hidden_dim=16, num_queries=7, nheads=2, dim_feedforward=32,
-                dec_layers=3, mask_dim=8, dropout=0.0)  # fmt: skip
+    args = dict(
+        in_channels=24,
+        num_classes=5,
+        hidden_dim=16,
+        num_queries=7,
+        nheads=2,
+        dim_feedforward=32,
+        dec_layers=3,
+        mask_dim=8,
+        dropout=0.0,
+    )
     args.update(kw)
     return TransformerPredictor(**args)
 
@@ -140,8 +165,12 @@ def test_predictor_aux_outputs_and_shared_final_norm():
     torch.testing.assert_close(train_out["aux_outputs"][0]["pred_masks"].double(), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(train_out["aux_outputs"][0]["pred_logits"], pred.class_embed(hs[0]))
     layer1 = pred.transformer.decoder.layers[0]
-    raw = layer1(torch.zeros(2, 7, 16), x_tokens := pred.input_proj(x).flatten(2).transpose(1, 2),
-                 x_tokens + pred.pe_layer(x).flatten(2).transpose(1, 2), pred.query_embed.weight.expand(2, -1, -1))
+    raw = layer1(
+        torch.zeros(2, 7, 16),
+        x_tokens := pred.input_proj(x).flatten(2).transpose(1, 2),
+        x_tokens + pred.pe_layer(x).flatten(2).transpose(1, 2),
+        pred.query_embed.weight.expand(2, -1, -1),
+    )
     torch.testing.assert_close(hs[0], pred.transformer.decoder.norm(raw))
 
 
@@ -243,3 +272,18 @@ def test_build_model_errors_name_the_problem():
         build_model(cfg)
     with pytest.raises(ValueError, match="backbone contract.*out_channels"):
         build_model(get_preset("maskformer_r18_synth"), backbone=nn.Conv2d(3, 8, 1))
+
+
+@pytest.mark.parametrize("preset", ["maskformer_r18_synth", "per_pixel_baseline_plus_r18_synth"])
+def test_fused_mask_conv_equals_conv_then_einsum(preset):
+    """Eval shortcut (one Q-channel conv with weights mask_embed @ W) == mask_features conv + einsum, batch of 2."""
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset)).eval()
+    with torch.no_grad():
+        model.sem_seg_head.pixel_decoder.mask_features.bias.normal_()
+        im = torch.rand(2, 3, 64, 96) * 255
+        fused = model(im)
+        model.sem_seg_head.fuse_mask_conv = False
+        plain = model(im)
+    for key in plain:
+        torch.testing.assert_close(fused[key], plain[key], atol=1e-4, rtol=1e-4)

@@ -74,6 +74,9 @@ class ConvNorm(Conv2d):
         self._folded: tuple | None = None  # (key, weight, bias); plain attribute, never in the state dict
         c2_msra_fill(self)
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_folded": None}  # pickling/deepcopy drop the cache (rebuilt on demand)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C_in, H, W] -> [B, C_out, H', W']."""
         if isinstance(self.norm, FrozenBatchNorm2d) and not self.training:

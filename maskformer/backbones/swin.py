@@ -213,9 +213,13 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
-        # residual adds go in place into the fresh branch output (y + x == x + y exactly; x is left untouched)
-        x = self.drop_path(self.attn(self.attn.qkv(self.norm1(x)), layout)).add_(x)
-        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
+        x = _residual(x, self.drop_path(self.attn(self.attn.qkv(self.norm1(x)), layout)))
+        return _residual(x, self.drop_path(self.mlp(self.norm2(x))))
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """x + branch, written into the fresh branch tensor when dtypes agree (x itself is never modified)."""
+    return branch.add_(x) if branch.dtype == x.dtype else x + branch
 
 
 class PatchMerging(nn.Module):
@@ -334,6 +338,9 @@ class SwinTransformer(Backbone):
         for i in range(4):
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))
         self._layouts: dict[tuple, WindowLayout] = {}  # not state: rebuilt on demand
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_layouts": {}}  # pickling/deepcopy drop the cache (rebuilt on demand)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_image_input(x, type(self).__name__)

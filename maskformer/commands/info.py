@@ -45,6 +45,9 @@ def _text(d: dict) -> str:
     ]
     for part in ("backbone", "pixel_decoder", "predictor", "inference"):
         lines.append(f"    {part:<14}{d['gflops_' + part]:8.2f}")
+    lines.append(
+        f"  executed    {d['gflops_executed']:8.2f}     (this implementation in eval: fused mask conv, no Swin padding)"
+    )
     return "\n".join(lines)
 
 

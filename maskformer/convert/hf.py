@@ -23,6 +23,8 @@ PD = "sem_seg_head.pixel_decoder."
 PR = "sem_seg_head.predictor."
 DEC = PR + "transformer.decoder."
 DROPPED = ("criterion.empty_weight",)  # the loss's class weights: not part of the network
+# Dropped inside hf_backbone_to_official: Swin's final classification LayerNorm (unused) and BN batch counters.
+_BACKBONE_DROPPED = re.compile(re.escape(HF_BACKBONE) + r"(model\.layernorm\..+|.+\.num_batches_tracked)")
 
 # (pattern on the HF name, replacement) for one-to-one renames; q/k/v are fused separately.
 _RULES: list[tuple[str, str]] = [
@@ -96,14 +98,17 @@ def load_hf_state_dict(model: nn.Module, hf_state_dict: dict[str, torch.Tensor],
     """
     mapped = hf_to_official(hf_state_dict)
     own = model.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in mapped.items()
-           if k in own and v.shape != own[k].shape]
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in mapped.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if bad:
         raise ValueError("transformers state dict does not fit the model (shape mismatch):\n  " + "\n  ".join(bad))
     report = LoadReport(
         missing=sorted(k for k in own if k not in mapped),
         unexpected=sorted(k for k in mapped if k not in own),
-        dropped=sorted(k for k in _with_model_prefix(hf_state_dict) if k in DROPPED),
+        dropped=sorted(k for k in _with_model_prefix(hf_state_dict) if k in DROPPED or _BACKBONE_DROPPED.fullmatch(k)),
     )
     if strict and not report.ok:
         raise ValueError(f"transformers state dict does not match the model:\n{report}")
@@ -160,10 +165,18 @@ def _fuse_qkv(rest: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------------------
 # Config
 
-SWIN_NAMES = {(96, (2, 2, 6, 2)): "swin_t", (96, (2, 2, 18, 2)): "swin_s", (128, (2, 2, 18, 2)): "swin_b",
-              (192, (2, 2, 18, 2)): "swin_l"}  # fmt: skip
-RESNET_NAMES = {("basic", (2, 2, 2, 2)): "resnet18", ("basic", (3, 4, 6, 3)): "resnet34",
-                ("bottleneck", (3, 4, 6, 3)): "resnet50", ("bottleneck", (3, 4, 23, 3)): "resnet101"}  # fmt: skip
+SWIN_NAMES = {
+    (96, (2, 2, 6, 2)): "swin_t",
+    (96, (2, 2, 18, 2)): "swin_s",
+    (128, (2, 2, 18, 2)): "swin_b",
+    (192, (2, 2, 18, 2)): "swin_l",
+}
+RESNET_NAMES = {
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+}
 
 
 def hf_backbone_name(backbone_config: dict) -> str:
@@ -194,7 +207,9 @@ def hf_backbone(backbone_config: dict) -> nn.Module:
     c = backbone_config
     if kind in ("swin", "maskformer-swin"):
         if not c.get("qkv_bias", True) or c.get("use_absolute_embeddings", False):
-            raise ValueError("transformers Swin config: qkv_bias=False / use_absolute_embeddings=True are not supported")
+            raise ValueError(
+                "transformers Swin config: qkv_bias=False / use_absolute_embeddings=True are not supported"
+            )
         return SwinTransformer(
             embed_dim=int(c["embed_dim"]),
             depths=tuple(c["depths"]),

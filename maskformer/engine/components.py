@@ -112,6 +112,6 @@ def default_evaluate(cfg: Config):
     def evaluate(model: nn.Module, dataset) -> dict:
         from maskformer.evaluation.loop import evaluate_model
 
-        return evaluate_model(model, dataset, task=cfg.inference.task, cfg=cfg)
+        return evaluate_model(model, dataset, task=cfg.inference.task, cfg=cfg, batch_size=4)
 
     return evaluate

@@ -34,20 +34,17 @@ class PairRuns:
         n = a.size
         if n < 2 or self.max_fraction <= 0:
             return a, b, None
-        if self._flags.size < n - 1:
-            self._flags, self._other = np.empty(n - 1, dtype=bool), np.empty(n - 1, dtype=bool)
-        change, other = self._flags[: n - 1], self._other[: n - 1]
-        np.not_equal(a[1:], a[:-1], out=change)
-        np.not_equal(b[1:], b[:-1], out=other)
-        np.logical_or(change, other, out=change)  # [N-1] True where a run ends
-        runs = int(np.count_nonzero(change)) + 1
-        if runs > self.max_fraction * n:
+        if self._flags.size < n:
+            self._flags, self._other = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+        start, other = self._flags[:n], self._other[:n]
+        start[0] = True
+        np.not_equal(a[1:], a[:-1], out=start[1:])
+        np.not_equal(b[1:], b[:-1], out=other[1:])
+        np.logical_or(start[1:], other[1:], out=start[1:])  # [N] True where a run starts
+        if np.count_nonzero(start) > self.max_fraction * n:
             return a, b, None
-        starts = np.empty(runs, dtype=np.intp)
-        starts[0] = 0
-        starts[1:] = np.flatnonzero(change) + 1
-        lengths = np.diff(starts, append=n)
-        return a[starts], b[starts], lengths
+        starts = np.flatnonzero(start)
+        return a[starts], b[starts], np.diff(starts, append=n)
 
 
 def weighted_bincount(key: np.ndarray, weights: np.ndarray | None, minlength: int) -> np.ndarray:

@@ -55,6 +55,20 @@ def format_panoptic(results: dict, per_class: bool = True) -> str:
     return "\n".join(lines)
 
 
+def format_instance(results: dict, per_class: bool = True) -> str:
+    """Per-class mask AP (optional) and COCO's AP summary, in percent (-100 = undefined, as COCO's -1)."""
+    lines = []
+    if per_class:
+        rows = list(results["per_class"].items())
+        width = max([len("category")] + [len(r["name"]) for _, r in rows])
+        lines += [f"{'category':{width}s}  id |     AP", "-" * (width + 13)]
+        lines += [f"{r['name']:{width}s} {cid:3d} | {_pct(r['ap'])}" for cid, r in rows]
+        lines.append("")
+    lines.append("  ".join(f"{k} {_pct(results[k], 0)}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+    lines.append(f"({results['num_images']} images)")
+    return "\n".join(lines)
+
+
 def _plain(x):
     """JSON-safe copy: NaN -> None, numpy scalars -> Python numbers, dict keys -> str."""
     if isinstance(x, dict):

@@ -77,7 +77,7 @@ class TransformerPredictor(nn.Module):
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder states hs [L, B, Q, C] (normed; L = 1, the last layer only, unless training with deep supervision)."""
+        """Decoder states hs [L, B, Q, C], normed; L = 1 (last layer only) unless training with deep supervision."""
         aux = self.training and self.deep_supervision
         return self.transformer(self.input_proj(x), self.query_embed.weight, self.pe_layer(x), return_intermediate=aux)
 
@@ -93,9 +93,10 @@ class TransformerPredictor(nn.Module):
         hs = self.decode(x)  # [1, B, Q, C]
         emb = self.mask_embed(hs[-1])  # [B, Q, D]
         weight = torch.einsum("bqd,dcij->bqcij", emb, mask_conv.weight.to(emb.dtype))  # [B, Q, C, k, k]
-        bias = emb @ mask_conv.bias.to(emb.dtype)  # [B, Q]
+        bias = None if mask_conv.bias is None else emb @ mask_conv.bias.to(emb.dtype)  # [B, Q]
         conv = dict(stride=mask_conv.stride, padding=mask_conv.padding, dilation=mask_conv.dilation)
-        masks = torch.cat([F.conv2d(y[i : i + 1], weight[i], bias[i], **conv) for i in range(y.shape[0])])
+        masks = [F.conv2d(y[i : i + 1], weight[i], None if bias is None else bias[i], **conv) for i in range(len(y))]
+        masks = torch.cat(masks)  # [B, Q, H, W]
         return self._outputs(hs, masks.unsqueeze(0))  # [1, B, Q, H, W]
 
     def _outputs(self, hs: torch.Tensor, masks: torch.Tensor) -> dict:
@@ -156,7 +157,8 @@ class PerPixelBaselineHead(nn.Module):
 
 class PerPixelBaselinePlusHead(nn.Module):
     """PerPixelBaseline+: TransformerPredictor without class head, Q = K queries; each query's mask logits are the
-    per-pixel logits of one class. -> {"sem_seg": [B, K, H/4, W/4]} (+ "aux_outputs": [{"sem_seg"}] * (L-1) in training).
+    per-pixel logits of one class. -> {"sem_seg": [B, K, H/4, W/4]} (+ "aux_outputs": [{"sem_seg"}] * (L-1) when
+    training).
     """
 
     def __init__(self, *, pixel_decoder: nn.Module, predictor: TransformerPredictor, fuse_mask_conv: bool = True):

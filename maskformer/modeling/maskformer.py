@@ -1,8 +1,8 @@
 """`MaskFormer`: normalization + padding, backbone, `sem_seg_head`. Wiring only: no loss, no post-processing.
 
-Reference notes section 1. Images are raw RGB 0..255; they are normalized with the pixel mean/std and padded bottom/right
-with 0 *after* normalization to a multiple of `size_divisibility` (identical to padding raw images with the mean, which is
-what `ImageBatch.from_images` does).
+Reference notes section 1. Images are raw RGB 0..255; they are normalized with the pixel mean/std and padded
+bottom/right with 0 *after* normalization to a multiple of `size_divisibility` (identical to padding raw images with the
+mean, which is what `ImageBatch.from_images` does).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class MaskFormer(nn.Module):
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.size_divisibility = size_divisibility
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False
+        )
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.channels_last = False
 

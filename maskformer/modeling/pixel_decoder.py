@@ -30,7 +30,7 @@ def add_upsampled(lateral: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """lateral + nearest-upsample(y to lateral's size). For an exact 2x the upsampled map is never materialized: y is
     broadcast-added into `lateral` in place (a fresh GN output; GN's backward does not need it)."""
     b, c, h, w = lateral.shape
-    if (h, w) != (2 * y.shape[-2], 2 * y.shape[-1]):
+    if torch.jit.is_tracing() or (h, w) != (2 * y.shape[-2], 2 * y.shape[-1]):  # ONNX tracing: no in-place on views
         return lateral + F.interpolate(y, size=(h, w), mode="nearest")
     lateral.view(b, c, h // 2, 2, w // 2, 2).add_(y[:, :, :, None, :, None])  # [B, C, H/2, 2, W/2, 2] += y
     return lateral
@@ -101,7 +101,11 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         self.input_proj = nn.Conv2d(in_channels["res5"], conv_dim, 1)
         c2_xavier_fill(self.input_proj)
         self.transformer = TransformerEncoderOnly(
-            d_model=conv_dim, nhead=nheads, dim_feedforward=dim_feedforward, dropout=dropout, num_encoder_layers=enc_layers
+            d_model=conv_dim,
+            nhead=nheads,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            num_encoder_layers=enc_layers,
         )
         self.pe_layer = PositionEmbeddingSine(num_pos_feats=conv_dim // 2)
         self.layer_4 = _output_conv(conv_dim, conv_dim)

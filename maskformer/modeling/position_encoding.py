@@ -1,8 +1,8 @@
 """Sine positional encoding of a feature map (DETR / official MaskFormer, no padding mask).
 
-Reference notes 3.4: without a mask the cumulative sums are 1..H and 1..W; each is divided by (last + 1e-6) and scaled by
-2*pi, so the encoding is normalized over the full padded map. Channels are (sin, cos) pairs of one frequency, 128 y-channels
-then 128 x-channels for d_model 256.
+Reference notes 3.4: without a mask the cumulative sums are 1..H and 1..W; each is divided by (last + 1e-6) and scaled
+by 2*pi, so the encoding is normalized over the full padded map. Channels are (sin, cos) pairs of one frequency,
+128 y-channels then 128 x-channels for d_model 256.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from torch import nn
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head attention holding nn.MultiheadAttention's parameters: in_proj_weight [3C, C], in_proj_bias [3C], out_proj.
+    """Multi-head attention with nn.MultiheadAttention's parameters (in_proj_weight [3C, C], in_proj_bias, out_proj).
 
     Dropout `dropout` is applied to the attention weights in training, as nn.MultiheadAttention does.
     """
@@ -125,7 +125,11 @@ class Transformer(nn.Module):
     def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_decoder_layers: int):
         super().__init__()
         self.decoder = TransformerDecoder(
-            d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, num_layers=num_decoder_layers
+            d_model=d_model,
+            nhead=nhead,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            num_layers=num_decoder_layers,
         )
         xavier_reset(self)
 
@@ -184,7 +188,11 @@ class TransformerEncoderOnly(nn.Module):
     def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_encoder_layers: int):
         super().__init__()
         self.encoder = TransformerEncoder(
-            d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, num_layers=num_encoder_layers
+            d_model=d_model,
+            nhead=nhead,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            num_layers=num_encoder_layers,
         )
         xavier_reset(self)
 

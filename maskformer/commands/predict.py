@@ -1,0 +1,161 @@
+"""`maskformer predict --model DIR_OR_PRESET INPUTS... --task semantic|panoptic|instance --out DIR`.
+
+INPUTS are image files, folders (their images, sorted) or glob patterns. Writes into --out:
+  semantic/<name>.png   label maps (contiguous ids, or the dataset's ids with --dataset-ids)
+  panoptic/<name>.png + panoptic.json   COCO panoptic format (dataset category ids)
+  instances.json        COCO instance results with RLE masks
+  overlay/<name>.png    colour overlays with outlines and a legend (unless --no-overlay)
+A missing or unreadable image is reported by name and skipped (exit status 1); an empty folder is an error (2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from maskformer import outputs as fmt
+from maskformer import visualize as vis
+from maskformer.data.io import IMAGE_EXTS, list_files, save_json, write_image
+from maskformer.predict import TASKS, ImageError, Prediction, Predictor, load_image
+
+
+class InputError(ValueError):
+    """Inputs that name no image at all (an empty folder)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quote globs)")
+    p.add_argument("--model", required=True, help="a model directory (save_pretrained) or a preset name")
+    p.add_argument("--task", choices=TASKS, default=None, help="default: the model config's inference.task")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--min-size", type=int, default=None, help="test-time short side (default: the config's)")
+    p.add_argument("--max-size", type=int, default=None, help="test-time long-side cap (default: the config's)")
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip averaging (semantic)")
+    p.add_argument("--threshold", type=float, default=0.5, help="instances: minimum score drawn in overlays")
+    p.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
+    p.add_argument("--dataset-ids", action="store_true", help="semantic PNGs hold dataset ids, not contiguous ids")
+    p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    p.add_argument("--opts", nargs="*", default=[], help="config overrides section.key=value")
+
+
+def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
+    """Files, folders and globs -> image paths in order (missing ones kept, so they are reported by name)."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_files(path, IMAGE_EXTS, recursive=recursive)
+            if not found:
+                raise InputError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)})")
+            files.extend(found)
+        elif not path.exists() and any(ch in item for ch in "*?["):
+            matched = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            files.extend(matched or [path])
+        else:
+            files.append(path)
+    return files
+
+
+class Writer:
+    """Writes each prediction's files as it comes, and the JSON files at the end."""
+
+    def __init__(self, out: Path, task: str, predictor: Predictor, *, overlay: bool, dataset_ids: bool, threshold):
+        self.out, self.task, self.meta = out, task, predictor.meta
+        self.overlay, self.dataset_ids, self.threshold = overlay, dataset_ids, threshold
+        self.panoptic, self.instances, self.names = [], [], set()
+
+    def name_for(self, path: Path) -> str:
+        """A unique output stem (photo, photo_1, ... when stems repeat)."""
+        stem, k = path.stem, 1
+        while stem in self.names:
+            stem, k = f"{path.stem}_{k}", k + 1
+        self.names.add(stem)
+        return stem
+
+    def add(self, pred: Prediction, image, stem: str) -> None:
+        meta = self.meta
+        if self.task == "semantic":
+            fmt.write_semantic(self.out / "semantic" / f"{stem}.png", pred.semantic, meta, dataset_ids=self.dataset_ids)
+            picture = vis.semantic_overlay(image, pred.semantic, meta) if self.overlay else None
+        elif self.task == "panoptic":
+            fmt.write_panoptic_png(self.out / "panoptic" / f"{stem}.png", pred.panoptic)
+            ann = fmt.panoptic_annotation(pred.panoptic, pred.segments, image_id=stem, file_name=f"{stem}.png")
+            self.panoptic.append(ann)
+            picture = vis.panoptic_overlay(image, pred.panoptic, pred.segments, meta) if self.overlay else None
+        else:
+            self.instances.extend(fmt.instance_results(pred.instances, image_id=stem, meta=meta))
+            picture = (
+                vis.instance_overlay(image, pred.instances, meta, threshold=self.threshold) if self.overlay else None
+            )
+        if picture is not None:
+            write_image(self.out / "overlay" / f"{stem}.png", picture)
+
+    def finish(self) -> None:
+        if self.task == "panoptic":
+            fmt.write_panoptic_json(self.out / "panoptic.json", self.panoptic, self.meta)
+        elif self.task == "instance":
+            save_json(self.out / "instances.json", self.instances)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        files = expand_inputs(args.inputs, args.recursive)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        predictor = Predictor(
+            args.model,
+            task=args.task,
+            device=args.device,
+            min_size_test=args.min_size,
+            max_size_test=args.max_size,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            overrides=args.opts,
+        )
+    except (ValueError, KeyError, OSError) as e:  # unknown model / preset, bad override, unreadable weights
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = Writer(
+        out,
+        predictor.task,
+        predictor,
+        overlay=not args.no_overlay,
+        dataset_ids=args.dataset_ids,
+        threshold=args.threshold,
+    )
+    failed = _predict_all(files, predictor, writer, args.batch_size)
+    writer.finish()
+    done = len(files) - len(failed)
+    print(f"{done} of {len(files)} images -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _predict_all(files: list[Path], predictor: Predictor, writer: Writer, batch_size: int) -> list[str]:
+    """Run batch by batch with a progress bar; unreadable files are reported and skipped. Returns their names."""
+    failed: list[str] = []
+    bar = tqdm(total=len(files), unit="img", desc="predict")
+    for b0 in range(0, len(files), max(1, batch_size)):
+        images, names = [], []
+        for path in files[b0 : b0 + batch_size]:
+            try:
+                images.append(load_image(path))
+                names.append(path)
+            except ImageError as e:
+                tqdm.write(f"skipped: {e}", file=sys.stderr)
+                failed.append(str(path))
+        if images:
+            for pred, image, path in zip(predictor.predict_arrays(images, [str(n) for n in names]), images, names):
+                writer.add(pred, image, writer.name_for(path))
+        bar.update(len(files[b0 : b0 + batch_size]))
+    bar.close()
+    return failed

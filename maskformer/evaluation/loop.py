@@ -1,0 +1,175 @@
+"""Evaluate a model on a dataset in memory: batched inference, then the streaming evaluators (no PNG round trip).
+
+`evaluate_model(model, dataset, task=...)` returns the evaluator's compute() dict plus "task"; its flat keys "mIoU"
+(semantic), "PQ" (panoptic) and "AP" (instance) are what the training loop tracks. The dataset yields
+`(image uint8 [3, h, w], SegTarget, info)` (maskformer.data); images are resized to the test size from the original
+size in `info` (a no-op when the dataset already did it) and predictions are made at the original size, where the
+ground truth is: semantic from `target.sem_seg`, panoptic and instance from the GT panoptic PNG and the JSON
+segments in `info` (crowd and JSON areas included, as panopticapi reads them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from maskformer.config import Config
+from maskformer.evaluation.files import read_panoptic_png
+from maskformer.evaluation.instance import InstanceEvaluator
+from maskformer.evaluation.panoptic import PanopticEvaluator
+from maskformer.evaluation.sem_seg import SemSegEvaluator
+from maskformer.structures import DatasetMeta, ImageBatch
+
+TASKS = ("semantic", "panoptic", "instance")
+
+
+def categories_from_meta(meta: DatasetMeta, things_only: bool = False) -> list[dict]:
+    """COCO-style categories [{"id": dataset id, "isthing", "name"}] in contiguous order."""
+    return [
+        {"id": int(d), "isthing": int(t), "name": n}
+        for d, t, n in zip(meta.dataset_ids, meta.is_thing, meta.class_names)
+        if t or not things_only
+    ]
+
+
+def build_evaluator(task: str, meta: DatasetMeta, *, reduce_zero_label: bool = False):
+    """The streaming evaluator of `task` for the label space `meta`."""
+    if task == "semantic":
+        return SemSegEvaluator(
+            meta.num_classes, meta.ignore_label, meta.class_names, reduce_zero_label=reduce_zero_label
+        )
+    if task == "panoptic":
+        return PanopticEvaluator(categories_from_meta(meta))
+    if task == "instance":
+        if not any(meta.is_thing):
+            raise ValueError(f"instance evaluation needs thing classes; DatasetMeta {meta.name!r} has none")
+        return InstanceEvaluator(categories_from_meta(meta, things_only=True))
+    raise ValueError(f"task={task!r}; choose one of {', '.join(TASKS)}")
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    dataset,
+    *,
+    task: str = "semantic",
+    tta: bool = False,
+    cfg: Config | None = None,
+    meta: DatasetMeta | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    max_images: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Run `model` over `dataset` and evaluate `task` ("semantic" | "panoptic" | "instance").
+
+    cfg: test-time settings (cfg.inference: test size, thresholds, TTA scales); meta: label space (default
+    dataset.meta). tta: multi-scale + flip (semantic only, as the official code). Returns compute() + {"task"}.
+    """
+    cfg = cfg or Config()
+    meta = meta or dataset.meta
+    if tta and task != "semantic":
+        raise ValueError("test-time augmentation is defined for semantic evaluation only (as in the official code)")
+    evaluator = build_evaluator(task, meta)
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    subset = torch.utils.data.Subset(dataset, range(n))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list)
+    was_training = model.training
+    model.eval()
+    try:
+        for done, items in enumerate(loader):
+            preds = _tta_semantic(model, items, cfg) if tta else _predict(model, items, task, cfg, meta)
+            for (_, target, info), pred in zip(items, preds):
+                _update(evaluator, task, pred, target, info, meta)
+            if progress:
+                print(f"\revaluated {min((done + 1) * batch_size, n)}/{n} images", end="", flush=True)
+    finally:
+        model.train(was_training)
+    if progress:
+        print()
+    return {**evaluator.compute(), "task": task}
+
+
+def _original_size(info: dict, image: torch.Tensor) -> tuple[int, int]:
+    return int(info.get("height", image.shape[-2])), int(info.get("width", image.shape[-1]))
+
+
+def _predict(model: nn.Module, items: Sequence, task: str, cfg: Config, meta: DatasetMeta) -> list:
+    """One batch -> per image: semantic labels [H, W], (ids, segments) or Instances, at the original size."""
+    from maskformer.inference import instance_inference, panoptic_inference, semantic_labels
+    from maskformer.tta import model_device, resize_image, shortest_edge_size, to_tensor
+
+    inf, device = cfg.inference, model_device(model)
+    sizes = [_original_size(info, image) for image, _, info in items]
+    tensors = []
+    for (image, _, _), (h, w) in zip(items, sizes):
+        size = shortest_edge_size(h, w, inf.min_size_test, inf.max_size_test) if inf.min_size_test > 0 else (h, w)
+        array = image.permute(1, 2, 0).numpy()  # uint8 [h, w, 3]
+        tensors.append(to_tensor(resize_image(array, size), device))
+    batch = ImageBatch.from_images(tensors, size_divisibility=getattr(model, "size_divisibility", 32))
+    outputs = model(batch)
+    kw = dict(padded_size=tuple(batch.tensor.shape[-2:]))
+    if task == "semantic":
+        return semantic_labels(
+            outputs, batch.image_sizes, sizes, before_inference=inf.postprocess_before_inference, **kw
+        )
+    if task == "panoptic":
+        return panoptic_inference(
+            outputs, batch.image_sizes, sizes, thing_ids=meta.thing_ids, meta=meta,
+            object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold, **kw,
+        )  # fmt: skip
+    return instance_inference(outputs, batch.image_sizes, sizes, thing_ids=meta.thing_ids, topk=inf.instance_topk, **kw)
+
+
+def _tta_semantic(model: nn.Module, items: Sequence, cfg: Config) -> list[torch.Tensor]:
+    """Multi-scale + flip semantic labels (maskformer.tta) of original-size images."""
+    from maskformer.tta import semantic_tta, tta_sizes
+
+    inf, out = cfg.inference, []
+    sizes, cap = tta_sizes(inf.min_size_test, inf.tta_scales, inf.max_size_test)
+    for image, _, info in items:
+        if tuple(image.shape[-2:]) != _original_size(info, image):
+            raise ValueError(
+                f"{info.get('file_name')}: --tta needs original-size images (build the dataset without test_size)"
+            )
+        scores = semantic_tta(model, image.permute(1, 2, 0).numpy(), min_sizes=sizes, max_size=cap, flip=inf.tta_flip)
+        out.append(scores.argmax(0))
+    return out
+
+
+def _update(evaluator, task: str, pred, target, info: dict, meta: DatasetMeta) -> None:
+    """Feed one image's prediction and ground truth to the evaluator."""
+    name = info.get("image_id", info.get("file_name"))
+    if task == "semantic":
+        if target.sem_seg is None:
+            raise ValueError(f"image {name}: the dataset gives no semantic label map to evaluate against")
+        evaluator.update(pred, target.sem_seg, name=info.get("file_name", name))
+        return
+    gt_ids, gt_segments = _panoptic_ground_truth(info, name)
+    if task == "panoptic":
+        ids, segments = pred
+        pred_segments = [{"id": s["id"], "category_id": s["dataset_category_id"]} for s in segments]
+        evaluator.update(ids, pred_segments, gt_ids, gt_segments, image_id=name)
+        return
+    things = [s for s in gt_segments if meta.is_thing[meta.contiguous_id(int(s["category_id"]))]]
+    gt_masks = gt_ids[None] == np.array([s["id"] for s in things], dtype=np.int64).reshape(-1, 1, 1)  # [T, h, w]
+    evaluator.update(
+        pred_masks=pred.masks, pred_scores=pred.scores, pred_labels=np.asarray(meta.dataset_ids)[pred.labels.numpy()],
+        gt_masks=gt_masks, gt_labels=[s["category_id"] for s in things],
+        gt_iscrowd=[int(s.get("iscrowd", 0)) for s in things], image_id=name,
+    )  # fmt: skip
+
+
+def _panoptic_ground_truth(info: dict, name) -> tuple[np.ndarray, list[dict]]:
+    """The GT panoptic PNG ids uint32 [h, w] and the JSON segments (dataset category ids) of one image."""
+    path, segments = info.get("pan_seg_file_name"), info.get("segments_info")
+    if not path or segments is None:
+        raise ValueError(f"image {name}: panoptic evaluation needs a panoptic dataset (PNG + segments_info)")
+    return read_panoptic_png(path), segments
