@@ -243,17 +243,20 @@ def peak_temporary(fn, *args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def timed(fn, *args):
-    t = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - t, out
+def timed(fn) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds of this process, result)."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
+MULTI_PROCESS = ("ours, files, workers=2", "mIoU ours from files, workers=2")  # their CPU time is not all ours
 
 
 def run(root: Path, repeats: int) -> tuple[dict, dict]:
     mem_images = load_panoptic_memory(root)
-    sem_pairs = [
-        (read_label_map(root / "sem_pred" / p.name), read_label_map(p)) for p in sorted((root / "sem_gt").iterdir())
-    ]
+    sem_files = sorted((root / "sem_gt").iterdir())
+    sem_pairs = [(read_label_map(root / "sem_pred" / p.name), read_label_map(p)) for p in sem_files]
     methods = {
         "panopticapi, files, 1 process": lambda: panopticapi_one_process(root),
         "ours, files, in-process (workers=0)": lambda: ours_files(root, 0),
@@ -261,6 +264,9 @@ def run(root: Path, repeats: int) -> tuple[dict, dict]:
         "ours, in memory": lambda: ours_memory(mem_images),
         "mIoU numpy reference": lambda: semantic_reference(sem_pairs),
         "mIoU ours (SemSegEvaluator, + PQ^St)": lambda: semantic_ours(sem_pairs),
+        "mIoU ours from files, workers=0": lambda: score_semantic(
+            root / "sem_gt", root / "sem_pred", num_classes=K_SEM, workers=0
+        ),
         "mIoU ours from files, workers=2": lambda: score_semantic(
             root / "sem_gt", root / "sem_pred", num_classes=K_SEM, workers=2
         ),
@@ -268,16 +274,16 @@ def run(root: Path, repeats: int) -> tuple[dict, dict]:
     try:
         import hotcoco  # noqa: F401
 
-        methods["hotcoco 1.3.0, files"] = lambda: hotcoco_files(root)
+        methods["hotcoco 1.3.0, files (threads)"] = lambda: hotcoco_files(root)
     except ImportError:
         print("hotcoco not installed: skipped (pip install hotcoco==1.3.0)")
-    times: dict[str, list[float]] = {m: [] for m in methods}
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
     outputs = {}
     for r in range(repeats):
         for name, fn in methods.items():
-            t, outputs[name] = timed(fn)
-            times[name].append(t)
-        print(f"repeat {r + 1}/{repeats} done", flush=True)
+            wall, cpu, outputs[name] = timed(fn)
+            times[name].append((wall, cpu))
+        print(f"repeat {r + 1}/{repeats} done (load average {os.getloadavg()[0]:.1f})", flush=True)
     check = agreement(outputs, sem_pairs)
     return times, check
 
@@ -290,7 +296,7 @@ def agreement(outputs: dict, sem_pairs: list) -> dict:
         "ours, files, in-process (workers=0)",
         "ours, files, workers=2",
         "ours, in memory",
-        "hotcoco 1.3.0, files",
+        "hotcoco 1.3.0, files (threads)",
     ):
         if name in outputs:
             out = outputs[name]
@@ -309,24 +315,31 @@ def agreement(outputs: dict, sem_pairs: list) -> dict:
     return diffs
 
 
-def report(times: dict, check: dict, repeats: int) -> str:
-    best = {m: min(v) for m, v in times.items()}
-    med = {m: statistics.median(v) for m, v in times.items()}
-    base, sem_ref = best["panopticapi, files, 1 process"], best["mIoU numpy reference"]
+def report(times: dict, check: dict, repeats: int, load: tuple[float, float]) -> str:
+    wall = {m: min(w for w, _ in v) for m, v in times.items()}
+    cpu = {m: min(c for _, c in v) for m, v in times.items()}
+    med = {m: statistics.median(w for w, _ in v) for m, v in times.items()}
     lines = [
         f"{SECTION}",
         "",
         f"Last run: {datetime.date.today().isoformat()}, `python benchmarks/bench_eval.py` ({N_IMAGES} generated pairs "
-        f"~640x480 per task, {repeats} interleaved repeats, min (median) seconds, torch threads 2, {os.cpu_count()} "
-        "shared CPU cores).",
+        f"~640x480 per task, {repeats} interleaved repeats, torch threads 2, {os.cpu_count()} shared CPU cores, load "
+        f"average {load[0]:.1f} -> {load[1]:.1f}). Wall: min (median) seconds over repeats; CPU: min process time of "
+        "the timing process (not comparable for multi-process rows, marked -). Speed-ups are against panopticapi in "
+        "one process (PQ rows) or the numpy bincount reference (mIoU rows), measured in this run.",
         "",
-        "| method | seconds | per image ms | speed-up vs reference |",
-        "|---|---|---|---|",
+        "| method | wall s | ms / image | CPU s | speed-up (wall) | speed-up (CPU) |",
+        "|---|---|---|---|---|---|",
     ]
     for m in times:
-        ref = sem_ref if m.startswith("mIoU") else base
-        lines.append(f"| {m} | {best[m]:.3f} ({med[m]:.3f}) | {1000 * best[m] / N_IMAGES:.2f} | {ref / best[m]:.2f}x |")
-    lines += ["", "PQ references: panopticapi (1 process); mIoU reference: int64 bincount over non-ignored pixels.", ""]
+        ref = "mIoU numpy reference" if m.startswith("mIoU") else "panopticapi, files, 1 process"
+        multi = m in MULTI_PROCESS
+        cpu_txt, cpu_ratio = ("-", "-") if multi else (f"{cpu[m]:.3f}", f"{cpu[ref] / cpu[m]:.2f}x")
+        lines.append(
+            f"| {m} | {wall[m]:.3f} ({med[m]:.3f}) | {1000 * wall[m] / N_IMAGES:.2f} | {cpu_txt} "
+            f"| {wall[ref] / wall[m]:.2f}x | {cpu_ratio} |"
+        )
+    lines += ["", "Agreement (largest |difference| of All/Things/Stuff PQ, SQ, RQ vs panopticapi) and checks:", ""]
     for k, v in check.items():
         lines.append(f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}")
     return "\n".join(lines) + "\n"
@@ -354,8 +367,9 @@ def main() -> int:
     torch.set_num_threads(2)
     root = Path(args.data)
     generate(root)
+    load_before = os.getloadavg()[0]
     times, check = run(root, args.repeats)
-    text = report(times, check, args.repeats)
+    text = report(times, check, args.repeats, (load_before, os.getloadavg()[0]))
     print(text)
     if not args.no_write:
         write_section(text)

@@ -130,9 +130,11 @@ def run(repeats: int) -> tuple[list[str], str]:
                 for name, (w, c) in res.items():
                     rows.append(f"| {size[0]}x{size[1]} | {task} | {name} | {w:.1f} | {c:.1f} | "
                                 f"{base_w / w:.2f}x | {base_c / c:.2f}x |")  # fmt: skip
-        notes.append(f"{size[0]}x{size[1]}: label agreement fast-order vs transformers {agree['fast vs transformers']:.6f}, "
-                     f"tiled official vs dense official {agree['official tiled vs dense']:.6f}; "
-                     f"{agree['segments']} panoptic segments")  # fmt: skip
+        notes.append(
+            f"{size[0]}x{size[1]}: label agreement fast order vs transformers {agree['fast vs transformers']:.6f}, "
+            f"tiled official order vs dense official {agree['official tiled vs dense']:.6f}; "
+            f"{agree['segments']} panoptic segments"
+        )
     return rows, "\n".join(f"- {n}" for n in notes)
 
 

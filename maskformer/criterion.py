@@ -171,7 +171,9 @@ class PerPixelCriterion(nn.Module):
     [B, K, h, w] logits x4 bilinearly (align_corners False) to the padded input; targets' sem_seg padded with
     `ignore_label`. With aux outputs (PerPixelBaseline+) the same loss on every aux layer (loss_sem_seg_i)."""
 
-    def __init__(self, *, num_classes: int, ignore_label: int = 255, loss_weight: float = 1.0, deep_supervision=True):
+    def __init__(
+        self, *, num_classes: int, ignore_label: int = 255, loss_weight: float = 1.0, deep_supervision: bool = True
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.ignore_label = ignore_label

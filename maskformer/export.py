@@ -182,10 +182,25 @@ def check_export(
     fmt: str,
     sizes: list[tuple[int, int, int]] = ((2, 64, 96), (1, 100, 75)),
 ) -> list[dict]:
-    """Compare the exported file with the eager model at several input sizes (see `compare`)."""
+    """Compare the exported file with the eager model at several (batch, height, width) sizes (see `compare`).
+
+    A graph that cannot run at a size raises RuntimeError naming the size (Swin backbones trace their window layout
+    for the sample's padded size, so their graphs take any batch but only H, W padding to that same size).
+    """
     if fmt == "onnx":
         session = onnx_session(path)
-        return compare(model, lambda x: session.run(None, {"images": x.numpy()}), list(sizes))
+
+        def run(x: torch.Tensor) -> list:
+            try:
+                return session.run(None, {"images": x.numpy()})
+            except Exception as e:  # onnxruntime raises its own exception types
+                msg = str(e).splitlines()[0][:300]
+                raise RuntimeError(
+                    f"{path}: the exported graph fails at input {tuple(x.shape)} ({msg}); if the backbone is Swin, "
+                    "export at the size you will run (maskformer export --size H W)"
+                ) from None
+
+        return compare(model, run, list(sizes))
     if fmt == "torch-export":
         program = torch.export.load(str(path)).module()
         return compare(model, lambda x: [t.cpu() for t in program(x.to(_device(model)))], list(sizes))

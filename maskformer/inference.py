@@ -115,17 +115,18 @@ def _check_order(order: str) -> None:
 
 def _fast_resample(x: torch.Tensor, pad: Size, img: Size, out: Size) -> torch.Tensor:
     """[K, h, w] low-res maps straight to [K, H, W] with the padding cropped (one bilinear step)."""
-    low = x.shape[-2:]
-    wy = rs.fast_weights(low[0], pad[0], img[0], out[0]).to(x)  # [H, h]
-    wx = rs.fast_weights(low[1], pad[1], img[1], out[1]).to(x)  # [W, w]
     if img == pad:
         return _resize(x, out)  # exactly F.interpolate(size=out)
-    return torch.einsum("yh,khw,xw->kyx", wy, x, wx)
+    (keep_h, sy), (keep_w, sx) = (rs.fast_geometry(x.shape[-2 + a], pad[a], img[a], out[a]) for a in (0, 1))
+    up = F.interpolate(
+        x[None, :, :keep_h, :keep_w], scale_factor=(sy, sx), mode="bilinear", align_corners=False,
+        recompute_scale_factor=False,
+    )  # fmt: skip
+    return up[0, :, : out[0], : out[1]]  # (same weights as resample.fast_weights)
 
 
 def _official_semantic(probs, masks, pad: Size, img: Size, out: Size, before_inference: bool) -> torch.Tensor:
     """sum_q probs[q] * sigmoid(mask_q) in the official order, accumulated over chunks of queries: [K, H, W]."""
-    size = out if before_inference else img
     step = max(1, CHUNK_ELEMS // (pad[0] * pad[1]))
     sem = None
     for q0 in range(0, masks.shape[0], step):
@@ -136,7 +137,6 @@ def _official_semantic(probs, masks, pad: Size, img: Size, out: Size, before_inf
         )
         part = torch.einsum("qk,qhw->khw", probs[q0 : q0 + step], m.sigmoid())
         sem = part if sem is None else sem + part
-    assert sem is not None and tuple(sem.shape[-2:]) == size
     return sem if before_inference else _resize(sem, out)
 
 

@@ -123,7 +123,7 @@ class HungarianMatcher(nn.Module):
         """Weighted costs [b, Q, Tmax] of b images (columns past an image's T_i are padding)."""
         b, Q = pred_logits.shape[:2]
         x, t = self._mask_rows(pred_masks, masks)  # [b, Q, N], [b, Tmax, N]
-        lab = pack_targets([lb[:, None] for lb in labels], torch.long)[..., 0]  # [b, Tmax] (0-padded)
+        lab = pack_targets([lb.to(x.device)[:, None] for lb in labels], torch.long)[..., 0]  # [b, Tmax] (0-padded)
         prob = pred_logits.softmax(-1)  # [b, Q, K+1]
         cost = -self.cost_class * prob.gather(2, lab[:, None, :].expand(b, Q, -1))  # [b, Q, Tmax]
         p = x.sigmoid()  # [b, Q, N], shared by both mask costs

@@ -61,9 +61,13 @@ def fast_weights(n_low: int, n_pad: int, n_crop: int, n_out: int) -> torch.Tenso
     """
     if n_crop == n_pad:
         return linear_weights(n_low, n_out)
-    keep = min(n_low, -(-n_crop * n_low // n_pad) + 1)  # low-res cells the image touches, +1 for the right neighbour
-    w = linear_weights(keep, n_out, scale=n_out * n_pad / (n_crop * n_low))
-    return F.pad(w, (0, n_low - keep))
+    keep, scale = fast_geometry(n_low, n_pad, n_crop, n_out)
+    return F.pad(linear_weights(keep, n_out, scale=scale), (0, n_low - keep))
+
+
+def fast_geometry(n_low: int, n_pad: int, n_crop: int, n_out: int) -> tuple[int, float]:
+    """(low-res cells the image touches + 1 for the right neighbour, output pixels per low-res cell)."""
+    return min(n_low, -(-n_crop * n_low // n_pad) + 1), n_out * n_pad / (n_crop * n_low)
 
 
 def compose(stage_a: torch.Tensor, stage_b: torch.Tensor | None) -> torch.Tensor:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from eval_data import panopticapi_stats, same_results, write_panoptic
+from _eval_data import panopticapi_stats, same_results, write_panoptic
 from PIL import Image
 
 from maskformer.cli import main
@@ -140,3 +140,14 @@ def test_cli_score_panoptic(tmp_path, capsys):
     pred_json.write_text(json.dumps({"annotations": [], "categories": cats}))
     assert main(["score", "--gt", str(gt_json), "--pred", str(pred_json)]) == 1
     assert "no prediction for the ground-truth image(s) with image_id [5]" in capsys.readouterr().err
+
+
+def test_unreadable_png_names_the_file(tmp_path):
+    g = np.array([[1, 1, 0]])
+    segs = [{"id": 1, "category_id": 1, "iscrowd": 0, "area": 2}]
+    cats = [{"id": 1, "isthing": 1, "name": "a"}]
+    gt_json = write_panoptic(tmp_path, "gt", [(3, g, segs)], cats)
+    pred_json = write_panoptic(tmp_path, "pred", [(3, g, [{"id": 1, "category_id": 1}])], cats)
+    (tmp_path / "pred" / "3.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"pred/3\.png: cannot read the image"):
+        score_panoptic(gt_json, pred_json, workers=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from eval_data import CATEGORIES, panopticapi_stats, random_panoptic_image, write_panoptic
+from _eval_data import CATEGORIES, panopticapi_stats, random_panoptic_image, write_panoptic
 
 from maskformer.evaluation import PanopticEvaluator, score_panoptic
 

@@ -47,6 +47,19 @@ def test_torch_export_matches_eager_at_two_sizes(tiny_model, tmp_path):
         assert r["max_abs_diff"] < 1e-5, r
 
 
+def test_swin_onnx_takes_any_batch_and_sizes_of_the_same_padded_size(tmp_path):
+    """Swin traces its window layout for the sample's padded size (64 x 96 here): any batch, any H, W padding to it."""
+    pytest.importorskip("onnxruntime")
+    swin = pytest.importorskip("maskformer.backbones.swin")
+    from maskformer.modeling import build_model
+
+    bb = swin.SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4, mlp_ratio=2.0)
+    model = randomize(build_model(tiny_cfg(), backbone=bb)).eval()
+    path = export_onnx(model, tmp_path / "swin.onnx", sample_size=(2, 64, 96))
+    for r in check_export(model, path, "onnx", [(2, 64, 96), (3, 50, 90)]):
+        assert r["max_abs_diff"] < 1e-4 and r["max_abs_ref"] > 0.5, r
+
+
 def test_output_names_follow_the_architecture():
     cfg = tiny_cfg()
     cfg.model.arch = "per_pixel_baseline"
@@ -61,7 +74,7 @@ def test_export_cli_with_check(tmp_path, capsys):
     cfg = tiny_cfg()
     save_pretrained(build(cfg), cfg, meta_for(cfg), tmp_path / "model")
     out = tmp_path / "m.onnx"
-    assert main(["export", "--model", str(tmp_path / "model"), "--out", str(out), "--check"]) == 0
+    assert main(["export", "--model", str(tmp_path / "model"), "--out", str(out), "--size", "64", "96", "--check"]) == 0
     assert out.is_file() and "check passed" in capsys.readouterr().out
     assert main(["export", "--model", str(tmp_path / "missing"), "--out", str(out)]) == 1
 

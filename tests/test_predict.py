@@ -143,7 +143,9 @@ def test_predictor_panoptic_instance_and_pipeline_output(tiny):
     single = Predictor(model, config=cfg, meta=META, task="panoptic")  # batch of one: no padding to the other image
     one = single(images[0])
     entries = single.pipeline_output(images[0])
-    assert len(entries) > 0 and [e["label"] for e in entries] == [META.class_names[s["category_id"]] for s in one.segments]
+    assert len(entries) > 0 and [e["label"] for e in entries] == [
+        META.class_names[s["category_id"]] for s in one.segments
+    ]
     for e, s in zip(entries, one.segments):
         assert e["mask"].mode == "L" and (np.asarray(e["mask"]) == 255).sum() == s["area"]
     ins = Predictor(model, config=cfg, meta=META, task="instance")
@@ -248,7 +250,10 @@ def test_cli_semantic_writes_pngs_and_reports_bad_files(model_dir, inputs, tmp_p
 def test_cli_panoptic_and_instance_files(model_dir, inputs, tmp_path):
     folder, _, _ = inputs
     out = tmp_path / "pan"
-    assert main(["predict", "--model", str(model_dir), str(folder / "*.png"), "--task", "panoptic", "--out", str(out)]) == 0
+    assert (
+        main(["predict", "--model", str(model_dir), str(folder / "*.png"), "--task", "panoptic", "--out", str(out)])
+        == 0
+    )
     doc = json.loads((out / "panoptic.json").read_text())
     assert [a["file_name"] for a in doc["annotations"]] == ["one.png", "two.png"]
     for ann in doc["annotations"]:
@@ -257,7 +262,12 @@ def test_cli_panoptic_and_instance_files(model_dir, inputs, tmp_path):
         for s in ann["segments_info"]:
             assert s["area"] == int((ids == s["id"]).sum())
     out = tmp_path / "ins"
-    assert main(["predict", "--model", str(model_dir), str(folder), "--task", "instance", "--out", str(out), "--no-overlay"]) == 0
+    assert (
+        main(
+            ["predict", "--model", str(model_dir), str(folder), "--task", "instance", "--out", str(out), "--no-overlay"]
+        )
+        == 0
+    )
     results = json.loads((out / "instances.json").read_text())
     pred = Predictor(str(model_dir), task="instance")(folder / "one.png").instances
     mine = [r for r in results if r["image_id"] == "one"]

@@ -10,7 +10,16 @@ Every evaluator has reset(), update(...), compute() -> dict; metrics are fractio
 
 from maskformer.evaluation.files import score_panoptic, score_semantic
 from maskformer.evaluation.instance import InstanceEvaluator
+from maskformer.evaluation.loop import build_evaluator, evaluate_model
 from maskformer.evaluation.panoptic import PanopticEvaluator
 from maskformer.evaluation.sem_seg import SemSegEvaluator
 
-__all__ = ["InstanceEvaluator", "PanopticEvaluator", "SemSegEvaluator", "score_panoptic", "score_semantic"]
+__all__ = [
+    "InstanceEvaluator",
+    "PanopticEvaluator",
+    "SemSegEvaluator",
+    "build_evaluator",
+    "evaluate_model",
+    "score_panoptic",
+    "score_semantic",
+]

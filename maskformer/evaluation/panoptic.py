@@ -93,12 +93,14 @@ def _flat_ids(ids, what: str, image_id) -> np.ndarray:
 
 
 def _search(ids: np.ndarray, seg_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Compact indices by binary search in the sorted segment ids (for run values, or ids >= 2^24)."""
-    order = np.argsort(seg_ids, kind="stable")
-    sorted_ids = seg_ids[order]
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), max(len(seg_ids) - 1, 0))
-    found = sorted_ids[pos] == ids if len(seg_ids) else np.zeros(ids.shape, dtype=bool)
-    out[:] = np.where(found, order[pos] + 2 if len(seg_ids) else 0, ids == VOID)
+    """Compact indices by binary search in the sorted segment ids (few values, or ids >= 2^24)."""
+    out[:] = ids == VOID  # 1 for VOID, 0 for ids not listed
+    if len(seg_ids):
+        order = np.argsort(seg_ids)
+        sorted_ids = seg_ids[order]
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(seg_ids) - 1)
+        found = sorted_ids[pos] == ids
+        out[found] = order[pos[found]] + 2
     return out
 
 
@@ -164,7 +166,7 @@ class PanopticEvaluator:
         candidate[g_crowd] = False
         union = g_area[:, None] - inter + (p_area - p_void)[None, :]  # [G, P] asymmetric union
         if (union[candidate] <= 0).any():
-            raise ValueError(f"image {image_id}: a ground-truth 'area' is smaller than the pixels it overlaps")
+            raise ValueError(f"image {image_id}: a ground-truth segment has 'area' <= 0 in segments_info")
         iou = np.divide(inter, union, out=np.zeros(inter.shape), where=candidate)
         match = iou > 0.5
         gi, pj = np.nonzero(match)

@@ -111,18 +111,21 @@ def semantic_inference_for_flops(
 
 
 def model_stats(
-    cfg: Config, image_size: tuple[int, int] | None = None, *, semantic_inference: bool = True
+    cfg: Config, image_size: tuple[int, int] | None = None, *, semantic_inference: bool = True, executed: bool = True
 ) -> ModelStats:
-    """Parameters and GFLOPs of `build_model(cfg)` at `image_size` (default: the config's crop size), on meta."""
+    """Parameters and GFLOPs of `build_model(cfg)` at `image_size` (default: the config's crop size), on meta.
+    executed=False skips the second count (`gflops_executed` is then nan)."""
     from maskformer.modeling import build_model
 
     size = tuple(image_size or cfg.data.crop_size)
     with torch.device("meta"):
         model = build_model(cfg).eval()
-    return measure(model, size, semantic_inference=semantic_inference)
+    return measure(model, size, semantic_inference=semantic_inference, executed=executed)
 
 
-def measure(model: nn.Module, image_size: tuple[int, int], *, semantic_inference: bool = True) -> ModelStats:
+def measure(
+    model: nn.Module, image_size: tuple[int, int], *, semantic_inference: bool = True, executed: bool = True
+) -> ModelStats:
     """Count `model` (a MaskFormer in eval mode, on any device incl. meta) on one [1, 3, H, W] input.
 
     Counted twice: as the official network computes it (mask-feature conv + einsum, Swin padding tokens) -> `gflops`
@@ -131,9 +134,9 @@ def measure(model: nn.Module, image_size: tuple[int, int], *, semantic_inference
     x = torch.zeros(1, 3, *image_size, device=next(model.parameters()).device)
     padded = tuple(model.preprocess(x).shape[-2:])
     official = _count(model, x, image_size if semantic_inference else None, fuse=False)
-    executed = _count(model, x, image_size if semantic_inference else None, fuse=True)
+    run = _count(model, x, image_size if semantic_inference else None, fuse=True) if executed else None
     skipped = swin_window_padding_macs(model.backbone, padded) / 1e9
-    return _stats(model, official, executed, image_size, skipped)
+    return _stats(model, official, run, image_size, skipped)
 
 
 def _count(model: nn.Module, x: torch.Tensor, inference_size: tuple[int, int] | None, *, fuse: bool) -> dict:
@@ -181,7 +184,9 @@ def swin_window_padding_macs(backbone: nn.Module, size: tuple[int, int]) -> int:
     return total
 
 
-def _stats(model: nn.Module, counts: dict, executed: dict, image_size: tuple[int, int], skipped: float) -> ModelStats:
+def _stats(
+    model: nn.Module, counts: dict, executed: dict | None, image_size: tuple[int, int], skipped: float
+) -> ModelStats:
     def g(name: str, c: dict = counts) -> float:
         return sum(c.get(name, {}).values()) / 2e9
 
@@ -191,7 +196,7 @@ def _stats(model: nn.Module, counts: dict, executed: dict, image_size: tuple[int
         params=count_parameters(model),
         params_backbone=count_parameters(model.backbone),
         gflops=total + skipped,
-        gflops_executed=g("Global", executed),
+        gflops_executed=g("Global", executed) if executed is not None else float("nan"),
         gflops_skipped=skipped,
         gflops_backbone=g(f"{root}.backbone") + skipped,
         gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),

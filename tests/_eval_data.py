@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def write_panoptic(root: Path, name: str, images: list[tuple], categories=CATEGO
     return path
 
 
-def panopticapi_stats(gt_json: Path, pred_json: Path) -> tuple[dict, dict]:
+def panopticapi_stats(gt_json: Path, pred_json: Path, gt_folder=None, pred_folder=None) -> tuple[dict, dict]:
     """panopticapi in one process: (pq_compute-like results, None for an n = 0 split; {cat: (tp, fp, fn, iou)})."""
     from panopticapi.evaluation import pq_compute_single_core
 
@@ -50,7 +51,8 @@ def panopticapi_stats(gt_json: Path, pred_json: Path) -> tuple[dict, dict]:
     preds = {a["image_id"]: a for a in pred["annotations"]}
     pairs = [(a, preds[a["image_id"]]) for a in gt["annotations"]]
     with contextlib.redirect_stdout(io.StringIO()):
-        stat = pq_compute_single_core(0, pairs, str(gt_json)[:-5], str(pred_json)[:-5], categories)
+        folders = (str(gt_folder or str(gt_json)[:-5]), str(pred_folder or str(pred_json)[:-5]))
+        stat = pq_compute_single_core(0, pairs, *folders, categories)
     results = {}
     for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
         try:
@@ -138,3 +140,27 @@ def _perturb(rng, gt: np.ndarray, segs: list[dict], image_id: int) -> tuple[np.n
 def same_results(a: dict, b: dict) -> bool:
     """Exact equality of two result dicts, NaN equal to NaN (floats compared through their repr)."""
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def semantic_reference(pairs, k: int, ignore: int) -> dict:
+    """The metrics written from their definitions with one boolean mask per class, in float64."""
+    tp, gt_n, pred_n = np.zeros(k), np.zeros(k), np.zeros(k)
+    for pred, gt in pairs:
+        valid = gt != ignore
+        for c in range(k):
+            tp[c] += float(np.sum((gt == c) & (pred == c) & valid))
+            gt_n[c] += float(np.sum(gt == c))
+            pred_n[c] += float(np.sum((pred == c) & valid))
+    union = gt_n + pred_n - tp
+    iou = [tp[c] / union[c] if union[c] > 0 else math.nan for c in range(k)]
+    acc = [tp[c] / gt_n[c] if gt_n[c] > 0 else math.nan for c in range(k)]
+    in_union, in_gt = [c for c in range(k) if union[c] > 0], [c for c in range(k) if gt_n[c] > 0]
+    return {
+        "iou": iou,
+        "acc": acc,
+        "mIoU": sum(iou[c] for c in in_union) / len(in_union),
+        "mIoU_gt": sum(iou[c] for c in in_gt) / len(in_gt),
+        "mACC": sum(acc[c] for c in in_gt) / len(in_gt),
+        "pACC": tp.sum() / gt_n.sum(),
+        "fwIoU": sum(iou[c] * gt_n[c] for c in in_gt) / gt_n.sum(),
+    }
