@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from maskformer.evaluation import PanopticEvaluator, SemSegEvaluator, score_panoptic, score_semantic
-from maskformer.evaluation.files import read_label_map, read_panoptic_png
+from maskformer.evaluation.image_io import read_label_map, read_panoptic_png
 
 N_IMAGES, K_SEM = 300, 150
 THINGS, STUFF = list(range(1, 81)), list(range(92, 145))
@@ -339,7 +339,16 @@ def report(times: dict, check: dict, repeats: int, load: tuple[float, float]) ->
             f"| {m} | {wall[m]:.3f} ({med[m]:.3f}) | {1000 * wall[m] / N_IMAGES:.2f} | {cpu_txt} "
             f"| {wall[ref] / wall[m]:.2f}x | {cpu_ratio} |"
         )
-    lines += ["", "Agreement (largest |difference| of All/Things/Stuff PQ, SQ, RQ vs panopticapi) and checks:", ""]
+    lines += [
+        "",
+        "Notes: PQ from files is bounded by PNG decoding (Pillow; both tools decode the same files; ours reads the "
+        "decoded pixels through Pillow's Arrow buffer instead of tobytes()). workers=2 only pays off when cores are "
+        "free. In memory, most of the time is the run-length compression of the two uint32 id maps (two compare "
+        "passes, then the run starts); matching and bookkeeping are ~0.1 ms per image.",
+        "",
+        "Agreement (largest |difference| of All/Things/Stuff PQ, SQ, RQ vs panopticapi) and checks:",
+        "",
+    ]
     for k, v in check.items():
         lines.append(f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}")
     return "\n".join(lines) + "\n"

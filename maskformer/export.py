@@ -29,7 +29,8 @@ class ExportModule(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model.eval()
+        self.model = model
+        self.eval()  # the wrapper too: exporters restore the wrapper's mode afterwards, recursively
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images)
@@ -40,12 +41,14 @@ class ExportModule(nn.Module):
 
 @contextlib.contextmanager
 def traceable(model: nn.Module):
-    """Switch off eval shortcuts that are not shape-generic while exporting, and restore them afterwards.
+    """Switch off eval shortcuts that are not shape-generic while exporting; afterwards restore them and the
+    train/eval mode of every module.
 
     `fuse_mask_conv` (MaskFormerHead) computes the mask logits with a Python loop over the batch, which a tracer would
     unroll for the sample's batch size; the plain einsum path is batch-generic.
     """
     saved = [(m, m.fuse_mask_conv) for m in model.modules() if hasattr(m, "fuse_mask_conv")]
+    modes = [(m, m.training) for m in model.modules()]
     try:
         for m, _ in saved:
             m.fuse_mask_conv = False
@@ -53,14 +56,16 @@ def traceable(model: nn.Module):
     finally:
         for m, value in saved:
             m.fuse_mask_conv = value
+        for m, training in modes:  # exactly the modes the caller had
+            m.training = training
 
 
 def output_names(model: nn.Module, sample: torch.Tensor | None = None) -> list[str]:
     """Names of the exported outputs, from one forward on a tiny sample."""
     sample = sample if sample is not None else sample_images(1, 64, 64)
-    with torch.no_grad():
-        out = model.eval()(sample.to(_device(model)))
-    return ["pred_logits", "pred_masks"] if "pred_logits" in out else ["sem_seg"]
+    with torch.no_grad(), traceable(model):
+        out = ExportModule(model)(sample.to(_device(model)))
+    return ["pred_logits", "pred_masks"] if len(out) == 2 else ["sem_seg"]
 
 
 def sample_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -93,7 +98,6 @@ def export_onnx(
     sample_size: (batch, height, width) of the tracing sample; any size works afterwards.
     """
     path = Path(path)
-    module = ExportModule(model)
     sample = sample_images(*sample_size).to(_device(model))
     names = output_names(model, sample)
     dims = {0: "batch", 2: "height", 3: "width"}
@@ -105,7 +109,7 @@ def export_onnx(
         with warnings.catch_warnings(), torch.no_grad(), traceable(model):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             torch.onnx.export(
-                module,
+                ExportModule(model),
                 (sample,),
                 str(tmp),
                 dynamo=False,
@@ -127,11 +131,12 @@ def export_torch(
 ) -> Path:
     """Save a `torch.export` program (.pt2) with dynamic batch, height and width; load with torch.export.load."""
     path = Path(path)
-    module = ExportModule(model)
     sample = sample_images(*sample_size).to(_device(model))
     dyn = torch.export.Dim.DYNAMIC
     with torch.no_grad(), traceable(model):
-        program = torch.export.export(module, (sample,), dynamic_shapes={"images": {0: dyn, 2: dyn, 3: dyn}})
+        program = torch.export.export(
+            ExportModule(model), (sample,), dynamic_shapes={"images": {0: dyn, 2: dyn, 3: dyn}}
+        )
     tmp = _atomic_target(path)
     try:
         torch.export.save(program, str(tmp))
@@ -162,7 +167,7 @@ def compare(model: nn.Module, run, sizes: list[tuple[int, int, int]]) -> list[di
     results = []
     for i, (b, h, w) in enumerate(sizes):
         images = sample_images(b, h, w, seed=100 + i)
-        with torch.no_grad():
+        with torch.no_grad(), traceable(model):
             ref = ExportModule(model)(images.to(_device(model)))
             got = run(images)
         diffs, mags = [], []

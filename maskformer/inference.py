@@ -18,6 +18,7 @@ bilinear resize to the output size (align_corners=False).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -72,6 +73,18 @@ def postprocess_maps(x: torch.Tensor, pad: Size, image_size: Size, output_size: 
     """The official chain on [C, h, w] low-res maps: upsample to `pad`, crop to `image_size`, resize -> [C, H, W]."""
     up = _resize(x, pad)[:, : image_size[0], : image_size[1]]
     return _resize(up, output_size)
+
+
+def _one_thread(fn):
+    """Run a tiled post-processor on one intra-op CPU thread (see resample.one_thread)."""
+
+    @functools.wraps(fn)
+    def wrapper(outputs, *args, **kwargs):
+        ref = next((v for v in outputs.values() if torch.is_tensor(v)), None) if isinstance(outputs, dict) else None
+        with rs.one_thread(ref if ref is not None else torch.empty(0)):
+            return fn(outputs, *args, **kwargs)
+
+    return wrapper
 
 
 def class_probs(pred_logits: torch.Tensor) -> torch.Tensor:
@@ -140,6 +153,7 @@ def _official_semantic(probs, masks, pad: Size, img: Size, out: Size, before_inf
     return sem if before_inference else _resize(sem, out)
 
 
+@_one_thread
 def semantic_labels(
     outputs: dict,
     image_sizes: Sequence[Size],
@@ -201,6 +215,7 @@ def _bounded_argmax(x: torch.Tensor, kind: str, low: Size, pad: Size, img: Size,
 
 
 # ------------------------------------------------------------------------------------------------ panoptic
+@_one_thread
 def panoptic_inference(
     outputs: dict,
     image_sizes: Sequence[Size],
@@ -308,6 +323,7 @@ class Instances:
         return len(self.scores)
 
 
+@_one_thread
 def instance_inference(
     outputs: dict,
     image_sizes: Sequence[Size],
@@ -316,7 +332,7 @@ def instance_inference(
     thing_ids: Iterable[int] | None = None,
     topk: int = 100,
     padded_size: Size | None = None,
-    tile: int = 16,
+    tile: int = 32,
 ) -> list[Instances]:
     """Mask2Former's instance rule (reference section 11.8) -> per image `Instances`.
 
@@ -355,12 +371,20 @@ def _instance_tiles(m, low: Size, pad: Size, img: Size, out: Size, tile: int):
     ch, ty, tx = (hi > 0).nonzero(as_tuple=True)  # elsewhere every resampled logit is <= 0
     count, total, pos = m.new_zeros(m.shape[0]), m.new_zeros(m.shape[0]), []
     for sl in rs.chunks(len(ch), tile * tile):
-        z = rs.stage_a(m, py, px, ch[sl], ty[sl], tx[sl])
+        z = rs.stage_a(m, py, px, ch[sl], ty[sl], tx[sl]).flatten(1)  # [n, tile * tile]
         pos.append(z > 0)  # padded rows have all-zero weights, so z = 0 there
-        count.index_add_(0, ch[sl], pos[-1].sum((1, 2)).to(m.dtype))
-        total.index_add_(0, ch[sl], (z.sigmoid() * pos[-1]).sum((1, 2)))
-    pos = torch.cat(pos) if pos else torch.zeros(0, tile, tile, dtype=torch.bool, device=m.device)
-    return (ch, ty, tx), pos, total / (count + 1e-6)
+        n_pos = _count(pos[-1]).to(m.dtype)
+        # sum over z > 0 of sigmoid(z) = sum(sigmoid(relu(z)) - 1/2) + count/2, and sigmoid(r) - 1/2 = tanh(r/2)/2
+        half_tanh = z.relu_().mul_(0.5).tanh_().sum(1)
+        count.index_add_(0, ch[sl], n_pos)
+        total.index_add_(0, ch[sl], 0.5 * (half_tanh + n_pos))
+    pos = torch.cat(pos) if pos else torch.zeros(0, tile * tile, dtype=torch.bool, device=m.device)
+    return (ch, ty, tx), pos.view(-1, tile, tile), total / (count + 1e-6)
+
+
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    """Number of True per row of bool [N, M] (int32; summing the bytes is much faster than summing bools on CPU)."""
+    return mask.view(torch.uint8).sum(1, dtype=torch.int32)
 
 
 def _paint_instances(inst_ch: torch.Tensor, n_ch: int, items, pos: torch.Tensor, out: Size) -> torch.Tensor:

@@ -21,6 +21,7 @@ from maskformer import resample as rs
 Size = tuple[int, int]
 DELTA = 1e-5  # an inactive query moves a class score by at most this much inside a tile
 MARGIN = 1e-6  # float slack on every comparison of bounds
+GROUP = 128  # tiles decided together
 
 
 def official_labels(
@@ -42,10 +43,12 @@ def official_labels(
     cand = upper >= lower.amax(1, keepdim=True) - MARGIN
     t = py.tile
     labels = cand.float().argmax(1)[:, None, None].expand(-1, t, t).clone()  # tiles with one candidate
-    multi = (cand.sum(1) >= 2).nonzero()[:, 0]
+    count = cand.sum(1)
+    multi = (count >= 2).nonzero()[:, 0]
+    multi = multi[count[multi].argsort(stable=True)]  # groups of similar candidate counts: little padding
     undecided = []
     if len(multi):
-        per_group = max(1, rs.ITEM_BUDGET // (t * t * 16))
+        per_group = max(1, min(GROUP, rs.ITEM_BUDGET // (t * t * 16)))
         for g0 in range(0, len(multi), per_group):
             tiles = multi[g0 : g0 + per_group]
             kmat, cvalid = _slot_matrix(cand[tiles])  # [g, n_c] candidate classes per tile

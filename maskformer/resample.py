@@ -14,6 +14,7 @@ either composed into one matrix (linear chain) or kept as two stages (a nonlinea
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,25 @@ import torch.nn.functional as F
 
 DEFAULT_TILE = 32
 ITEM_BUDGET = 1 << 22  # max evaluated pixels held at once (items x tile x tile)
+
+
+@contextlib.contextmanager
+def one_thread(ref: torch.Tensor):
+    """Run CPU work on one intra-op thread, then restore the setting.
+
+    The tiled post-processing issues many mid-sized ops; each multi-threaded op pays a fork/join, which costs more
+    than it saves at these sizes and becomes very expensive when the cores are shared with other processes.
+    Process-wide (torch.set_num_threads); a no-op for tensors on accelerators.
+    """
+    n = torch.get_num_threads()
+    if ref.device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def linear_weights(n_in: int, n_out: int, scale: float | None = None) -> torch.Tensor:
@@ -168,15 +188,32 @@ def plans(
 
 def window_bounds(x: torch.Tensor, py: AxisPlan, px: AxisPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """Min and max of each channel over each tile's low-resolution window: x [C, h, w] -> ([C, n_ty, n_tx]) x 2."""
-    lo, hi = [], []
-    step = max(1, ITEM_BUDGET // (py.low_idx.numel() * x.shape[-1]))
-    for xc in x.split(step):
-        rows = xc.index_select(1, py.low_idx.flatten()).unflatten(1, py.low_idx.shape)  # [c, n_ty, wly, w]
-        r_lo, r_hi = rows.amin(2), rows.amax(2)  # [c, n_ty, w] (aminmax is slower on CPU)
-        cols = px.low_idx.flatten()
-        lo.append(r_lo.index_select(2, cols).unflatten(2, px.low_idx.shape).amin(-1))  # [c, n_ty, n_tx]
-        hi.append(r_hi.index_select(2, cols).unflatten(2, px.low_idx.shape).amax(-1))
-    return torch.cat(lo), torch.cat(hi)
+    fy, ly, fx, lx = py.low_idx[:, 0], py.low_idx[:, -1], px.low_idx[:, 0], px.low_idx[:, -1]
+    hi = range_reduce(range_reduce(x, 1, fy, ly, torch.maximum), 2, fx, lx, torch.maximum)
+    lo = range_reduce(range_reduce(x, 1, fy, ly, torch.minimum), 2, fx, lx, torch.minimum)
+    return lo, hi
+
+
+def range_reduce(x: torch.Tensor, dim: int, first: torch.Tensor, last: torch.Tensor, op) -> torch.Tensor:
+    """op (torch.maximum / torch.minimum) of x over the index ranges [first_i, last_i] of `dim` -> size n there.
+
+    Sparse-table style: with 2^k <= every width <= 2^(k+1), level k (op over 2^k neighbours, k passes over x)
+    covers each range by two overlapping entries. Narrower ranges are first widened to 2^k (a superset, so the
+    result still bounds the range). The last dim is handled through a transposed copy (row gathers are faster).
+    """
+    if dim == x.dim() - 1:
+        return range_reduce(x.transpose(-1, -2).contiguous(), dim - 1, first, last, op).transpose(-1, -2)
+    n = x.shape[dim]
+    k = int((last - first + 1).max()).bit_length() - 1
+    span = 1 << k
+    last = torch.maximum(last, (first + span - 1).clamp(max=n - 1))
+    first = torch.minimum(first, last - span + 1)
+    level = x
+    for j in range(k):
+        step = 1 << j
+        m = level.shape[dim] - step
+        level = op(level.narrow(dim, 0, m), level.narrow(dim, step, m))  # entry r: op over [r, r + 2^(j+1) - 1]
+    return op(level.index_select(dim, first), level.index_select(dim, last - span + 1))
 
 
 def mean_lower_bound(x: torch.Tensor, hi: torch.Tensor, py: AxisPlan, px: AxisPlan, m: int = 4) -> torch.Tensor:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from maskformer.cli import main
 from maskformer.evaluation import PanopticEvaluator, SemSegEvaluator, score_panoptic, score_semantic
-from maskformer.evaluation.files import read_panoptic_png
+from maskformer.evaluation.image_io import read_panoptic_png
 
 K = 6
 
@@ -151,3 +151,31 @@ def test_unreadable_png_names_the_file(tmp_path):
     (tmp_path / "pred" / "3.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"pred/3\.png: cannot read the image"):
         score_panoptic(gt_json, pred_json, workers=0)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "I;16"])
+def test_fast_pixel_reading_equals_pillow_arrays(mode, tmp_path):
+    """The Arrow-buffer read gives exactly what np.asarray / rgb2id give (and is really used with this Pillow)."""
+    from maskformer.evaluation.image_io import _pixels_arrow, read_label_map, read_panoptic_png
+
+    rng = np.random.default_rng(0)
+    if mode == "RGB":
+        rgb = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(tmp_path / "x.png")
+        expected = rgb[..., 0] + 256 * rgb[..., 1].astype(np.uint32) + 65536 * rgb[..., 2].astype(np.uint32)
+        got = read_panoptic_png(tmp_path / "x.png")
+    else:
+        arr = rng.integers(0, 60000 if mode == "I;16" else 256, (13, 17)).astype(
+            np.uint16 if mode == "I;16" else np.uint8
+        )
+        img = Image.fromarray(arr)
+        img = img.convert("P") if mode == "P" else img
+        img.save(tmp_path / "x.png")
+        expected = np.asarray(Image.open(tmp_path / "x.png"))
+        got = read_label_map(tmp_path / "x.png")
+    assert got.dtype == expected.dtype or mode == "RGB"
+    assert np.array_equal(got, expected)
+    with Image.open(tmp_path / "x.png") as im:
+        im.load()
+        if hasattr(im, "__arrow_c_array__"):
+            assert _pixels_arrow(im) is not None

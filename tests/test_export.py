@@ -28,8 +28,12 @@ def tiny_model():
 
 def test_onnx_matches_torch_at_two_sizes_and_batch_two(tiny_model, tmp_path):
     pytest.importorskip("onnxruntime")
+    tiny_model.sem_seg_head.train()  # a mixed train/eval model: export must leave every module's mode as it was
+    modes = [m.training for m in tiny_model.modules()]
     path = export_onnx(tiny_model, tmp_path / "m.onnx")
     results = check_export(tiny_model, path, "onnx", SIZES)
+    assert [m.training for m in tiny_model.modules()] == modes
+    tiny_model.eval()
     assert [r["size"] for r in results] == SIZES
     for r in results:
         assert r["max_abs_diff"] < 1e-4 and r["max_abs_ref"] > 0.5, r  # real outputs, not all-zero

@@ -21,16 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output", help="output folder (data/, run/, report/)")
     parser.add_argument("--preset", default="maskformer_r18_synth", help="model preset to train")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: auto, 1 when the machine is already busy)"
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from maskformer.engine.components import configure_threads
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    print(f"using {configure_threads(args.threads)} CPU thread(s)")
     start = time.perf_counter()
     out = Path(args.out)
     data_root, data_s = _synthetic_data(out / "data")

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-weights", metavar="FILE", help="initial weights: backbone (ImageNet) or full model")
     parser.add_argument("--init-kind", choices=("auto", "full", "backbone"), default="auto")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads per process (0: auto, 1 when the machine is busy)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
 
@@ -66,9 +69,11 @@ def _read_config(path: Path) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     from maskformer.engine import distributed as D
+    from maskformer.engine.components import configure_threads
     from maskformer.engine.loop import NonFiniteLossError, Trainer
 
     cfg = resolve_config(args)
+    configure_threads(args.threads)
     try:
         trainer = Trainer(
             cfg,

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from maskformer.evaluation.image_io import read_label_map, read_panoptic_png
 from maskformer.evaluation.panoptic import PairCounter, PanopticEvaluator, segment_ids
 from maskformer.evaluation.sem_seg import ConfusionCounter, SemSegEvaluator
 
@@ -41,37 +41,6 @@ def default_workers() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def _open(path: str | Path) -> Image.Image:
-    try:
-        return Image.open(path)
-    except OSError as e:  # missing file, not an image
-        raise ValueError(f"{path}: cannot read the image ({type(e).__name__}: {e})") from None
-
-
-def read_panoptic_png(path: str | Path) -> np.ndarray:
-    """COCO panoptic PNG -> uint32 [h, w] segment ids (R + 256 G + 256^2 B; 0 = VOID).
-
-    Pillow keeps RGB pixels as 4 bytes (R, G, B, pad); exporting them as "RGBX" is a plain copy, and the little-endian
-    uint32 view of each pixel is the id once the pad byte is masked off (faster than unpacking to 3 bytes).
-    """
-    with _open(path) as im:
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        w, h = im.size
-        data = bytearray(im.tobytes("raw", "RGBX"))
-    ids = np.frombuffer(data, dtype="<u4").reshape(h, w)
-    ids &= 0xFFFFFF
-    return ids.astype(np.uint32, copy=False)
-
-
-def read_label_map(path: str | Path) -> np.ndarray:
-    """Single-channel label map (PNG "L"/"P"/"I;16"/"I", TIFF) -> integer [h, w]; colour images are an error."""
-    with _open(path) as im:
-        if im.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-            raise ValueError(f"{path}: a label map must have one channel of class indices, got mode {im.mode}")
-        return np.asarray(im)
-
-
 def load_json(path: str | Path, what: str) -> dict:
     try:
         with open(path) as f:

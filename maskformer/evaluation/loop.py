@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from maskformer.config import Config
-from maskformer.evaluation.files import read_panoptic_png
+from maskformer.evaluation.image_io import read_panoptic_png
 from maskformer.evaluation.instance import InstanceEvaluator
 from maskformer.evaluation.panoptic import PanopticEvaluator
 from maskformer.evaluation.sem_seg import SemSegEvaluator
