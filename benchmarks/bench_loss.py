@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from maskformer.structures import SegTarget  # noqa: E402
 
 WEIGHTS = {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0}
 VARIANTS = ("hf", "ours", "point")
+CPU_S: dict[str, float] = {}  # median process CPU seconds of the last `interleaved` call
 
 
 def make_inputs(args, seed: int = 0):
@@ -124,15 +126,19 @@ def runner(variant: str, classes: int):
 
 
 def interleaved(funcs: dict, make_args, repeats: int) -> dict:
-    """Median wall time of each function, calls interleaved; make_args() runs outside the timed region."""
-    times = {name: [] for name in funcs}
+    """Median wall and process-CPU seconds of each function, calls interleaved; make_args() runs untimed.
+
+    Returns {name: wall}; the CPU medians go to CPU_S (with 2 threads they include the threads' spin-waits)."""
+    wall, cpu = {name: [] for name in funcs}, {name: [] for name in funcs}
     for _ in range(repeats):
         for name, fn in funcs.items():
             args = make_args()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn(*args)
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    CPU_S.update({name: statistics.median(ts) for name, ts in cpu.items()})
+    return {name: statistics.median(ts) for name, ts in wall.items()}
 
 
 def part_timings(args, outputs, targets) -> dict:
@@ -150,6 +156,7 @@ def part_timings(args, outputs, targets) -> dict:
         "ours": lambda: [crit.matcher(lay["pred_logits"], lay["pred_masks"], labels, split) for lay in layers],
     }
     matcher_s = interleaved({k: (lambda f=f: f()) for k, f in matchers.items()}, tuple, args.repeats)
+    matcher_cpu = dict(CPU_S)
     pairs = []  # the matched (logits, targets) of every layer
     offsets = torch.tensor([0] + [len(lb) for lb in labels]).cumsum(0)
     for lay, idx in zip(layers, matchers["ours"]()):
@@ -170,7 +177,7 @@ def part_timings(args, outputs, targets) -> dict:
         "point": lambda leafs: mask_loss(point_sampled_mask_losses, leafs),
     }
     loss_s = interleaved(fns, lambda: ([_leaf(x) for x, _ in pairs],), args.repeats)
-    return {"matcher_s": matcher_s, "mask_loss_s": loss_s}
+    return {"matcher_s": matcher_s, "matcher_cpu_s": matcher_cpu, "mask_loss_s": loss_s, "mask_loss_cpu_s": dict(CPU_S)}
 
 
 def peak_child(args, variant: str) -> float:
@@ -221,7 +228,7 @@ def main() -> None:
     runs = {v: runner(v, args.classes) for v in VARIANTS}
     values = {v: runs[v](leaves(outputs), targets) for v in VARIANTS}  # warm-up, and the values compared
     total_s = interleaved({v: runs[v] for v in VARIANTS}, lambda: (leaves(outputs), targets), args.repeats)
-    res = {"case": vars(args), "total_s": total_s, **part_timings(args, outputs, targets)}
+    res = {"case": vars(args), "total_s": total_s, "total_cpu_s": dict(CPU_S), **part_timings(args, outputs, targets)}
     res["max_rel_diff_ours_vs_hf"] = max(
         abs(values["ours"][k] - v) / max(abs(v), 1e-12) for k, v in values["hf"].items()
     )
@@ -233,7 +240,11 @@ def main() -> None:
         "hf/point total": t["hf"] / t["point"],
         "hf/ours matcher": m["hf"] / m["ours"],
         "full/point mask loss": lo["full"] / lo["point"],
+        "cpu hf/ours total": res["total_cpu_s"]["hf"] / res["total_cpu_s"]["ours"],
+        "cpu ours/point total": res["total_cpu_s"]["ours"] / res["total_cpu_s"]["point"],
+        "cpu full/point mask loss": res["mask_loss_cpu_s"]["full"] / res["mask_loss_cpu_s"]["point"],
     }
+    res["load_average"] = os.getloadavg()
     res["values"] = {
         k: (values["ours"][k], values["hf"][k], values["point"][k])
         for k in ("loss", "loss_ce", "loss_mask", "loss_dice")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import os
 import re
 import statistics
 import tempfile
@@ -59,7 +60,7 @@ def measure(preset: str, size: int, repeats: int, warmup: int) -> dict:
         refs = (ref["pred_logits"], ref["pred_masks"])
         diff = max(float((torch.from_numpy(g) - r).abs().max() / r.abs().max()) for g, r in zip(got, refs))
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"median_ms": med, "export_s": export_s, "rel_diff": diff}
+    return {"median_ms": med, "export_s": export_s, "rel_diff": diff, "load": os.getloadavg()[1]}
 
 
 def report(preset: str, size: int, repeats: int, res: dict) -> str:
@@ -70,7 +71,8 @@ def report(preset: str, size: int, repeats: int, res: dict) -> str:
         "",
         f"`benchmarks/bench_onnx.py`, {datetime.date.today().isoformat()}: {preset}, 1x3x{size}x{size}, fp32, "
         f"2 threads, interleaved, median of {repeats}. Export took {res['export_s']:.1f} s; "
-        f"onnxruntime vs torch: max |diff| / max |output| = {res['rel_diff']:.2g} (random weights).",
+        f"onnxruntime vs torch: max |diff| / max |output| = {res['rel_diff']:.2g} (random weights). "
+        f"5-minute load average during the run: {res['load']:.1f} on this machine's cores (shared).",
         "",
         "| runtime | median ms | torch eager / this |",
         "|---|---:|---:|",

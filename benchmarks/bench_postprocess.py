@@ -118,24 +118,38 @@ def agreement(out: dict, size) -> dict:
 
 
 def run(repeats: int) -> tuple[list[str], str]:
-    torch.set_num_threads(2)
     rows, notes = [], []
     for low, size in (((128, 128), (512, 512)), ((256, 512), (1024, 2048))):
         out = trained_like(*low)
+        torch.set_num_threads(2)
         with torch.inference_mode():
             agree = agreement(out, size)
             for task, fns in calls(out, size).items():
-                res = measure(fns, repeats if size[0] <= 512 else max(3, repeats // 2))
-                base_w, base_c = res["transformers"]
-                for name, (w, c) in res.items():
-                    rows.append(f"| {size[0]}x{size[1]} | {task} | {name} | {w:.1f} | {c:.1f} | "
-                                f"{base_w / w:.2f}x | {base_c / c:.2f}x |")  # fmt: skip
+                rows += table_rows(size, task, measure(fns, repeats if size[0] <= 512 else max(3, repeats // 2)))
         notes.append(
             f"{size[0]}x{size[1]}: label agreement fast order vs transformers {agree['fast vs transformers']:.6f}, "
             f"tiled official order vs dense official {agree['official tiled vs dense']:.6f}; "
             f"{agree['segments']} panoptic segments"
         )
+    torch.set_num_threads(1)  # the same at 512x512 on one thread (no fork/join costs on either side)
+    out, one = trained_like(128, 128), []
+    with torch.inference_mode():
+        for task, fns in calls(out, (512, 512)).items():
+            res = measure(fns, repeats)
+            one += [
+                f"{task} {name} {res['transformers'][1] / c:.1f}x" for name, (_, c) in res.items() if "ours" in name
+            ]
+    notes.append("one thread, 512x512, CPU-time speed-up: " + ", ".join(one))
+    torch.set_num_threads(2)
     return rows, "\n".join(f"- {n}" for n in notes)
+
+
+def table_rows(size, task: str, res: dict) -> list[str]:
+    base_w, base_c = res["transformers"]
+    return [
+        f"| {size[0]}x{size[1]} | {task} | {name} | {w:.1f} | {c:.1f} | {base_w / w:.2f}x | {base_c / c:.2f}x |"
+        for name, (w, c) in res.items()
+    ]
 
 
 def report(rows: list[str], notes: str, repeats: int) -> str:

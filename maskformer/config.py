@@ -28,7 +28,7 @@ class ModelConfig:
 
     arch: str = "maskformer"
     backbone: str = "resnet50"
-    backbone_norm: str = "FrozenBN"  # ResNet norms: "FrozenBN" (official, for pretrained weights) | "BN" | "GN" (scratch)
+    backbone_norm: str = "FrozenBN"  # ResNet norm: "FrozenBN" (official, pretrained weights) | "BN" | "GN" (scratch)
     drop_path_rate: float = 0.0  # Swin stochastic depth (0.3 in every official Swin config)
     pixel_decoder: str = "fpn"  # "fpn" | "transformer_encoder" ("+6 Enc")
     num_classes: int = 150
@@ -381,13 +381,13 @@ def cpu_preset(backbone: str, dataset: str, arch: str = "maskformer") -> Config:
             num_workers=1,
         )
         train = dict(
-            max_iter=300,
+            max_iter=200,
             batch_size=8,
             base_lr=4e-4,
             backbone_multiplier=1.0,
             weight_decay=1e-4,
             checkpoint_period=100,
-            eval_period=100,
+            eval_period=50,
             log_period=10,
         )
         inference = dict(min_size_test=128, max_size_test=512, object_mask_threshold=0.6)

@@ -197,7 +197,7 @@ def marginal_pruned(probs: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tenso
     sel = dominant.nonzero()[:, 0]  # S: classes holding at least half a query's probability
     sem_s = torch.einsum("qk,qhw->khw", probs[:, sel], sig)  # [|S|, h, w]
     bound = float(sem_s.mean(0).amin())
-    extra = ((mass >= bound * (1 - 1e-5) - 1e-7) & ~dominant).nonzero()[:, 0]
+    extra = ((mass >= bound - 1e-5 * (1 + bound)) & ~dominant).nonzero()[:, 0]  # slack for float32 sums
     if len(extra) == 0:
         return sel, sem_s
     sem_e = torch.einsum("qk,qhw->khw", probs[:, extra], sig)
@@ -367,7 +367,7 @@ def _instance_tiles(m, low: Size, pad: Size, img: Size, out: Size, tile: int):
     Returns ((ch, ty, tx) [N] x 3, pos bool [N, tile, tile], mean sigmoid inside each channel's mask [C]).
     """
     py, px = rs.plans("linear", low, pad, img, out, m, tile)
-    _, hi = rs.window_bounds(m, py, px)
+    hi = rs.window_reduce(m, py, px, torch.maximum)
     ch, ty, tx = (hi > 0).nonzero(as_tuple=True)  # elsewhere every resampled logit is <= 0
     count, total, pos = m.new_zeros(m.shape[0]), m.new_zeros(m.shape[0]), []
     for sl in rs.chunks(len(ch), tile * tile):

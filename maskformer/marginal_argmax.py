@@ -20,7 +20,7 @@ from maskformer import resample as rs
 
 Size = tuple[int, int]
 DELTA = 1e-5  # an inactive query moves a class score by at most this much inside a tile
-MARGIN = 1e-6  # float slack on every comparison of bounds
+MARGIN = 1e-5  # relative slack on every comparison of bounds (they are float32 sums of up to Q terms)
 GROUP = 128  # tiles decided together
 
 
@@ -40,7 +40,8 @@ def official_labels(
     lo, hi = rs.window_bounds(masks, py, px)  # [Q, n_ty, n_tx]
     sl, sh = lo.sigmoid().flatten(1).T, hi.sigmoid().flatten(1).T  # [n_tiles, Q]
     lower, upper = sl @ probs, sh @ probs  # [n_tiles, K]
-    cand = upper >= lower.amax(1, keepdim=True) - MARGIN
+    best = lower.amax(1, keepdim=True)
+    cand = upper >= best - MARGIN * (1 + best)
     t = py.tile
     labels = cand.float().argmax(1)[:, None, None].expand(-1, t, t).clone()  # tiles with one candidate
     count = cand.sum(1)

@@ -5,7 +5,7 @@ Full resolution (reference section 4.3): the 1/4-resolution logits are upsampled
 the padded target size, then per mask
     focal = mean over pixels of alpha_t (1 - p_t)^2 BCE(x, t)      (alpha 0.25; padding/ignore pixels are negatives)
     dice  = 1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1).
-`full_res_mask_losses` computes both in one pass over cache-sized chunks of masks. With the signed logit
+`full_res_mask_losses` computes both in one pass over chunks of masks (bounded temporaries). With the signed logit
 z = x (1 - 2t): BCE = softplus(z), 1 - p_t = sigmoid(z), so focal = alpha_t softplus(z) sigmoid(z)^2. The same pass
 computes the per-mask gradients and maps them back to 1/4 resolution with the exact adjoint of the bilinear
 upsampling (a stride-s convolution), so nothing at full resolution is stored for backward.
@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 from maskformer.point_sampling import point_sample, point_sample_binary, uncertain_point_coords
 
 FOCAL_ALPHA = 0.25
-CHUNK_PIXELS = 1 << 19  # full-resolution elements per chunk (2 MB in fp32): temporaries stay in cache
+CHUNK_PIXELS = 1 << 21  # elements per chunk (8 MB in fp32): bounded temporaries, few large ops
 
 
 def bilinear_taps(scale: int) -> tuple[list[float], int]:
@@ -81,8 +81,9 @@ def _chunk_terms(x: Tensor, tf: Tensor, grads: Tensor | None) -> tuple[Tensor, T
     return focal, 1 - num / den
 
 
-def _chunks(m: int, per_mask: int, budget: int = CHUNK_PIXELS) -> list[slice]:
-    step = max(1, budget // max(per_mask, 1))
+def _chunks(m: int, per_mask: int) -> list[slice]:
+    """Slices of at most max(1, CHUNK_PIXELS // per_mask) of m masks."""
+    step = max(1, CHUNK_PIXELS // max(per_mask, 1))
     return [slice(i, min(i + step, m)) for i in range(0, m, step)]
 
 

@@ -188,10 +188,13 @@ def plans(
 
 def window_bounds(x: torch.Tensor, py: AxisPlan, px: AxisPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """Min and max of each channel over each tile's low-resolution window: x [C, h, w] -> ([C, n_ty, n_tx]) x 2."""
-    fy, ly, fx, lx = py.low_idx[:, 0], py.low_idx[:, -1], px.low_idx[:, 0], px.low_idx[:, -1]
-    hi = range_reduce(range_reduce(x, 1, fy, ly, torch.maximum), 2, fx, lx, torch.maximum)
-    lo = range_reduce(range_reduce(x, 1, fy, ly, torch.minimum), 2, fx, lx, torch.minimum)
-    return lo, hi
+    return window_reduce(x, py, px, torch.minimum), window_reduce(x, py, px, torch.maximum)
+
+
+def window_reduce(x: torch.Tensor, py: AxisPlan, px: AxisPlan, op) -> torch.Tensor:
+    """op (torch.minimum / torch.maximum) of each channel over each tile's window: x [C, h, w] -> [C, n_ty, n_tx]."""
+    rows = range_reduce(x, 1, py.low_idx[:, 0], py.low_idx[:, -1], op)  # [C, n_ty, w]
+    return range_reduce(rows, 2, px.low_idx[:, 0], px.low_idx[:, -1], op)
 
 
 def range_reduce(x: torch.Tensor, dim: int, first: torch.Tensor, last: torch.Tensor, op) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import require_transformers
 
 import maskformer.criterion as crit_mod
+import maskformer.mask_losses as mask_losses
 from maskformer.config import Config, apply_overrides
 from maskformer.criterion import PerPixelCriterion, SetCriterion, build_criterion
 from maskformer.mask_losses import full_res_mask_losses, point_sampled_mask_losses, upsample_adjoint
@@ -168,6 +169,28 @@ def test_gradcheck_mask_losses_and_adjoint():
         up = F.interpolate(x[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
         (want,) = torch.autograd.grad(up, x, g)
         torch.testing.assert_close(upsample_adjoint(g, (h, w)), want, rtol=1e-12, atol=1e-12)
+
+
+def test_chunking_does_not_change_values_or_gradients(monkeypatch):
+    logits, targets = torch.randn(5, 3, 4, dtype=torch.float64), torch.rand(5, 12, 16) > 0.5
+
+    def run():
+        x = logits.clone().requires_grad_()
+        focal, dice = full_res_mask_losses(x, targets)
+        (focal @ torch.arange(1.0, 6.0, dtype=torch.float64) + 3 * dice.sum()).backward()
+        return focal, dice, x.grad
+
+    whole = run()
+    monkeypatch.setattr(mask_losses, "CHUNK_PIXELS", 2 * 12 * 16)  # chunks of 2, 2 and 1 masks
+    for a, b in zip(whole, run()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+    def point_losses(x):  # several chunks, the same points at every evaluation
+        torch.manual_seed(0)
+        return point_sampled_mask_losses(x, targets, num_points=20)
+
+    monkeypatch.setattr(mask_losses, "CHUNK_PIXELS", 2 * 60)  # 60 oversampled points per mask: chunks of 2
+    assert torch.autograd.gradcheck(point_losses, (logits.clone().requires_grad_(),), eps=1e-6, atol=1e-7)
 
 
 def test_unmatched_queries_get_gradient_only_from_the_class_loss():

@@ -365,6 +365,26 @@ def test_instance_matches_reference(pad, img, out):
             assert not ((mask.numpy() != ref_mask) & ~near_zero).any()
 
 
+def test_instance_hand_built_empty_mask_scores_zero():
+    o = hand_built([block(4, 6, 0, 2, 0, 3), np.full((4, 6), -5.0)], [CONFIDENT[0], CONFIDENT[1]])
+    got = inf.instance_inference(o, [(4, 6)], padded_size=(4, 6), topk=2, tile=8)[0]
+    p = o["pred_logits"][0].softmax(-1).max(-1).values
+    mean = float(torch.sigmoid(torch.tensor(8.0)))  # every pixel of the first mask has logit 8
+    assert got.labels.tolist() == [0, 1] and got.scores.tolist() == pytest.approx([float(p[0]) * mean, 0.0], rel=1e-5)
+    assert got.masks[0].sum() == 6 and not got.masks[1].any()
+
+
+def test_semantic_when_every_query_is_no_object():
+    o = random_outputs(seed=8)
+    o["pred_logits"][..., -1] += 20  # real classes keep only tiny probabilities
+    for order in ("official", "fast"):
+        ref = (ref_semantic if order == "official" else ref_fast)(
+            np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), (40, 48), (37, 41), (29, 53)
+        )
+        labels = inf.semantic_labels(o, [(37, 41)], [(29, 53)], order=order, padded_size=(40, 48))[0]
+        labels_agree(labels, ref, tol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_bad_inputs_are_named():
     o = random_outputs()
@@ -380,3 +400,13 @@ def test_bad_inputs_are_named():
         inf.panoptic_inference({"sem_seg": torch.zeros(1, 3, 4, 4)}, [(16, 16)], thing_ids=[])
     with pytest.raises(ValueError, match="pred_logits"):
         inf.instance_inference({"pred_logits": torch.zeros(1, 3, 4), "pred_masks": torch.zeros(1, 2, 4, 4)}, [(16, 16)])
+
+
+def test_thread_setting_is_restored():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inf.semantic_labels(random_outputs(), [(40, 48)])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

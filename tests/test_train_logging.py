@@ -49,12 +49,17 @@ def test_training_panels_from_records():
     recs = [
         {"iter": 10, "loss": 3.0, "loss_ce": 1.0, "loss_ce_0": 1.2, "lr": 1e-4},
         {"iter": 20, "loss": 2.0, "loss_ce": 0.5, "loss_ce_0": 0.9, "lr": 9e-5},
-        {"iter": 20, "val/mIoU": 0.4, "val/PQ": 0.3},
+        {"iter": 20, "val/mIoU": 0.4, "val/PQ": 0.3, "val/fwIoU": 0.5, "val/num_images": 50},
     ]
     panels = dict(training_panels(recs))
     assert panels["total loss"] == {"loss": ([10, 20], [3.0, 2.0])}
     assert set(panels["loss terms"]) == {"loss_ce"}
-    assert panels["validation"]["mIoU"] == ([20], [0.4])
+    assert panels["validation"] == {"mIoU": ([20], [0.4]), "PQ": ([20], [0.3])}  # main fractions only
+
+
+def test_loss_spanning_decades_is_plotted_in_log10():
+    panels = dict(training_panels([{"iter": 1, "loss": 100.0}, {"iter": 2, "loss": 1.0}]))
+    assert panels["total loss (log10)"] == {"loss": ([1, 2], [2.0, 0.0])}
 
 
 def test_pil_plot_draws_each_series(tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
 
 
 def training_panels(records: list[dict]) -> list[Panel]:
-    """Panels from metrics.jsonl records: "loss", the other "loss_*" terms, "lr", and each "val/*" metric."""
+    """Panels from metrics.jsonl records: "loss" and the final-layer "loss_*" terms (log10 when they span more
+    than 20x), "lr", and the validation fractions ("val/mIoU", "val/PQ", ...)."""
 
     def series(key: str) -> tuple[list[float], list[float]]:
         pts = [(r["iter"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
@@ -26,16 +27,29 @@ def training_panels(records: list[dict]) -> list[Panel]:
     keys = sorted({k for r in records for k, v in r.items() if isinstance(v, (int, float)) and k != "iter"})
     panels: list[Panel] = []
     if "loss" in keys:
-        panels.append(("total loss", {"loss": series("loss")}))
+        panels.append(_maybe_log("total loss", {"loss": series("loss")}))
     terms = [k for k in keys if k.startswith("loss_") and not k[-1].isdigit()]  # final-layer terms only
     if terms:
-        panels.append(("loss terms", {k: series(k) for k in terms}))
+        panels.append(_maybe_log("loss terms", {k: series(k) for k in terms}))
     if "lr" in keys:
         panels.append(("learning rate", {"lr": series("lr")}))
-    evals = [k for k in keys if k.startswith("val/")]
-    if evals:
-        panels.append(("validation", {k[4:]: series(k) for k in evals}))
+    evals = {k[4:]: series(k) for k in keys if k.startswith("val/")}
+    evals = {k: v for k, v in evals.items() if v[1] and all(0.0 <= y <= 1.0 for y in v[1])}  # fractions only
+    main = {k: v for k, v in evals.items() if k in VAL_KEYS}
+    if main or evals:
+        panels.append(("validation", main or evals))
     return panels
+
+
+VAL_KEYS = ("mIoU", "mACC", "pACC", "PQ", "PQ_th", "PQ_st", "AP")
+
+
+def _maybe_log(title: str, series: Series) -> Panel:
+    ys = [y for _, v in series.values() for y in v if y > 0]
+    if not ys or max(ys) / min(ys) <= 20:
+        return title, series
+    logged = {k: (xs, [math.log10(y) if y > 0 else float("nan") for y in v]) for k, (xs, v) in series.items()}
+    return f"{title} (log10)", logged
 
 
 def plot_training_curves(records: list[dict], path: Path) -> Path | None:

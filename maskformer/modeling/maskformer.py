@@ -56,9 +56,9 @@ class MaskFormer(nn.Module):
         x = x.to(self.pixel_mean.device, torch.float32)
         x = (x - self.pixel_mean) / self.pixel_std
         d = self.size_divisibility
-        if d > 1:
-            h, w = x.shape[-2:]
-            x = F.pad(x, (0, -w % d, 0, -h % d))  # bottom/right, value 0 (= the mean before normalization)
+        pad_h, pad_w = (-x.shape[-2] % d, -x.shape[-1] % d) if d > 1 else (0, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))  # bottom/right, value 0 (= the mean before normalization)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
