@@ -174,7 +174,26 @@ def report(results: list[dict], repeats: int) -> str:
             f" | {med['ours'] / (off / best):.2f} / {med['ours'] / (exe / best):.2f}"
             f" | {bf_cells} | {dev_cell} | {r['parity']:.1e} | {r['load']:.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + notes(results)) + "\n"
+
+
+def notes(results: list[dict]) -> list[str]:
+    """Caveats that follow from this machine: no native bf16, and the load other processes put on the cores."""
+    out = []
+    flags = cpu_flags()
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        out.append(
+            "This CPU has no native bf16 (no AVX512-BF16 / AMX): oneDNN emulates bf16 convs and matmuls, so the"
+            " autocast path is slower than fp32 here; the bf16 speed-up needs a CPU with AVX512-BF16 or AMX."
+        )
+    load = max(r["load"] for r in results)
+    if load > os.cpu_count():
+        out.append(
+            f"Load average {load:.1f} on {os.cpu_count()} cores during the run: every multi-threaded op waits for a"
+            " core, which a single large kernel suffers far less than a forward of ~350 ops, so ours / floor is"
+            " inflated and absolute times are several x a quiet machine's; compare the paired ratios."
+        )
+    return out
 
 
 def write_section(text: str, path: Path) -> None:
@@ -185,7 +204,7 @@ def write_section(text: str, path: Path) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+        new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
     path.write_text(new)
 
 
