@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
     p.add_argument("--dataset-ids", action="store_true", help="semantic PNGs hold dataset ids, not contiguous ids")
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
-    p.add_argument("--opts", nargs="*", default=[], help="config overrides section.key=value")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (after the inputs)")
 
 
 def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
