@@ -130,6 +130,7 @@ def interleaved(funcs: dict, make_args, repeats: int) -> dict:
 
     Returns {name: wall}; the CPU medians go to CPU_S (with 2 threads they include the threads' spin-waits)."""
     wall, cpu = {name: [] for name in funcs}, {name: [] for name in funcs}
+    CPU_S.clear()
     for _ in range(repeats):
         for name, fn in funcs.items():
             args = make_args()

@@ -21,7 +21,8 @@ from torch.autograd.function import once_differentiable
 from maskformer.point_sampling import point_sample, point_sample_binary, uncertain_point_coords
 
 FOCAL_ALPHA = 0.25
-CHUNK_PIXELS = 1 << 21  # elements per chunk (8 MB in fp32): bounded temporaries, few large ops
+CHUNK_PIXELS = 1 << 21  # full-resolution pixels per chunk (8 MB per fp32 temporary): bounded memory, few large ops
+CHUNK_POINTS = 1 << 20  # oversampled points per chunk of the point-sampled loss
 
 
 def bilinear_taps(scale: int) -> tuple[list[float], int]:
@@ -81,9 +82,9 @@ def _chunk_terms(x: Tensor, tf: Tensor, grads: Tensor | None) -> tuple[Tensor, T
     return focal, 1 - num / den
 
 
-def _chunks(m: int, per_mask: int) -> list[slice]:
-    """Slices of at most max(1, CHUNK_PIXELS // per_mask) of m masks."""
-    step = max(1, CHUNK_PIXELS // max(per_mask, 1))
+def _chunks(m: int, per_mask: int, budget: int) -> list[slice]:
+    """Slices of at most max(1, budget // per_mask) of m masks."""
+    step = max(1, budget // max(per_mask, 1))
     return [slice(i, min(i + step, m)) for i in range(0, m, step)]
 
 
@@ -92,7 +93,7 @@ def _full_res_terms(logits: Tensor, targets: Tensor, with_grad: bool) -> tuple[T
     (m, h, w), (H, W) = logits.shape, targets.shape[-2:]
     focal, dice = logits.new_zeros(m), logits.new_zeros(m)
     grads = logits.new_zeros(2, m, h, w) if with_grad else None  # d focal_j, d dice_j w.r.t. logits_j
-    for sl in _chunks(m, H * W):
+    for sl in _chunks(m, H * W, CHUNK_PIXELS):
         tf = targets[sl].reshape(-1, H * W).view(torch.uint8).to(logits.dtype)  # [c, N] 0/1
         full = logits.new_empty(2, tf.shape[0], H * W) if with_grad else None  # full-resolution gradients
         focal[sl], dice[sl] = _chunk_terms(_upsample(logits[sl], (H, W)), tf, full)
@@ -146,7 +147,7 @@ def _point_terms(logits: Tensor, targets: Tensor, sampling: dict, with_grad: boo
     bce, dice = logits.new_zeros(m), logits.new_zeros(m)
     grads = logits.new_zeros(2, m, h, w) if with_grad else None
     per_mask = int(sampling["num_points"] * sampling["oversample_ratio"])
-    for sl in _chunks(m, per_mask):
+    for sl in _chunks(m, per_mask, CHUNK_POINTS):
         coords = uncertain_point_coords(logits[sl, None], **sampling).to(logits.dtype)  # [c, P, 2]
         labels = point_sample_binary(targets[sl], coords)  # [c, P] soft labels (bilinear at mask edges)
         lo = logits[sl, None].expand(-1, 2, -1, -1).detach().requires_grad_(with_grad)  # 2 channels: 2 cotangents

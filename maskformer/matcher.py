@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from maskformer.point_sampling import point_sample, point_sample_binary
 
 FOCAL_ALPHA = 0.25  # focal loss alpha; gamma is 2 (squared below)
-GROUP_ELEMENTS = 1 << 23  # cost terms of at most this many (query, pixel) pairs at once: 32 MB per fp32 temporary
+GROUP_ELEMENTS = 1 << 22  # cost terms of at most this many (query, pixel) pairs at once: 16 MB per fp32 temporary
 
 
 def pairwise_focal_cost(x: Tensor, t: Tensor, p: Tensor | None = None) -> Tensor:
@@ -143,8 +143,12 @@ class HungarianMatcher(nn.Module):
             return pred_masks.reshape(B, Q, h * w), pack_targets(rows, pred_masks.dtype)
         coords = torch.rand(B, self.num_points, 2, device=pred_masks.device)  # [B, P, 2], shared within an image
         x = point_sample(pred_masks, coords)  # [B, Q, P] (queries as channels)
-        rows = [point_sample_binary(m, coords[b].expand(m.shape[0], -1, -1)) for b, m in enumerate(masks)]
-        return x, pack_targets(rows, pred_masks.dtype)
+        counts = [m.shape[0] for m in masks]
+        owner = torch.repeat_interleave(
+            torch.arange(B, device=coords.device), torch.tensor(counts, device=coords.device)
+        )
+        rows = point_sample_binary(torch.cat(masks), coords[owner])  # [sum T_i, P], each at its image's points
+        return x, pack_targets(list(rows.split(counts)), pred_masks.dtype)
 
     @staticmethod
     def _solve(cost: Tensor) -> tuple[Tensor, Tensor]:

@@ -24,28 +24,23 @@ def point_sample(features: Tensor, coords: Tensor) -> Tensor:
 def point_sample_binary(masks: Tensor, coords: Tensor) -> Tensor:
     """Bilinear values of binary masks at points, without a float copy of the masks.
 
-    masks: bool [N, H, W]; coords: [N, P, 2] ((x, y) in [0, 1]). Returns float [N, P] equal to
-    `point_sample(masks.float()[:, None], coords)[:, 0]`: the 4 neighbours are gathered directly, and neighbours
-    outside the frame read 0 (their weight is dropped).
+    masks: bool [N, H, W]; coords: [N, P, 2] ((x, y) in [0, 1]). Returns [N, P] in coords' dtype, equal to
+    `point_sample(masks.float()[:, None], coords)[:, 0]`: the masks get a one-pixel zero border (so every neighbour
+    index is valid and out-of-frame neighbours read 0), then the 4 neighbours are gathered at once.
     """
     n, H, W = masks.shape
-    flat = masks.reshape(n, H * W)  # [N, H*W]
-    out = coords.new_zeros(coords.shape[:2])  # [N, P]
-    (x0, wx), (y0, wy) = (_taps(coords[..., i], size) for i, size in ((0, W), (1, H)))
-    for dy in (0, 1):
-        for dx in (0, 1):
-            idx = (y0 + dy).clamp_(0, H - 1).mul_(W).add_((x0 + dx).clamp_(0, W - 1))  # [N, P]
-            out.addcmul_(flat.gather(1, idx).view(torch.uint8).to(out.dtype), wy[dy] * wx[dx])
-    return out
-
-
-def _taps(c: Tensor, size: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Left neighbour index [N, P] and the two bilinear weights along one axis; out-of-frame neighbours weigh 0."""
-    pos = c * size - 0.5  # pixel coordinate (align_corners False)
-    i0 = pos.floor()
-    f = pos - i0
-    i0 = i0.long()
-    return i0, ((1 - f) * (i0 >= 0).to(f.dtype), f * (i0 + 1 < size).to(f.dtype))
+    border = F.pad(masks, (1, 1, 1, 1)).reshape(n, (H + 2) * (W + 2))  # [N, (H+2)*(W+2)]
+    pos = coords * coords.new_tensor([W, H]) - 0.5  # [N, P, 2] pixel coordinates (align_corners False)
+    low = pos.floor()
+    frac = pos - low  # [N, P, 2]
+    low = low.long() + 1  # top-left neighbour in the bordered frame, in [0, W] x [0, H]
+    corner = (low[..., 1] * (W + 2) + low[..., 0])[..., None]  # [N, P, 1]
+    steps = torch.tensor([0, 1, W + 2, W + 3], device=coords.device)  # top-left, top-right, bottom-left, bottom-right
+    hits = border.gather(1, (corner + steps).view(n, -1)).view(*corner.shape[:2], 4)  # [N, P, 4]
+    wx = torch.stack([1 - frac[..., 0], frac[..., 0]], -1)  # [N, P, 2]
+    wy = torch.stack([1 - frac[..., 1], frac[..., 1]], -1)
+    weights = (wy[..., :, None] * wx[..., None, :]).view(*corner.shape[:2], 4)  # [N, P, 4] in the order of steps
+    return torch.linalg.vecdot(hits.view(torch.uint8).to(weights.dtype), weights)
 
 
 def uncertainty(logits: Tensor) -> Tensor:

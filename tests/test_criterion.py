@@ -189,7 +189,7 @@ def test_chunking_does_not_change_values_or_gradients(monkeypatch):
         torch.manual_seed(0)
         return point_sampled_mask_losses(x, targets, num_points=20)
 
-    monkeypatch.setattr(mask_losses, "CHUNK_PIXELS", 2 * 60)  # 60 oversampled points per mask: chunks of 2
+    monkeypatch.setattr(mask_losses, "CHUNK_POINTS", 2 * 60)  # 60 oversampled points per mask: chunks of 2
     assert torch.autograd.gradcheck(point_losses, (logits.clone().requires_grad_(),), eps=1e-6, atol=1e-7)
 
 
