@@ -26,7 +26,7 @@ def point_sample_binary(masks: Tensor, coords: Tensor) -> Tensor:
 
     masks: bool [N, H, W]; coords: [N, P, 2] ((x, y) in [0, 1]). Returns [N, P] in coords' dtype, equal to
     `point_sample(masks.float()[:, None], coords)[:, 0]`: the masks get a one-pixel zero border (so every neighbour
-    index is valid and out-of-frame neighbours read 0), then the 4 neighbours are gathered at once.
+    index is valid and out-of-frame neighbours read 0), then the 4 neighbours are gathered at once and interpolated.
     """
     n, H, W = masks.shape
     border = F.pad(masks, (1, 1, 1, 1)).reshape(n, (H + 2) * (W + 2))  # [N, (H+2)*(W+2)]
@@ -36,11 +36,11 @@ def point_sample_binary(masks: Tensor, coords: Tensor) -> Tensor:
     low = low.long() + 1  # top-left neighbour in the bordered frame, in [0, W] x [0, H]
     corner = (low[..., 1] * (W + 2) + low[..., 0])[..., None]  # [N, P, 1]
     steps = torch.tensor([0, 1, W + 2, W + 3], device=coords.device)  # top-left, top-right, bottom-left, bottom-right
-    hits = border.gather(1, (corner + steps).view(n, -1)).view(*corner.shape[:2], 4)  # [N, P, 4]
-    wx = torch.stack([1 - frac[..., 0], frac[..., 0]], -1)  # [N, P, 2]
-    wy = torch.stack([1 - frac[..., 1], frac[..., 1]], -1)
-    weights = (wy[..., :, None] * wx[..., None, :]).view(*corner.shape[:2], 4)  # [N, P, 4] in the order of steps
-    return torch.linalg.vecdot(hits.view(torch.uint8).to(weights.dtype), weights)
+    p = corner.shape[1]
+    hits = border.gather(1, (corner + steps).view(n, 4 * p)).view(torch.uint8).to(coords.dtype).view(n, p, 4)
+    top = torch.lerp(hits[..., 0], hits[..., 1], frac[..., 0])  # [N, P]
+    bottom = torch.lerp(hits[..., 2], hits[..., 3], frac[..., 0])
+    return torch.lerp(top, bottom, frac[..., 1])
 
 
 def uncertainty(logits: Tensor) -> Tensor:

@@ -133,3 +133,18 @@ def test_grad_accumulation_splits_the_total_batch(synth, tmp_path):
 def test_fp16_on_cpu_is_a_clear_error(synth, tmp_path):
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         _trainer(tiny_config(synth, "train.amp=fp16"), tmp_path, device="cpu")
+
+
+def test_thread_governor_follows_other_load(monkeypatch):
+    from maskformer.engine import components
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    load = [0.0]
+    monkeypatch.setattr(components.os, "getloadavg", lambda: (load[0], 0.0, 0.0))
+    gov = components.ThreadGovernor(0, period_s=0.0)
+    gov.max_threads = 2
+    load[0] = 1.0 + torch.get_num_threads()  # one other busy process besides our own threads
+    assert gov.update() == 1
+    load[0] = 1.2  # only ourselves (1 thread) and a little noise
+    assert gov.update() == 2
+    assert components.ThreadGovernor(3).update() == 3  # a fixed number is kept whatever the load

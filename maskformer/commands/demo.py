@@ -22,16 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="maskformer_r18_synth", help="model preset to train")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: auto, 1 when the machine is already busy)"
+        "--threads", type=int, default=0, help="torch CPU threads (0: auto, 1 while the machine is busy)"
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskformer.engine.components import configure_threads
-
-    print(f"using {configure_threads(args.threads)} CPU thread(s)")
     start = time.perf_counter()
     out = Path(args.out)
     data_root, data_s = _synthetic_data(out / "data")
@@ -112,7 +109,7 @@ def _write_report(folder: Path, trainer, preset: str, metrics: dict, timing: dic
         "iterations": trainer.iteration,
         "metrics": metrics,
         "timing_s": {k: round(v, 1) for k, v in timing.items()} | {"total": round(time.perf_counter() - start, 1)},
-        "threads": torch.get_num_threads(),
+        "threads_at_end": torch.get_num_threads(),
         "model_dir": str((trainer.out / "model").resolve()),
         "config": trainer.cfg.to_dict(),
     }

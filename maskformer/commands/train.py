@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-kind", choices=("auto", "full", "backbone"), default="auto")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads per process (0: auto, 1 when the machine is busy)"
+        "--threads", type=int, default=0, help="torch CPU threads per process (0: auto, 1 while the machine is busy)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
@@ -69,11 +69,9 @@ def _read_config(path: Path) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     from maskformer.engine import distributed as D
-    from maskformer.engine.components import configure_threads
     from maskformer.engine.loop import NonFiniteLossError, Trainer
 
     cfg = resolve_config(args)
-    configure_threads(args.threads)
     try:
         trainer = Trainer(
             cfg,
@@ -81,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             init_weights=None if args.resume is not None else args.init_weights,
             init_kind=args.init_kind,
             device=args.device,
+            threads=args.threads,
             progress=not args.no_progress,
         )
         if args.resume is not None:

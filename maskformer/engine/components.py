@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +18,32 @@ from maskformer.config import Config
 from maskformer.engine.distributed import DistInfo
 
 
-def configure_threads(threads: int = 0) -> int:
-    """Set torch's intra-op CPU threads; returns the number used.
+class ThreadGovernor:
+    """torch's intra-op CPU threads for training: a fixed number, or (threads=0) adapted to the machine's load.
 
-    threads > 0: exactly that. 0 (auto): torch's default (or OMP_NUM_THREADS when set), except on an oversubscribed
-    machine (1-minute load average >= the number of cores), where OpenMP threads spin waiting for each other and a
-    training step measured 5-20x slower with 2 threads than with 1: then 1.
+    On an oversubscribed CPU, OpenMP threads wait for each other at every operator and a training step measured
+    5-20x slower with 2 threads than with 1 (2-core machine shared with other jobs). In auto mode the governor
+    looks every `period_s` seconds at the 1-minute load average minus this process's own threads and runs 1 thread
+    while other work keeps a core busy, torch's default otherwise. OMP_NUM_THREADS (e.g. under torchrun) wins.
     """
-    if threads <= 0:
-        if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
-            return torch.get_num_threads()
-        busy = os.getloadavg()[0] >= (os.cpu_count() or 1)
-        threads = 1 if busy else torch.get_num_threads()
-    torch.set_num_threads(threads)
-    return threads
+
+    def __init__(self, threads: int = 0, *, period_s: float = 15.0):
+        self.auto = threads <= 0 and not os.environ.get("OMP_NUM_THREADS") and hasattr(os, "getloadavg")
+        self.max_threads = threads if threads > 0 else torch.get_num_threads()
+        self.period_s, self._next = period_s, 0.0
+        torch.set_num_threads(self.max_threads)
+        self.update()
+
+    def update(self) -> int:
+        """Re-decide (at most once per period); returns the threads in use."""
+        now = time.monotonic()
+        if self.auto and now >= self._next:
+            self._next = now + self.period_s
+            others = os.getloadavg()[0] - torch.get_num_threads()
+            want = 1 if others >= 0.75 else self.max_threads
+            if want != torch.get_num_threads():
+                torch.set_num_threads(want)
+        return torch.get_num_threads()
 
 
 def seed_everything(seed: int) -> None:

@@ -26,6 +26,7 @@ from maskformer.config import Config, TrainConfig
 from maskformer.engine import distributed as D
 from maskformer.engine import state as S
 from maskformer.engine.components import (
+    ThreadGovernor,
     build_train_loader,
     build_train_model,
     default_evaluate,
@@ -73,6 +74,7 @@ class Trainer:
     model/criterion: nn.Modules meeting docs/CONTRACTS.md; train_set/val_set: map-style datasets with `.meta`.
     evaluate_fn(model, dataset) -> dict of metrics; defaults to maskformer.evaluation's `evaluate_model`.
     device: "cpu", "cuda" or None (cuda when available). Under torchrun each process is one rank.
+    threads: CPU threads (None: leave torch's setting; 0: adapt to the machine's load, see ThreadGovernor).
     """
 
     def __init__(
@@ -88,9 +90,11 @@ class Trainer:
         init_weights: str | None = None,
         init_kind: str = "auto",
         device: str | None = None,
+        threads: int | None = None,
         progress: bool = True,
     ):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.threads = ThreadGovernor(threads) if threads is not None else None
         self.dist = D.init_distributed(device)
         self.micro_batch = micro_batch_size(cfg.train, self.dist.world_size)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -173,6 +177,8 @@ class Trainer:
                 bar.update(self.iteration, values, meter, images=t.batch_size)
                 if self.iteration % t.log_period == 0 or self.iteration == end:
                     self._log(meter)
+                    if self.threads is not None:
+                        self.threads.update()
                 if _due(self.iteration, t.checkpoint_period) or self.iteration == end:
                     last_ckpt = self.save_checkpoint()
                 if _due(self.iteration, t.eval_period) or (self.iteration == t.max_iter and t.eval_period > 0):
