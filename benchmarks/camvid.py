@@ -17,8 +17,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
-
 from maskformer.config import get_preset
 from maskformer.engine.loop import Trainer
 from maskformer.engine.plots import plot_panels
@@ -46,11 +44,11 @@ class BudgetClock:
         return self.last
 
 
-def seconds_per_iter(cfg, out: Path, iters: int) -> float:
-    """Median-free estimate: time of iterations 3..iters of a throw-away run (warm-up excluded)."""
+def seconds_per_iter(cfg, out: Path, iters: int, args) -> float:
+    """Seconds per iteration of a throw-away run, iterations 3..iters (warm-up excluded)."""
     c = cfg.copy()
     c.train.max_iter, c.train.eval_period, c.train.checkpoint_period = iters, 0, 0
-    tr = Trainer(c, out, progress=False)
+    tr = Trainer(c, out, threads=args.threads, progress=False)
     tr.run(stop_at=2)
     t0 = time.perf_counter()
     tr.run(stop_at=iters)
@@ -62,13 +60,13 @@ def train_one(arch: str, args) -> dict:
     cfg = get_preset(f"{arch}_r18_camvid", [f"data.root={args.data_root}", *args.opts])
     out = Path(args.out) / arch
     shutil.rmtree(out, ignore_errors=True)
-    spi = seconds_per_iter(cfg, out / "calib", args.calib_iters)
+    spi = seconds_per_iter(cfg, out / "calib", args.calib_iters, args)
     cfg.train.max_iter = max(10, int(args.budget_min * 60 / spi))
     cfg.train.eval_period = max(1, int(args.eval_every * 60 / spi))
     cfg.train.checkpoint_period = cfg.train.max_iter
     print(f"{arch}: {spi:.2f} s/iter -> max_iter {cfg.train.max_iter}, eval every {cfg.train.eval_period} iters")
     clock = BudgetClock(cfg)
-    tr = Trainer(cfg, out, evaluate_fn=clock.evaluate, progress=not args.no_progress)
+    tr = Trainer(cfg, out, evaluate_fn=clock.evaluate, threads=args.threads, progress=not args.no_progress)
     clock.start = time.perf_counter()
     tr.run()
     per_class = {c["name"]: round(c["iou"], 4) for c in clock.last.get("per_class", [])}
@@ -113,12 +111,11 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/camvid")
     p.add_argument("--opts", nargs="*", default=[], help="config overrides for every model")
     p.add_argument("--calib-iters", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: adapt to the machine's load)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     if not Path(args.data_root, "meta.json").is_file():
         raise SystemExit(f"CamVid not found at {args.data_root} (expected meta.json, images/, labels/)")
-    torch.set_num_threads(args.threads)
     results = [train_one(arch, args) for arch in args.models]
     out = Path(args.out)
     (out / "camvid.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

@@ -141,7 +141,9 @@ def test_thread_governor_follows_other_load(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     load = [0.0]
     monkeypatch.setattr(components.os, "getloadavg", lambda: (load[0], 0.0, 0.0))
-    gov = components.ThreadGovernor(0, period_s=0.0)
+    load[0] = 1.0
+    gov = components.ThreadGovernor(0, period_s=0.0)  # before training, all of the load is someone else's
+    assert torch.get_num_threads() == 1
     gov.max_threads = 2
     load[0] = 1.0 + torch.get_num_threads()  # one other busy process besides our own threads
     assert gov.update() == 1

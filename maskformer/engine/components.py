@@ -32,14 +32,15 @@ class ThreadGovernor:
         self.max_threads = threads if threads > 0 else torch.get_num_threads()
         self.period_s, self._next = period_s, 0.0
         torch.set_num_threads(self.max_threads)
-        self.update()
+        self.update(running=False)
 
-    def update(self) -> int:
-        """Re-decide (at most once per period); returns the threads in use."""
+    def update(self, running: bool = True) -> int:
+        """Re-decide (at most once per period); returns the threads in use. running: whether this process has
+        been computing (then its own threads are part of the load average)."""
         now = time.monotonic()
         if self.auto and now >= self._next:
             self._next = now + self.period_s
-            others = os.getloadavg()[0] - torch.get_num_threads()
+            others = os.getloadavg()[0] - (torch.get_num_threads() if running else 0)
             want = 1 if others >= 0.75 else self.max_threads
             if want != torch.get_num_threads():
                 torch.set_num_threads(want)

@@ -173,12 +173,12 @@ class Trainer:
                 t1 = time.perf_counter()
                 values = self._step(batches)
                 self.iteration += 1
+                if self.threads is not None:
+                    values["threads"] = self.threads.update()
                 meter.add(values, data_time=t1 - t0, step_time=time.perf_counter() - t1)
                 bar.update(self.iteration, values, meter, images=t.batch_size)
                 if self.iteration % t.log_period == 0 or self.iteration == end:
                     self._log(meter)
-                    if self.threads is not None:
-                        self.threads.update()
                 if _due(self.iteration, t.checkpoint_period) or self.iteration == end:
                     last_ckpt = self.save_checkpoint()
                 if _due(self.iteration, t.eval_period) or (self.iteration == t.max_iter and t.eval_period > 0):
