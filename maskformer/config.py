@@ -397,8 +397,8 @@ def cpu_preset(backbone: str, dataset: str, arch: str = "maskformer") -> Config:
             format="camvid",
             train_split="train",
             val_split="val",
-            crop_size=(240, 320),
-            min_size_train=(180, 216, 240, 270, 300, 360),
+            crop_size=(180, 240),
+            min_size_train=(144, 180, 216, 252, 288),  # 0.4-0.8 x the native 360
             max_size_train=640,
             pad_size=-1,
             ignore_label=11,
@@ -412,7 +412,7 @@ def cpu_preset(backbone: str, dataset: str, arch: str = "maskformer") -> Config:
             eval_period=500,
             log_period=10,
         )
-        inference = dict(min_size_test=360, max_size_test=640)
+        inference = dict(min_size_test=270, max_size_test=640)  # predict at 0.75x, scored at the native 360x480
     else:
         raise KeyError(f"no CPU preset for dataset {dataset!r}")
     if arch == "per_pixel_baseline_plus":

@@ -156,9 +156,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self, stop_at: int | None = None) -> TrainResult:
-        """Train until cfg.train.max_iter (or stop after iteration `stop_at`, checkpointing there)."""
+        """Train until cfg.train.max_iter (or stop after iteration `stop_at`, checkpointing there).
+
+        max_iter is re-read every iteration, so a caller may move the end (and with it the schedule) while running,
+        e.g. to fit a wall-clock budget (benchmarks/camvid.py)."""
         t = self.cfg.train
-        end = t.max_iter if stop_at is None else min(stop_at, t.max_iter)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             S.write_text_atomic(self.out / "config.json", self.cfg.to_json())
@@ -167,7 +169,7 @@ class Trainer:
         data = iter(self.loader)
         last_ckpt = None
         try:
-            while self.iteration < end:
+            while self.iteration < (end := t.max_iter if stop_at is None else min(stop_at, t.max_iter)):
                 t0 = time.perf_counter()
                 batches = [next(data) for _ in range(max(t.grad_accum, 1))]
                 t1 = time.perf_counter()
