@@ -76,9 +76,15 @@ def test_cli_train_then_resume_with_saved_config(synth, tmp_path, capsys):
     assert (out / "checkpoints" / "iter_0000003" / "train_state.pt").is_file()
 
 
-def test_cli_train_needs_a_config(tmp_path):
+def test_cli_train_bad_input_is_a_clear_message(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--preset NAME is required"):
         main(["train", "--out", str(tmp_path)])
+    assert main(["train", "--preset", "maskformer_r7_nowhere", "--out", str(tmp_path)]) == 2
+    assert "unknown preset 'maskformer_r7_nowhere'" in capsys.readouterr().err
+    assert main(["train", "--preset", "maskformer_r18_synth", "--out", str(tmp_path), "--opts", "train.max_itr=3"]) == 2
+    assert "unknown key 'max_itr'" in capsys.readouterr().err
+    assert main(["train", "--preset", "maskformer_r18_synth", "--out", str(tmp_path)]) == 2
+    assert "data.root is empty" in capsys.readouterr().err
 
 
 def test_init_weights_full_model_directory(synth, tmp_path):

@@ -68,10 +68,16 @@ def _read_config(path: Path) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maskformer.checkpoint import CheckpointError
+    from maskformer.data import DatasetError
     from maskformer.engine import distributed as D
     from maskformer.engine.loop import NonFiniteLossError, Trainer
 
-    cfg = resolve_config(args)
+    try:
+        cfg = resolve_config(args)
+    except (KeyError, ValueError) as e:  # unknown preset / override key / bad value: the message names it
+        print(f"maskformer train: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
     try:
         trainer = Trainer(
             cfg,
@@ -90,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         print(f"maskformer train: {e}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, DatasetError, CheckpointError) as e:  # missing/bad data, checkpoint or weights
+        print(f"maskformer train: {e}", file=sys.stderr)
+        return 2
     finally:
         D.cleanup()
     if trainer.dist.is_main:
