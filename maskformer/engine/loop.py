@@ -110,6 +110,8 @@ class Trainer:
         self.step = TrainStep(self.model, self.criterion, cfg.train, self.dist.device, net=self._wrap_ddp(self.model))
         self.train_set = train_set if train_set is not None else _build_split(cfg, cfg.data.train_split, True)
         self._val_set, self.evaluate_fn = val_set, evaluate_fn or default_evaluate(cfg)
+        if cfg.train.eval_period > 0 and self.dist.is_main:
+            _ = self.val_set  # a missing validation split fails now, not after the first eval_period iterations
         seed_everything(cfg.train.seed + self.dist.rank)  # different augmentation streams per rank
         self.loader = build_train_loader(self.train_set, cfg, self.micro_batch, self.dist)
         self.iteration, self.best, self.last_eval = 0, None, {}
