@@ -4,7 +4,8 @@ batch 2, 512x512, fp32 and bf16, against transformers' MaskFormer with its own l
 Ours runs `maskformer.engine.step.TrainStep` (exactly the training loop's step: deep supervision over 6 decoder
 layers, full-resolution mask losses, global grad-norm clipping, AdamW with the official groups). transformers runs
 `MaskFormerForInstanceSegmentation(pixel_values, mask_labels, class_labels)` with its defaults (loss on the last
-decoder layer only, BatchNorm ResNet), then the same clipping and AdamW. Variants are interleaved, median of repeats.
+decoder layer only, BatchNorm ResNet), then the same clipping and AdamW; "ours, last-layer loss" is ours with
+`loss.deep_supervision=false`, the like-for-like row. Variants are interleaved, median of repeats.
 
   .venv/bin/python benchmarks/bench_train_step.py [--repeats 5] [--size 512] [--models r50 swin_t]
 """
@@ -40,12 +41,12 @@ def make_inputs(batch: int, size: int, num_classes: int, masks_per_image: int = 
     return images, targets
 
 
-def ours(preset: str, amp: str):
+def ours(preset: str, amp: str, deep_supervision: bool = True):
     """A step closure for our model + criterion through TrainStep."""
     from maskformer.criterion import build_criterion
     from maskformer.modeling import build_model
 
-    cfg = get_preset(preset, [f"train.amp={amp}"])
+    cfg = get_preset(preset, [f"train.amp={amp}", f"loss.deep_supervision={deep_supervision}"])
     torch.manual_seed(0)
     model, criterion = build_model(cfg), build_criterion(cfg)
     step = TrainStep(model, criterion, cfg.train, torch.device("cpu"))
@@ -90,7 +91,7 @@ def hf(kind: str, preset: str):
         out.loss.backward()
         clip_grad_norm(model.parameters(), t.clip_grad_norm)
         opt.step()
-        return float(out.loss)
+        return out.loss.item()
 
     return step
 
@@ -124,6 +125,7 @@ def main() -> None:
         variants = {
             "ours fp32": ours(preset, "none"),
             "ours bf16": ours(preset, "bf16"),
+            "ours fp32, last-layer loss": ours(preset, "none", deep_supervision=False),  # transformers' default
             "transformers fp32": hf(kind, preset),
         }
         times = time_interleaved(variants, inputs, args.repeats)

@@ -8,6 +8,7 @@ rate measured so far (the machine is shared: its speed drifts). Writes <out>/cam
 prints a markdown table for benchmarks/RESULTS.md.
 
   .venv/bin/python benchmarks/camvid.py --budget-min 30 [--models maskformer per_pixel_baseline ...] [--opts ...]
+  .venv/bin/python benchmarks/camvid.py --gather out/a out/b --out out/all    # one table from separate runs
 """
 
 from __future__ import annotations
@@ -123,12 +124,22 @@ def main() -> None:
     p.add_argument("--calib-iters", type=int, default=12)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: adapt to the machine's load)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--gather", nargs="+", metavar="DIR", help="no training: combine earlier runs' camvid.json")
     args = p.parse_args()
-    if not Path(args.data_root, "meta.json").is_file():
-        raise SystemExit(f"CamVid not found at {args.data_root} (expected meta.json, images/, labels/)")
-    results = [train_one(arch, args) for arch in args.models]
     out = Path(args.out)
-    (out / "camvid.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    if args.gather:
+        results = [r for d in args.gather for r in json.loads(Path(d, "camvid.json").read_text())["results"]]
+    else:
+        if not Path(args.data_root, "meta.json").is_file():
+            raise SystemExit(f"CamVid not found at {args.data_root} (expected meta.json, images/, labels/)")
+        results = []
+        for arch in args.models:  # camvid.json is rewritten after each model: a stopped run keeps what finished
+            results.append(train_one(arch, args))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "camvid.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    if args.gather:
+        (out / "camvid.json").write_text(json.dumps({"gathered": args.gather, "results": results}, indent=1))
     curves = {r["arch"]: ([m for m, _ in r["curve"]], [v for _, v in r["curve"]]) for r in results}
     plot_panels([("CamVid val mIoU (360x480)", curves)], out / "camvid_curves.png", xlabel="training minutes")
     print(markdown(results))

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskformer.config import PRESETS, Config, get_preset
+from maskformer.config import PRESETS, Config, apply_overrides, get_preset
 from maskformer.structures import DatasetMeta
 
 FORMAT = "maskformer-model"
@@ -223,12 +223,16 @@ def generic_meta(cfg: Config, name: str | None = None) -> DatasetMeta:
 def load_model(
     path_or_preset: str | os.PathLike, device: str | torch.device = "cpu", *, overrides: Iterable[str] = ()
 ) -> tuple[nn.Module, Config, DatasetMeta]:
-    """(model in eval mode on `device`, cfg, meta) from a model directory, or a randomly initialised preset."""
+    """(model in eval mode on `device`, cfg, meta) from a model directory, or a randomly initialised preset.
+
+    `overrides` ("a.b=c") apply to either; on a model directory, one that changes the architecture makes loading fail
+    with the mismatching keys named."""
     from maskformer.modeling import build_model
 
     path = Path(path_or_preset)
     if path.is_dir():
         cfg, meta = read_model_config(path)
+        cfg = apply_overrides(cfg, list(overrides))  # e.g. inference.* or data.*; a changed architecture fails below
         model = build_model(cfg)
         load_checked(model, load_safetensors(path / WEIGHTS_NAME), source=str(path / WEIGHTS_NAME), strict=True)
     elif str(path_or_preset) in PRESETS:
@@ -308,7 +312,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> KeyRepor
     checkpoint with `backbone.` keys) into `model.backbone` (or `model` itself if it has no `.backbone`).
 
     Missing / unexpected keys are reported by name; those known for the format (Swin norm0..3, head, attn_mask, the
-    classifier) are reported as expected.
+    classifier, BatchNorm's num_batches_tracked) are reported as expected.
     """
     backbone = getattr(model, "backbone", model)
     sd, info = read_state_dict(path)
@@ -317,7 +321,8 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> KeyRepor
         backbone,
         mapped,
         source=str(path),
-        expected_missing=expected_missing,
+        # a BatchNorm backbone (CPU presets) initialised from a FrozenBN-format file: the step counter stays at 0
+        expected_missing=[*expected_missing, "*.num_batches_tracked"],
         expected_unexpected=expected_unexpected,
     )
 

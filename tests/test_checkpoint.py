@@ -45,6 +45,20 @@ def test_save_load_round_trip_is_bit_exact(saved):
     assert torch.equal(out1["pred_logits"], out2["pred_logits"]) and torch.equal(out1["pred_masks"], out2["pred_masks"])
 
 
+def test_model_dir_keeps_the_trained_norm_and_takes_overrides(saved):
+    """A from-scratch preset trains with BatchNorm (model.backbone_norm=BN): its directory must rebuild BatchNorm, not
+    the official FrozenBN, or the saved num_batches_tracked buffers make strict loading fail."""
+    model, cfg, meta, path = saved
+    assert cfg.model.backbone_norm == "BN"
+    loaded, _, _ = load_model(path)
+    assert isinstance(loaded.backbone.stem.conv1.norm, nn.BatchNorm2d)
+    assert any(k.endswith("num_batches_tracked") for k in loaded.state_dict())
+    _, cfg2, _ = load_model(path, overrides=["inference.min_size_test=77"])
+    assert cfg2.inference.min_size_test == 77 and cfg2.model == cfg.model
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_model(path, overrides=["model.hidden_dim=48"])
+
+
 def test_truncated_safetensors_is_a_clear_error(saved, tmp_path):
     _, cfg, meta, path = saved
     blob = (path / "model.safetensors").read_bytes()

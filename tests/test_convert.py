@@ -14,7 +14,7 @@ from ckpt_utils import TINY_HEADS, build
 
 from maskformer.checkpoint import CheckpointError, load_backbone_weights, load_full_weights
 from maskformer.config import PRESETS, get_preset
-from maskformer.convert.detectron2 import convert_detectron2, infer_model_fields, infer_preset
+from maskformer.convert.detectron2 import convert_detectron2, infer_backbone_norm, infer_model_fields, infer_preset
 from maskformer.convert.safe_pickle import UnsafePickleError, load_weights_pickle
 
 
@@ -173,16 +173,18 @@ def torchvision_resnet18_keys() -> dict[str, str]:
 
 def test_torchvision_resnet_weights_load_into_the_backbone(r18, tmp_path):
     r18 = copy.deepcopy(r18)  # the shared fixture keeps its weights
-    own = r18.backbone.state_dict()
+    own = r18.backbone.state_dict()  # the CPU preset trains BatchNorm: it has num_batches_tracked, FrozenBN not
+    counters = sorted(k for k in own if k.endswith("num_batches_tracked"))
     table = torchvision_resnet18_keys()
-    assert set(table.values()) == set(own)
+    assert counters and set(table.values()) == set(own) - set(counters)
     src = {k: torch.randn(own[v].shape).abs() + 0.1 for k, v in table.items()}
     src.update({k.rsplit(".", 1)[0] + ".num_batches_tracked": torch.tensor(7) for k in table if ".running_var" in k})
     src.update({"fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)})
     path = tmp_path / "resnet18-f37072fd.pth"
     torch.save(src, path)
     report = load_backbone_weights(r18, path)
-    assert report.ok and report.expected_unexpected == ["fc.weight", "fc.bias"] and report.loaded == len(own)
+    assert report.ok and report.expected_unexpected == ["fc.weight", "fc.bias"] and report.loaded == len(table)
+    assert sorted(report.expected_missing) == counters
     now = r18.backbone.state_dict()
     assert all(torch.equal(now[v], src[k]) for k, v in table.items())
 
@@ -190,14 +192,14 @@ def test_torchvision_resnet_weights_load_into_the_backbone(r18, tmp_path):
 def test_detectron2_imagenet_pkl_loads_with_matching_heuristics(r18, tmp_path):
     r18 = copy.deepcopy(r18)
     own = r18.backbone.state_dict()
-    src = {k: np.random.rand(*v.shape).astype(np.float32) + 0.1 for k, v in own.items()}
+    src = {k: np.random.rand(*v.shape).astype(np.float32) + 0.1 for k, v in own.items() if v.is_floating_point()}
     src["linear.weight"] = np.zeros((1000, 512), np.float32)
     path = tmp_path / "R-18.pkl"
     with open(path, "wb") as f:
         pickle.dump({"model": src, "__author__": "torchvision", "matching_heuristics": True}, f)
     report = load_backbone_weights(r18, path)
     assert report.ok and report.expected_unexpected == ["linear.weight"]
-    assert all(np.array_equal(r18.backbone.state_dict()[k].numpy(), src[k]) for k in own)
+    assert all(np.array_equal(r18.backbone.state_dict()[k].numpy(), src[k]) for k in src if k in own)
 
 
 def test_caffe2_resnet_names_are_refused(r18, tmp_path):
@@ -250,3 +252,11 @@ def test_convert_cli_writes_a_model_directory(r18, tmp_path, capsys):
         pickle.dump({"model": _Payload(tmp_path / "pwned")}, f)
     assert main(["convert", str(evil), str(tmp_path / "o2")]) == 1
     assert "refusing to load the global" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN", "GN"])
+def test_backbone_norm_is_read_from_the_weights(norm):
+    from maskformer.backbones import build_backbone
+
+    sd = {f"backbone.{k}": v for k, v in build_backbone("resnet18", norm=norm).state_dict().items()}
+    assert infer_backbone_norm(sd) == norm

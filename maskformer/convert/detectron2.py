@@ -104,9 +104,20 @@ def infer_backbone(sd: dict[str, torch.Tensor]) -> str:
     return name
 
 
+def infer_backbone_norm(sd: dict[str, torch.Tensor]) -> str:
+    """ResNet norm of a v2-named state dict: BatchNorm keeps `num_batches_tracked`, FrozenBN (official) only the
+    statistics, GroupNorm neither."""
+    norm = [k for k in sd if k.startswith("backbone.") and ".norm." in k]
+    if any(k.endswith(".num_batches_tracked") for k in norm):
+        return "BN"
+    return "FrozenBN" if any(k.endswith(".running_mean") for k in norm) else "GN"
+
+
 def infer_model_fields(sd: dict[str, torch.Tensor]) -> dict:
     """ModelConfig fields readable from a v2-named state dict (nheads and dropout are not)."""
     f: dict = {"backbone": infer_backbone(sd)}
+    if f["backbone"].startswith("resnet"):
+        f["backbone_norm"] = infer_backbone_norm(sd)
     if _PRED + "class_embed.weight" in sd:
         f["arch"], f["num_classes"] = "maskformer", sd[_PRED + "class_embed.weight"].shape[0] - 1
     elif _PRED + "weight" in sd:

@@ -54,19 +54,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_train_model(cfg: Config) -> nn.Module:
-    """build_model(cfg), with the ResNet norm of `cfg.model.backbone_norm` (BN/GN train from scratch far better
-    than the official FrozenBN, which is meant for ImageNet-initialised weights)."""
-    from maskformer.modeling import build_model
-
-    norm = cfg.model.backbone_norm
-    if norm == "FrozenBN" or not cfg.model.backbone.startswith("resnet"):
-        return build_model(cfg)
-    from maskformer.backbones import build_backbone
-
-    return build_model(cfg, backbone=build_backbone(cfg.model.backbone, norm=norm))
-
-
 # ------------------------------------------------------------------------------------------------------- data
 def build_train_loader(dataset, cfg: Config, micro_batch: int, dist: DistInfo):
     """An infinite, resumable loader of `micro_batch`-image batches, sharded by rank (one shared permutation per

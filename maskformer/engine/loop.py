@@ -28,7 +28,6 @@ from maskformer.engine import state as S
 from maskformer.engine.components import (
     ThreadGovernor,
     build_train_loader,
-    build_train_model,
     default_evaluate,
     load_init_weights,
     load_weights,
@@ -41,6 +40,7 @@ from maskformer.engine.metrics import MetricsLogger, read_jsonl
 from maskformer.engine.plots import plot_training_curves
 from maskformer.engine.progress import Progress, WindowMeter
 from maskformer.engine.step import NonFiniteLossError, TrainStep
+from maskformer.modeling import build_model
 
 
 @dataclass
@@ -98,7 +98,7 @@ class Trainer:
         self.dist = D.init_distributed(device)
         self.micro_batch = micro_batch_size(cfg.train, self.dist.world_size)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        model = model if model is not None else build_train_model(cfg)
+        model = model if model is not None else build_model(cfg)
         if init_weights:
             load_init_weights(model, init_weights, init_kind)
         self.model = model.to(self.dist.device)

@@ -98,8 +98,9 @@ def _build_predictor(m: ModelConfig, in_channels: int, classify: bool, deep_supe
 def _build_backbone(m: ModelConfig) -> nn.Module:
     from maskformer.backbones import build_backbone
 
-    kwargs = {"drop_path_rate": m.drop_path_rate} if m.backbone.startswith("swin") else {}
-    return build_backbone(m.backbone, **kwargs)
+    if m.backbone.startswith("swin"):
+        return build_backbone(m.backbone, drop_path_rate=m.drop_path_rate)
+    return build_backbone(m.backbone, norm=m.backbone_norm)  # FrozenBN (official) or BN/GN (trained from scratch)
 
 
 def _backbone_channels(backbone: nn.Module) -> dict[str, int]:
