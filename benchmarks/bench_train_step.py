@@ -7,7 +7,7 @@ layers, full-resolution mask losses, global grad-norm clipping, AdamW with the o
 decoder layer only, BatchNorm ResNet), then the same clipping and AdamW; "ours, last-layer loss" is ours with
 `loss.deep_supervision=false`, the like-for-like row. Variants are interleaved, median of repeats.
 
-  .venv/bin/python benchmarks/bench_train_step.py [--repeats 5] [--size 512] [--models r50 swin_t]
+  .venv/bin/python benchmarks/bench_train_step.py [--repeats 5] [--size 512] [--models r50 swin_t] [--no-bf16] [--aux]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def ours(preset: str, amp: str, deep_supervision: bool = True):
     return lambda images, targets: step([(images, targets)])["loss"]
 
 
-def hf_model(kind: str):
+def hf_model(kind: str, aux_loss: bool = False):
     """transformers' MaskFormer for the ADE20K R50 / Swin-T configs (transformers-oracle.md section 2)."""
     from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, ResNetConfig, SwinConfig
     from transformers.models.maskformer.configuration_maskformer import MaskFormerDetrConfig
@@ -68,15 +68,15 @@ def hf_model(kind: str):
     dec = MaskFormerDetrConfig(d_model=256, decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048,
                                dropout=0.1, num_queries=100)  # fmt: skip
     cfg = MaskFormerConfig(backbone_config=bb, decoder_config=dec, num_labels=150, fpn_feature_size=256,
-                           mask_feature_size=256)  # fmt: skip
+                           mask_feature_size=256, use_auxiliary_loss=aux_loss)  # fmt: skip
     torch.manual_seed(0)
     return MaskFormerForInstanceSegmentation(cfg)
 
 
-def hf(kind: str, preset: str):
+def hf(kind: str, preset: str, aux_loss: bool = False):
     """A step closure for transformers' model + loss, then the same clipping and AdamW (one group)."""
     t = get_preset(preset).train
-    model = hf_model(kind).train()
+    model = hf_model(kind, aux_loss).train()
     opt = torch.optim.AdamW(model.parameters(), lr=t.base_lr, weight_decay=t.weight_decay)
     mean = torch.tensor([123.675, 116.280, 103.530]).view(1, 3, 1, 1)
     std = torch.tensor([58.395, 57.120, 57.375]).view(1, 3, 1, 1)
@@ -85,6 +85,7 @@ def hf(kind: str, preset: str):
         opt.zero_grad(set_to_none=True)
         out = model(
             pixel_values=(images - mean) / std,
+            output_hidden_states=aux_loss,  # its auxiliary loss reads the decoder layers from the hidden states
             mask_labels=[t.masks.float() for t in targets],
             class_labels=[t.labels for t in targets],
         )
@@ -114,6 +115,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast variant")
+    p.add_argument("--aux", action="store_true", help="also time transformers with use_auxiliary_loss=True")
     p.add_argument("--models", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -124,10 +127,13 @@ def main() -> None:
         inputs = make_inputs(args.batch, args.size, 150)
         variants = {
             "ours fp32": ours(preset, "none"),
-            "ours bf16": ours(preset, "bf16"),
             "ours fp32, last-layer loss": ours(preset, "none", deep_supervision=False),  # transformers' default
             "transformers fp32": hf(kind, preset),
         }
+        if not args.no_bf16:
+            variants["ours bf16"] = ours(preset, "bf16")
+        if args.aux:  # the paper's recipe on both sides: loss on all 6 decoder layers
+            variants["transformers fp32, aux loss"] = hf(kind, preset, aux_loss=True)
         times = time_interleaved(variants, inputs, args.repeats)
         med = {k: statistics.median(v) for k, v in times.items()}
         ref = med["transformers fp32"]
