@@ -179,3 +179,34 @@ def test_fast_pixel_reading_equals_pillow_arrays(mode, tmp_path):
         im.load()
         if hasattr(im, "__arrow_c_array__"):
             assert _pixels_arrow(im) is not None
+
+
+def test_panoptic_png_fallback_without_arrow_gives_the_same_ids(tmp_path, monkeypatch):
+    """Older Pillow (no Arrow export): the tobytes("RGBX") path must clear the pad byte exactly like the fast path."""
+    from maskformer.evaluation import image_io
+
+    rgb = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.png")
+    fast = image_io.read_panoptic_png(tmp_path / "x.png")
+    monkeypatch.setattr(image_io, "_pixels_arrow", lambda im: None)
+    slow = image_io.read_panoptic_png(tmp_path / "x.png")
+    expected = rgb[..., 0] + 256 * rgb[..., 1].astype(np.uint32) + 65536 * rgb[..., 2].astype(np.uint32)
+    assert slow.dtype == fast.dtype == np.uint32 and np.array_equal(slow, expected) and np.array_equal(fast, expected)
+
+
+def test_threaded_reads_keep_order_and_raise_the_first_error_in_order():
+    import time
+
+    from maskformer.evaluation.files import threaded_reads
+
+    def read(i):
+        time.sleep(0.002 * (10 - i))  # later tasks finish first
+        if i == 7:
+            raise ValueError("image 7: broken")
+        return i * i
+
+    got = []
+    with pytest.raises(ValueError, match="image 7"):
+        for task, value in threaded_reads(read, range(10), threads=3, ahead=4):
+            got.append((task, value))
+    assert got == [(i, i * i) for i in range(7)]

@@ -13,10 +13,13 @@ so the numbers equal the in-memory evaluators' exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -99,13 +102,40 @@ def parallel_map(fn: Callable, tasks: Iterable, workers: int) -> Iterator:
 
 
 # ---------------------------------------------------------------------------------------------------- panoptic
-def _panoptic_counts(task) -> np.ndarray:
-    """Worker: decode one GT/prediction PNG pair -> joint histogram [2+n_gt, 2+n_pred]."""
-    image_id, gt_path, pred_path, gt_seg, pred_seg = task
+def _read_panoptic_pair(task) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one GT/prediction PNG pair -> (gt ids, pred ids), uint32 [h, w] each."""
+    image_id, gt_path, pred_path = task[:3]
     gt, pred = read_panoptic_png(gt_path), read_panoptic_png(pred_path)
     if gt.shape != pred.shape:
         raise ValueError(f"image {image_id}: prediction PNG {pred_path} is {pred.shape}, ground truth is {gt.shape}")
-    return _state("pairs", PairCounter).counts(gt, pred, gt_seg, pred_seg, image_id)
+    return gt, pred
+
+
+def _count_panoptic_pair(task, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Joint histogram [2+n_gt, 2+n_pred] of a decoded pair (this process's reusable PairCounter)."""
+    image_id, _, _, gt_seg, pred_seg = task
+    return _state("pairs", PairCounter).counts(*pair, gt_seg, pred_seg, image_id)
+
+
+def _panoptic_counts(task) -> np.ndarray:
+    """Worker process: decode one GT/prediction PNG pair -> joint histogram [2+n_gt, 2+n_pred]."""
+    return _count_panoptic_pair(task, _read_panoptic_pair(task))
+
+
+def threaded_reads(read: Callable, tasks: Iterable, threads: int = 2, ahead: int = 4) -> Iterator[tuple]:
+    """(task, read(task)) in order, `read` running up to `ahead` tasks ahead in `threads` threads of this process.
+
+    Pillow's PNG decoding releases the GIL, so decoding overlaps itself and the caller's counting without worker
+    processes (no fork, no pickling); at most `ahead` decoded pairs are held. A read's error is raised in order."""
+    it, pending = iter(tasks), deque()
+    with ThreadPoolExecutor(threads) as pool:
+        for task in itertools.islice(it, ahead):
+            pending.append((task, pool.submit(read, task)))
+        while pending:
+            task, future = pending.popleft()
+            for nxt in itertools.islice(it, 1):
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield task, future.result()
 
 
 def score_panoptic(
@@ -138,7 +168,11 @@ def score_panoptic(
         for g, p in pairs
     ]
     workers = default_workers() if workers is None else workers
-    for (g, p), hist in zip(pairs, parallel_map(_panoptic_counts, tasks, workers)):
+    if workers <= 0:  # in this process: PNG decoding in 2 threads ahead of the counting
+        hists = (_count_panoptic_pair(t, pair) for t, pair in threaded_reads(_read_panoptic_pair, tasks))
+    else:
+        hists = parallel_map(_panoptic_counts, tasks, workers)
+    for (g, p), hist in zip(pairs, hists):
         evaluator.update_counts(hist, p["segments_info"], g["segments_info"], image_id=g["image_id"])
     return evaluator.compute()
 

@@ -64,14 +64,18 @@ _MODES = {
 }
 
 
+_RGB_MASK = np.uint32(0xFFFFFF)
+
+
 def _pixels(im: Image.Image) -> np.ndarray:
-    """A new [h, w] array of a loaded image's pixels (RGB: uint32 with R, G, B, pad bytes little-endian)."""
+    """A new [h, w] array of a loaded image's pixels (RGB: uint32 R + 256 G + 256^2 B, the pad byte cleared)."""
     out = _pixels_arrow(im)
     if out is not None:
         return out
     w, h = im.size
     if im.mode == "RGB":
-        return np.frombuffer(bytearray(im.tobytes("raw", "RGBX")), dtype="<u4").reshape(h, w)
+        rgbx = np.frombuffer(bytearray(im.tobytes("raw", "RGBX")), dtype="<u4").reshape(h, w)
+        return np.bitwise_and(rgbx, _RGB_MASK, out=rgbx)
     return np.array(im)
 
 
@@ -97,7 +101,10 @@ def _pixels_arrow(im: Image.Image) -> np.ndarray | None:
     if array.n_buffers != 2 or array.offset != 0 or array.length * elem != nbytes or not array.buffers[1]:
         return None
     view = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(array.buffers[1]))
-    return view.view(dtype).reshape(h, w).copy()  # copied while the capsules (and the memory) are alive
+    pixels = view.view(dtype).reshape(h, w)
+    if fmt == b"+w:4":  # copy and clear the pad byte in one pass
+        return np.bitwise_and(pixels, _RGB_MASK, out=np.empty((h, w), dtype))
+    return pixels.copy()  # copied while the capsules (and the memory) are alive
 
 
 def _open(path: str | Path) -> Image.Image:
@@ -112,8 +119,7 @@ def _open(path: str | Path) -> Image.Image:
 def read_panoptic_png(path: str | Path) -> np.ndarray:
     """COCO panoptic PNG -> uint32 [h, w] segment ids (R + 256 G + 256^2 B; 0 = VOID)."""
     with _open(path) as im:
-        ids = _pixels(im if im.mode == "RGB" else im.convert("RGB"))
-    ids &= np.uint32(0xFFFFFF)  # drop the pad byte: the little-endian uint32 of (R, G, B, 0) is the id
+        ids = _pixels(im if im.mode == "RGB" else im.convert("RGB"))  # little-endian (R, G, B, 0) is the id
     return ids.astype(np.uint32, copy=False)
 
 
