@@ -178,15 +178,25 @@ def score_panoptic(
 
 
 # ---------------------------------------------------------------------------------------------------- semantic
-def _semantic_counts(task) -> tuple[np.ndarray, np.ndarray]:
-    """Worker: decode one GT/prediction pair -> non-zero confusion entries (flat index int32, count int64)."""
-    name, gt_path, pred_path, k, ignore, reduce_zero = task
+def _read_semantic_pair(task) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one prediction/GT label-map pair -> (pred, gt)."""
+    return read_label_map(task[2]), read_label_map(task[1])
+
+
+def _count_semantic_pair(task, pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero confusion entries (flat index int32, count int64) of a decoded pair."""
+    name, _, _, k, ignore, reduce_zero = task
     counter = _state(
         ("confusion", k, ignore, reduce_zero), lambda: ConfusionCounter(k, ignore, reduce_zero_label=reduce_zero)
     )
-    counts = counter.counts(read_label_map(pred_path), read_label_map(gt_path), name).reshape(-1)
+    counts = counter.counts(*pair, name).reshape(-1)
     idx = np.flatnonzero(counts)
     return idx.astype(np.int32), counts[idx]
+
+
+def _semantic_counts(task) -> tuple[np.ndarray, np.ndarray]:
+    """Worker process: decode one GT/prediction pair -> non-zero confusion entries."""
+    return _count_semantic_pair(task, _read_semantic_pair(task))
 
 
 def score_semantic(
@@ -205,7 +215,11 @@ def score_semantic(
     tasks = [(stem, g, p, num_classes, ignore_label, reduce_zero_label) for stem, g, p in pairs]
     workers = default_workers() if workers is None else workers
     dense = np.zeros((num_classes + 1) * num_classes, dtype=np.int64)
-    for idx, vals in parallel_map(_semantic_counts, tasks, workers):
+    if workers <= 0:  # in this process: decoding in 2 threads ahead of the counting
+        entries = (_count_semantic_pair(t, pair) for t, pair in threaded_reads(_read_semantic_pair, tasks))
+    else:
+        entries = parallel_map(_semantic_counts, tasks, workers)
+    for idx, vals in entries:
         dense[idx] = vals
         evaluator.update_counts(dense.reshape(num_classes + 1, num_classes))
         dense[idx] = 0
