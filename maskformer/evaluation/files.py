@@ -13,6 +13,7 @@ so the numbers equal the in-memory evaluators' exactly.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import multiprocessing as mp
@@ -90,36 +91,17 @@ def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, 
     return [(p.stem, p, preds[p.stem]) for p in gts]
 
 
-def parallel_map(fn: Callable, tasks: Iterable, workers: int) -> Iterator:
-    """fn over tasks in order; `workers` > 0 uses that many worker processes (fork where available)."""
+def map_pairs(read: Callable, count: Callable, tasks: Iterable, workers: int) -> Iterator:
+    """count(task, read(task)) over tasks, in order. `workers` > 0: that many worker processes (fork where
+    available) each decode and count; otherwise this process counts while 2 threads decode ahead (threaded_reads)."""
     tasks = list(tasks)
     if workers <= 0 or len(tasks) <= 1:
-        yield from map(fn, tasks)
+        yield from (count(task, pair) for task, pair in threaded_reads(read, tasks))
         return
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with mp.get_context(method).Pool(min(workers, len(tasks))) as pool:
-        yield from pool.imap(fn, tasks, chunksize=max(1, min(8, len(tasks) // (4 * workers))))
-
-
-# ---------------------------------------------------------------------------------------------------- panoptic
-def _read_panoptic_pair(task) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one GT/prediction PNG pair -> (gt ids, pred ids), uint32 [h, w] each."""
-    image_id, gt_path, pred_path = task[:3]
-    gt, pred = read_panoptic_png(gt_path), read_panoptic_png(pred_path)
-    if gt.shape != pred.shape:
-        raise ValueError(f"image {image_id}: prediction PNG {pred_path} is {pred.shape}, ground truth is {gt.shape}")
-    return gt, pred
-
-
-def _count_panoptic_pair(task, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Joint histogram [2+n_gt, 2+n_pred] of a decoded pair (this process's reusable PairCounter)."""
-    image_id, _, _, gt_seg, pred_seg = task
-    return _state("pairs", PairCounter).counts(*pair, gt_seg, pred_seg, image_id)
-
-
-def _panoptic_counts(task) -> np.ndarray:
-    """Worker process: decode one GT/prediction PNG pair -> joint histogram [2+n_gt, 2+n_pred]."""
-    return _count_panoptic_pair(task, _read_panoptic_pair(task))
+        chunk = max(1, min(8, len(tasks) // (4 * workers)))
+        yield from pool.imap(functools.partial(_read_and_count, read, count), tasks, chunksize=chunk)
 
 
 def threaded_reads(read: Callable, tasks: Iterable, threads: int = 2, ahead: int = 4) -> Iterator[tuple]:
@@ -136,6 +118,27 @@ def threaded_reads(read: Callable, tasks: Iterable, threads: int = 2, ahead: int
             for nxt in itertools.islice(it, 1):
                 pending.append((nxt, pool.submit(read, nxt)))
             yield task, future.result()
+
+
+def _read_and_count(read: Callable, count: Callable, task):
+    """Worker process: decode one pair and count it."""
+    return count(task, read(task))
+
+
+# ---------------------------------------------------------------------------------------------------- panoptic
+def _read_panoptic_pair(task) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one GT/prediction PNG pair -> (gt ids, pred ids), uint32 [h, w] each."""
+    image_id, gt_path, pred_path = task[:3]
+    gt, pred = read_panoptic_png(gt_path), read_panoptic_png(pred_path)
+    if gt.shape != pred.shape:
+        raise ValueError(f"image {image_id}: prediction PNG {pred_path} is {pred.shape}, ground truth is {gt.shape}")
+    return gt, pred
+
+
+def _count_panoptic_pair(task, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Joint histogram [2+n_gt, 2+n_pred] of a decoded pair (this process's reusable PairCounter)."""
+    image_id, _, _, gt_seg, pred_seg = task
+    return _state("pairs", PairCounter).counts(*pair, gt_seg, pred_seg, image_id)
 
 
 def score_panoptic(
@@ -168,10 +171,7 @@ def score_panoptic(
         for g, p in pairs
     ]
     workers = default_workers() if workers is None else workers
-    if workers <= 0:  # in this process: PNG decoding in 2 threads ahead of the counting
-        hists = (_count_panoptic_pair(t, pair) for t, pair in threaded_reads(_read_panoptic_pair, tasks))
-    else:
-        hists = parallel_map(_panoptic_counts, tasks, workers)
+    hists = map_pairs(_read_panoptic_pair, _count_panoptic_pair, tasks, workers)
     for (g, p), hist in zip(pairs, hists):
         evaluator.update_counts(hist, p["segments_info"], g["segments_info"], image_id=g["image_id"])
     return evaluator.compute()
@@ -194,11 +194,6 @@ def _count_semantic_pair(task, pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.
     return idx.astype(np.int32), counts[idx]
 
 
-def _semantic_counts(task) -> tuple[np.ndarray, np.ndarray]:
-    """Worker process: decode one GT/prediction pair -> non-zero confusion entries."""
-    return _count_semantic_pair(task, _read_semantic_pair(task))
-
-
 def score_semantic(
     gt_dir: str | Path,
     pred_dir: str | Path,
@@ -215,11 +210,7 @@ def score_semantic(
     tasks = [(stem, g, p, num_classes, ignore_label, reduce_zero_label) for stem, g, p in pairs]
     workers = default_workers() if workers is None else workers
     dense = np.zeros((num_classes + 1) * num_classes, dtype=np.int64)
-    if workers <= 0:  # in this process: decoding in 2 threads ahead of the counting
-        entries = (_count_semantic_pair(t, pair) for t, pair in threaded_reads(_read_semantic_pair, tasks))
-    else:
-        entries = parallel_map(_semantic_counts, tasks, workers)
-    for idx, vals in entries:
+    for idx, vals in map_pairs(_read_semantic_pair, _count_semantic_pair, tasks, workers):
         dense[idx] = vals
         evaluator.update_counts(dense.reshape(num_classes + 1, num_classes))
         dense[idx] = 0
