@@ -26,11 +26,11 @@ from torch import Tensor, nn
 from maskformer.point_sampling import point_sample, point_sample_binary
 
 FOCAL_ALPHA = 0.25  # focal loss alpha; gamma is 2 (squared below)
-GROUP_ELEMENTS = 1 << 22  # cost terms of at most this many (query, pixel) pairs at once: 16 MB per fp32 temporary
+CHUNK_ELEMENTS = 1 << 17  # (query, pixel) pairs per cost chunk: 512 KB fp32 temporaries that stay in L2
 
 
 def pairwise_focal_cost(x: Tensor, t: Tensor, p: Tensor | None = None) -> Tensor:
-    """Focal cost of logits x [B, Q, N] against binary targets t [B, T, N] -> [B, Q, T], mean over the N pixels.
+    """Focal cost of logits x [..., Q, N] against binary targets t [..., T, N] -> [..., Q, T], mean over the N pixels.
 
     Positive pixels cost alpha (1-p)^2 BCE(x, 1), negative ones (1-alpha) p^2 BCE(x, 0), with BCE(x, 0) = softplus(x)
     and BCE(x, 1) = softplus(x) - x; sum_n [t pos + (1-t) neg] = t @ (pos - neg) + sum_n neg. `p`: sigmoid(x) if known.
@@ -40,20 +40,20 @@ def pairwise_focal_cost(x: Tensor, t: Tensor, p: Tensor | None = None) -> Tensor
     neg = p * p
     neg.mul_(sp)  # p^2 BCE(x, 0)
     diff = (1 - p).square_().mul_(sp.sub_(x)).sub_(neg, alpha=(1 - FOCAL_ALPHA) / FOCAL_ALPHA)  # (pos - neg) / alpha
-    cost = torch.baddbmm(neg.sum(-1, keepdim=True), diff, t.transpose(1, 2), beta=1 - FOCAL_ALPHA, alpha=FOCAL_ALPHA)
+    cost = (diff @ t.transpose(-1, -2)).mul_(FOCAL_ALPHA).add_(neg.sum(-1, keepdim=True), alpha=1 - FOCAL_ALPHA)
     return cost.div_(x.shape[-1])
 
 
 def pairwise_bce_cost(x: Tensor, t: Tensor) -> Tensor:
-    """Sigmoid BCE cost (Mask2Former) [B, Q, N] x [B, T, N] -> [B, Q, T], mean over N: softplus(x) - x t."""
-    return torch.baddbmm(F.softplus(x).sum(-1, keepdim=True), x, t.transpose(1, 2), alpha=-1.0).div_(x.shape[-1])
+    """Sigmoid BCE cost (Mask2Former) [..., Q, N] x [..., T, N] -> [..., Q, T], mean over N: softplus(x) - x t."""
+    return (F.softplus(x).sum(-1, keepdim=True) - x @ t.transpose(-1, -2)).div_(x.shape[-1])
 
 
 def pairwise_dice_cost(x: Tensor, t: Tensor, p: Tensor | None = None) -> Tensor:
-    """Dice cost with +1 smoothing, logits x [B, Q, N] against targets t [B, T, N] -> [B, Q, T]."""
+    """Dice cost with +1 smoothing, logits x [..., Q, N] against targets t [..., T, N] -> [..., Q, T]."""
     p = x.sigmoid() if p is None else p
-    inter = torch.bmm(p, t.transpose(1, 2))  # [B, Q, T]
-    return 1 - (2 * inter + 1) / (p.sum(-1)[:, :, None] + t.sum(-1)[:, None, :] + 1)
+    inter = p @ t.transpose(-1, -2)  # [..., Q, T]
+    return 1 - (2 * inter + 1) / (p.sum(-1)[..., :, None] + t.sum(-1)[..., None, :] + 1)
 
 
 def downsample_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
@@ -65,15 +65,6 @@ def downsample_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     if H % h == 0 and W % w == 0:  # integer ratio: nearest picks source pixel (i * H/h), a strided view
         return masks[:, :: H // h, :: W // w]
     return F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
-
-
-def pack_targets(rows: list[Tensor], dtype: torch.dtype) -> Tensor:
-    """Stack per-image target rows [T_i, N] into a zero-padded [B, max T_i, N] tensor of `dtype`."""
-    n = rows[0].shape[-1]
-    out = torch.zeros(len(rows), max(r.shape[0] for r in rows), n, dtype=dtype, device=rows[0].device)
-    for b, r in enumerate(rows):
-        out[b, : r.shape[0]] = r
-    return out
 
 
 class HungarianMatcher(nn.Module):
@@ -103,52 +94,48 @@ class HungarianMatcher(nn.Module):
     ) -> list[Tensor]:
         """The weighted cost matrices, one float [Q, T_i] per image (NaN/inf replaced by the largest float).
 
-        Computed for groups of images at once (the whole batch unless B*Q*N exceeds GROUP_ELEMENTS)."""
-        B, Q = pred_logits.shape[:2]
+        Point mode draws one set of uniform points per image, [B, num_points, 2], before any cost is computed."""
+        B = pred_logits.shape[0]
         if len(labels) != B or len(masks) != B:
             raise ValueError(f"HungarianMatcher: {B} predictions but {len(labels)} labels and {len(masks)} masks")
-        per_image = Q * (self.num_points if self.num_points > 0 else pred_masks[0, 0].numel())
-        step = max(1, GROUP_ELEMENTS // per_image)
-        costs = []
         with torch.autocast(pred_logits.device.type, enabled=False):
-            for i in range(0, B, step):
-                g = slice(i, i + step)
-                cost = self._group_costs(_fp32(pred_logits[g]), _fp32(pred_masks[g]), labels[g], masks[g])
-                costs += [cost[b, :, : len(lb)] for b, lb in enumerate(labels[g])]
-        return costs
+            prob = _fp32(pred_logits).softmax(-1)  # [B, Q, K+1]
+            pred_masks = _fp32(pred_masks)
+            coords = None
+            if self.num_points > 0:  # shared by an image's predictions and targets
+                coords = torch.rand(B, self.num_points, 2, device=pred_masks.device).to(pred_masks.dtype)
+            return [
+                self._image_cost(prob[b], pred_masks[b], labels[b], masks[b], None if coords is None else coords[b])
+                for b in range(B)
+            ]
 
-    def _group_costs(
-        self, pred_logits: Tensor, pred_masks: Tensor, labels: list[Tensor], masks: list[Tensor]
+    def _image_cost(
+        self, prob: Tensor, pred_masks: Tensor, labels: Tensor, masks: Tensor, coords: Tensor | None
     ) -> Tensor:
-        """Weighted costs [b, Q, Tmax] of b images (columns past an image's T_i are padding)."""
-        b, Q = pred_logits.shape[:2]
-        x, t = self._mask_rows(pred_masks, masks)  # [b, Q, N], [b, Tmax, N]
-        lab = pack_targets([lb.to(x.device)[:, None] for lb in labels], torch.long)[..., 0]  # [b, Tmax] (0-padded)
-        prob = pred_logits.softmax(-1)  # [b, Q, K+1]
-        cost = -self.cost_class * prob.gather(2, lab[:, None, :].expand(b, Q, -1))  # [b, Q, Tmax]
-        p = x.sigmoid()  # [b, Q, N], shared by both mask costs
-        if self.cost_mask != 0:
-            mask_cost = pairwise_bce_cost(x, t) if self.num_points > 0 else pairwise_focal_cost(x, t, p)
-            cost = cost + self.cost_mask * mask_cost
-        if self.cost_dice != 0:
-            cost = cost + self.cost_dice * pairwise_dice_cost(x, t, p)
-        big = torch.finfo(cost.dtype).max
-        return torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
-
-    def _mask_rows(self, pred_masks: Tensor, masks: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Predictions [B, Q, N] and packed float targets [B, Tmax, N] at the pixels or points the costs use."""
-        B, Q, h, w = pred_masks.shape
-        if self.num_points <= 0:
-            rows = [downsample_masks(m, (h, w)).reshape(m.shape[0], h * w) for m in masks]  # [T_i, h*w]
-            return pred_masks.reshape(B, Q, h * w), pack_targets(rows, pred_masks.dtype)
-        coords = torch.rand(B, self.num_points, 2, device=pred_masks.device)  # [B, P, 2], shared within an image
-        x = point_sample(pred_masks, coords)  # [B, Q, P] (queries as channels)
-        counts = [m.shape[0] for m in masks]
-        owner = torch.repeat_interleave(
-            torch.arange(B, device=coords.device), torch.tensor(counts, device=coords.device)
-        )
-        rows = point_sample_binary(torch.cat(masks), coords[owner])  # [sum T_i, P], each at its image's points
-        return x, pack_targets(list(rows.split(counts)), pred_masks.dtype)
+        """Weighted costs [Q, T] of one image: prob [Q, K+1], pred_masks [Q, h, w], labels [T], masks bool [T, H, W],
+        coords [P, 2] in point mode. The mask costs run over chunks of queries whose temporaries stay in cache."""
+        cost = -self.cost_class * prob[:, labels.to(prob.device)]  # [Q, T]
+        if len(labels) == 0 or (self.cost_mask == 0 and self.cost_dice == 0):
+            return torch.nan_to_num(cost, nan=_big(cost), posinf=_big(cost), neginf=_big(cost))
+        Q, h, w = pred_masks.shape
+        if coords is None:
+            t = downsample_masks(masks, (h, w)).reshape(len(masks), h * w).to(pred_masks.dtype)  # [T, h*w]
+        else:
+            t = point_sample_binary(masks, coords.expand(len(masks), -1, -1))  # [T, P]
+        step = max(1, CHUNK_ELEMENTS // t.shape[1])
+        for q in range(0, Q, step):
+            rows = pred_masks[q : q + step]
+            if coords is None:
+                x = rows.reshape(-1, h * w)  # [c, h*w]
+            else:
+                x = point_sample(rows[None], coords[None])[0]  # [c, P]
+            p = x.sigmoid()  # shared by both mask costs
+            if self.cost_mask != 0:
+                mask_cost = pairwise_bce_cost(x, t) if coords is not None else pairwise_focal_cost(x, t, p)
+                cost[q : q + step] += self.cost_mask * mask_cost
+            if self.cost_dice != 0:
+                cost[q : q + step] += self.cost_dice * pairwise_dice_cost(x, t, p)
+        return torch.nan_to_num(cost, nan=_big(cost), posinf=_big(cost), neginf=_big(cost))
 
     @staticmethod
     def _solve(cost: Tensor) -> tuple[Tensor, Tensor]:
@@ -158,6 +145,10 @@ class HungarianMatcher(nn.Module):
     def extra_repr(self) -> str:
         costs = f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, cost_dice={self.cost_dice}"
         return f"{costs}, num_points={self.num_points}"
+
+
+def _big(x: Tensor) -> float:
+    return torch.finfo(x.dtype).max
 
 
 def _fp32(x: Tensor) -> Tensor:

@@ -65,12 +65,18 @@ def test_assignment_equals_brute_force(Q, T):
             assert cost[rows, cols].sum().item() == pytest.approx(best_cost if n else 0.0, abs=1e-9)
 
 
-def test_image_groups_give_the_same_costs(monkeypatch):
-    logits, masks, labels, tmasks = _case(5, 4, 3, 3, 3, [2, 0, 3, 1, 4])
-    whole = HungarianMatcher().cost_matrices(logits, masks, labels, tmasks)
-    monkeypatch.setattr(matcher_mod, "GROUP_ELEMENTS", 2 * 4 * 9)  # groups of 2 images
-    for a, b in zip(whole, HungarianMatcher().cost_matrices(logits, masks, labels, tmasks)):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+def test_query_chunks_give_the_same_costs(monkeypatch):
+    logits, masks, labels, tmasks = _case(5, 7, 3, 3, 3, [2, 0, 3, 1, 4])
+    for matcher in (HungarianMatcher(), HungarianMatcher(num_points=16)):
+        torch.manual_seed(3)
+        whole = matcher.cost_matrices(logits, masks, labels, tmasks)
+        monkeypatch.setattr(matcher_mod, "CHUNK_ELEMENTS", 2 * 16)  # chunks of 2 queries (and a last one of 1)
+        torch.manual_seed(3)
+        chunked = matcher.cost_matrices(logits, masks, labels, tmasks)
+        monkeypatch.undo()
+        for a, b in zip(whole, chunked):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_nan_and_inf_predictions_are_matched_last():
