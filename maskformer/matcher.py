@@ -123,7 +123,7 @@ class HungarianMatcher(nn.Module):
             t = downsample_masks(masks, (h, w)).reshape(len(masks), h * w).to(pred_masks.dtype)  # [T, h*w]
         else:
             t = point_sample_binary(masks, coords.expand(len(masks), -1, -1))  # [T, P]
-        step = max(1, CHUNK_ELEMENTS // t.shape[1])
+        step = max(1, CHUNK_ELEMENTS // t.shape[1]) if pred_masks.device.type == "cpu" else Q  # GPUs: one chunk
         for q in range(0, Q, step):
             rows = pred_masks[q : q + step]
             if coords is None:
