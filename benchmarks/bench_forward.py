@@ -6,6 +6,10 @@ conv. FLOPs here are 2 per multiply-add (hardware FLOPs); "official" = the netwo
 "executed" = what this implementation runs (Swin padding tokens skipped, mask conv fused with the mask einsum).
 
   .venv/bin/python benchmarks/bench_forward.py [--repeats 7] [--models r50 swin_t] [--no-bf16] [--no-write]
+                                              [--malloc keep|default]
+
+--malloc keep (the default, what the `maskformer` command does): glibc keeps freed memory for reuse
+(maskformer.runtime.keep_freed_memory), so re-allocated activations do not page-fault; both models share it.
 
 Writes the table under "## B: network forward" in benchmarks/RESULTS.md (only that section).
 """
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 from maskformer.config import get_preset
 from maskformer.convert.hf import build_hf_model, load_hf_state_dict
 from maskformer.modeling.flops import model_stats
+from maskformer.runtime import keep_freed_memory
 
 SECTION = "## B: network forward"
 S4 = ["stage1", "stage2", "stage3", "stage4"]
@@ -150,7 +155,8 @@ def report(results: list[dict], repeats: int) -> str:
         " (2048^3 matmul or channels-last 3x3 conv 256->256 at 128^2) measured in the same loop. bf16 = autocast"
         " (torch.autocast('cpu', torch.bfloat16)); deviation = max |bf16 - fp32| / max |fp32|, argmax agree = share of"
         " pixels with the same semantic label at mask resolution. parity = transformers vs ours (fp32 masks)."
-        " Speed-ups: median of the per-repeat (paired) ratios, ratio of the medians in parentheses.",
+        " Speed-ups: median of the per-repeat (paired) ratios, ratio of the medians in parentheses."
+        f" malloc: {MALLOC_NOTE[MALLOC]}.",
         "",
         "| model | ours fp32 | transformers fp32 | speed-up | GFLOP official / executed | peak GFLOP/s"
         " | ours / floor (official / executed) | ours bf16 | bf16 vs transformers fp32 | bf16 deviation | parity"
@@ -208,13 +214,25 @@ def write_section(text: str, path: Path) -> None:
     path.write_text(new)
 
 
+MALLOC_NOTE = {
+    "keep": "freed memory kept for reuse (`maskformer.runtime.keep_freed_memory()`, as the `maskformer` command)",
+    "default": "glibc default (freed blocks above its mmap threshold go back to the kernel and fault again)",
+}
+MALLOC = "keep"
+
+
 def main() -> None:
+    global MALLOC
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", nargs="+", default=["r50", "swin_t"], choices=sorted(PRESET))
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--malloc", choices=sorted(MALLOC_NOTE), default="keep")
     args = parser.parse_args()
+    MALLOC = args.malloc
+    if MALLOC == "keep" and not keep_freed_memory():
+        MALLOC = "default"
     torch.set_num_threads(2)
     results = []
     for kind in args.models:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from maskformer.config import Config, apply_overrides  # noqa: E402
 from maskformer.criterion import build_criterion, prepare_targets  # noqa: E402
 from maskformer.mask_losses import full_res_mask_losses, point_sampled_mask_losses  # noqa: E402
+from maskformer.runtime import keep_freed_memory  # noqa: E402
 from maskformer.structures import SegTarget  # noqa: E402
 
 WEIGHTS = {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0}
@@ -183,7 +184,7 @@ def part_timings(args, outputs, targets) -> dict:
 
 def peak_child(args, variant: str) -> float:
     """Peak RSS growth (MiB) of one forward + backward of `variant` in a fresh process."""
-    cmd = [sys.executable, __file__, "--peak-of", variant, f"--threads={args.threads}"]
+    cmd = [sys.executable, __file__, "--peak-of", variant, f"--threads={args.threads}", f"--malloc={args.malloc}"]
     cmd += [f"--{k}={getattr(args, k)}" for k in ("batch", "queries", "classes", "targets", "size", "layers")]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
@@ -221,7 +222,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep", help="keep: keep_freed_memory()")
     args = p.parse_args()
+    if args.malloc == "keep":
+        keep_freed_memory()  # as the maskformer command: no page faults on re-allocated tensors
     torch.set_num_threads(args.threads)
     if args.peak_of:
         return peak_self(args)
@@ -246,6 +250,7 @@ def main() -> None:
         "cpu full/point mask loss": res["mask_loss_cpu_s"]["full"] / res["mask_loss_cpu_s"]["point"],
     }
     res["load_average"] = os.getloadavg()
+    res["malloc"] = args.malloc
     res["values"] = {
         k: (values["ours"][k], values["hf"][k], values["point"][k])
         for k in ("loss", "loss_ce", "loss_mask", "loss_dice")

@@ -21,6 +21,7 @@ import torch
 from maskformer.config import get_preset
 from maskformer.engine.optim import clip_grad_norm
 from maskformer.engine.step import TrainStep
+from maskformer.runtime import keep_freed_memory
 from maskformer.structures import SegTarget
 
 PRESETS = {"r50": "maskformer_r50_ade20k", "swin_t": "maskformer_swin_t_ade20k"}
@@ -118,7 +119,10 @@ def main() -> None:
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast variant")
     p.add_argument("--aux", action="store_true", help="also time transformers with use_auxiliary_loss=True")
     p.add_argument("--models", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep", help="keep: keep_freed_memory()")
     args = p.parse_args()
+    if args.malloc == "keep":
+        keep_freed_memory()  # as the maskformer command: no page faults on re-allocated tensors
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.size}x{args.size}")
     rows = []

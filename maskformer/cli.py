@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from maskformer.runtime import keep_freed_memory
+
 # name -> (module under maskformer.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "list the model presets"),
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"maskformer {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
+    keep_freed_memory()  # no page faults on re-allocated tensors (runtime.py); MASKFORMER_KEEP_FREED_MEMORY=0: off
     return int(module.run(args) or 0)
 
 
