@@ -260,3 +260,25 @@ def test_backbone_norm_is_read_from_the_weights(norm):
 
     sd = {f"backbone.{k}": v for k, v in build_backbone("resnet18", norm=norm).state_dict().items()}
     assert infer_backbone_norm(sd) == norm
+
+
+@pytest.mark.parametrize(
+    "preset,k,first,thing",
+    [("maskformer_r50_ade20k", 150, "wall", False), ("maskformer_swin_t_coco_panoptic", 133, "person", True)],
+)
+def test_converted_official_models_get_their_dataset_class_names(tmp_path, preset, k, first, thing):
+    model = build(get_preset("maskformer_r18_synth", [*TINY_HEADS, f"model.num_classes={k}"]))
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": dict(model.state_dict())}, path)
+    _, cfg, meta, report, notes = convert_detectron2(path, preset)
+    assert report.ok and cfg.model.num_classes == k == meta.num_classes
+    assert meta.class_names[0] == first and meta.is_thing[0] is thing and meta.name == cfg.data.format
+    assert any(n.startswith("class names: built-in") for n in notes)
+
+
+def test_unknown_label_spaces_keep_placeholder_names(r18, tmp_path):
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": dict(r18.state_dict())}, path)
+    _, _, meta, _, notes = convert_detectron2(path)
+    assert meta.class_names[:2] == ["class_0", "class_1"]
+    assert any("class names: none known for 'synthetic'" in n for n in notes)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from maskformer.config import get_preset
 from maskformer.data import ade20k, build_dataset, coco_panoptic
-from maskformer.data.meta import ADE20K_150_NAMES
+from maskformer.data.meta import ADE20K_150_NAMES, coco_panoptic_133
 
 
 def test_ade20k_sample_classes(shared_data):
@@ -33,6 +33,14 @@ def test_ade20k_names_match_object_info_csv(shared_data):
     for row, name in zip(rows, ADE20K_150_NAMES):
         tokens = row.split(",")[-1].split(";")
         assert set(name.split()) <= set(tokens), (name, row)
+
+
+def test_builtin_coco_panoptic_meta_matches_the_official_categories(shared_data):
+    cats = json.loads((shared_data / "coco_panoptic_categories.json").read_text())
+    meta = coco_panoptic_133()
+    assert meta.class_names == [c["name"] for c in cats]
+    assert meta.dataset_ids == [c["id"] for c in cats]
+    assert meta.is_thing == [c["isthing"] == 1 for c in cats]
 
 
 def test_coco_panoptic_sample_segments(shared_data):

@@ -56,10 +56,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _with_class_names(meta, path: str):
-    """A copy of `meta` with the class names read from `path` (one per line); the count must match."""
-    from maskformer.structures import DatasetMeta
+    """A copy of `meta` with the class names read from `path` (one per line); the count must match. Thing flags,
+    dataset ids and the ignore label are kept; the palette too."""
+    import dataclasses
 
     names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if len(names) != meta.num_classes:
         raise ValueError(f"{path}: {len(names)} class names, but the model has {meta.num_classes} classes")
-    return DatasetMeta(name=meta.name, class_names=names)
+    return dataclasses.replace(meta, class_names=names)

@@ -201,6 +201,7 @@ def convert_detectron2(path: str | os.PathLike, preset: str | None = None, num_c
     the model is missing from the file or any key of the file is not used (other than a re-initialised class head).
     """
     from maskformer.checkpoint import CheckpointError, generic_meta, load_checked, read_state_dict
+    from maskformer.data.meta import builtin_meta
     from maskformer.modeling import build_model
 
     raw, info = read_state_dict(path)
@@ -218,4 +219,10 @@ def convert_detectron2(path: str | os.PathLike, preset: str | None = None, num_c
     report = load_checked(
         model, sd, source=str(path), expected_missing=class_head_keys(cfg) if reinit else (), strict=True
     )
-    return model.eval(), cfg, generic_meta(cfg), report, notes
+    meta = builtin_meta(cfg.data.format, cfg.model.num_classes)
+    if meta is None:
+        meta = generic_meta(cfg)
+        notes.append(f"class names: none known for {cfg.data.format!r} with {cfg.model.num_classes} classes (class_i)")
+    else:
+        notes.append(f"class names: built-in {meta.name} ({meta.num_classes} classes)")
+    return model.eval(), cfg, meta, report, notes

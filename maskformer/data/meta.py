@@ -91,6 +91,20 @@ object--vehicle--trailer|object--vehicle--truck|object--vehicle--wheeled-slow|vo
 """)
 
 
+# COCO panoptic's 53 stuff categories (panoptic_coco_categories.json, in id order).
+COCO_PANOPTIC_STUFF_NAMES = _names("""
+banner|blanket|bridge|cardboard|counter|curtain|door-stuff|floor-wood|flower|fruit|gravel|house|light|mirror-stuff|net
+pillow|platform|playingfield|railroad|river|road|roof|sand|sea|shelf|snow|stairs|tent|towel|wall-brick|wall-stone
+wall-tile|wall-wood|water-other|window-blind|window-other|tree-merged|fence-merged|ceiling-merged|sky-other-merged
+cabinet-merged|table-merged|floor-other-merged|pavement-merged|mountain-merged|grass-merged|dirt-merged|paper-merged
+food-other-merged|building-other-merged|rock-merged|wall-other-merged|rug-merged
+""")
+COCO_PANOPTIC_STUFF_IDS = (
+    92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141, 144, 145, 147, 148, 149, 151, 154,
+    155, 156, 159, 161, 166, 168, 171, 175, 176, 177, 178, 180, 181, *range(184, 201),
+)  # fmt: skip
+
+
 def ade20k_150() -> DatasetMeta:
     """ADE20K SceneParse150: 150 classes, contiguous id = raw PNG value - 1, ignore 255."""
     return DatasetMeta("ade20k", list(ADE20K_150_NAMES), ignore_label=255, dataset_ids=list(range(1, 151)))
@@ -115,6 +129,16 @@ def coco_stuff_171() -> DatasetMeta:
     return DatasetMeta("coco_stuff", names, is_thing=[i < 80 for i in range(171)], dataset_ids=ids)
 
 
+def coco_panoptic_133() -> DatasetMeta:
+    """COCO panoptic: 80 things then 53 stuff, contiguous 0..132 in category-id order (as detectron2 and the JSON)."""
+    return DatasetMeta(
+        "coco_panoptic",
+        COCO_THING_NAMES + COCO_PANOPTIC_STUFF_NAMES,
+        is_thing=[True] * 80 + [False] * 53,
+        dataset_ids=list(COCO_THING_IDS) + list(COCO_PANOPTIC_STUFF_IDS),
+    )
+
+
 def cityscapes_19() -> DatasetMeta:
     """Cityscapes: 19 train ids (dataset ids = the cityscapesScripts labelIds), 8 things, ignore 255."""
     return DatasetMeta(
@@ -135,6 +159,14 @@ BUILTIN_META = {
     "ade20k_panoptic": ade20k_panoptic,
     "ade20k_full": ade20k_full,
     "coco_stuff": coco_stuff_171,
+    "coco_panoptic": coco_panoptic_133,
     "cityscapes": cityscapes_19,
     "mapillary": mapillary_65,
 }
+
+
+def builtin_meta(dataset: str, num_classes: int) -> DatasetMeta | None:
+    """The built-in meta of `dataset` (a `data.format` name) if it has exactly `num_classes` classes, else None."""
+    make = BUILTIN_META.get(dataset)
+    meta = make() if make is not None else None
+    return meta if meta is not None and meta.num_classes == num_classes else None
