@@ -100,17 +100,18 @@ class TransformerPredictor(nn.Module):
         return self._outputs(hs, masks.unsqueeze(0))  # [1, B, Q, H, W]
 
     def _outputs(self, hs: torch.Tensor, masks: torch.Tensor) -> dict:
-        logits = self.class_embed(hs) if self.mask_classification else None  # [L, B, Q, K+1]
-        out = self._layer_output(logits, masks, -1)
-        if hs.shape[0] > 1:
-            out["aux_outputs"] = [self._layer_output(logits, masks, i) for i in range(hs.shape[0] - 1)]
+        """Per-layer dicts from the stacked [L, ...] tensors. unbind, not masks[i]: the backward of L index selects
+        would zero-fill L full [L, B, Q, H, W] gradients (472 MB at batch 2, 512x512); unbind's stacks them once."""
+        logits = self.class_embed(hs).unbind(0) if self.mask_classification else [None] * len(hs)  # L x [B, Q, K+1]
+        layers = [self._layer_output(lg, m) for lg, m in zip(logits, masks.unbind(0))]
+        out = layers[-1]
+        if len(layers) > 1:
+            out["aux_outputs"] = layers[:-1]
         return out
 
-    def _layer_output(self, logits: torch.Tensor | None, masks: torch.Tensor, i: int) -> dict:
-        out = {"pred_masks": masks[i]}
-        if logits is not None:
-            out = {"pred_logits": logits[i], **out}
-        return out
+    @staticmethod
+    def _layer_output(logits: torch.Tensor | None, masks: torch.Tensor) -> dict:
+        return {"pred_masks": masks} if logits is None else {"pred_logits": logits, "pred_masks": masks}
 
 
 def run_predictor(head: nn.Module, features: dict[str, torch.Tensor]) -> dict:
