@@ -39,7 +39,7 @@ def test_freed_tensors_are_reused_without_page_faults():
     _, default = _faults("default")
     applied, kept = _faults("keep")
     assert applied == "True"
-    assert default >= 10 * 4096  # 12288 pages per step: glibc's default gives the freed top of the heap back
+    assert default >= 10 * 1024  # glibc's default gives the freed top of the heap back: thousands of faults per step
     assert kept < default / 20
 
 
