@@ -167,6 +167,5 @@ BUILTIN_META = {
 
 def builtin_meta(dataset: str, num_classes: int) -> DatasetMeta | None:
     """The built-in meta of `dataset` (a `data.format` name) if it has exactly `num_classes` classes, else None."""
-    make = BUILTIN_META.get(dataset)
-    meta = make() if make is not None else None
+    meta = BUILTIN_META[dataset]() if dataset in BUILTIN_META else None
     return meta if meta is not None and meta.num_classes == num_classes else None
