@@ -1,4 +1,8 @@
-"""keep_freed_memory: re-allocating a freed multi-MB tensor must not page-fault again (measured in fresh processes)."""
+"""keep_freed_memory: freed multi-MB tensors stay in malloc's heap for reuse (measured in fresh processes).
+
+The allocator's own view (glibc mallinfo2) is the primary measurement: it works in every sandbox. Minor page faults
+are checked as well where the kernel reports them (some sandboxes report none).
+"""
 
 from __future__ import annotations
 
@@ -11,36 +15,52 @@ import pytest
 
 from maskformer.runtime import keep_freed_memory
 
-FAULTS = """
-import resource, sys, torch
+PROBE = """
+import ctypes, resource, sys, torch
 from maskformer.runtime import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+if not hasattr(libc, "mallinfo2"):
+    print("no-mallinfo2"); sys.exit()
+libc.mallinfo2.restype = MallInfo2
 def step():
-    a, b, c = (torch.ones(4 << 20) for _ in range(3))  # 3 x 16 MiB: 48 MiB of heap freed at once
-    del a, b, c
-for _ in range(10):  # warm-up: the heap settles (aligned requests do not fit the first freed blocks exactly)
-    step()
+    tensors = [torch.ones(4 << 20) for _ in range(5)]  # 5 x 16 MiB, freed at once: more than glibc's trim threshold
+    alive = libc.mallinfo2()
+    del tensors
+    after = libc.mallinfo2()
+    # bytes given back to the kernel by the free: heap trimmed (arena) or own-mmapped blocks unmapped (hblkhd)
+    return (alive.arena - after.arena) + (alive.hblkhd - after.hblkhd)
+returned = [step() >> 20 for _ in range(10)]  # MiB given back per step; the heap settles
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    step()
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+returned += [step() >> 20 for _ in range(10)]
+print(applied, ",".join(map(str, returned)), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(mode: str) -> tuple[str, int]:
+def _probe(mode: str) -> tuple[str, list[int], int]:
+    """(applied, MiB returned to the kernel at each of 20 steps, minor page faults in the last 10 steps)."""
     env = {**os.environ, "MASKFORMER_KEEP_FREED_MEMORY": "1"}
-    out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True, env=env)
-    applied, faults = out.stdout.split()
-    return applied, int(faults)
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env)
+    if out.stdout.strip() == "no-mallinfo2":
+        pytest.skip("glibc < 2.33 has no mallinfo2")
+    applied, returned, faults = out.stdout.split()
+    return applied, [int(r) for r in returned.split(",")], int(faults)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
-def test_freed_tensors_are_reused_without_page_faults():
-    _, default = _faults("default")
-    applied, kept = _faults("keep")
+def test_freed_tensors_stay_in_the_heap():
+    applied, kept_returned, kept_faults = _probe("keep")
+    _, default_returned, default_faults = _probe("default")
     assert applied == "True"
-    assert default >= 10 * 1024  # glibc's default gives the freed top of the heap back: thousands of faults per step
-    assert kept < default / 20
+    # glibc's default mmaps blocks this large at first and unmaps them on free (later it trims the heap top, or not,
+    # depending on the heap's layout); kept, the 80 MiB freed at each step stay in the heap from the first step on
+    assert default_returned[0] >= 80
+    assert kept_returned == [0] * 20
+    if default_faults:  # where the kernel counts faults (some sandboxes report none): kept memory takes none
+        assert kept_faults < 100
 
 
 def test_opt_out(monkeypatch):
