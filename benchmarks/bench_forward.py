@@ -144,7 +144,7 @@ def cpu_flags() -> str:
     return ", ".join(f for f in wanted if f in flags) or "no avx512"
 
 
-def report(results: list[dict], repeats: int) -> str:
+def report(results: list[dict], repeats: int, malloc: str) -> str:
     lines = [
         f"{SECTION}",
         "",
@@ -156,7 +156,7 @@ def report(results: list[dict], repeats: int) -> str:
         " (torch.autocast('cpu', torch.bfloat16)); deviation = max |bf16 - fp32| / max |fp32|, argmax agree = share of"
         " pixels with the same semantic label at mask resolution. parity = transformers vs ours (fp32 masks)."
         " Speed-ups: median of the per-repeat (paired) ratios, ratio of the medians in parentheses."
-        f" malloc: {MALLOC_NOTE[MALLOC]}.",
+        f" malloc: {MALLOC_NOTE[malloc]}.",
         "",
         "| model | ours fp32 | transformers fp32 | speed-up | GFLOP official / executed | peak GFLOP/s"
         " | ours / floor (official / executed) | ours bf16 | bf16 vs transformers fp32 | bf16 deviation | parity"
@@ -218,11 +218,9 @@ MALLOC_NOTE = {
     "keep": "freed memory kept for reuse (`maskformer.runtime.keep_freed_memory()`, as the `maskformer` command)",
     "default": "glibc default (freed blocks above its mmap threshold go back to the kernel and fault again)",
 }
-MALLOC = "keep"
 
 
 def main() -> None:
-    global MALLOC
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", nargs="+", default=["r50", "swin_t"], choices=sorted(PRESET))
@@ -230,9 +228,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--malloc", choices=sorted(MALLOC_NOTE), default="keep")
     args = parser.parse_args()
-    MALLOC = args.malloc
-    if MALLOC == "keep" and not keep_freed_memory():
-        MALLOC = "default"
+    malloc = "keep" if args.malloc == "keep" and keep_freed_memory() else "default"
     torch.set_num_threads(2)
     results = []
     for kind in args.models:
@@ -240,7 +236,7 @@ def main() -> None:
         r["stats"] = model_stats(get_preset(PRESET[kind]), semantic_inference=False)
         results.append(r)
         print(r["kind"], {k: f"{v * 1e3:.0f} ms" for k, v in r["median"].items()}, flush=True)
-    text = report(results, args.repeats)
+    text = report(results, args.repeats, malloc)
     print(text)
     if not args.no_write:
         write_section(text, Path(__file__).with_name("RESULTS.md"))
