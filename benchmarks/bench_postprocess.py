@@ -1,4 +1,4 @@
-"""Post-processing speed: maskformer.inference vs transformers' MaskFormerImageProcessorPil, same logits, one run.
+"""Post-processing speed: maskformer.inference (fast=True) vs transformers' MaskFormerImageProcessorPil, same logits.
 
 100 queries, 150 classes, outputs at 512x512 (masks 128x128) and 1024x2048 (masks 256x512). The logits are
 trained-like (transformers-oracle.md section 3): a soft Voronoi partition (stuff), overlapping blobs (things) and
@@ -70,18 +70,18 @@ def calls(out: dict, size: tuple[int, int]) -> dict:
     return {
         "semantic": {
             "transformers": lambda: hf.post_process_semantic_segmentation(hf_out, target_sizes=sizes),
-            "ours fast order": lambda: inf.semantic_labels(out, sizes, order="fast"),
-            "ours official order": lambda: inf.semantic_labels(out, sizes),
+            "ours fast order": lambda: inf.semantic_labels(out, sizes, order="fast", fast=True),
+            "ours official order": lambda: inf.semantic_labels(out, sizes, fast=True),
         },
         "panoptic": {
             "transformers": lambda: hf.post_process_panoptic_segmentation(
                 hf_out, threshold=0.8, label_ids_to_fuse=set(STUFF), target_sizes=sizes
             ),
-            "ours": lambda: inf.panoptic_inference(out, sizes, thing_ids=THINGS),
+            "ours": lambda: inf.panoptic_inference(out, sizes, thing_ids=THINGS, fast=True),
         },
         "instance": {
             "transformers": lambda: hf.post_process_instance_segmentation(hf_out, target_sizes=sizes),
-            "ours": lambda: inf.instance_inference(out, sizes),
+            "ours": lambda: inf.instance_inference(out, sizes, fast=True),
         },
     }
 
@@ -106,10 +106,10 @@ def agreement(out: dict, size) -> dict:
 
     hf_out = SimpleNamespace(class_queries_logits=out["pred_logits"], masks_queries_logits=out["pred_masks"])
     hf = MaskFormerImageProcessorPil().post_process_semantic_segmentation(hf_out, target_sizes=[size])[0]
-    fast = inf.semantic_labels(out, [size], order="fast")[0]
-    official = inf.semantic_labels(out, [size])[0]
-    dense = inf.semantic_inference(out, [size])[0].argmax(0)
-    pan = inf.panoptic_inference(out, [size], thing_ids=THINGS)[0][1]
+    fast = inf.semantic_labels(out, [size], order="fast", fast=True)[0]
+    official = inf.semantic_labels(out, [size], fast=True)[0]
+    dense = inf.semantic_labels(out, [size])[0]  # the plain reference
+    pan = inf.panoptic_inference(out, [size], thing_ids=THINGS, fast=True)[0][1]
     return {
         "fast vs transformers": (fast == hf).float().mean().item(),
         "official tiled vs dense": (official == dense).float().mean().item(),
@@ -153,9 +153,8 @@ def table_rows(size, task: str, res: dict) -> list[str]:
 
 
 ONE_THREAD_NOTE = (
-    "- ours runs its tiled stages on one intra-op thread (`resample.one_thread`): on a loaded machine every "
-    "multi-threaded op of transformers' per-query loops pays a fork/join wait, which inflates the 2-thread ratios "
-    "(panoptic most); the one-thread line is the like-for-like comparison."
+    "- both sides run with the same intra-op thread setting; on a loaded machine every multi-threaded op pays a "
+    "fork/join wait (transformers' per-query loops most), so the one-thread line is the like-for-like comparison."
 )
 
 

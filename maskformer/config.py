@@ -24,13 +24,18 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 @dataclass
 class ModelConfig:
-    """The network. arch: "maskformer" | "per_pixel_baseline" | "per_pixel_baseline_plus"."""
+    """The network. arch: "maskformer" | "mask2former" | "per_pixel_baseline" | "per_pixel_baseline_plus".
+
+    Mask2Former (arch "mask2former", pixel_decoder "msdeformattn"): dec_layers counts the predictions as the official
+    DEC_LAYERS does (10 = the raw-query prediction + 9 masked-attention layers); enc_layers deformable encoder layers
+    with FFN width enc_dim_feedforward and deform_points sampling points per head and level.
+    """
 
     arch: str = "maskformer"
     backbone: str = "resnet50"
     backbone_norm: str = "FrozenBN"  # ResNet norm: "FrozenBN" (official, pretrained weights) | "BN" | "GN" (scratch)
     drop_path_rate: float = 0.0  # Swin stochastic depth (0.3 in every official Swin config)
-    pixel_decoder: str = "fpn"  # "fpn" | "transformer_encoder" ("+6 Enc")
+    pixel_decoder: str = "fpn"  # "fpn" | "transformer_encoder" ("+6 Enc") | "msdeformattn" (Mask2Former)
     num_classes: int = 150
     num_queries: int = 100
     conv_dim: int = 256
@@ -40,7 +45,9 @@ class ModelConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     dec_layers: int = 6
-    enc_layers: int = 6  # only for pixel_decoder="transformer_encoder"
+    enc_layers: int = 6  # only for pixel_decoder="transformer_encoder" / "msdeformattn"
+    enc_dim_feedforward: int = 1024  # only for "msdeformattn" (hard-coded 1024 in the official code)
+    deform_points: int = 4  # only for "msdeformattn": sampling points per head and level
     enforce_input_proj: bool = False
     size_divisibility: int = 32  # 0: pad only to the largest image (COCO panoptic)
     pixel_mean: tuple[float, float, float] = (123.675, 116.280, 103.530)
@@ -56,7 +63,7 @@ class LossConfig:
     dice_weight: float = 1.0
     no_object_weight: float = 0.1
     deep_supervision: bool = True
-    point_sampling: bool = False  # Mask2Former's point-sampled mask loss (not the paper's default)
+    point_sampling: bool = False  # Mask2Former's point-sampled BCE + dice (its presets turn it on)
     num_points: int = 12544
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
@@ -64,7 +71,11 @@ class LossConfig:
 
 @dataclass
 class InferenceConfig:
-    """Post-processing and test-time resizing. task: "semantic" | "panoptic" | "instance"."""
+    """Post-processing and test-time resizing. task: "semantic" | "panoptic" | "instance".
+
+    fast: post-process with the tiled fast path (maskformer.fast_postprocess; same results up to float rounding at
+    near-ties) instead of the plain reference in maskformer.inference.
+    """
 
     task: str = "semantic"
     object_mask_threshold: float = 0.8
@@ -75,6 +86,7 @@ class InferenceConfig:
     tta_scales: tuple[float, ...] = TTA_SCALES
     tta_flip: bool = True
     postprocess_before_inference: bool = False
+    fast: bool = True
 
 
 @dataclass

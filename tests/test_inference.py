@@ -1,4 +1,8 @@
-"""Post-processing against float64 references written straight from the rules (reference sections 5.2, 5.3, 11.8)."""
+"""Post-processing against float64 references written straight from the rules (reference sections 5.2, 5.3, 11.8).
+
+Every check of a label map, panoptic or instance result runs on the plain reference (fast=False) and on the tiled
+fast path (fast=True).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from maskformer import fast_postprocess as rs
 from maskformer import inference as inf
-from maskformer import resample as rs
 from maskformer.structures import DatasetMeta
 
 
@@ -186,48 +190,56 @@ def test_window_bounds_hold_every_pixel():
 
 
 # ------------------------------------------------------------------------------------------------ semantic
+FAST = pytest.mark.parametrize("fast", [False, True])
+
+
 @pytest.mark.parametrize("pad,img,out", CASES)
 @pytest.mark.parametrize("before", [False, True])
-def test_semantic_official_matches_reference(pad, img, out, before):
+@FAST
+def test_semantic_official_matches_reference(pad, img, out, before, fast):
     o = random_outputs()
     got = inf.semantic_inference(o, [img], [out], before_inference=before, padded_size=pad)[0]
     ref = ref_semantic(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), pad, img, out, before)
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
-    labels = inf.semantic_labels(o, [img], [out], before_inference=before, padded_size=pad)[0]
+    labels = inf.semantic_labels(o, [img], [out], before_inference=before, padded_size=pad, fast=fast)[0]
     assert labels.dtype == torch.int64 and tuple(labels.shape) == out
     labels_agree(labels, ref)
 
 
 @pytest.mark.parametrize("pad,img,out", CASES)
-def test_semantic_fast_order_matches_reference(pad, img, out):
+@FAST
+def test_semantic_fast_order_matches_reference(pad, img, out, fast):
     o = random_outputs(seed=1)
     got = inf.semantic_inference(o, [img], [out], order="fast", padded_size=pad)[0]
     ref = ref_fast(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), pad, img, out)
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
-    labels_agree(inf.semantic_labels(o, [img], [out], order="fast", padded_size=pad)[0], ref)
+    labels_agree(inf.semantic_labels(o, [img], [out], order="fast", padded_size=pad, fast=fast)[0], ref)
 
 
-def test_semantic_labels_many_classes_and_batch():
+@FAST
+def test_semantic_labels_many_classes_and_batch(fast):
     """Many near-equal classes (every tile keeps many candidates) and a batch of two different images."""
     o = random_outputs(q=12, k=30, h=16, w=16, seed=2, sharp=0.5, batch=2)
     sizes, outs = [(64, 64), (50, 37)], [(64, 64), (80, 41)]
-    got = inf.semantic_labels(o, sizes, outs)
+    got = inf.semantic_labels(o, sizes, outs, fast=fast)
     for b in range(2):
         labels_agree(
             got[b], ref_semantic(np64(o["pred_logits"][b]), np64(o["pred_masks"][b]), (64, 64), *[sizes[b], outs[b]])
         )
 
 
-def test_semantic_official_labels_decide_close_calls_exactly():
+@FAST
+def test_semantic_official_labels_decide_close_calls_exactly(fast):
     """Two queries of different classes with almost equal masks: most pixels need the exact fallback."""
     o = random_outputs(q=2, k=2, h=8, w=8, seed=3)
     o["pred_logits"][0] = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
     o["pred_masks"][0, 1] = o["pred_masks"][0, 0] + 1e-3 * torch.randn(8, 8)
     ref = ref_semantic(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), (32, 32), (32, 32), (32, 32))
-    labels_agree(inf.semantic_labels(o, [(32, 32)])[0], ref, tol=1e-7)
+    labels_agree(inf.semantic_labels(o, [(32, 32)], fast=fast)[0], ref, tol=1e-7)
 
 
-def test_semantic_equals_transformers_where_rules_coincide():
+@FAST
+def test_semantic_equals_transformers_where_rules_coincide(fast):
     """No padding: transformers marginalizes at 1/4 and resizes once, which is our fast order."""
     pytest.importorskip("transformers")
     from types import SimpleNamespace
@@ -240,22 +252,23 @@ def test_semantic_equals_transformers_where_rules_coincide():
     targets = [(48, 56), (30, 77)]
     hf = proc.post_process_semantic_segmentation(hf_out, target_sizes=targets, return_segmentation_scores=True)
     ours = inf.semantic_inference(o, [(48, 56)] * 2, targets, order="fast")
-    labels = inf.semantic_labels(o, [(48, 56)] * 2, targets, order="fast")
+    labels = inf.semantic_labels(o, [(48, 56)] * 2, targets, order="fast", fast=fast)
     for b in range(2):
         torch.testing.assert_close(ours[b], hf[b].segmentation_scores, atol=1e-6, rtol=1e-6)
         labels_agree(labels[b], hf[b].segmentation_scores.double().numpy(), tol=1e-6)
     hf_low = proc.post_process_semantic_segmentation(hf_out)  # no target sizes: 1/4 resolution
-    ours_low = inf.semantic_labels(o, [(48, 56)] * 2, [(12, 14)] * 2, order="fast")
+    ours_low = inf.semantic_labels(o, [(48, 56)] * 2, [(12, 14)] * 2, order="fast", fast=fast)
     assert all(torch.equal(a, b) for a, b in zip(ours_low, hf_low))
 
 
-def test_per_pixel_baseline_outputs():
+@FAST
+def test_per_pixel_baseline_outputs(fast):
     sem = torch.randn(1, 5, 10, 12)
     pad, img, out = CASES[1]
     got = inf.semantic_inference({"sem_seg": sem}, [img], [out], padded_size=pad)[0]
     ref = ref_chain(np64(sem[0]), pad, img, out)
     np.testing.assert_allclose(got.numpy(), ref, atol=1e-5)
-    labels_agree(inf.semantic_labels({"sem_seg": sem}, [img], [out], padded_size=pad)[0], ref)
+    labels_agree(inf.semantic_labels({"sem_seg": sem}, [img], [out], padded_size=pad, fast=fast)[0], ref)
 
 
 # ------------------------------------------------------------------------------------------------ panoptic
@@ -275,9 +288,10 @@ def panoptic_agrees(result, ref, out):
 
 @pytest.mark.parametrize("pad,img,out", CASES)
 @pytest.mark.parametrize("seed", [0, 5])
-def test_panoptic_matches_reference(pad, img, out, seed):
+@FAST
+def test_panoptic_matches_reference(pad, img, out, seed, fast):
     o = partition_outputs(seed=seed)
-    got = inf.panoptic_inference(o, [img], [out], thing_ids=THINGS, padded_size=pad, tile=8)[0]
+    got = inf.panoptic_inference(o, [img], [out], thing_ids=THINGS, padded_size=pad, tile=8, fast=fast)[0]
     ref = ref_panoptic(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), pad, img, out, THINGS)
     assert len(ref[1]) >= 1  # the case exercises at least one segment
     panoptic_agrees(got, ref, out)
@@ -290,8 +304,12 @@ def hand_built(mask_maps, class_logits):
 
 
 def run_hand_built(o, **kw):
+    """The fast path's result, after checking that the reference gives the very same."""
     size = tuple(o["pred_masks"].shape[-2:])
-    return inf.panoptic_inference(o, [size], thing_ids=THINGS, padded_size=size, tile=8, **kw)[0]
+    ref_ids, ref_segments = inf.panoptic_inference(o, [size], thing_ids=THINGS, padded_size=size, **kw)[0]
+    ids, segments = inf.panoptic_inference(o, [size], thing_ids=THINGS, padded_size=size, tile=8, fast=True, **kw)[0]
+    assert torch.equal(ids, ref_ids) and segments == ref_segments
+    return ids, segments
 
 
 def block(h, w, r0, r1, c0, c1, inside=8.0, outside=-8.0):
@@ -351,10 +369,11 @@ def test_panoptic_dataset_ids_and_scores():
 
 # ------------------------------------------------------------------------------------------------ instance
 @pytest.mark.parametrize("pad,img,out", CASES[1:])
-def test_instance_matches_reference(pad, img, out):
+@FAST
+def test_instance_matches_reference(pad, img, out, fast):
     o = random_outputs(q=6, k=4, seed=7)
     for things in (None, {1, 3}):
-        got = inf.instance_inference(o, [img], [out], topk=10, thing_ids=things, padded_size=pad, tile=8)[0]
+        got = inf.instance_inference(o, [img], [out], topk=10, thing_ids=things, padded_size=pad, tile=8, fast=fast)[0]
         ref, logit_maps = ref_instance(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), pad, img, out, 10, things)
         ref.sort(key=lambda r: -r[0])
         assert len(got) == len(ref) and got.masks.shape == (len(ref), *out) and got.masks.dtype == torch.bool
@@ -365,23 +384,25 @@ def test_instance_matches_reference(pad, img, out):
             assert not ((mask.numpy() != ref_mask) & ~near_zero).any()
 
 
-def test_instance_hand_built_empty_mask_scores_zero():
+@FAST
+def test_instance_hand_built_empty_mask_scores_zero(fast):
     o = hand_built([block(4, 6, 0, 2, 0, 3), np.full((4, 6), -5.0)], [CONFIDENT[0], CONFIDENT[1]])
-    got = inf.instance_inference(o, [(4, 6)], padded_size=(4, 6), topk=2, tile=8)[0]
+    got = inf.instance_inference(o, [(4, 6)], padded_size=(4, 6), topk=2, tile=8, fast=fast)[0]
     p = o["pred_logits"][0].softmax(-1).max(-1).values
     mean = float(torch.sigmoid(torch.tensor(8.0)))  # every pixel of the first mask has logit 8
     assert got.labels.tolist() == [0, 1] and got.scores.tolist() == pytest.approx([float(p[0]) * mean, 0.0], rel=1e-5)
     assert got.masks[0].sum() == 6 and not got.masks[1].any()
 
 
-def test_semantic_when_every_query_is_no_object():
+@FAST
+def test_semantic_when_every_query_is_no_object(fast):
     o = random_outputs(seed=8)
     o["pred_logits"][..., -1] += 20  # real classes keep only tiny probabilities
     for order in ("official", "fast"):
         ref = (ref_semantic if order == "official" else ref_fast)(
             np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), (40, 48), (37, 41), (29, 53)
         )
-        labels = inf.semantic_labels(o, [(37, 41)], [(29, 53)], order=order, padded_size=(40, 48))[0]
+        labels = inf.semantic_labels(o, [(37, 41)], [(29, 53)], order=order, padded_size=(40, 48), fast=fast)[0]
         labels_agree(labels, ref, tol=1e-12)
 
 
@@ -406,7 +427,9 @@ def test_thread_setting_is_restored():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        inf.semantic_labels(random_outputs(), [(40, 48)])
+        inf.semantic_labels(random_outputs(), [(40, 48)], fast=True)
+        inf.panoptic_inference(random_outputs(), [(40, 48)], thing_ids=THINGS, object_mask_threshold=0.0, fast=True)
+        inf.instance_inference(random_outputs(), [(40, 48)], fast=True)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
