@@ -16,9 +16,10 @@ from maskformer import inference
 
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """x [..., h, w] -> float32 [..., H, W], bilinear (align_corners=False), as F.interpolate."""
-    t = torch.from_numpy(np.asarray(x, dtype=np.float32))
-    return inference._resize(t.reshape(-1, *t.shape[-2:]), tuple(size)).reshape(*t.shape[:-2], *size).numpy()
+    """x [..., h, w] -> float32 [..., H, W], bilinear (align_corners=False) as F.interpolate, computed in float64."""
+    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    out = inference._resize(t.reshape(-1, *t.shape[-2:]), tuple(size)).reshape(*t.shape[:-2], *size)
+    return out.float().numpy()
 
 
 def _batch(pred_logits: np.ndarray, pred_masks: np.ndarray) -> dict:
