@@ -1,7 +1,9 @@
 """The MaskFormer network. `build_model(cfg)` is the only code that reads the config; modules take keyword arguments.
 
-Architectures (cfg.model.arch): "maskformer" (mask classification), "per_pixel_baseline", "per_pixel_baseline_plus".
-Pixel decoders (cfg.model.pixel_decoder): "fpn" (light-weight FPN) or "transformer_encoder" ("+6 Enc").
+Architectures (cfg.model.arch): "maskformer" (mask classification), "mask2former" (masked attention over a multi-scale
+deformable-attention pixel decoder), "per_pixel_baseline", "per_pixel_baseline_plus".
+Pixel decoders (cfg.model.pixel_decoder): "fpn" (light-weight FPN), "transformer_encoder" ("+6 Enc") or "msdeformattn"
+(Mask2Former's; the only one its masked-attention decoder takes).
 """
 
 from __future__ import annotations
@@ -11,21 +13,26 @@ from torch import nn
 from maskformer.config import Config, ModelConfig
 
 from .heads import MaskFormerHead, PerPixelBaselineHead, PerPixelBaselinePlusHead, TransformerPredictor
+from .masked_decoder import Mask2FormerHead, MultiScaleMaskedTransformerDecoder
 from .maskformer import MaskFormer
+from .msdeform_pixel_decoder import MSDeformAttnPixelDecoder
 from .pixel_decoder import BasePixelDecoder, TransformerEncoderPixelDecoder
 from .position_encoding import PositionEmbeddingSine
 
-ARCHS = ("maskformer", "per_pixel_baseline", "per_pixel_baseline_plus")
-PIXEL_DECODERS = ("fpn", "transformer_encoder")
+ARCHS = ("maskformer", "mask2former", "per_pixel_baseline", "per_pixel_baseline_plus")
+PIXEL_DECODERS = ("fpn", "transformer_encoder", "msdeformattn")
 FEATURES = ("res2", "res3", "res4", "res5")
 
 __all__ = [
     "ARCHS",
     "PIXEL_DECODERS",
     "BasePixelDecoder",
+    "MSDeformAttnPixelDecoder",
+    "Mask2FormerHead",
     "MaskFormer",
     "MaskFormerHead",
     "PerPixelBaselineHead",
+    "MultiScaleMaskedTransformerDecoder",
     "PerPixelBaselinePlusHead",
     "PositionEmbeddingSine",
     "TransformerEncoderPixelDecoder",
@@ -44,8 +51,16 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
     if backbone is None:
         backbone = _build_backbone(m)
     channels = _backbone_channels(backbone)
+    if (m.arch == "mask2former") != (m.pixel_decoder == "msdeformattn"):
+        raise ValueError(
+            f"model.arch={m.arch!r} with model.pixel_decoder={m.pixel_decoder!r}: arch 'mask2former' needs "
+            "pixel_decoder 'msdeformattn', which no other arch takes"
+        )
     pixel_decoder = build_pixel_decoder(m, channels)
-    if m.arch == "per_pixel_baseline":
+    if m.arch == "mask2former":
+        predictor = _build_masked_decoder(m, cfg.loss.deep_supervision)
+        head = Mask2FormerHead(pixel_decoder=pixel_decoder, predictor=predictor)
+    elif m.arch == "per_pixel_baseline":
         head = PerPixelBaselineHead(pixel_decoder=pixel_decoder, num_classes=m.num_classes, mask_dim=m.mask_dim)
     else:
         classify = m.arch == "maskformer"
@@ -61,8 +76,19 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
     )
 
 
-def build_pixel_decoder(m: ModelConfig, in_channels: dict[str, int]) -> BasePixelDecoder:
+def build_pixel_decoder(m: ModelConfig, in_channels: dict[str, int]) -> nn.Module:
     """The pixel decoder named by `m.pixel_decoder` over backbone channels {res2..res5: C}."""
+    if m.pixel_decoder == "msdeformattn":
+        return MSDeformAttnPixelDecoder(
+            in_channels=in_channels,
+            conv_dim=m.conv_dim,
+            mask_dim=m.mask_dim,
+            nheads=m.nheads,
+            dim_feedforward=m.enc_dim_feedforward,
+            dropout=m.dropout,
+            enc_layers=m.enc_layers,
+            n_points=m.deform_points,
+        )
     if m.pixel_decoder == "fpn":
         return BasePixelDecoder(in_channels=in_channels, conv_dim=m.conv_dim, mask_dim=m.mask_dim)
     if m.pixel_decoder == "transformer_encoder":
@@ -90,6 +116,22 @@ def _build_predictor(m: ModelConfig, in_channels: int, classify: bool, deep_supe
         dim_feedforward=m.dim_feedforward,
         dec_layers=m.dec_layers,
         mask_dim=m.mask_dim,
+        enforce_input_proj=m.enforce_input_proj,
+        deep_supervision=deep_supervision,
+    )
+
+
+def _build_masked_decoder(m: ModelConfig, deep_supervision: bool) -> MultiScaleMaskedTransformerDecoder:
+    return MultiScaleMaskedTransformerDecoder(
+        in_channels=m.conv_dim,
+        num_classes=m.num_classes,
+        hidden_dim=m.hidden_dim,
+        num_queries=m.num_queries,
+        nheads=m.nheads,
+        dim_feedforward=m.dim_feedforward,
+        dec_layers=m.dec_layers,
+        mask_dim=m.mask_dim,
+        dropout=m.dropout,
         enforce_input_proj=m.enforce_input_proj,
         deep_supervision=deep_supervision,
     )

@@ -40,9 +40,12 @@ class MultiheadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)  # [B, L, C] -> [B, h, L, C/h]
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """query [B, Lq, C], key/value [B, Lk, C] -> [B, Lq, C]. Pass the same tensor as query and key to fuse their
-        projections into one matmul (self-attention)."""
+        projections into one matmul (self-attention). attn_mask: optional bool [B, 1 or h, Lq, Lk], True = may attend
+        (scaled_dot_product_attention's convention; Mask2Former's masked attention)."""
         c = self.embed_dim
         w, b = self.in_proj_weight, self.in_proj_bias
         if query is key:
@@ -52,7 +55,9 @@ class MultiheadAttention(nn.Module):
             k = F.linear(key, w[c : 2 * c], b[c : 2 * c])
         v = F.linear(value, w[2 * c :], b[2 * c :])
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), dropout_p=p)
+        out = F.scaled_dot_product_attention(
+            self._heads(q), self._heads(k), self._heads(v), attn_mask=attn_mask, dropout_p=p
+        )
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], c)  # [B, h, Lq, C/h] -> [B, Lq, C]
         return self.out_proj(out)
 
