@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from maskformer.evaluation import PanopticEvaluator, SemSegEvaluator, score_panoptic, score_semantic
-from maskformer.evaluation.image_io import read_label_map, read_panoptic_png
+from maskformer.io import read_label as read_label_map
+from maskformer.io import read_panoptic as read_panoptic_png
 
 N_IMAGES, K_SEM = 300, 150
 THINGS, STUFF = list(range(1, 81)), list(range(92, 145))

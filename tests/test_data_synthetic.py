@@ -11,8 +11,8 @@ from PIL import Image
 from maskformer.cli import main
 from maskformer.config import get_preset
 from maskformer.data import build_dataset, coco_panoptic
-from maskformer.data.io import rgb2id
 from maskformer.data.synthetic import SynthConfig, write_synthetic
+from maskformer.io import rgb2id
 
 SMALL = dict(image_size=(48, 64), num_train=6, num_val=2)
 

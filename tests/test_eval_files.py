@@ -11,7 +11,7 @@ from PIL import Image
 
 from maskformer.cli import main
 from maskformer.evaluation import PanopticEvaluator, SemSegEvaluator, score_panoptic, score_semantic
-from maskformer.evaluation.image_io import read_panoptic_png
+from maskformer.io import read_label, read_panoptic
 
 K = 6
 
@@ -91,7 +91,7 @@ def test_coco_sample_equals_panopticapi_and_in_memory(shared_data, tmp_path):
     ev = PanopticEvaluator(gt["categories"])
     preds = []
     for k, ann in enumerate(gt["annotations"]):
-        ids = read_panoptic_png(gt_folder / ann["file_name"])
+        ids = read_panoptic(gt_folder / ann["file_name"])
         pred, segs = shifted_prediction(ids.astype(np.int64), ann["segments_info"], 9 + 20 * k)
         ev.update(pred, segs, ids, ann["segments_info"], image_id=ann["image_id"])
         preds.append((ann["image_id"], pred, segs))
@@ -153,17 +153,15 @@ def test_unreadable_png_names_the_file(tmp_path):
         score_panoptic(gt_json, pred_json, workers=0)
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L", "P", "I;16"])
-def test_fast_pixel_reading_equals_pillow_arrays(mode, tmp_path):
-    """The Arrow-buffer read gives exactly what np.asarray / rgb2id give (and is really used with this Pillow)."""
-    from maskformer.evaluation.image_io import _pixels_arrow, read_label_map, read_panoptic_png
-
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_pixel_reading_equals_pillow_arrays(mode, tmp_path):
+    """read_panoptic / read_label equal rgb2id(np.asarray) / np.asarray exactly, as int32 (the maskformer.io rule)."""
     rng = np.random.default_rng(0)
-    if mode == "RGB":
-        rgb = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    if mode in ("RGB", "RGBA"):
+        rgb = rng.integers(0, 256, (13, 17, len(mode)), dtype=np.uint8)
         Image.fromarray(rgb).save(tmp_path / "x.png")
         expected = rgb[..., 0] + 256 * rgb[..., 1].astype(np.uint32) + 65536 * rgb[..., 2].astype(np.uint32)
-        got = read_panoptic_png(tmp_path / "x.png")
+        got = read_panoptic(tmp_path / "x.png")
     else:
         arr = rng.integers(0, 60000 if mode == "I;16" else 256, (13, 17)).astype(
             np.uint16 if mode == "I;16" else np.uint8
@@ -172,26 +170,9 @@ def test_fast_pixel_reading_equals_pillow_arrays(mode, tmp_path):
         img = img.convert("P") if mode == "P" else img
         img.save(tmp_path / "x.png")
         expected = np.asarray(Image.open(tmp_path / "x.png"))
-        got = read_label_map(tmp_path / "x.png")
-    assert got.dtype == expected.dtype or mode == "RGB"
+        got = read_label(tmp_path / "x.png")
+    assert got.dtype == np.int32
     assert np.array_equal(got, expected)
-    with Image.open(tmp_path / "x.png") as im:
-        im.load()
-        if hasattr(im, "__arrow_c_array__"):
-            assert _pixels_arrow(im) is not None
-
-
-def test_panoptic_png_fallback_without_arrow_gives_the_same_ids(tmp_path, monkeypatch):
-    """Older Pillow (no Arrow export): the tobytes("RGBX") path must clear the pad byte exactly like the fast path."""
-    from maskformer.evaluation import image_io
-
-    rgb = np.random.default_rng(1).integers(0, 256, (9, 11, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "x.png")
-    fast = image_io.read_panoptic_png(tmp_path / "x.png")
-    monkeypatch.setattr(image_io, "_pixels_arrow", lambda im: None)
-    slow = image_io.read_panoptic_png(tmp_path / "x.png")
-    expected = rgb[..., 0] + 256 * rgb[..., 1].astype(np.uint32) + 65536 * rgb[..., 2].astype(np.uint32)
-    assert slow.dtype == fast.dtype == np.uint32 and np.array_equal(slow, expected) and np.array_equal(fast, expected)
 
 
 def test_threaded_reads_keep_order_and_raise_the_first_error_in_order():
@@ -210,3 +191,30 @@ def test_threaded_reads_keep_order_and_raise_the_first_error_in_order():
         for task, value in threaded_reads(read, range(10), threads=3, ahead=4):
             got.append((task, value))
     assert got == [(i, i * i) for i in range(7)]
+
+
+def test_score_never_imports_torch(tmp_path):
+    """`maskformer score` on files is numpy + Pillow only: importing it and scoring both tasks leave torch unloaded."""
+    import subprocess
+    import sys
+
+    (tmp_path / "sem").mkdir()
+    gt_dir, pred_dir, _ = write_semantic(tmp_path / "sem")
+    cats = [{"id": 1, "isthing": 1, "name": "a"}, {"id": 2, "isthing": 0, "name": "b"}]
+    gs = [{"id": 1, "category_id": 1, "iscrowd": 0, "area": 2}, {"id": 2, "category_id": 2, "iscrowd": 0, "area": 2}]
+    ps = [{"id": 3, "category_id": 1}, {"id": 4, "category_id": 2}]
+    gt_json = write_panoptic(tmp_path, "gt", [(5, np.array([[1, 1, 2, 2, 0]]), gs)], cats)
+    pred_json = write_panoptic(tmp_path, "pred", [(5, np.array([[3, 3, 3, 4, 4]]), ps)], cats)
+    code = f"""
+import sys
+from maskformer.commands import score
+import maskformer.evaluation, maskformer.evaluation.files, maskformer.evaluation.report
+assert 'torch' not in sys.modules, 'importing score imported torch'
+from maskformer.cli import main
+assert main(['score', '--gt', {str(gt_dir)!r}, '--pred', {str(pred_dir)!r}, '--num-classes', '{K}']) == 0
+assert main(['score', '--gt', {str(gt_json)!r}, '--pred', {str(pred_json)!r}, '--workers', '0']) == 0
+assert 'torch' not in sys.modules, 'scoring imported torch'
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "mIoU" in done.stdout and "Things    |  66.67" in done.stdout

@@ -11,11 +11,11 @@ from PIL import Image
 from torch import nn
 
 from maskformer import inference as inf
-from maskformer import outputs as fmt
+from maskformer import io as fmt
 from maskformer import tta
 from maskformer.cli import main
 from maskformer.config import get_preset
-from maskformer.data.io import read_label, read_panoptic
+from maskformer.io import read_label, read_panoptic
 from maskformer.modeling import build_model
 from maskformer.predict import ImageError, Predictor, load_image
 from maskformer.structures import DatasetMeta

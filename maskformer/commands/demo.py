@@ -123,8 +123,8 @@ def _overlay_grid(trainer, path: Path) -> None:
     import torch
     from PIL import Image
 
-    from maskformer.evaluation.files import read_panoptic_png
     from maskformer.inference import panoptic_inference, semantic_labels
+    from maskformer.io import read_panoptic as read_panoptic_png
     from maskformer.structures import ImageBatch
     from maskformer.visualize import grid, panoptic_overlay, semantic_overlay
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from maskformer import outputs as fmt
+from maskformer import io as fmt
 from maskformer import visualize as vis
-from maskformer.data.io import IMAGE_EXTS, list_files, save_json, write_image
+from maskformer.io import IMAGE_EXTS, list_files, save_json, write_image
 from maskformer.predict import TASKS, ImageError, Prediction, Predictor, load_image
 
 
@@ -84,7 +84,7 @@ class Writer:
             fmt.write_semantic(self.out / "semantic" / f"{stem}.png", pred.semantic, meta, dataset_ids=self.dataset_ids)
             picture = vis.semantic_overlay(image, pred.semantic, meta) if self.overlay else None
         elif self.task == "panoptic":
-            fmt.write_panoptic_png(self.out / "panoptic" / f"{stem}.png", pred.panoptic)
+            fmt.write_panoptic(self.out / "panoptic" / f"{stem}.png", pred.panoptic)
             ann = fmt.panoptic_annotation(pred.panoptic, pred.segments, image_id=stem, file_name=f"{stem}.png")
             self.panoptic.append(ann)
             picture = vis.panoptic_overlay(image, pred.panoptic, pred.segments, meta) if self.overlay else None

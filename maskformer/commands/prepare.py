@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data.io import DatasetError
 from ..data.prepare import PREPARERS
+from ..io import DatasetError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,6 @@ Panoptic: `--gt panoptic_val.json --pred predictions.json [--gt-folder D] [--pre
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,10 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_class_names(path: str) -> list[str]:
-    text = Path(path).read_text()
+    """Class names from a JSON list or a text file (one name a line)."""
+    from maskformer.io import load_json
+
     if path.endswith(".json"):
-        return [str(n) for n in json.loads(text)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        return [str(n) for n in load_json(path)]
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..io import DatasetError, load_json
 from ..structures import DatasetMeta, default_palette
 from .dataset import Record, SegDataset
-from .io import DatasetError, load_json
 from .semantic import find_dir
 
 

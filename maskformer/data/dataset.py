@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..io import DatasetError, read_image, read_label, read_panoptic
 from ..structures import DatasetMeta, SegTarget
-from .io import DatasetError, read_image, read_label, read_panoptic
 from .transforms import Sample
 
 TARGETS = ("semantic", "panoptic")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import DatasetError, read_label
 from ..structures import DatasetMeta
 from .dataset import SegDataset
-from .io import DatasetError, read_label
 from .semantic import find_dir, pair_by_name, zero_label_reducer
 
 SCAN_FILES = 16
@@ -25,7 +25,7 @@ SCAN_FILES = 16
 def read_class_spec(root: Path) -> dict:
     """{"classes", "ignore_label"?, "reduce_zero_label"?, "name"?} from ROOT/meta.json or ROOT/classes.txt."""
     if (root / "meta.json").is_file():
-        from .io import load_json
+        from ..io import load_json
 
         spec = load_json(root / "meta.json")
         if not isinstance(spec.get("classes"), list) or not spec["classes"]:

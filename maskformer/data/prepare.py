@@ -22,9 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import meta as builtin
-from .dataset import paint_semantic
-from .io import (
+from ..io import (
     DatasetError,
     image_size,
     list_files,
@@ -37,6 +35,8 @@ from .io import (
     write_label,
     write_panoptic,
 )
+from . import meta as builtin
+from .dataset import paint_semantic
 from .semantic import find_dir
 
 Log = Callable[[str], None]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import IMAGE_EXTS, LABEL_EXTS, DatasetError, list_files, load_json
 from ..structures import DatasetMeta
 from . import meta as builtin
 from .dataset import Record, SegDataset
-from .io import IMAGE_EXTS, LABEL_EXTS, DatasetError, list_files, load_json
 
 
 def find_dir(candidates: Sequence[Path], what: str) -> Path:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import save_json, write_image, write_label, write_panoptic
 from ..structures import DatasetMeta
-from .io import save_json, write_image, write_label, write_panoptic
 
 STUFF_COLORS = {
     "sky": (120, 180, 240),

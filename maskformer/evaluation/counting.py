@@ -1,4 +1,4 @@
-"""Pixel-counting helpers shared by the evaluators: array conversion and run-length compression of map pairs.
+"""Arithmetic shared by the evaluators: run-length compression of map pairs, histograms, PQ/SQ/RQ and means.
 
 Label maps and panoptic id maps are piecewise constant: along a row, (GT, prediction) pairs change only at segment
 boundaries. Counting one entry per run, weighted by its length, gives the same joint histogram as counting every
@@ -9,13 +9,6 @@ cost then nearly vanish). Noisy maps with many runs fall back to per-pixel count
 from __future__ import annotations
 
 import numpy as np
-
-
-def to_numpy(x) -> np.ndarray:
-    """Tensor or array -> numpy array (no copy for numpy input or CPU tensors)."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 class PairRuns:
@@ -54,3 +47,20 @@ def weighted_bincount(key: np.ndarray, weights: np.ndarray | None, minlength: in
     """int64 histogram of `key` (each entry counted `weights` times when given; float64 sums are exact here)."""
     hist = np.bincount(key, weights=weights, minlength=minlength)
     return hist if weights is None else hist.astype(np.int64)
+
+
+def pq_sq_rq(iou_sum: np.ndarray, tp: np.ndarray, fp: np.ndarray, fn: np.ndarray):
+    """Per-class PQ = iou_sum / (TP + FP/2 + FN/2), SQ = iou_sum / TP, RQ = TP / (TP + FP/2 + FN/2), each float64 [K]
+    (0 where undefined), and counted [K] = TP + FP + FN > 0 (the classes panopticapi averages over)."""
+    denom = tp + 0.5 * fp + 0.5 * fn
+    counted = (tp + fp + fn) > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pq = np.where(counted, iou_sum / denom, 0.0)
+        sq = np.where(tp > 0, iou_sum / tp, 0.0)
+        rq = np.where(counted, tp / denom, 0.0)
+    return pq, sq, rq, counted
+
+
+def sequential_mean(values: np.ndarray, empty: float = float("nan")) -> float:
+    """Mean summed left to right (panopticapi / detectron2 order, same last digit); `empty` for no values."""
+    return float(sum(values.tolist()) / len(values)) if len(values) else empty

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import multiprocessing as mp
 import os
 from collections import deque
@@ -25,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from maskformer.evaluation.image_io import read_label_map, read_panoptic_png
 from maskformer.evaluation.panoptic import PairCounter, PanopticEvaluator, segment_ids
 from maskformer.evaluation.sem_seg import ConfusionCounter, SemSegEvaluator
+from maskformer.io import LABEL_EXTS, list_files, load_json, read_label, read_panoptic
 
-LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
 _WORKER_STATE: dict = {}  # per process: reusable counters (lookup tables and buffers)
 
 
@@ -45,20 +43,10 @@ def default_workers() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def load_json(path: str | Path, what: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} JSON {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} JSON {path} is not valid JSON: {e}") from None
-
-
 def check_panoptic_json(data: dict, path, what: str, keys=("annotations",)) -> None:
     """Clear errors for a COCO panoptic JSON missing its lists or per-image fields."""
     for key in keys:
-        if not isinstance(data.get(key), list):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
             raise ValueError(f"{what} JSON {path} has no '{key}' list")
     for ann in data["annotations"]:
         for key in ("image_id", "file_name", "segments_info"):
@@ -81,10 +69,10 @@ def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, 
     for d, what in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
         if not d.is_dir():
             raise FileNotFoundError(f"{what} folder {d} does not exist")
-    gts = sorted(p for p in gt_dir.iterdir() if p.suffix.lower() in LABEL_EXTENSIONS)
+    gts = list_files(gt_dir, LABEL_EXTS)
     if not gts:
-        raise ValueError(f"ground-truth folder {gt_dir} has no label maps ({', '.join(LABEL_EXTENSIONS)})")
-    preds = {p.stem: p for p in pred_dir.iterdir() if p.suffix.lower() in LABEL_EXTENSIONS}
+        raise ValueError(f"ground-truth folder {gt_dir} has no label maps ({', '.join(LABEL_EXTS)})")
+    preds = {p.stem: p for p in list_files(pred_dir, LABEL_EXTS)}
     missing = [p.stem for p in gts if p.stem not in preds]
     if missing:
         raise ValueError(f"no prediction in {pred_dir} for the ground-truth image(s) {missing[:10]}")
@@ -127,9 +115,9 @@ def _read_and_count(read: Callable, count: Callable, task):
 
 # ---------------------------------------------------------------------------------------------------- panoptic
 def _read_panoptic_pair(task) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one GT/prediction PNG pair -> (gt ids, pred ids), uint32 [h, w] each."""
+    """Decode one GT/prediction PNG pair -> (gt ids, pred ids), int32 [h, w] each."""
     image_id, gt_path, pred_path = task[:3]
-    gt, pred = read_panoptic_png(gt_path), read_panoptic_png(pred_path)
+    gt, pred = read_panoptic(gt_path), read_panoptic(pred_path)
     if gt.shape != pred.shape:
         raise ValueError(f"image {image_id}: prediction PNG {pred_path} is {pred.shape}, ground truth is {gt.shape}")
     return gt, pred
@@ -150,7 +138,7 @@ def score_panoptic(
     workers: int | None = None,
 ) -> dict:
     """PQ/SQ/RQ of COCO-format panoptic predictions, as panopticapi's pq_compute (see PanopticEvaluator.compute)."""
-    gt, pred = load_json(gt_json, "ground-truth"), load_json(pred_json, "prediction")
+    gt, pred = load_json(gt_json), load_json(pred_json)
     check_panoptic_json(gt, gt_json, "ground-truth", ("annotations", "categories"))
     check_panoptic_json(pred, pred_json, "prediction")
     gt_folder = Path(gt_folder) if gt_folder else Path(str(gt_json).replace(".json", ""))
@@ -180,7 +168,7 @@ def score_panoptic(
 # ---------------------------------------------------------------------------------------------------- semantic
 def _read_semantic_pair(task) -> tuple[np.ndarray, np.ndarray]:
     """Decode one prediction/GT label-map pair -> (pred, gt)."""
-    return read_label_map(task[2]), read_label_map(task[1])
+    return read_label(task[2]), read_label(task[1])
 
 
 def _count_semantic_pair(task, pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskformer.evaluation.counting import to_numpy
+from maskformer.io import to_numpy
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

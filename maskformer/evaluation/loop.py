@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from maskformer.config import Config
-from maskformer.evaluation.image_io import read_panoptic_png
 from maskformer.evaluation.instance import InstanceEvaluator
 from maskformer.evaluation.panoptic import PanopticEvaluator
 from maskformer.evaluation.sem_seg import SemSegEvaluator
+from maskformer.io import read_panoptic as read_panoptic_png
 from maskformer.structures import DatasetMeta, ImageBatch
 
 TASKS = ("semantic", "panoptic", "instance")

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskformer.evaluation.counting import PairRuns, to_numpy, weighted_bincount
+from maskformer.evaluation.counting import PairRuns, pq_sq_rq, sequential_mean, weighted_bincount
+from maskformer.io import to_numpy
 
 VOID = 0
 _LUT_LIMIT = 1 << 24  # per-pixel counting looks ids below this up in a table (PNG ids are < 2^24)
@@ -189,12 +190,7 @@ class PanopticEvaluator:
 
         Values in [0, 1] (panopticapi's convention; its printed table is x100).
         """
-        denom = self.tp + 0.5 * self.fp + 0.5 * self.fn
-        counted = (self.tp + self.fp + self.fn) > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pq = np.where(counted, self.iou / denom, 0.0)
-            sq = np.where(self.tp > 0, self.iou / self.tp, 0.0)
-            rq = np.where(counted, self.tp / denom, 0.0)
+        pq, sq, rq, counted = pq_sq_rq(self.iou, self.tp, self.fp, self.fn)
         out: dict = {}
         for name, sel in (("All", np.ones_like(counted)), ("Things", self._isthing), ("Stuff", ~self._isthing)):
             out[name] = _average(pq, sq, rq, counted & sel)
@@ -243,11 +239,8 @@ def _crowd_overlap(inter: np.ndarray, g_cat: np.ndarray, g_crowd: np.ndarray, p_
 
 def _average(pq, sq, rq, sel) -> dict:
     """Plain means over the selected categories in category order; n = 0 -> -1.0 (documented deviation)."""
-    n = int(sel.sum())
-    if n == 0:
-        return {"pq": -1.0, "sq": -1.0, "rq": -1.0, "n": 0}
-    mean = lambda v: float(sum(v[sel].tolist()) / n)  # noqa: E731  (sequential sum, as panopticapi)
-    return {"pq": mean(pq), "sq": mean(sq), "rq": mean(rq), "n": n}
+    means = {m: sequential_mean(v[sel], -1.0) for m, v in (("pq", pq), ("sq", sq), ("rq", rq))}
+    return {**means, "n": int(sel.sum())}
 
 
 def segment_ids(segments: Sequence[dict], what: str, image_id) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from maskformer.io import save_json
 
 SEMANTIC_SUMMARY = ("mIoU", "mIoU_gt", "mACC", "pACC", "fwIoU", "PQ_St", "SQ_St", "RQ_St")
 
@@ -13,17 +14,19 @@ def _pct(v: float, width: int = 6) -> str:
     return f"{'-':>{width}s}" if v is None or math.isnan(v) else f"{100 * v:{width}.2f}"
 
 
+def _per_class(first: str, header: str, rows: list[tuple[str, str]]) -> list[str]:
+    """A per-class table: (name, cells) rows under `first` + `header`, names padded to the longest, then a gap."""
+    width = max([len(first)] + [len(name) for name, _ in rows])
+    head = f"{first:{width}s}{header}"
+    return [head, "-" * len(head), *(f"{name:{width}s}{cells}" for name, cells in rows), ""]
+
+
 def format_semantic(results: dict, per_class: bool = True) -> str:
     """Per-class IoU / Acc / PQ^St table (optional) and the summary line, in percent."""
     lines = []
     if per_class:
-        rows = results["per_class"]
-        width = max([len("class")] + [len(r["name"]) for r in rows])
-        lines.append(f"{'class':{width}s} |    IoU    Acc     PQ")
-        lines.append("-" * (width + 23))
-        for r in rows:
-            lines.append(f"{r['name']:{width}s} | {_pct(r['iou'])} {_pct(r['acc'])} {_pct(r['pq'])}")
-        lines.append("")
+        rows = [(r["name"], f" | {_pct(r['iou'])} {_pct(r['acc'])} {_pct(r['pq'])}") for r in results["per_class"]]
+        lines += _per_class("class", " |    IoU    Acc     PQ", rows)
     lines.append("  ".join(f"{k} {_pct(results[k], 0)}" for k in SEMANTIC_SUMMARY))
     lines.append(f"({results['num_images']} images)")
     return "\n".join(lines)
@@ -33,17 +36,15 @@ def format_panoptic(results: dict, per_class: bool = True) -> str:
     """Per-category table (optional) and panopticapi's All / Things / Stuff table, in percent."""
     lines = []
     if per_class:
-        rows = list(results["per_class"].items())
-        width = max([len("category")] + [len(r["name"]) for _, r in rows])
-        lines.append(f"{'category':{width}s}  id  kind |     PQ     SQ     RQ    TP    FP    FN")
-        lines.append("-" * (width + 54))
-        for cid, r in rows:
-            kind = "thing" if r["isthing"] else "stuff"
-            counts = f"{r['tp']:5d} {r['fp']:5d} {r['fn']:5d}"
-            lines.append(
-                f"{r['name']:{width}s} {cid:3d} {kind} | {_pct(r['pq'])} {_pct(r['sq'])} {_pct(r['rq'])} {counts}"
+        rows = [
+            (
+                r["name"],
+                f" {cid:3d} {'thing' if r['isthing'] else 'stuff'} | {_pct(r['pq'])} {_pct(r['sq'])} {_pct(r['rq'])} "
+                f"{r['tp']:5d} {r['fp']:5d} {r['fn']:5d}",
             )
-        lines.append("")
+            for cid, r in results["per_class"].items()
+        ]
+        lines += _per_class("category", "  id  kind |     PQ     SQ     RQ    TP    FP    FN", rows)
     lines.append(f"{'':10s}|     PQ     SQ     RQ     N")
     lines.append("-" * 38)
     for name in ("All", "Things", "Stuff"):
@@ -59,31 +60,13 @@ def format_instance(results: dict, per_class: bool = True) -> str:
     """Per-class mask AP (optional) and COCO's AP summary, in percent (-100 = undefined, as COCO's -1)."""
     lines = []
     if per_class:
-        rows = list(results["per_class"].items())
-        width = max([len("category")] + [len(r["name"]) for _, r in rows])
-        lines += [f"{'category':{width}s}  id |     AP", "-" * (width + 13)]
-        lines += [f"{r['name']:{width}s} {cid:3d} | {_pct(r['ap'])}" for cid, r in rows]
-        lines.append("")
+        rows = [(r["name"], f" {cid:3d} | {_pct(r['ap'])}") for cid, r in results["per_class"].items()]
+        lines += _per_class("category", "  id |     AP", rows)
     lines.append("  ".join(f"{k} {_pct(results[k], 0)}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
     lines.append(f"({results['num_images']} images)")
     return "\n".join(lines)
 
 
-def _plain(x):
-    """JSON-safe copy: NaN -> None, numpy scalars -> Python numbers, dict keys -> str."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if hasattr(x, "item"):
-        x = x.item()
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
 def write_json(results: dict, path: str | Path) -> None:
-    """Write results as strict JSON (NaN -> null), creating the parent folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(results), indent=1, allow_nan=False))
+    """Write a results report as strict JSON (NaN -> null), one key a line (maskformer.io.save_json)."""
+    save_json(path, results, indent=1)

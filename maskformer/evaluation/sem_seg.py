@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskformer.evaluation.counting import PairRuns, to_numpy, weighted_bincount
+from maskformer.evaluation.counting import PairRuns, pq_sq_rq, sequential_mean, weighted_bincount
+from maskformer.io import to_numpy
 
 _LUT_SIZE = 1 << 16  # GT values 0..65535 go through a lookup table; wider or signed maps are range-checked first
 
@@ -174,15 +175,14 @@ class SemSegEvaluator:
             acc = np.where(gt > 0, tp / gt, np.nan)
         present, total = gt > 0, gt.sum()
         out = {
-            "mIoU": _mean(iou[union > 0]),
-            "mIoU_gt": _mean(iou[present]),
-            "mACC": _mean(acc[present]),
+            "mIoU": sequential_mean(iou[union > 0]),
+            "mIoU_gt": sequential_mean(iou[present]),
+            "mACC": sequential_mean(acc[present]),
             "pACC": float(tp.sum() / total) if total > 0 else float("nan"),
             "fwIoU": float((iou[present] * gt[present]).sum() / total) if total > 0 else float("nan"),
         }
-        pq, sq, rq, n = self._pq_stuff()
-        counted = n > 0
-        out.update(PQ_St=_mean(pq[counted], -1.0), SQ_St=_mean(sq[counted], -1.0), RQ_St=_mean(rq[counted], -1.0))
+        pq, sq, rq, counted = pq_sq_rq(self.pq_iou, self.pq_tp, self.pq_fp, self.pq_fn)
+        out.update({f"{m}_St": sequential_mean(v[counted], -1.0) for m, v in (("PQ", pq), ("SQ", sq), ("RQ", rq))})
         out["num_images"] = self.num_images
         out["per_class"] = [
             {
@@ -198,18 +198,3 @@ class SemSegEvaluator:
             for c in range(k)
         ]
         return out
-
-    def _pq_stuff(self):
-        """Per-class PQ, SQ, RQ (0 where uncounted) and TP + FP + FN."""
-        tp, n = self.pq_tp, self.pq_tp + self.pq_fp + self.pq_fn
-        denom = tp + 0.5 * self.pq_fp + 0.5 * self.pq_fn
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pq = np.where(n > 0, self.pq_iou / denom, 0.0)
-            sq = np.where(tp > 0, self.pq_iou / tp, 0.0)
-            rq = np.where(n > 0, tp / denom, 0.0)
-        return pq, sq, rq, n
-
-
-def _mean(values: np.ndarray, empty: float = float("nan")) -> float:
-    """Sequential mean (panopticapi / detectron2 order); `empty` when there is nothing to average."""
-    return float(sum(values.tolist()) / len(values)) if len(values) else empty

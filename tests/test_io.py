@@ -1,14 +1,15 @@
-"""Prediction file formats: semantic PNGs, COCO panoptic PNG + JSON, COCO RLE (numpy, no pycocotools)."""
+"""maskformer.io: semantic PNGs, COCO panoptic PNG + JSON, COCO RLE (numpy, no pycocotools), errors, dtypes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from maskformer import outputs as fmt
-from maskformer.data.io import read_label, read_panoptic
+from maskformer import io as fmt
 from maskformer.inference import Instances
+from maskformer.io import read_label, read_panoptic
 from maskformer.structures import DatasetMeta
 
 
@@ -59,7 +60,7 @@ def test_panoptic_png_and_json_follow_coco_rules(tmp_path):
         {"id": 2, "category_id": 2, "dataset_category_id": 27, "isthing": False},
         {"id": 300, "category_id": 1, "dataset_category_id": 1, "isthing": True},
     ]
-    fmt.write_panoptic_png(tmp_path / "a.png", torch.from_numpy(ids))
+    fmt.write_panoptic(tmp_path / "a.png", torch.from_numpy(ids))
     np.testing.assert_array_equal(read_panoptic(tmp_path / "a.png"), ids)
     ann = fmt.panoptic_annotation(ids, segments, image_id="a", file_name="a.png")
     fmt.write_panoptic_json(tmp_path / "p.json", [ann], META)
@@ -102,3 +103,64 @@ def test_instance_results_decode_to_the_masks():
     assert res[0]["score"] == pytest.approx(0.9)
     for r, m in zip(res, masks):
         np.testing.assert_array_equal(fmt.rle_decode(r["segmentation"]), m.numpy())
+
+
+def test_readers_follow_one_dtype_convention(tmp_path):
+    """image uint8 [H, W, 3]; label map int32 [H, W] (8- and 16-bit files); panoptic ids int32 [H, W]."""
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    fmt.write_image(tmp_path / "i.png", rgb)
+    fmt.write_label(tmp_path / "l8.png", np.full((5, 7), 200))
+    fmt.write_label(tmp_path / "l16.png", np.full((5, 7), 300))
+    fmt.write_panoptic(tmp_path / "p.png", np.full((5, 7), 70000))
+    image = fmt.read_image(tmp_path / "i.png")
+    assert image.dtype == np.uint8 and image.shape == (5, 7, 3) and np.array_equal(image, rgb)
+    for name, value in (("l8.png", 200), ("l16.png", 300)):
+        lab = read_label(tmp_path / name)
+        assert lab.dtype == np.int32 and lab.shape == (5, 7) and (lab == value).all()
+    ids = read_panoptic(tmp_path / "p.png")
+    assert ids.dtype == np.int32 and (ids == 70000).all()
+    assert np.array_equal(fmt.rgb2id(fmt.id2rgb(ids)), ids) and fmt.image_size(tmp_path / "i.png") == (5, 7)
+
+
+def test_errors_are_one_type_naming_the_file(tmp_path):
+    from maskformer.data import DatasetError
+
+    assert fmt.FormatError is DatasetError and issubclass(fmt.FormatError, ValueError)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "gray.png")
+    (tmp_path / "bad.json").write_text("{")
+    cases = [
+        (fmt.read_image, "missing.jpg", "image file not found"),
+        (fmt.read_label, "bad.png", "cannot read the image .*corrupt or truncated"),
+        (fmt.read_label, "rgb.png", "a label map must have one channel"),
+        (fmt.read_panoptic, "gray.png", "panoptic PNG has mode L; expected RGB"),
+        (fmt.load_json, "missing.json", "JSON file not found"),
+        (fmt.load_json, "bad.json", "invalid JSON"),
+        (fmt.image_size, "bad.png", "cannot read the image header"),
+    ]
+    for fn, name, match in cases:
+        with pytest.raises(fmt.FormatError, match=match) as e:
+            fn(tmp_path / name)
+        assert str(tmp_path / name) in str(e.value)
+
+
+def test_writes_are_atomic_and_json_is_strict(tmp_path):
+    fmt.save_json(tmp_path / "sub" / "r.json", {"a": float("nan"), 3: np.float32(0.5), "t": (np.int64(2),)}, indent=1)
+    assert fmt.load_json(tmp_path / "sub" / "r.json") == {"a": None, "3": 0.5, "t": [2]}
+    fmt.write_label(tmp_path / "l.png", np.zeros((3, 3), np.int64))
+    with pytest.raises(ValueError, match="0..65535"):
+        fmt.write_label(tmp_path / "l.png", np.full((3, 3), -1))
+    with pytest.raises(ZeroDivisionError):  # a write failing half-way leaves the old file and no temporary behind
+        fmt._atomic_write(tmp_path / "sub" / "r.json", lambda tmp: (tmp.write_text("{half"), 1 / 0))
+    assert fmt.load_json(tmp_path / "sub" / "r.json")["3"] == 0.5
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["l.png", "r.json", "sub"]
+    assert (read_label(tmp_path / "l.png") == 0).all()
+
+
+def test_io_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, maskformer.io; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

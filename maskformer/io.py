@@ -1,0 +1,335 @@
+"""Every file format maskformer reads or writes: images, label PNGs, COCO panoptic PNG + JSON, COCO RLE, JSON.
+
+One dtype convention in memory (what readers return, what writers expect):
+- image: uint8 [H, W, 3] RGB, EXIF orientation applied (as detectron2's read_image);
+- label map (semantic): int32 [H, W] class ids, the ignore value included; written as an 8-bit PNG when the values
+  fit in 0..255, else 16-bit (PNG or TIFF by the extension);
+- panoptic id map: int32 [H, W], id = R + 256 G + 256^2 B of the COCO panoptic PNG, 0 = VOID;
+- mask: bool [H, W]; COCO RLE = {"size": [H, W], "counts": string} (column-major runs starting with 0s, COCO's
+  5-bit/char encoding; no pycocotools needed).
+Writers also take torch tensors (duck typing: torch is never imported here) and write atomically (temp file +
+os.replace). One error type, `FormatError`, whose message names the file and the problem.
+
+COCO panoptic JSON: "annotations" [{"image_id", "file_name", "segments_info": [{"id", "category_id", "area", "bbox",
+"iscrowd"}]}] and "categories" [{"id", "name", "isthing", "color"}], category ids being the dataset's ids.
+COCO instance results: [{"image_id", "category_id", "segmentation": RLE, "score", "bbox", "area"}].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from maskformer.inference import Instances
+    from maskformer.structures import DatasetMeta
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+LABEL_EXTS = (".png", ".tif", ".tiff")
+
+
+class FormatError(ValueError):
+    """A file (or folder) that is missing or not in the expected format; the message names it and the problem."""
+
+
+DatasetError = FormatError  # the name maskformer.data raises it under (bad dataset input)
+
+
+def to_numpy(x) -> np.ndarray:
+    """Tensor (any device) or array-like -> numpy array (no copy for numpy input or CPU tensors)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def open_image(path: str | Path, what: str = "image") -> Image.Image:
+    """The decoded Pillow image, mode unchanged; decoding happens here, so a bad file fails with its name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: {what} file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        problem = f"cannot read the image ({type(e).__name__}: {e}); the file is corrupt or truncated"
+        raise FormatError(f"{path}: {problem}") from None
+    return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(h, w) of an image from its header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read the image header ({e})") from None
+    return h, w
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file -> uint8 [H, W, 3] RGB, EXIF orientation applied."""
+    img = ImageOps.exif_transpose(open_image(path))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A one-channel label map (PNG L/P/I;16/I or TIFF) -> int32 [H, W]; a colour image is an error."""
+    img = open_image(path, "label map")
+    arr = np.asarray(img)
+    if arr.ndim != 2 or arr.dtype.kind not in "biu":
+        raise FormatError(
+            f"{path}: a label map must have one channel of class ids, got mode {img.mode}; "
+            "expected one channel (8-bit L/P, 16-bit I;16 or 32-bit I)"
+        )
+    return arr.astype(np.int32, copy=False)
+
+
+def read_panoptic(path: str | Path) -> np.ndarray:
+    """A COCO panoptic PNG -> segment ids int32 [H, W] (0 = VOID)."""
+    img = open_image(path, "panoptic PNG")
+    if img.mode not in ("RGB", "RGBA", "P"):
+        raise FormatError(f"{path}: panoptic PNG has mode {img.mode}; expected RGB (id = R + 256 G + 256^2 B)")
+    img = img if img.mode == "RGB" else img.convert("RGB")
+    w, h = img.size
+    # little-endian (R, G, B, pad) read as one uint32 is the id once the pad byte is cleared: one pass, no casts
+    rgbx = np.frombuffer(img.tobytes("raw", "RGBX"), dtype="<u4").reshape(h, w)
+    return np.bitwise_and(rgbx, np.uint32(0xFFFFFF)).view(np.int32)
+
+
+def rgb2id(rgb) -> np.ndarray:
+    """RGB array uint8 [..., 3] -> panoptic ids int32 [...]: id = R + 256 G + 256^2 B."""
+    rgb = np.asarray(rgb).astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def id2rgb(ids) -> np.ndarray:
+    """Inverse of rgb2id: int [...] -> uint8 [..., 3]."""
+    ids = to_numpy(ids).astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def load_json(path: str | Path):
+    """Parsed JSON; a missing or invalid file is a FormatError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: JSON file not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: invalid JSON ({e})") from None
+
+
+def list_files(folder: str | Path, exts: tuple[str, ...], recursive: bool = False) -> list[Path]:
+    """Sorted files under `folder` whose suffix (lower-case) is in `exts`."""
+    folder = Path(folder)
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in exts)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """write(temp path) next to `path`, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")  # keeps the format's extension
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_png_or_tiff(path: str | Path, arr: np.ndarray, compress_level: int) -> None:
+    kwargs = {"compress_level": compress_level} if str(path).lower().endswith(".png") else {}
+    _atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, **kwargs))
+
+
+def write_image(path: str | Path, image, quality: int = 95, compress_level: int = 6) -> None:
+    """uint8 [H, W, 3] RGB -> image file; the format follows the extension."""
+    arr = np.ascontiguousarray(to_numpy(image), dtype=np.uint8)
+    if str(path).lower().endswith((".jpg", ".jpeg")):
+        _atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, quality=quality))
+    else:
+        _save_png_or_tiff(path, arr, compress_level)
+
+
+def write_label(path: str | Path, label, compress_level: int = 6) -> None:
+    """Label map int [H, W] -> 8-bit PNG when values fit in 0..255, else 16-bit (PNG or TIFF by the extension)."""
+    label = to_numpy(label)
+    lo, hi = int(label.min(initial=0)), int(label.max(initial=0))
+    if lo < 0 or hi > 65535:
+        raise ValueError(f"{path}: label values must lie in 0..65535, got {lo}..{hi}")
+    wide = hi > 255 or str(path).lower().endswith((".tif", ".tiff"))
+    _save_png_or_tiff(path, np.ascontiguousarray(label, dtype=np.uint16 if wide else np.uint8), compress_level)
+
+
+def write_semantic(path: str | Path, labels, meta: DatasetMeta | None = None, *, dataset_ids: bool = False) -> None:
+    """Label map int [H, W] (contiguous ids) -> PNG; dataset_ids=True writes meta.dataset_ids[label] instead."""
+    labels = to_numpy(labels).astype(np.int64)
+    if dataset_ids:
+        if meta is None:
+            raise ValueError(f"{path}: dataset_ids=True needs a DatasetMeta")
+        labels = np.asarray(meta.dataset_ids, dtype=np.int64)[labels]
+    write_label(path, labels)
+
+
+def write_panoptic(path: str | Path, ids, compress_level: int = 6) -> None:
+    """Panoptic ids int [H, W] -> COCO panoptic RGB PNG."""
+    _save_png_or_tiff(path, id2rgb(ids), compress_level)
+
+
+def _json_safe(x):
+    """NaN -> None, numpy scalars -> Python numbers, tuples -> lists, dict keys -> str (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    if hasattr(x, "item"):  # numpy / torch scalars
+        x = x.item()
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def save_json(path: str | Path, obj, *, indent: int | None = None) -> None:
+    """Write strict JSON (NaN -> null) atomically, creating the parent folder."""
+    text = json.dumps(_json_safe(obj), indent=indent, allow_nan=False)
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+# ------------------------------------------------------------------------------------------------ COCO panoptic
+def bboxes(ids, n: int) -> np.ndarray:
+    """COCO boxes [x, y, w, h] of ids 0..n in an id map [H, W] (zeros for absent ids): int64 [n + 1, 4]."""
+    ids = to_numpy(ids).astype(np.int64)
+    out = np.zeros((n + 1, 4), dtype=np.int64)
+    for dim, col in ((1, 0), (0, 1)):  # x from the columns (dim 1), y from the rows (dim 0)
+        present = np.zeros((n + 1, ids.shape[dim]), dtype=bool)
+        present[ids, np.indices(ids.shape)[dim]] = True  # [n + 1, W or H]: which columns / rows hold each id
+        has, first = present.any(1), present.argmax(1)
+        last = present.shape[1] - 1 - present[:, ::-1].argmax(1)
+        out[has, col] = first[has]
+        out[has, col + 2] = (last - first + 1)[has]
+    return out
+
+
+def panoptic_annotation(ids, segments: list[dict], *, image_id, file_name: str) -> dict:
+    """COCO panoptic annotation of one id map int [H, W] and its segments_info (from panoptic_inference)."""
+    ids = to_numpy(ids).astype(np.int64)
+    n = int(ids.max(initial=0))
+    areas, boxes = np.bincount(ids.ravel(), minlength=n + 1), bboxes(ids, n)
+    info = [
+        {
+            "id": int(s["id"]),
+            "category_id": int(s.get("dataset_category_id", s["category_id"])),
+            "area": int(areas[int(s["id"])]),
+            "bbox": [int(v) for v in boxes[int(s["id"])]],
+            "iscrowd": 0,
+        }
+        for s in segments
+        if 1 <= int(s["id"]) <= n and areas[int(s["id"])] > 0  # never painted: not listed
+    ]
+    return {"image_id": image_id, "file_name": file_name, "segments_info": info}
+
+
+def coco_categories(meta: DatasetMeta) -> list[dict]:
+    """The "categories" list of a COCO panoptic JSON, with the dataset's ids."""
+    return [
+        {"id": int(d), "name": name, "isthing": int(t), "color": list(c)}
+        for d, name, t, c in zip(meta.dataset_ids, meta.class_names, meta.is_thing, meta.palette)
+    ]
+
+
+def write_panoptic_json(path: str | Path, annotations: list[dict], meta: DatasetMeta) -> None:
+    save_json(path, {"annotations": annotations, "categories": coco_categories(meta)})
+
+
+# ------------------------------------------------------------------------------------------------ COCO RLE
+def rle_counts(mask) -> np.ndarray:
+    """Column-major run lengths of bool [H, W], starting with a (possibly empty) run of 0s: int64 [R]."""
+    flat = to_numpy(mask).astype(bool).T.ravel()  # column-major, as COCO
+    bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    counts = np.diff(bounds)
+    return np.concatenate([[0], counts]) if flat.size and flat[0] else counts
+
+
+def _encode_counts(counts: np.ndarray) -> str:
+    """COCO's compressed string: each count (minus the one two back, from the third on) in 5-bit groups."""
+    chars = []
+    for i, x in enumerate(counts.tolist()):
+        if i > 2:
+            x -= int(counts[i - 2])
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            chars.append(chr(c + 48 + (0x20 if more else 0)))
+    return "".join(chars)
+
+
+def _decode_string(s: str) -> list[int]:
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        counts.append(x + counts[-2] if len(counts) > 2 else x)
+    return counts
+
+
+def rle_encode(mask) -> dict:
+    """bool [H, W] -> {"size": [H, W], "counts": compressed string} (COCO RLE)."""
+    mask = to_numpy(mask)
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": _encode_counts(rle_counts(mask))}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """COCO RLE (compressed string or list of counts) -> bool [H, W]."""
+    h, w = rle["size"]
+    counts = rle["counts"]
+    if isinstance(counts, str | bytes):
+        counts = _decode_string(counts.decode() if isinstance(counts, bytes) else counts)
+    flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)  # runs alternate 0s, 1s, ...
+    if flat.size != h * w:
+        raise ValueError(f"RLE covers {flat.size} pixels, expected {h} x {w}")
+    return flat.reshape(w, h).T
+
+
+def mask_bbox(mask: np.ndarray) -> list[int]:
+    """[x, y, w, h] of a bool mask [H, W] ([0, 0, 0, 0] when empty)."""
+    ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(ys) == 0:
+        return [0, 0, 0, 0]
+    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+
+
+def instance_results(instances: Instances, *, image_id, meta: DatasetMeta | None = None) -> list[dict]:
+    """COCO instance results of one image (category ids = meta.dataset_ids, else contiguous)."""
+    out = []
+    for mask, score, label in zip(to_numpy(instances.masks), to_numpy(instances.scores), to_numpy(instances.labels)):
+        c = int(label)
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": int(meta.dataset_ids[c]) if meta is not None else c,
+                "segmentation": rle_encode(mask),
+                "score": float(score),
+                "bbox": mask_bbox(mask),
+                "area": int(mask.sum()),
+            }
+        )
+    return out
