@@ -104,7 +104,7 @@ def section_forward(repeats: int) -> None:
             emit(f"| {kind} | {batch} | {ms['ours fp32']} | {ms['ours bf16']} | {ms['ours fp16']} | {ms['hf fp32']} | "
                  f"{ms['hf bf16']} | {t['hf fp32'] / t['ours fp32']:.2f}x | {t['hf bf16'] / t['ours bf16']:.2f}x | "
                  f"{parity:.1e} | {agree['bf16']:.5f} | {agree['fp16']:.5f} |")  # fmt: skip
-        del ours, hf
+        ours = hf = None
         torch.cuda.empty_cache()
 
 
@@ -113,7 +113,8 @@ def section_train(repeats: int) -> None:
     from maskformer.criterion import build_criterion
     from maskformer.engine.step import TrainStep
 
-    emit("| model | batch | fp32 step | bf16 AMP step | fp16 AMP step | bf16 speed-up | fp16 speed-up | peak GiB (fp32/bf16/fp16) |")
+    emit("| model | batch | fp32 step | bf16 AMP step | fp16 AMP step | bf16 speed-up | fp16 speed-up | "
+         "peak GiB (fp32/bf16/fp16) |")  # fmt: skip
     emit("|---|---:|---:|---:|---:|---:|---:|---|")
     for kind, preset in MF.items():
         images, targets = make_inputs(8, 512, 150)
@@ -127,7 +128,7 @@ def section_train(repeats: int) -> None:
             torch.cuda.reset_peak_memory_stats()
             row[amp] = cuda_time(lambda: step([(images, targets)]), repeats, warmup=2)  # noqa: B023
             peaks.append(torch.cuda.max_memory_allocated() / 2**30)
-            del model, criterion, step
+            model = criterion = step = None
             torch.cuda.empty_cache()
         emit(f"| {kind} | 8 | {row['none'] * 1000:.0f} ms | {row['bf16'] * 1000:.0f} ms | {row['fp16'] * 1000:.0f} ms "
              f"| {row['none'] / row['bf16']:.2f}x | {row['none'] / row['fp16']:.2f}x | "
@@ -151,7 +152,7 @@ def section_predict(repeats: int) -> None:
             with autocast(prec):
                 dt = cuda_time(lambda: predictor.predict_arrays(images), repeats, warmup=2)  # noqa: B023
             emit(f"| {kind} | {prec} | 8 | {8 / dt:.1f} |")
-        del model, predictor
+        model = predictor = None
         torch.cuda.empty_cache()
 
 
@@ -161,7 +162,8 @@ def section_mask2former(repeats: int) -> None:
         return
     from benchmarks.bench_mask2former import hf_mask2former_and_ours  # built with the Mask2Former work
 
-    emit("| model | batch | ours fp32 | transformers fp32 | fp32 speed-up | ours bf16 | transformers bf16 | bf16 speed-up | parity fp32 |")
+    emit("| model | batch | ours fp32 | transformers fp32 | fp32 speed-up | ours bf16 | transformers bf16 | "
+         "bf16 speed-up | parity fp32 |")  # fmt: skip
     emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind in M2F:
         hf, ours = hf_mask2former_and_ours(kind)
@@ -179,9 +181,10 @@ def section_mask2former(repeats: int) -> None:
                     if prec == "fp32":
                         parity = (h.masks_queries_logits - o["pred_masks"]).abs().max().item()
             emit(f"| {kind} | {batch} | {t['ours fp32'] * 1000:.1f} ms | {t['hf fp32'] * 1000:.1f} ms | "
-                 f"{t['hf fp32'] / t['ours fp32']:.2f}x | {t['ours bf16'] * 1000:.1f} ms | {t['hf bf16'] * 1000:.1f} ms | "
+                 f"{t['hf fp32'] / t['ours fp32']:.2f}x | {t['ours bf16'] * 1000:.1f} ms | "
+                 f"{t['hf bf16'] * 1000:.1f} ms | "
                  f"{t['hf bf16'] / t['ours bf16']:.2f}x | {parity:.1e} |")  # fmt: skip
-        del hf, ours
+        hf = ours = None
         torch.cuda.empty_cache()
 
 
@@ -202,8 +205,9 @@ def main() -> None:
          f"median of {args.repeats} after warm-up, CUDA-synchronized wall time; random weights, the same in both "
          "implementations; 512x512 inputs.\n")  # fmt: skip
     torch.backends.cudnn.benchmark = True
-    for title, fn in (("A. forward", section_forward), ("B. training step (AMP)", section_train),
-                      ("C. predict throughput", section_predict), ("D. Mask2Former forward", section_mask2former)):  # fmt: skip
+    sections = (("A. forward", section_forward), ("B. training step (AMP)", section_train),
+                ("C. predict throughput", section_predict), ("D. Mask2Former", section_mask2former))  # fmt: skip
+    for title, fn in sections:
         emit(f"\n### {title}\n")
         t0 = time.perf_counter()
         try:
