@@ -243,9 +243,10 @@ def build_criterion(cfg: Config) -> nn.Module:
             ignore_label=cfg.data.ignore_label,
             deep_supervision=arch == "per_pixel_baseline_plus",
         )
-    if arch != "maskformer":
+    if arch not in ("maskformer", "mask2former"):  # the same SetCriterion; Mask2Former presets set point_sampling
         raise ValueError(
-            f"build_criterion: unknown model.arch {arch!r}; valid: maskformer, {', '.join(PER_PIXEL_ARCHS)}"
+            f"build_criterion: unknown model.arch {arch!r}; valid: maskformer, mask2former, "
+            + ", ".join(PER_PIXEL_ARCHS)
         )
     matcher = HungarianMatcher(
         cost_class=lc.class_weight if lc.point_sampling else 1.0,
