@@ -31,7 +31,7 @@ def timed(fn) -> float:
 
 
 def measure(preset: str, size: int, repeats: int, warmup: int) -> dict:
-    from maskformer.checkpoint import load_model
+    from maskformer.convert import load_model
     from maskformer.export import export_onnx, onnx_session, sample_images
 
     torch.set_num_threads(2)

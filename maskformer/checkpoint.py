@@ -1,13 +1,10 @@
-"""Model directories, atomic safetensors I/O, and weight loading with a named report of every key.
+"""The model-directory format: atomic safetensors I/O, and loading weights with a named report of every key.
 
 A model directory holds `config.json` ({"format", "version", "config": Config.to_dict(), "meta": DatasetMeta.to_dict()})
 and `model.safetensors` (the state dict, with a SHA-256 of the tensor bytes in its metadata so a damaged file is an
 error, not silently wrong weights). Every write goes to a temporary file in the same directory and is moved into place
-with `os.replace`, so a crash never leaves a half-written file under the final name.
-
-`load_full_weights` / `load_backbone_weights` read any supported source (a model directory, a `.safetensors` file,
-detectron2 `.pkl` / `.pth`, torchvision / Swin ImageNet `.pth`, a transformers directory), map the key names, refuse
-shape mismatches by key and report missing / unexpected keys by name.
+with `os.replace`, so a crash never leaves a half-written file under the final name. Foreign sources (detectron2,
+transformers, ImageNet backbones) are read and renamed in `maskformer.convert`, which builds on this module.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskformer.config import PRESETS, Config, apply_overrides, get_preset
+from maskformer.config import Config, apply_overrides
 from maskformer.structures import DatasetMeta
 
 FORMAT = "maskformer-model"
@@ -100,8 +97,36 @@ def load_safetensors(path: str | os.PathLike, verify: bool = True) -> dict[str, 
 
 # ------------------------------------------------------------------------------------------------ key reports
 @dataclass
+class Renamed:
+    """A state dict in this package's names (`tensors`) that remembers, for the key report, the name each key has in
+    the source where it differs (`sources`) and the source keys a converter leaves out on purpose (`dropped`)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    def add(self, key: str, value: torch.Tensor, source: str) -> None:
+        self.tensors[key] = value
+        if key != source:
+            self.sources[key] = source
+
+    @classmethod
+    def by_key(cls, state_dict: dict[str, torch.Tensor], rename) -> Renamed:
+        """Every key through `rename(key) -> new key | None` (None: dropped on purpose)."""
+        out = cls()
+        for key, value in state_dict.items():
+            new = rename(key)
+            if new is None:
+                out.dropped.append(key)
+            else:
+                out.add(new, value, key)
+        return out
+
+
+@dataclass
 class KeyReport:
-    """What happened when weights were loaded into a module. Keys are the module's names."""
+    """What happened when weights were loaded into a module. Missing keys are the module's names; unexpected and
+    dropped keys are named as in the source file. `notes`: what a converter decided (preset, class names)."""
 
     source: str
     loaded: int = 0
@@ -109,22 +134,28 @@ class KeyReport:
     unexpected: list[str] = field(default_factory=list)  # in the file, not used
     expected_missing: list[str] = field(default_factory=list)  # missing, but known to be absent from such files
     expected_unexpected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # left out on purpose by the converter (e.g. the loss weights)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.missing and not self.unexpected
 
-    def lines(self) -> list[str]:
-        out = [f"{self.source}: loaded {self.loaded} tensors"]
+    def key_lines(self, refused: bool = False) -> list[str]:
+        out = []
         for title, keys in (
-            ("missing (kept at init)", self.missing),
-            ("unexpected (ignored)", self.unexpected),
+            ("missing" if refused else "missing (kept at init)", self.missing),
+            ("unexpected" if refused else "unexpected (ignored)", self.unexpected),
             ("missing, expected for this kind of file", self.expected_missing),
             ("unexpected, expected for this kind of file", self.expected_unexpected),
+            ("dropped on purpose", self.dropped),
         ):
             if keys:
                 out.append(f"  {len(keys)} {title}: " + ", ".join(keys))
         return out
+
+    def lines(self) -> list[str]:
+        return [*self.notes, f"{self.source}: loaded {self.loaded} tensors", *self.key_lines()]
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
@@ -132,39 +163,41 @@ class KeyReport:
 
 def load_checked(
     module: nn.Module,
-    state_dict: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor] | Renamed,
     *,
     source: str,
     strict: bool = False,
     expected_missing: Iterable[str] = (),
     expected_unexpected: Iterable[str] = (),
+    noun: str = "file",
 ) -> KeyReport:
-    """Copy `state_dict` into `module`. A shape mismatch is a `CheckpointError` naming the key and both shapes.
+    """Copy `weights` (in the module's names) into `module`. A shape mismatch is a `CheckpointError` naming the key and
+    both shapes (`noun` names the source in that message).
 
-    `expected_*` are fnmatch patterns (e.g. "norm[0-3].*") for keys that are known to be absent / extra in this kind of
-    file; they are reported separately. With `strict`, any other missing or unexpected key is an error listing them.
+    `expected_*` are fnmatch patterns (e.g. "norm[0-3].*") on our names for keys known to be absent / extra in this
+    kind of file; they are reported separately. With `strict`, any other missing or unexpected key is an error that
+    names them and nothing is loaded.
     """
-    own = module.state_dict()
+    weights = weights if isinstance(weights, Renamed) else Renamed(dict(weights))
+    sd, own = weights.tensors, module.state_dict()
     bad = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
+        f"{k}: {noun} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sd.items()
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
     if bad:
         raise CheckpointError(f"{source}: shape mismatch for {len(bad)} key(s): " + "; ".join(bad))
-    em, eu = list(expected_missing), list(expected_unexpected)
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    report = KeyReport(source=source, loaded=sum(k in own for k in state_dict))
-    report.expected_missing = [k for k in missing if any(fnmatch(k, p) for p in em)]
-    report.missing = [k for k in missing if k not in set(report.expected_missing)]
-    report.expected_unexpected = [k for k in unexpected if any(fnmatch(k, p) for p in eu)]
-    report.unexpected = [k for k in unexpected if k not in set(report.expected_unexpected)]
+    report = KeyReport(source=source, loaded=sum(k in own for k in sd), dropped=list(weights.dropped))
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    report.expected_missing = [k for k in missing if any(fnmatch(k, p) for p in expected_missing)]
+    report.missing = [k for k in missing if k not in report.expected_missing]
+    expected = [k for k in unexpected if any(fnmatch(k, p) for p in expected_unexpected)]
+    report.expected_unexpected = [weights.sources.get(k, k) for k in expected]
+    report.unexpected = [weights.sources.get(k, k) for k in unexpected if k not in expected]
     if strict and not report.ok:
-        raise CheckpointError(str(report))
+        raise CheckpointError("\n".join([f"{source}: the weights do not fit the model", *report.key_lines(True)]))
     with torch.no_grad():
-        result = module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
+        module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     return report
 
 
@@ -185,15 +218,20 @@ def save_pretrained(model: nn.Module, cfg: Config, meta: DatasetMeta, path: str 
     return path
 
 
+def read_json(file: Path) -> object:
+    """A JSON file's content; unreadable JSON is a `CheckpointError` naming the file."""
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON (truncated or corrupted?): {e}") from None
+
+
 def read_model_config(path: str | os.PathLike) -> tuple[Config, DatasetMeta]:
     """(Config, DatasetMeta) from a model directory's config.json; errors name the file and the problem."""
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise CheckpointError(f"{file}: missing (is {path} a model directory written by save_pretrained?)")
-    try:
-        doc = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: not valid JSON (truncated or corrupted?): {e}") from None
+    doc = read_json(file)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f'{file}: not a maskformer model config (expected "format": "{FORMAT}")')
     if doc.get("version", 0) > FORMAT_VERSION:
@@ -205,14 +243,14 @@ def read_model_config(path: str | os.PathLike) -> tuple[Config, DatasetMeta]:
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
-    """True if `path` is a directory with a maskformer config.json."""
+    """True if `path` is a directory with a maskformer config.json (a damaged one too: reading it names the damage)."""
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         return False
     try:
         return json.loads(file.read_text()).get("format") == FORMAT
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return True  # ours but damaged: let read_model_config report it
+        return True
 
 
 def generic_meta(cfg: Config, name: str | None = None) -> DatasetMeta:
@@ -220,179 +258,21 @@ def generic_meta(cfg: Config, name: str | None = None) -> DatasetMeta:
     return DatasetMeta(name=name or cfg.data.format, class_names=[f"class_{i}" for i in range(cfg.model.num_classes)])
 
 
-def load_model(
-    path_or_preset: str | os.PathLike, device: str | torch.device = "cpu", *, overrides: Iterable[str] = ()
+def build_loaded(cfg: Config, weights: dict[str, torch.Tensor] | Renamed, source: str, **kwargs):
+    """`build_model(cfg)` holding `weights` (every key must fit unless `kwargs` say otherwise) -> (model, report)."""
+    from maskformer.modeling import build_model
+
+    model = build_model(cfg)
+    return model, load_checked(model, weights, source=source, **{"strict": True, **kwargs})
+
+
+def load_model_dir(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, overrides: Iterable[str] = ()
 ) -> tuple[nn.Module, Config, DatasetMeta]:
-    """(model in eval mode on `device`, cfg, meta) from a model directory, or a randomly initialised preset.
-
-    `overrides` ("a.b=c") apply to either; on a model directory, one that changes the architecture makes loading fail
-    with the mismatching keys named."""
-    from maskformer.modeling import build_model
-
-    path = Path(path_or_preset)
-    if path.is_dir():
-        cfg, meta = read_model_config(path)
-        cfg = apply_overrides(cfg, list(overrides))  # e.g. inference.* or data.*; a changed architecture fails below
-        model = build_model(cfg)
-        load_checked(model, load_safetensors(path / WEIGHTS_NAME), source=str(path / WEIGHTS_NAME), strict=True)
-    elif str(path_or_preset) in PRESETS:
-        cfg = get_preset(str(path_or_preset), list(overrides))
-        model, meta = build_model(cfg), generic_meta(cfg)
-    else:
-        raise CheckpointError(
-            f"{path_or_preset}: neither a model directory nor a preset name (see `maskformer models` for presets)"
-        )
+    """(model in eval mode on `device`, cfg, meta) from a model directory. `overrides` ("a.b=c") apply to the config
+    first; one that changes the architecture makes loading fail with the mismatching keys named."""
+    cfg, meta = read_model_config(path)
+    cfg = apply_overrides(cfg, list(overrides))
+    file = Path(path) / WEIGHTS_NAME
+    model, _ = build_loaded(cfg, load_safetensors(file), str(file))
     return model.to(device).eval(), cfg, meta
-
-
-# ------------------------------------------------------------------------------------------------ weight sources
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict of tensors, info) from a weight file or directory, keys as stored (not yet renamed).
-
-    info has "kind": "model_dir" | "safetensors" | "transformers" | "pickle", and for pickles the top-level
-    entries other than the weights (e.g. "__author__", "matching_heuristics").
-    """
-    path = Path(path)
-    if path.is_dir():
-        if is_model_dir(path):
-            return load_safetensors(path / WEIGHTS_NAME), {"kind": "model_dir"}
-        hf_config, sd = read_transformers_dir(path)
-        return sd, {"kind": "transformers", "hf_config": hf_config}
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file or directory")
-    if path.suffix == ".safetensors":
-        return load_safetensors(path), {"kind": "safetensors"}
-    from maskformer.convert.safe_pickle import load_weights_pickle
-
-    return unwrap_pickled(load_weights_pickle(path), str(path))
-
-
-def unwrap_pickled(obj, source: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The weights inside a loaded pickle ({"model": ...}, {"state_dict": ...} or a bare dict) as tensors."""
-    import numpy as np
-
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{source}: expected a dict of weights, found {type(obj).__name__}")
-    weights = obj.get("model", obj.get("state_dict", obj))
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{source}: the 'model' entry is a {type(weights).__name__}, not a dict of weights")
-    sd: dict[str, torch.Tensor] = {}
-    for k, v in weights.items():
-        if isinstance(v, np.ndarray):
-            sd[str(k)] = torch.from_numpy(np.array(v, copy=True))
-        elif isinstance(v, torch.Tensor):
-            sd[str(k)] = v
-        elif weights is not obj:  # inside a "model" dict every entry must be a weight
-            raise CheckpointError(f"{source}: entry {k!r} of the weights is a {type(v).__name__}, not an array")
-    if not sd:
-        raise CheckpointError(f"{source}: holds no arrays or tensors")
-    info = {"kind": "pickle", **{k: v for k, v in obj.items() if k not in ("model", "state_dict") and k not in sd}}
-    return sd, info
-
-
-def full_model_state_dict(sd: dict[str, torch.Tensor], info: dict, source: str) -> dict[str, torch.Tensor]:
-    """Rename a whole-model state dict from any supported layout to ours (official v2 names)."""
-    if info["kind"] == "transformers":
-        from maskformer.convert.hf import hf_to_official
-
-        return hf_to_official(sd)
-    from maskformer.convert.detectron2 import upgrade_names
-
-    return upgrade_names(sd)
-
-
-def load_full_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = False) -> KeyReport:
-    """Load a whole-model checkpoint (any supported source) into `model`; returns the key report."""
-    sd, info = read_state_dict(path)
-    return load_checked(model, full_model_state_dict(sd, info, str(path)), source=str(path), strict=strict)
-
-
-def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> KeyReport:
-    """Load ImageNet backbone weights (torchvision ResNet, detectron2 R-50 / R-103 .pkl, official Swin .pth, or any
-    checkpoint with `backbone.` keys) into `model.backbone` (or `model` itself if it has no `.backbone`).
-
-    Missing / unexpected keys are reported by name; those known for the format (Swin norm0..3, head, attn_mask, the
-    classifier, BatchNorm's num_batches_tracked) are reported as expected.
-    """
-    backbone = getattr(model, "backbone", model)
-    sd, info = read_state_dict(path)
-    mapped, expected_missing, expected_unexpected = to_backbone_state_dict(sd, info, backbone.state_dict().keys())
-    return load_checked(
-        backbone,
-        mapped,
-        source=str(path),
-        # a BatchNorm backbone (CPU presets) initialised from a FrozenBN-format file: the step counter stays at 0
-        expected_missing=[*expected_missing, "*.num_batches_tracked"],
-        expected_unexpected=expected_unexpected,
-    )
-
-
-def to_backbone_state_dict(
-    sd: dict[str, torch.Tensor], info: dict, backbone_keys: Iterable[str]
-) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
-    """(backbone state dict in our names, expected-missing patterns, expected-unexpected patterns) for any layout."""
-    from maskformer.convert import detectron2, swin, torchvision
-
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}  # DDP-wrapped checkpoints
-    if info["kind"] == "transformers":
-        sd = full_model_state_dict(sd, info, "")
-    if torchvision.is_torchvision_resnet(sd):
-        return torchvision.convert_resnet(sd), [], list(torchvision.EXPECTED_UNEXPECTED)
-    if swin.is_official_swin(sd):
-        return swin.convert_swin(sd), list(swin.EXPECTED_MISSING), list(swin.EXPECTED_UNEXPECTED)
-    mapped = detectron2.backbone_state_dict(sd, backbone_keys, heuristics=bool(info.get("matching_heuristics")))
-    return mapped, [], list(detectron2.EXPECTED_UNEXPECTED_BACKBONE)
-
-
-def read_transformers_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json dict, state dict) of a transformers directory (model.safetensors or pytorch_model.bin)."""
-    file = path / CONFIG_NAME
-    if not file.is_file():
-        raise CheckpointError(
-            f"{path}: a directory without config.json is neither a model directory nor a transformers one"
-        )
-    try:
-        hf_config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: not valid JSON (truncated or corrupted?): {e}") from None
-    if hf_config.get("model_type") != "maskformer":
-        raise CheckpointError(f"{file}: model_type is {hf_config.get('model_type')!r}, expected 'maskformer'")
-    if (path / "model.safetensors").is_file():
-        return hf_config, load_safetensors(path / "model.safetensors")
-    if (path / "pytorch_model.bin").is_file():
-        from maskformer.convert.safe_pickle import load_weights_pickle
-
-        sd, _ = unwrap_pickled(load_weights_pickle(path / "pytorch_model.bin"), str(path / "pytorch_model.bin"))
-        return hf_config, sd
-    raise CheckpointError(f"{path}: transformers directory without model.safetensors or pytorch_model.bin")
-
-
-def convert_transformers(
-    path: str | os.PathLike, *, backbone: nn.Module | None = None
-) -> tuple[nn.Module, Config, DatasetMeta, KeyReport]:
-    """(model, cfg, meta, report) from a transformers MaskFormer directory (config.json + weights).
-
-    Class names come from `id2label`. `backbone`: a module for backbones no config name describes (e.g. tiny test
-    configs); the default builds the named backbone matching the transformers backbone config.
-    """
-    from maskformer.convert.hf import hf_config_to_config
-    from maskformer.modeling import build_model
-
-    sd, info = read_state_dict(path)
-    if info["kind"] != "transformers":
-        raise CheckpointError(f"{path}: not a transformers checkpoint directory")
-    hf_config = dict(info["hf_config"])
-    if backbone is not None:  # head fields only: the backbone is given
-        hf_config["backbone_config"] = {"model_type": "resnet", "layer_type": "bottleneck", "depths": [3, 4, 6, 3]}
-    try:
-        cfg = hf_config_to_config(hf_config)
-    except ValueError as e:
-        raise CheckpointError(f"{Path(path) / CONFIG_NAME}: {e}") from None
-    if backbone is not None:
-        cfg.model.backbone = f"custom:{type(backbone).__name__}"
-    model = build_model(cfg, backbone=backbone)
-    report = load_checked(model, full_model_state_dict(sd, info, str(path)), source=str(path), strict=True)
-    id2label = info["hf_config"].get("id2label") or {}
-    names = [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(cfg.model.num_classes)]
-    meta = DatasetMeta(name=info["hf_config"].get("_name_or_path") or "transformers", class_names=names)
-    return model.eval(), cfg, meta, report

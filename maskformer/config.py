@@ -35,6 +35,8 @@ class ModelConfig:
     backbone: str = "resnet50"
     backbone_norm: str = "FrozenBN"  # ResNet norm: "FrozenBN" (official, pretrained weights) | "BN" | "GN" (scratch)
     drop_path_rate: float = 0.0  # Swin stochastic depth (0.3 in every official Swin config)
+    # backbone "resnet" | "swin": any size, built from these ResNet / SwinTransformer keywords (converted models)
+    backbone_args: dict = field(default_factory=dict)
     pixel_decoder: str = "fpn"  # "fpn" | "transformer_encoder" ("+6 Enc") | "msdeformattn" (Mask2Former)
     num_classes: int = 150
     num_queries: int = 100
@@ -181,6 +183,8 @@ def _from_dict(cls, d: dict, where: str):
 def _coerce(value, typ, key: str):
     """Convert a JSON/CLI value to the field's annotated type (tuples from lists, numbers from strings)."""
     origin = typing.get_origin(typ)
+    if typ is dict:
+        return json.loads(value) if isinstance(value, str) else dict(value)
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]

@@ -135,7 +135,7 @@ class Predictor:
         if isinstance(model_or_path, nn.Module):
             model, cfg, loaded_meta = model_or_path, config or Config(), None
         else:
-            from maskformer.checkpoint import load_model  # lazily: the checkpoint layer is optional here
+            from maskformer.convert import load_model  # lazily: the checkpoint layer is optional here
 
             model, cfg, loaded_meta = load_model(model_or_path, device, overrides=list(overrides))
             cfg = config or cfg

@@ -14,13 +14,13 @@ from maskformer.checkpoint import (
     CheckpointError,
     atomic_write,
     load_checked,
-    load_model,
     load_safetensors,
     read_model_config,
-    read_state_dict,
     save_pretrained,
     save_safetensors,
 )
+from maskformer.convert import convert_source, load_model
+from maskformer.convert.sources import read_state_dict
 from maskformer.structures import DatasetMeta
 
 
@@ -142,7 +142,8 @@ def test_save_pretrained_checks_meta_against_config(tmp_path):
 
 
 def test_load_model_from_a_preset_name():
-    model, cfg, meta = load_model("maskformer_r18_synth", overrides=TINY)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        model, cfg, meta = load_model("maskformer_r18_synth", overrides=TINY)
     assert not model.training and cfg.model.num_queries == 6 and meta.num_classes == 5
 
 
@@ -185,28 +186,16 @@ def _hf_tiny(kind: str):
     return model
 
 
-def _our_backbone(kind: str) -> nn.Module:
-    if kind == "resnet":
-        from maskformer.backbones.resnet import ResNet
-
-        return ResNet(depths=(1, 1, 1, 1), stage_channels=(32, 64, 96, 128), bottleneck_channels=(8, 16, 24, 32),
-                      stem_channels=16)  # fmt: skip
-    swin = pytest.importorskip("maskformer.backbones.swin")
-    return swin.SwinTransformer(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4, mlp_ratio=2.0)
-
-
 @pytest.mark.parametrize("kind", ["resnet", "swin"])
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
 def test_transformers_directory_converts_and_matches(kind, weights, tmp_path):
-    from maskformer.checkpoint import convert_transformers
-
     hf = _hf_tiny(kind)
     hf.save_pretrained(tmp_path)
     if weights == "pytorch_model.bin":  # the older hub layout: a torch.save'd state dict
         os.remove(tmp_path / "model.safetensors")
         torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
     assert read_state_dict(tmp_path)[1]["kind"] == "transformers"
-    model, cfg, meta, report = convert_transformers(tmp_path, backbone=_our_backbone(kind))
+    model, cfg, meta, report = convert_source(tmp_path)
     assert report.ok and meta.class_names == ["label0", "label1", "label2", "label3"]
     x = torch.rand(2, 3, 64, 96) * 255  # multiples of 32: neither side pads differently
     mean, std = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1), torch.tensor(cfg.model.pixel_std).view(3, 1, 1)

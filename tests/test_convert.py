@@ -12,8 +12,9 @@ import pytest
 import torch
 from ckpt_utils import TINY_HEADS, build
 
-from maskformer.checkpoint import CheckpointError, load_backbone_weights, load_full_weights
+from maskformer.checkpoint import CheckpointError
 from maskformer.config import PRESETS, get_preset
+from maskformer.convert import load_backbone_weights, load_full_weights
 from maskformer.convert.detectron2 import convert_detectron2, infer_backbone_norm, infer_model_fields, infer_preset
 from maskformer.convert.safe_pickle import UnsafePickleError, load_weights_pickle
 
@@ -45,7 +46,8 @@ def test_official_pkl_with_v1_names_loads_into_an_identical_forward(r18, tmp_pat
     path = tmp_path / "model_final_abc123.pkl"
     with open(path, "wb") as f:
         pickle.dump({"model": sd, "__author__": "maskformer", "matching_heuristics": False}, f)
-    model, cfg, meta, report, notes = convert_detectron2(path)
+    model, cfg, meta, report = convert_detectron2(path)
+    notes = report.notes
     assert "preset: maskformer_r18_synth (inferred from the weights)" in notes
     assert report.ok and report.loaded == len(r18.state_dict()) and meta.num_classes == 8
     same_forward(r18, model)
@@ -58,7 +60,7 @@ def test_detectron2_pth_with_v2_names_loads_into_an_identical_forward(r18, tmp_p
         "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4}]},
     }
     torch.save({"model": dict(r18.state_dict()), "trainer": trainer, "iteration": 4999}, path)
-    model, cfg, _, report, _ = convert_detectron2(path, preset="maskformer_r18_synth")
+    model, cfg, _, report = convert_detectron2(path, preset="maskformer_r18_synth")
     assert report.ok and cfg.model.num_queries == 6
     same_forward(r18, model)
     other = build(cfg)  # a different draw (global RNG state moved on)
@@ -109,7 +111,7 @@ def test_truncated_pickle_is_a_clear_error(tmp_path):
 
 
 # Presets whose architecture the converter must recognise from shapes alone (built on the meta device: no memory).
-INFERABLE = [n for n in PRESETS if not re.search(r"_(synth|camvid)$", n)] + ["maskformer_r18_synth",
+INFERABLE = [n for n in PRESETS if not re.search(r"^mask2former|_(synth|camvid)$", n)] + ["maskformer_r18_synth",
              "maskformer_r34_camvid", "per_pixel_baseline_plus_r18_camvid", "per_pixel_baseline_r34_synth"]  # fmt: skip
 
 
@@ -139,7 +141,7 @@ def test_shape_mismatch_names_the_key(r18, tmp_path):
 def test_num_classes_reinitialises_only_the_class_head(r18, tmp_path):
     path = tmp_path / "m.pth"
     torch.save({"model": dict(r18.state_dict())}, path)
-    model, cfg, _, report, notes = convert_detectron2(path, num_classes=3)
+    model, cfg, _, report = convert_detectron2(path, num_classes=3)
     assert cfg.model.num_classes == 3 and model.sem_seg_head.predictor.class_embed.weight.shape == (4, 32)
     assert report.expected_missing == [
         "sem_seg_head.predictor.class_embed.weight",
@@ -232,8 +234,8 @@ def test_official_swin_pth_reports_the_expected_keys(tmp_path):
 
 
 def test_convert_cli_writes_a_model_directory(r18, tmp_path, capsys):
-    from maskformer.checkpoint import load_model
     from maskformer.cli import main
+    from maskformer.convert import load_model
 
     pkl = tmp_path / "model_final.pkl"
     with open(pkl, "wb") as f:
@@ -270,7 +272,8 @@ def test_converted_official_models_get_their_dataset_class_names(tmp_path, prese
     model = build(get_preset("maskformer_r18_synth", [*TINY_HEADS, f"model.num_classes={k}"]))
     path = tmp_path / "model_final.pth"
     torch.save({"model": dict(model.state_dict())}, path)
-    _, cfg, meta, report, notes = convert_detectron2(path, preset)
+    _, cfg, meta, report = convert_detectron2(path, preset)
+    notes = report.notes
     assert report.ok and cfg.model.num_classes == k == meta.num_classes
     assert meta.class_names[0] == first and meta.is_thing[0] is thing and meta.name == cfg.data.format
     assert any(n.startswith("class names: built-in") for n in notes)
@@ -279,6 +282,7 @@ def test_converted_official_models_get_their_dataset_class_names(tmp_path, prese
 def test_unknown_label_spaces_keep_placeholder_names(r18, tmp_path):
     path = tmp_path / "model_final.pth"
     torch.save({"model": dict(r18.state_dict())}, path)
-    _, _, meta, _, notes = convert_detectron2(path)
+    _, _, meta, report = convert_detectron2(path)
+    notes = report.notes
     assert meta.class_names[:2] == ["class_0", "class_1"]
     assert any("class names: none known for 'synthetic'" in n for n in notes)

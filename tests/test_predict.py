@@ -215,7 +215,8 @@ def test_sliding_window_averages_overlaps(tiny):
 # ------------------------------------------------------------------------------------------------ CLI
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from maskformer.checkpoint import load_model, save_pretrained
+    from maskformer.checkpoint import save_pretrained
+    from maskformer.convert import load_model
 
     model, cfg, _ = load_model("maskformer_r18_synth", overrides=TINY)
     with torch.no_grad():

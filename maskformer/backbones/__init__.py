@@ -2,8 +2,8 @@
 `out_channels`, `strides` and `size_divisibility`. Parameter names are the official detectron2 / D2SwinTransformer
 ones, so released checkpoints load with only the `backbone.` prefix removed.
 
-`build_backbone(name, **kwargs)` looks the name up in the explicit `BACKBONES` table; kwargs go to the builder
-(ResNets: `norm`; Swins: `drop_path_rate`).
+`build_backbone(name, **kwargs)` looks the name up in the explicit `BACKBONES` table (or `BACKBONE_CLASSES`: "resnet",
+"swin" of any size); kwargs go to the builder (ResNets: `norm`; Swins: `drop_path_rate`; the classes: their keywords).
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "swin_b": swin_b,
     "swin_l": swin_l,
 }
+# Any size, from constructor keywords (`model.backbone_args`), e.g. converted transformers models with tiny backbones.
+BACKBONE_CLASSES: dict[str, Callable[..., nn.Module]] = {"resnet": ResNet, "swin": SwinTransformer}
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """The backbone `name` (a key of BACKBONES), randomly initialized; unknown names or keywords are a clear error."""
-    if name not in BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
-    builder = BACKBONES[name]
+    builder = BACKBONES.get(name) or BACKBONE_CLASSES.get(name)
+    if builder is None:
+        raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join([*BACKBONES, *BACKBONE_CLASSES])}")
     accepted = [p for p in inspect.signature(builder).parameters]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:

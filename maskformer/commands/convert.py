@@ -1,8 +1,9 @@
 """`maskformer convert SRC OUT_DIR`: official detectron2 (.pkl / .pth) or transformers checkpoints -> a model directory.
 
 The architecture of a detectron2 file is read from its keys and shapes (backbone, R101c stem, "+6 Enc", per-pixel
-baselines, K, Q); `--preset` names the preset to take the remaining settings from. Every missing or unexpected key is
-reported by name; a shape mismatch is an error naming the key.
+baselines, K, Q); a transformers directory's from its config.json (any Swin / ResNet size). `--preset` names the
+preset to take the remaining settings from. The report names every key left out on purpose; a missing, unexpected
+(named as in the source file) or mis-shaped key is an error and nothing is written.
 """
 
 from __future__ import annotations
@@ -26,41 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskformer.checkpoint import CheckpointError, convert_transformers, is_model_dir, save_pretrained
+    from maskformer.checkpoint import save_pretrained
+    from maskformer.convert import convert_source
     from maskformer.convert.safe_pickle import UnsafePickleError
 
-    src, out = Path(args.src), Path(args.out_dir)
+    out = Path(args.out_dir)
     if out.exists() and any(out.iterdir()) and not args.force:
         print(f"error: {out} exists and is not empty (use --force to overwrite)", file=sys.stderr)
         return 2
     try:
-        if src.is_dir():
-            if is_model_dir(src):
-                raise CheckpointError(f"{src}: already a maskformer model directory")
-            model, cfg, meta, report = convert_transformers(src)
-            notes = ["source: transformers directory"]
-        else:
-            from maskformer.convert.detectron2 import convert_detectron2
-
-            model, cfg, meta, report, notes = convert_detectron2(src, args.preset, args.num_classes)
+        names = None
         if args.class_names:
-            meta = _with_class_names(meta, args.class_names)
+            names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
+        model, cfg, meta, report = convert_source(
+            args.src, preset=args.preset, num_classes=args.num_classes, class_names=names
+        )
         save_pretrained(model, cfg, meta, out)
-    except (CheckpointError, UnsafePickleError, FileNotFoundError, ValueError) as e:
+    except (UnsafePickleError, OSError, ValueError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for line in [*notes, *report.lines()]:
+    for line in report.lines():
         print(line)
     print(f"wrote {out} ({cfg.model.arch}, {cfg.model.backbone}, {cfg.model.num_classes} classes)")
     return 0
-
-
-def _with_class_names(meta, path: str):
-    """A copy of `meta` with the class names read from `path` (one per line); the count must match. Thing flags,
-    dataset ids and the ignore label are kept; the palette too."""
-    import dataclasses
-
-    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    if len(names) != meta.num_classes:
-        raise ValueError(f"{path}: {len(names)} class names, but the model has {meta.num_classes} classes")
-    return dataclasses.replace(meta, class_names=names)

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from maskformer.checkpoint import load_model
+    from maskformer.convert import load_model
     from maskformer.data import DatasetError, build_dataset
     from maskformer.evaluation.loop import evaluate_model
     from maskformer.evaluation.report import format_instance, format_panoptic, format_semantic, write_json

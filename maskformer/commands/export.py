@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskformer.checkpoint import CheckpointError, load_model
+    from maskformer.checkpoint import CheckpointError
+    from maskformer.convert import load_model
     from maskformer.export import check_export, export
 
     try:

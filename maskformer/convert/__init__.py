@@ -1,0 +1,166 @@
+"""Every foreign weight source -> this package, behind one entry point.
+
+- `detect_source(path)`: what a path holds ("model_dir" | "transformers" | "safetensors" | "pickle").
+- `convert_source(path, *, preset=None, num_classes=None, class_names=None) -> (model, cfg, meta, report)`: a
+  transformers MaskFormer directory or a detectron2 `.pkl` / `.pth` / `.safetensors` (architecture read from the
+  keys) as a model of this package in eval mode; `report` names every key, `report.notes` says what was decided.
+- `load_model(path_or_preset, device="cpu", *, overrides=()) -> (model, cfg, meta)`: a model directory, any source
+  `convert_source` reads (converted on the fly), or a preset name (random weights, with a warning).
+- `load_full_weights(model, path)` / `load_backbone_weights(model, path)`: weights of any source into a built model.
+
+Modules: `sources` (reading files; pickles only through `safe_pickle`), `detectron2`, `hf` + `hf_backbone`
+(transformers), `backbones` (ImageNet backbone files; backbone names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskformer.checkpoint import (
+    CheckpointError,
+    KeyReport,
+    Renamed,
+    build_loaded,
+    generic_meta,
+    load_checked,
+    load_model_dir,
+)
+from maskformer.config import PRESETS, Config, apply_overrides, get_preset
+from maskformer.convert.sources import detect_source, read_state_dict
+from maskformer.structures import DatasetMeta
+
+__all__ = ["convert_source", "detect_source", "load_backbone_weights", "load_full_weights", "load_model"]
+
+
+def convert_source(
+    path: str | os.PathLike,
+    *,
+    preset: str | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[nn.Module, Config, DatasetMeta, KeyReport]:
+    """(model in eval mode, cfg, meta, report) from a foreign checkpoint; every key must fit (else `CheckpointError`).
+
+    preset: the preset for what weights cannot show (default: inferred from detectron2 keys; for a transformers
+    model, the data / inference / train sections). num_classes (detectron2): a new class count, the class head
+    re-initialised. class_names: replaces the class names (same count; thing flags and ids are kept).
+    """
+    kind = detect_source(path)
+    if kind == "model_dir":
+        raise CheckpointError(f"{path}: already a maskformer model directory")
+    if kind == "transformers":
+        if num_classes is not None:
+            raise CheckpointError(f"{path}: num_classes applies to detectron2 checkpoints, not transformers ones")
+        model, cfg, meta, report = convert_transformers(path, preset=preset)
+    else:
+        from maskformer.convert.detectron2 import convert_detectron2
+
+        model, cfg, meta, report = convert_detectron2(path, preset, num_classes)
+    if class_names is not None:
+        if len(class_names) != meta.num_classes:
+            raise CheckpointError(f"{path}: {len(class_names)} class names given, the model has {meta.num_classes}")
+        meta = dataclasses.replace(meta, class_names=list(class_names))
+    return model, cfg, meta, report
+
+
+def convert_transformers(path: str | os.PathLike, *, preset: str | None = None):
+    """(model, cfg, meta, report) from a transformers MaskFormer directory (config.json + weights), any backbone size
+    (see `hf.hf_config_to_config`). Class names come from `id2label`."""
+    from maskformer.convert.hf import hf_config_to_config, map_hf
+
+    sd, info = read_state_dict(path)
+    hf_config = info["hf_config"]
+    try:
+        cfg = hf_config_to_config(hf_config)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: {e}") from None
+    notes = ["source: transformers directory"]
+    if preset is not None:
+        cfg = dataclasses.replace(get_preset(preset), model=cfg.model, loss=cfg.loss)
+        notes.append(f"preset: {preset} (data, inference and train settings)")
+    model, report = build_loaded(cfg, map_hf(sd), str(path))
+    id2label = hf_config.get("id2label") or {}
+    names = [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(cfg.model.num_classes)]
+    meta = DatasetMeta(name=hf_config.get("_name_or_path") or "transformers", class_names=names)
+    report.notes = notes
+    return model.eval(), cfg, meta, report
+
+
+def load_model(
+    path_or_preset: str | os.PathLike, device: str | torch.device = "cpu", *, overrides: Iterable[str] = ()
+) -> tuple[nn.Module, Config, DatasetMeta]:
+    """(model in eval mode on `device`, cfg, meta) from a model directory, a checkpoint file or transformers
+    directory (converted on the fly), or a preset name (random weights: a warning says so).
+
+    `overrides` ("a.b=c") apply to the config; one that changes the architecture of saved weights makes loading fail
+    with the mismatching keys named."""
+    ref, overrides = str(path_or_preset), list(overrides)
+    if Path(ref).exists() and detect_source(ref) == "model_dir":
+        return load_model_dir(ref, device, overrides=overrides)
+    if Path(ref).exists():
+        model, cfg, meta, _ = convert_source(ref)
+        new = apply_overrides(cfg, overrides)
+        if new.model != cfg.model:
+            model, _ = build_loaded(new, model.state_dict(), ref)
+        return model.to(device).eval(), new, meta
+    if ref not in PRESETS:
+        raise CheckpointError(
+            f"{ref}: neither a model directory nor a preset name, and no such file (checkpoint files and transformers "
+            "directories are converted on the fly; `maskformer models` lists the presets)"
+        )
+    from maskformer.modeling import build_model
+
+    warnings.warn(f"{ref}: a preset name, so the model has RANDOM weights (untrained): outputs are noise", stacklevel=2)
+    cfg = get_preset(ref, overrides)
+    return build_model(cfg).to(device).eval(), cfg, generic_meta(cfg)
+
+
+def load_full_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = False) -> KeyReport:
+    """Load a whole-model checkpoint (any supported source) into `model`; returns the key report."""
+    sd, info = read_state_dict(path)
+    return load_checked(model, to_official(sd, info), source=str(path), strict=strict)
+
+
+def to_official(sd: dict[str, torch.Tensor], info: dict) -> Renamed:
+    """A whole-model state dict from any supported layout in our names (official v2)."""
+    if info["kind"] == "transformers":
+        from maskformer.convert.hf import map_hf
+
+        return map_hf(sd)
+    from maskformer.convert.detectron2 import map_detectron2
+
+    return map_detectron2(sd)
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> KeyReport:
+    """Load ImageNet backbone weights (torchvision ResNet, detectron2 R-50 / R-103 .pkl, official Swin .pth, or any
+    checkpoint with `backbone.` keys) into `model.backbone` (or `model` itself if it has no `.backbone`).
+
+    Missing / unexpected keys are reported by name; those known for the format (Swin norm0..3, head, attn_mask, the
+    classifier, BatchNorm's num_batches_tracked) are reported as expected.
+    """
+    from maskformer.convert.backbones import to_backbone_keys
+    from maskformer.convert.hf import map_hf_encoder
+
+    backbone = getattr(model, "backbone", model)
+    sd, info = read_state_dict(path)
+    if info["kind"] == "transformers":
+        renamed, missing, unexpected = map_hf_encoder(sd), [], []
+    else:
+        heuristics = bool(info.get("matching_heuristics"))
+        renamed, missing, unexpected = to_backbone_keys(sd, backbone.state_dict().keys(), heuristics)
+    return load_checked(
+        backbone,
+        renamed,
+        source=str(path),
+        # a BatchNorm backbone (CPU presets) initialised from a FrozenBN-format file: the step counter stays at 0
+        expected_missing=[*missing, "*.num_batches_tracked"],
+        expected_unexpected=unexpected,
+    )

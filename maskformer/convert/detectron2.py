@@ -14,16 +14,13 @@ import re
 
 import torch
 
+from maskformer.checkpoint import Renamed
 from maskformer.config import PRESETS, Config, get_preset
+from maskformer.convert.backbones import depth_table
 
-EXPECTED_UNEXPECTED_BACKBONE = ("fc.*", "fc1000.*", "linear.*")
 _HEAD = "sem_seg_head."
 _PD = "sem_seg_head.pixel_decoder."
 _PRED = "sem_seg_head.predictor."
-_SWIN = {(96, (2, 2, 6, 2)): "swin_t", (96, (2, 2, 18, 2)): "swin_s", (128, (2, 2, 18, 2)): "swin_b"}
-_SWIN[(192, (2, 2, 18, 2))] = "swin_l"
-_RESNET = {("bottleneck", 6): "resnet50", ("bottleneck", 23): "resnet101", ("basic", 2): "resnet18"}
-_RESNET[("basic", 3)] = "resnet34"
 _SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet101c": "r101c"}
 # K -> dataset preset suffix (semantic / panoptic); "+6 Enc" models are panoptic.
 _DATASETS = {150: "ade20k", 171: "coco_stuff", 847: "ade20k_full", 19: "cityscapes", 65: "mapillary"}
@@ -33,47 +30,19 @@ _CPU_DATASETS = {8: "synth", 11: "camvid"}
 
 def upgrade_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """v1 head names -> v2 (see module doc); drops `criterion.empty_weight` and a DDP `module.` prefix."""
-    out = {}
-    for k, v in sd.items():
-        k = k.removeprefix("module.")
-        if k == "criterion.empty_weight":
-            continue
-        if k.startswith(_HEAD) and not k.startswith((_PD, _PRED)):
-            k = _PD + k[len(_HEAD) :]
-        out[k] = v
-    return out
+    return map_detectron2(sd).tensors
 
 
-def backbone_state_dict(
-    sd: dict[str, torch.Tensor], backbone_keys, heuristics: bool = False
-) -> dict[str, torch.Tensor]:
-    """Backbone weights in our names from a detectron2-style file (R-50.pkl, R-103.pkl, a full model).
+def map_detectron2(sd: dict[str, torch.Tensor]) -> Renamed:
+    """`upgrade_names` that remembers each key's source name and the keys dropped on purpose (for reports)."""
 
-    `backbone.`-prefixed keys are taken without the prefix (others dropped). With `heuristics` (detectron2's
-    "matching_heuristics"), a key that is not ours is matched to the unique model key it is a dotted suffix of.
-    """
-    if any(k.startswith("backbone.") for k in sd):
-        sd = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
-    if "conv1_w" in sd or any(re.match(r"res\d_\d+_branch", k) for k in sd):
-        raise ValueError(
-            "Caffe2-format ResNet weights (keys like res2_0_branch2a_w) are not supported; use the torchvision "
-            "weights (resnet50-*.pth) or detectron2's ImageNetPretrained/torchvision/R-50.pkl"
-        )
-    return match_by_suffix(sd, backbone_keys) if heuristics else dict(sd)
+    def rename(key: str) -> str | None:
+        key = key.removeprefix("module.")
+        if key == "criterion.empty_weight":
+            return None
+        return _PD + key[len(_HEAD) :] if key.startswith(_HEAD) and not key.startswith((_PD, _PRED)) else key
 
-
-def match_by_suffix(sd: dict[str, torch.Tensor], model_keys) -> dict[str, torch.Tensor]:
-    """Rename file keys that are not model keys to the single model key ending in `.<file key>` (or vice versa)."""
-    model_keys = list(model_keys)
-    known = set(model_keys)
-    out = {}
-    for k, v in sd.items():
-        if k not in known:
-            hits = [m for m in model_keys if m.endswith("." + k) or k.endswith("." + m)]
-            if len(hits) == 1 and hits[0] not in sd:
-                k = hits[0]
-        out[k] = v
-    return out
+    return Renamed.by_key(sd, rename)
 
 
 def _indices(sd: dict, prefix: str) -> list[int]:
@@ -85,23 +54,26 @@ def _indices(sd: dict, prefix: str) -> list[int]:
 def infer_backbone(sd: dict[str, torch.Tensor]) -> str:
     """Backbone name (a key of the BACKBONES table) from `backbone.*` keys and shapes."""
     if "backbone.patch_embed.proj.weight" in sd:
-        dim = sd["backbone.patch_embed.proj.weight"].shape[0]
-        depths = tuple(len(_indices(sd, f"backbone.layers.{i}.blocks.")) for i in range(4))
-        if (dim, depths) not in _SWIN:
-            raise ValueError(f"unsupported Swin variant: embed dim {dim}, depths {depths} (known: {sorted(_SWIN)})")
-        return _SWIN[(dim, depths)]
+        key = (sd["backbone.patch_embed.proj.weight"].shape[0], _depths(sd, "backbone.layers.{}.blocks.", range(4)))
+        if key not in depth_table("swin"):
+            raise ValueError(f"unsupported Swin (embed dim, depths) {key}; known: {sorted(depth_table('swin'))}")
+        return depth_table("swin")[key]
     if "backbone.stem.conv1.weight" not in sd:
         raise ValueError("no backbone keys found (expected backbone.stem.conv1.weight or backbone.patch_embed.*)")
     block = "bottleneck" if "backbone.res2.0.conv3.weight" in sd else "basic"
-    depth_key = (block, len(_indices(sd, "backbone.res4." if block == "bottleneck" else "backbone.res2.")))
-    if depth_key not in _RESNET:
-        raise ValueError(f"unsupported ResNet layout {depth_key} (known: {sorted(_RESNET)})")
-    name = _RESNET[depth_key]
+    key = (block, _depths(sd, "backbone.res{}.", range(2, 6)))
+    if key not in depth_table("resnet"):
+        raise ValueError(f"unsupported ResNet layout {key} (known: {sorted(depth_table('resnet'))})")
+    name = depth_table("resnet")[key]
     if "backbone.stem.conv2.weight" in sd:  # DeepLab stem: three 3x3 convs
         if name != "resnet101":
             raise ValueError(f"a DeepLab (3-conv) stem is only supported on ResNet-101 (R101c), found {name}")
         name = "resnet101c"
     return name
+
+
+def _depths(sd: dict, pattern: str, stages) -> tuple[int, ...]:
+    return tuple(len(_indices(sd, pattern.format(i))) for i in stages)
 
 
 def infer_backbone_norm(sd: dict[str, torch.Tensor]) -> str:
@@ -197,32 +169,31 @@ def class_head_keys(cfg: Config) -> tuple[str, ...]:
 
 
 def convert_detectron2(path: str | os.PathLike, preset: str | None = None, num_classes: int | None = None):
-    """(model, cfg, meta, report, notes) from an official `.pkl` / `.pth`. Raises `CheckpointError` if any key of
-    the model is missing from the file or any key of the file is not used (other than a re-initialised class head).
-    """
-    from maskformer.checkpoint import CheckpointError, generic_meta, load_checked, read_state_dict
+    """(model, cfg, meta, report) from an official `.pkl` / `.pth` (`report.notes`: the preset and class names used).
+    Raises `CheckpointError` if any key of the model is missing from the file or any key of the file is not used
+    (other than a re-initialised class head)."""
+    from maskformer.checkpoint import CheckpointError, build_loaded, generic_meta
+    from maskformer.convert.sources import read_state_dict
     from maskformer.data.meta import builtin_meta
-    from maskformer.modeling import build_model
 
     raw, info = read_state_dict(path)
     if info["kind"] == "transformers":
         raise CheckpointError(f"{path}: a transformers checkpoint, not a detectron2 one")
-    sd = upgrade_names(raw)
+    renamed = map_detectron2(raw)
     try:
-        cfg, notes = build_config(sd, preset, num_classes)
+        cfg, notes = build_config(renamed.tensors, preset, num_classes)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot read the architecture from the keys: {e}") from None
     reinit = num_classes is not None and any(n.startswith("num_classes") for n in notes)
-    if reinit:
-        sd = {k: v for k, v in sd.items() if k not in class_head_keys(cfg)}
-    model = build_model(cfg)
-    report = load_checked(
-        model, sd, source=str(path), expected_missing=class_head_keys(cfg) if reinit else (), strict=True
-    )
+    for key in class_head_keys(cfg) if reinit else ():
+        if renamed.tensors.pop(key, None) is not None:
+            renamed.dropped.append(renamed.sources.get(key, key))
+    model, report = build_loaded(cfg, renamed, str(path), expected_missing=class_head_keys(cfg) if reinit else ())
     meta = builtin_meta(cfg.data.format, cfg.model.num_classes)
     if meta is None:
         meta = generic_meta(cfg)
         notes.append(f"class names: none known for {cfg.data.format!r} with {cfg.model.num_classes} classes (class_i)")
     else:
         notes.append(f"class names: built-in {meta.name} ({meta.num_classes} classes)")
-    return model.eval(), cfg, meta, report, notes
+    report.notes = notes
+    return model.eval(), cfg, meta, report

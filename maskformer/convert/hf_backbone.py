@@ -1,10 +1,9 @@
 """transformers' MaskFormer backbone state dict -> the official (detectron2 / D2SwinTransformer) names used here.
 
-Input keys are those under `model.pixel_level_module.encoder.` with that prefix removed (a leading prefix is
-stripped if present). Swin: `model.*` + `hidden_states_norms.{i}` (our `norm{i}`), separate q/k/v fused into
-`attn.qkv` (q, k, v stacked along dim 0), the unused final `model.layernorm` dropped. ResNet: `embedder.*` /
-`encoder.stages.*`; BatchNorm2d -> FrozenBN buffers (eval-mode equivalent, same eps 1e-5), `num_batches_tracked`
-dropped. Unrecognized keys are an error naming them. Table: transformers-oracle.md section 4.
+Keys may carry the prefix `[model.]pixel_level_module.encoder.`. Swin: `model.*` + `hidden_states_norms.{i}` (our
+`norm{i}`), separate q/k/v fused into `attn.qkv` (q, k, v stacked along dim 0), the unused final `model.layernorm`
+dropped. ResNet: `embedder.*` / `encoder.stages.*`; BatchNorm2d -> FrozenBN buffers (eval-mode equivalent, same eps
+1e-5), `num_batches_tracked` dropped. Table: transformers-oracle.md section 4.
 """
 
 from __future__ import annotations
@@ -13,7 +12,9 @@ import re
 
 import torch
 
-HF_ENCODER_PREFIX = "model.pixel_level_module.encoder."
+from maskformer.checkpoint import Renamed
+
+ENCODER = re.compile(r"(?:(?:model\.)?pixel_level_module\.encoder\.)?")
 _BN = r"(weight|bias|running_mean|running_var)"
 
 _SWIN_BLOCK = {
@@ -34,11 +35,7 @@ _SWIN_RULES = [
     (rf"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.{re.escape(hf)}(.*)", rf"layers.\1.blocks.\2.{ours}\3")
     for hf, ours in _SWIN_BLOCK.items()
 ]
-_SWIN_QKV = re.compile(
-    r"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)"
-)
-_SWIN_DROPPED = re.compile(r"model\.layernorm\..+")  # final LN of the classification Swin: computed, never used
-
+_SWIN_QKV = re.compile(r"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention\.self\.(query|key|value)\.(\w+)")
 _RESNET_RULES = [
     (r"embedder\.embedder\.convolution\.weight", r"stem.conv1.weight"),
     (rf"embedder\.embedder\.normalization\.{_BN}", r"stem.conv1.norm.\1"),
@@ -47,54 +44,54 @@ _RESNET_RULES = [
     (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.weight", r"res{\1}.\2.conv{\3}.weight"),
     (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.{_BN}", r"res{\1}.\2.conv{\3}.norm.\4"),
 ]
-_RESNET_DROPPED = re.compile(r".*\.num_batches_tracked")
+# Left out on purpose: the final LN of the classification Swin (computed, never used) and BatchNorm step counters.
+_DROPPED = {"swin": re.compile(r"model\.layernorm\..+"), "resnet": re.compile(r".*\.num_batches_tracked")}
 
 
 def hf_backbone_to_official(state_dict: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
-    """Map a transformers MaskFormer backbone state dict (`kind`: "swin" | "resnet") to our/official names."""
-    sd = {k.removeprefix(HF_ENCODER_PREFIX): v for k, v in state_dict.items()}
-    if kind == "swin":
-        return _convert_swin(sd)
-    if kind == "resnet":
-        return _convert_resnet(sd)
-    raise ValueError(f"hf_backbone_to_official: kind must be 'swin' or 'resnet', got {kind!r}")
+    """Map a transformers MaskFormer backbone state dict (`kind`: "swin" | "resnet") to our/official names.
+    A key no rule maps (or an incomplete q/k/v set) is a KeyError naming it."""
+    renamed, unknown = map_hf_backbone(state_dict, kind)
+    if unknown:
+        shown = ", ".join(unknown[:8]) + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")
+        raise KeyError(f"hf_backbone_to_official({kind!r}): unrecognized transformers key(s): {shown}")
+    return renamed.tensors
 
 
-def _convert_swin(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, qkv, unknown = {}, {}, []
-    for key, value in sd.items():
-        m = _SWIN_QKV.fullmatch(key)
+def map_hf_backbone(state_dict: dict[str, torch.Tensor], kind: str, prefix: str = "") -> tuple[Renamed, list[str]]:
+    """(the weights in our names with `prefix`, the source keys no rule maps). Unmapped keys (including incomplete
+    q/k/v sets) stay in the result under their source names, so loading reports them as unexpected."""
+    if kind not in _DROPPED:
+        raise ValueError(f"hf_backbone_to_official: kind must be 'swin' or 'resnet', got {kind!r}")
+    rules = _SWIN_RULES if kind == "swin" else _RESNET_RULES
+    out, unknown, qkv = Renamed(), [], {}
+    for src, value in state_dict.items():
+        key = src[ENCODER.match(src).end() :]
+        m = _SWIN_QKV.fullmatch(key) if kind == "swin" else None
         if m:
-            stage, block, part, kind = m.groups()
-            qkv.setdefault((stage, block, kind), {})[part] = value
-        elif not _SWIN_DROPPED.fullmatch(key):
-            new = _apply_rules(_SWIN_RULES, key)
-            if new is None:
-                unknown.append(key)
-            else:
-                out[new] = value
-    _raise_unknown(unknown, "swin")
-    for (stage, block, kind), parts in qkv.items():
-        missing = [p for p in ("query", "key", "value") if p not in parts]
-        if missing:
-            raise KeyError(f"swin layers.{stage}.blocks.{block}: attention {kind} lacks {missing} (q, k, v needed)")
-        fused = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)  # [3C, C] or [3C]
-        out[f"layers.{stage}.blocks.{block}.attn.qkv.{kind}"] = fused
-    return out
-
-
-def _convert_resnet(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, unknown = {}, []
-    for key, value in sd.items():
-        if _RESNET_DROPPED.fullmatch(key):
-            continue
-        new = _apply_rules(_RESNET_RULES, key)
-        if new is None:
-            unknown.append(key)
+            qkv.setdefault(prefix + m.expand(r"layers.\1.blocks.\2.attn.qkv.\4"), {})[m.group(3)] = src
+        elif _DROPPED[kind].fullmatch(key):
+            out.dropped.append(src)
+        elif (new := _apply_rules(rules, key)) is None:
+            unknown.append(src)
         else:
-            out[new] = value
-    _raise_unknown(unknown, "resnet")
-    return out
+            out.add(prefix + new, value, src)
+    unknown += add_fused(out, qkv, state_dict, ("query", "key", "value"))
+    for src in unknown:
+        out.add(src, state_dict[src], src)
+    return out, unknown
+
+
+def add_fused(out: Renamed, groups: dict[str, dict[str, str]], sd: dict[str, torch.Tensor], order) -> list[str]:
+    """Add each complete group (our key -> {part: source key}) to `out` as one tensor, the parts concatenated in
+    `order` along dim 0 ([3C, C] or [3C]); returns the source keys of incomplete groups."""
+    left = []
+    for key, parts in groups.items():
+        if set(parts) == set(order):
+            out.add(key, torch.cat([sd[parts[p]] for p in order]), parts[order[0]])
+        else:
+            left += parts.values()
+    return left
 
 
 def _apply_rules(rules: list[tuple[str, str]], key: str) -> str | None:
@@ -103,15 +100,6 @@ def _apply_rules(rules: list[tuple[str, str]], key: str) -> str | None:
         m = re.fullmatch(pattern, key)
         if m is None:
             continue
-        new = m.expand(template)
-        if "{" in new:  # res{i} -> res{i+2}, conv{k} -> conv{k+1}
-            new = re.sub(r"res\{(\d+)\}", lambda g: f"res{int(g.group(1)) + 2}", new)
-            new = re.sub(r"conv\{(\d+)\}", lambda g: f"conv{int(g.group(1)) + 1}", new)
-        return new
+        new = re.sub(r"res\{(\d+)\}", lambda g: f"res{int(g.group(1)) + 2}", m.expand(template))
+        return re.sub(r"conv\{(\d+)\}", lambda g: f"conv{int(g.group(1)) + 1}", new)
     return None
-
-
-def _raise_unknown(unknown: list[str], kind: str) -> None:
-    if unknown:
-        shown = ", ".join(unknown[:8]) + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")
-        raise KeyError(f"hf_backbone_to_official({kind!r}): unrecognized transformers key(s): {shown}")

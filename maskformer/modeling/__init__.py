@@ -141,8 +141,8 @@ def _build_backbone(m: ModelConfig) -> nn.Module:
     from maskformer.backbones import build_backbone
 
     if m.backbone.startswith("swin"):
-        return build_backbone(m.backbone, drop_path_rate=m.drop_path_rate)
-    return build_backbone(m.backbone, norm=m.backbone_norm)  # FrozenBN (official) or BN/GN (trained from scratch)
+        return build_backbone(m.backbone, drop_path_rate=m.drop_path_rate, **m.backbone_args)
+    return build_backbone(m.backbone, norm=m.backbone_norm, **m.backbone_args)  # FrozenBN (official) or BN/GN (scratch)
 
 
 def _backbone_channels(backbone: nn.Module) -> dict[str, int]:

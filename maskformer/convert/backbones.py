@@ -1,0 +1,98 @@
+"""ImageNet backbone weights -> our backbone keys, and the names of the backbones of the BACKBONES table.
+
+- torchvision ResNet (`resnet50-0676ba61.pth`): conv1 / bn1 / layer{N}.{j}.conv{k} / bn{k} / downsample.{0,1} / fc ->
+  stem.conv1 / stem.conv1.norm / res{N+1}.{j}.conv{k} / conv{k}.norm / shortcut / shortcut.norm; the classifier `fc.*`
+  is an expected unexpected key, BatchNorm's `num_batches_tracked` is dropped (FrozenBN has no such buffer).
+- official Swin (`swin_tiny_patch4_window7_224.pth`, the 22K `..._384_22k.pth`, detectron2-wrapped `.pkl`): our Swin
+  keeps the official names, so only a `backbone.` prefix goes. The classification file lacks the per-stage output
+  norms `norm0..3` (expected missing, left at gamma=1, beta=0) and carries `norm.*` / `head.*` / `attn_mask`
+  (expected unexpected).
+- detectron2 (`R-50.pkl`, `R-103.pkl`, any checkpoint with `backbone.` keys): our names already; with detectron2's
+  "matching_heuristics" a key that is not ours is matched to the unique model key it is a dotted suffix of.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from maskformer.checkpoint import Renamed
+
+SWIN_EXPECTED_MISSING = ("norm[0-3].*",)
+SWIN_EXPECTED_UNEXPECTED = ("norm.*", "head.*", "*attn_mask")
+CLASSIFIERS = ("fc.*", "fc1000.*", "linear.*")  # torchvision / detectron2 ImageNet heads
+
+
+def named_backbones() -> dict[str, tuple[str, dict]]:
+    """BACKBONES name -> ("swin" | "resnet", the SwinTransformer / ResNet keywords it is built with, JSON types)."""
+    from maskformer.backbones.swin import SWIN_VARIANTS
+
+    out = {n: ("swin", {**_lists(a), "mlp_ratio": 4.0, "patch_size": 4}) for n, a in SWIN_VARIANTS.items()}
+    narrow = {"stage_channels": [64, 128, 256, 512], "bottleneck_channels": None, "stem_channels": 64}
+    wide = {"stage_channels": [256, 512, 1024, 2048], "bottleneck_channels": [64, 128, 256, 512], "stem_channels": 64}
+    for name, depths, widths in [("resnet18", [2, 2, 2, 2], narrow), ("resnet34", [3, 4, 6, 3], narrow),
+                                 ("resnet50", [3, 4, 6, 3], wide), ("resnet101", [3, 4, 23, 3], wide)]:  # fmt: skip
+        out[name] = ("resnet", {"depths": depths, **widths})
+    return out
+
+
+def backbone_name(kind: str, args: dict) -> str | None:
+    """The BACKBONES name built with exactly these `kind` keywords, or None (then `model.backbone_args` holds them)."""
+    return next((n for n, (k, a) in named_backbones().items() if k == kind and a == _lists(args)), None)
+
+
+def depth_table(kind: str) -> dict[tuple, str]:
+    """(embedding width (Swin) or "basic" | "bottleneck" (ResNet), stage depths) -> BACKBONES name, for `kind`."""
+    table = {}
+    for name, (k, a) in named_backbones().items():
+        width = a.get("embed_dim") or ("basic" if a["bottleneck_channels"] is None else "bottleneck")
+        if k == kind:
+            table[(width, tuple(a["depths"]))] = name
+    return table
+
+
+def _lists(args: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}
+
+
+def to_backbone_keys(sd: dict[str, torch.Tensor], backbone_keys, heuristics=False) -> tuple[Renamed, list, list]:
+    """(backbone weights in our names, expected-missing patterns, expected-unexpected patterns) for an ImageNet file
+    of any supported layout (a DDP `module.` prefix is removed). `heuristics`: see the module doc."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    if "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:
+        return Renamed.by_key(sd, torchvision_name), [], ["fc.*"]
+    if "conv1_w" in sd or any(re.match(r"res\d_\d+_branch", k) for k in sd):
+        raise ValueError(
+            "Caffe2-format ResNet weights (keys like res2_0_branch2a_w) are not supported; use the torchvision "
+            "weights (resnet50-*.pth) or detectron2's ImageNetPretrained/torchvision/R-50.pkl"
+        )
+    prefixed = any(k.startswith("backbone.") for k in sd)  # a whole model: only its backbone
+    ours = list(backbone_keys)
+    theirs = {k.removeprefix("backbone.") for k in sd}
+    swin = "patch_embed.proj.weight" in theirs  # official Swin: our names already
+    heuristics = heuristics and not swin
+
+    def rename(key: str) -> str | None:
+        if prefixed and not key.startswith("backbone."):
+            return None
+        key = key.removeprefix("backbone.")
+        hits = [m for m in ours if m.endswith("." + key) or key.endswith("." + m)] if heuristics else []
+        return hits[0] if key not in ours and len(hits) == 1 and hits[0] not in theirs else key
+
+    if swin:
+        return Renamed.by_key(sd, rename), list(SWIN_EXPECTED_MISSING), list(SWIN_EXPECTED_UNEXPECTED)
+    return Renamed.by_key(sd, rename), [], list(CLASSIFIERS)
+
+
+def torchvision_name(key: str) -> str | None:
+    """torchvision ResNet name -> ours; None for keys to drop (num_batches_tracked). Unknown keys stay unchanged."""
+    if key.endswith("num_batches_tracked"):
+        return None
+    m = re.match(r"^layer(\d)\.(\d+)\.(.*)$", key)
+    if m is None:
+        return re.sub(r"^bn1\.", "stem.conv1.norm.", re.sub(r"^conv1\.", "stem.conv1.", key))
+    rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", m.group(3))
+    rest = re.sub(r"^downsample\.0\.", "shortcut.", rest)
+    rest = re.sub(r"^downsample\.1\.", "shortcut.norm.", rest)
+    return f"res{int(m.group(1)) + 1}.{m.group(2)}.{rest}"
