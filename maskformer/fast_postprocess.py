@@ -1,15 +1,11 @@
 """Opt-in fast post-processing: the rules of `maskformer.inference`, evaluated tile by tile and only where needed.
 
-`maskformer.inference` dispatches here per image when called with fast=True (inputs already validated); the parity
-tests in tests/test_inference.py hold every entry point to the plain reference.
-
-Every map of the official chain (upsample x4 to the padded input, crop, resize; bilinear, align_corners=False) is a
-convex combination of a small window of low-resolution values, so the min/max of that window bounds every output
-pixel of a tile. With trained masks most tiles are decided by the bounds alone (one candidate, a mask surely on or
-off); only the few (tile, channel) pairs left are resampled, as small batched matrix products. Each image axis has an
-`AxisPlan`: the output cut into tiles, and per tile the low-resolution window it reads with the weights of
-F.interpolate (taken from F.interpolate itself). A linear chain is composed into one matrix; with a nonlinearity
-between upsampling and resizing (semantic marginalization in the official order) the two stages stay apart.
+`maskformer.inference` calls these per image with fast=True; tests/test_inference.py holds them to its reference.
+Every output pixel of the official chain (upsample, crop, resize; bilinear) is a convex combination of a small
+window of low-res values, so the window's min/max bound a whole output tile. With trained masks most tiles are
+decided by the bounds alone; only the (tile, channel) pairs left are resampled, as small batched matrix products.
+An `AxisPlan` per image axis holds the tiles' low-res windows and F.interpolate's own weights; a linear chain is one
+matrix, a chain with a nonlinearity between upsampling and resizing (official semantic order) keeps two stages.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """Post-processing: model outputs -> class scores / label maps, panoptic segments, instances. The plain reference.
 
-The rules are those of the official code (official-maskformer.md section 5, mask2former.md section 5). Inputs are
-a batch of model outputs: {"pred_logits" [B, Q, K+1], "pred_masks" [B, Q, h, w]} (mask classification) or
-{"sem_seg" [B, K, h, w]} (per-pixel baselines), with h, w = 1/4 of the padded input (`padded_size`, default
-4 x (h, w)), the unpadded `image_sizes` [(h_i, w_i)] and the wanted `output_sizes` (default: the image sizes). Every
-map goes through the official chain: bilinear upsample to the padded size, crop to the image, bilinear resize to the
-output size (align_corners=False).
+The official rules (official-maskformer.md section 5, mask2former.md section 5) on a batch of model outputs:
+{"pred_logits" [B, Q, K+1], "pred_masks" [B, Q, h, w]} or, for per-pixel baselines, {"sem_seg" [B, K, h, w]}; h, w
+= 1/4 of the padded input (`padded_size`, default 4 x (h, w)); `image_sizes` [(h_i, w_i)] unpadded; `output_sizes`
+default to the image sizes. Every map goes through the official chain: bilinear upsample to the padded size, crop to
+the image, bilinear resize to the output size (align_corners=False).
 
-fast=True (label maps, panoptic, instances) gives the same results from `maskformer.fast_postprocess`, which
-evaluates the chain tile by tile and only where the answer is not already decided by bounds: much faster and never
-holds Q or K full-size maps. Results equal this reference up to float rounding (near-ties); tests check both.
+fast=True gives the same label maps, segments and instances (up to float rounding at near-ties) from
+`maskformer.fast_postprocess`: tile by tile, only where bounds leave the answer open; never Q or K full-size maps.
 """
 
 from __future__ import annotations
@@ -27,8 +25,10 @@ Size = tuple[int, int]
 CHUNK_ELEMS = 1 << 25  # full-size mask values held at once while marginalizing
 
 
-def _sizes(outputs: dict, image_sizes, output_sizes, padded_size) -> tuple[list[Size], list[Size], Size, Size]:
+def _sizes(outputs: dict, image_sizes, output_sizes, padded_size, order="official"):
     """Validated (image_sizes, output_sizes, low-res size, padded size); errors name the argument and the problem."""
+    if order not in ("official", "fast"):
+        raise ValueError(f"order={order!r}; choose 'official' or 'fast'")
     if not isinstance(outputs, dict) or not ({"pred_logits", "pred_masks"} <= outputs.keys() or "sem_seg" in outputs):
         keys = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
         raise ValueError(f"outputs must hold 'pred_logits' and 'pred_masks' (or 'sem_seg'); got {keys}")
@@ -50,11 +50,6 @@ def _sizes(outputs: dict, image_sizes, output_sizes, padded_size) -> tuple[list[
         if oh <= 0 or ow <= 0:
             raise ValueError(f"output size {(oh, ow)} must be positive")
     return images, outs, low, pad
-
-
-def _check_order(order: str) -> None:
-    if order not in ("official", "fast"):
-        raise ValueError(f"order={order!r}; choose 'official' or 'fast'")
 
 
 def _resize(x: torch.Tensor, size: Size) -> torch.Tensor:
@@ -93,8 +88,7 @@ def semantic_inference(
     order="fast" (not the official numbers; what transformers does, with the padding cropped): marginalize at 1/4,
     then one bilinear resampling of the image's low-res cells straight to the output size.
     """
-    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size)
-    _check_order(order)
+    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size, order)
     results = []
     for i, (img, out) in enumerate(zip(images, outs)):
         if "sem_seg" in outputs:
@@ -138,8 +132,7 @@ def semantic_labels(
     if not fast:
         kw = {"before_inference": before_inference, "order": order, "padded_size": padded_size}
         return [scores.argmax(0) for scores in semantic_inference(outputs, image_sizes, output_sizes, **kw)]
-    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size)
-    _check_order(order)
+    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size, order)
     per_pixel, kw = "sem_seg" in outputs, {"order": order, "before_inference": before_inference}
     maps = outputs["sem_seg" if per_pixel else "pred_masks"]
     probs = [None] * len(maps) if per_pixel else class_probs(outputs["pred_logits"])

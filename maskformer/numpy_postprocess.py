@@ -1,9 +1,5 @@
-"""Post-processing on numpy arrays, for users of the exported (ONNX) graph: numpy in, numpy out.
-
-The exported graph returns, per image, `pred_logits` [Q, K+1] and `pred_masks` [Q, Hp/4, Wp/4]. These functions
-run the rules of `maskformer.inference` on one image (the same code, so the results are identical; fast=True picks
-its tiled fast path) and hand back numpy arrays.
-"""
+"""Post-processing of one image's exported (ONNX) outputs, numpy in and out: pred_logits [Q, K+1], pred_masks
+[Q, Hp/4, Wp/4] through the same code as `maskformer.inference` (identical results)."""
 
 from __future__ import annotations
 
