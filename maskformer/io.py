@@ -1,18 +1,15 @@
 """Every file format maskformer reads or writes: images, label PNGs, COCO panoptic PNG + JSON, COCO RLE, JSON.
 
-One dtype convention in memory (what readers return, what writers expect):
+One dtype convention in memory (what readers return and writers take; writers also take torch tensors, by duck
+typing: torch is never imported here):
 - image: uint8 [H, W, 3] RGB, EXIF orientation applied (as detectron2's read_image);
-- label map (semantic): int32 [H, W] class ids, the ignore value included; written as an 8-bit PNG when the values
-  fit in 0..255, else 16-bit (PNG or TIFF by the extension);
+- label map: int32 [H, W] class ids (ignore value included); written 8-bit when the values fit, else 16-bit;
 - panoptic id map: int32 [H, W], id = R + 256 G + 256^2 B of the COCO panoptic PNG, 0 = VOID;
-- mask: bool [H, W]; COCO RLE = {"size": [H, W], "counts": string} (column-major runs starting with 0s, COCO's
-  5-bit/char encoding; no pycocotools needed).
-Writers also take torch tensors (duck typing: torch is never imported here) and write atomically (temp file +
-os.replace). One error type, `FormatError`, whose message names the file and the problem.
-
+- mask: bool [H, W]; COCO RLE {"size": [H, W], "counts": str}: column-major runs starting with 0s, 5-bit chars.
 COCO panoptic JSON: "annotations" [{"image_id", "file_name", "segments_info": [{"id", "category_id", "area", "bbox",
-"iscrowd"}]}] and "categories" [{"id", "name", "isthing", "color"}], category ids being the dataset's ids.
-COCO instance results: [{"image_id", "category_id", "segmentation": RLE, "score", "bbox", "area"}].
+"iscrowd"}]}] + "categories" [{"id", "name", "isthing", "color"}] (dataset ids); instance results: [{"image_id",
+"category_id", "segmentation": RLE, "score", "bbox", "area"}]. Every write is atomic (temp file + os.replace); every
+read error is a `FormatError` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -149,18 +146,16 @@ def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _save_png_or_tiff(path: str | Path, arr: np.ndarray, compress_level: int) -> None:
-    kwargs = {"compress_level": compress_level} if str(path).lower().endswith(".png") else {}
+def _save_image(path: str | Path, arr: np.ndarray, compress_level: int = 6, quality: int = 95) -> None:
+    """Array -> image file, atomically; the format (and its option) follows the extension."""
+    options = {".png": {"compress_level": compress_level}, ".jpg": {"quality": quality}, ".jpeg": {"quality": quality}}
+    kwargs = options.get(Path(path).suffix.lower(), {})
     _atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, **kwargs))
 
 
 def write_image(path: str | Path, image, quality: int = 95, compress_level: int = 6) -> None:
     """uint8 [H, W, 3] RGB -> image file; the format follows the extension."""
-    arr = np.ascontiguousarray(to_numpy(image), dtype=np.uint8)
-    if str(path).lower().endswith((".jpg", ".jpeg")):
-        _atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, quality=quality))
-    else:
-        _save_png_or_tiff(path, arr, compress_level)
+    _save_image(path, np.ascontiguousarray(to_numpy(image), dtype=np.uint8), compress_level, quality)
 
 
 def write_label(path: str | Path, label, compress_level: int = 6) -> None:
@@ -170,7 +165,7 @@ def write_label(path: str | Path, label, compress_level: int = 6) -> None:
     if lo < 0 or hi > 65535:
         raise ValueError(f"{path}: label values must lie in 0..65535, got {lo}..{hi}")
     wide = hi > 255 or str(path).lower().endswith((".tif", ".tiff"))
-    _save_png_or_tiff(path, np.ascontiguousarray(label, dtype=np.uint16 if wide else np.uint8), compress_level)
+    _save_image(path, np.ascontiguousarray(label, dtype=np.uint16 if wide else np.uint8), compress_level)
 
 
 def write_semantic(path: str | Path, labels, meta: DatasetMeta | None = None, *, dataset_ids: bool = False) -> None:
@@ -185,7 +180,7 @@ def write_semantic(path: str | Path, labels, meta: DatasetMeta | None = None, *,
 
 def write_panoptic(path: str | Path, ids, compress_level: int = 6) -> None:
     """Panoptic ids int [H, W] -> COCO panoptic RGB PNG."""
-    _save_png_or_tiff(path, id2rgb(ids), compress_level)
+    _save_image(path, id2rgb(ids), compress_level)
 
 
 def _json_safe(x):
@@ -225,17 +220,12 @@ def panoptic_annotation(ids, segments: list[dict], *, image_id, file_name: str) 
     ids = to_numpy(ids).astype(np.int64)
     n = int(ids.max(initial=0))
     areas, boxes = np.bincount(ids.ravel(), minlength=n + 1), bboxes(ids, n)
-    info = [
-        {
-            "id": int(s["id"]),
-            "category_id": int(s.get("dataset_category_id", s["category_id"])),
-            "area": int(areas[int(s["id"])]),
-            "bbox": [int(v) for v in boxes[int(s["id"])]],
-            "iscrowd": 0,
-        }
-        for s in segments
-        if 1 <= int(s["id"]) <= n and areas[int(s["id"])] > 0  # never painted: not listed
-    ]
+    info = []
+    for seg in segments:
+        i = int(seg["id"])
+        if 1 <= i <= n and areas[i] > 0:  # an id never painted is not listed
+            cat = int(seg.get("dataset_category_id", seg["category_id"]))
+            info.append({"id": i, "category_id": cat, "area": int(areas[i]), "bbox": boxes[i].tolist(), "iscrowd": 0})
     return {"image_id": image_id, "file_name": file_name, "segments_info": info}
 
 
@@ -276,6 +266,7 @@ def _encode_counts(counts: np.ndarray) -> str:
 
 
 def _decode_string(s: str) -> list[int]:
+    """Inverse of _encode_counts."""
     counts: list[int] = []
     p = 0
     while p < len(s):
