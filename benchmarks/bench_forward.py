@@ -9,7 +9,7 @@ conv. FLOPs here are 2 per multiply-add (hardware FLOPs); "official" = the netwo
                                               [--malloc keep|default]
 
 --malloc keep (the default, what the `maskformer` command does): glibc keeps freed memory for reuse
-(maskformer.runtime.keep_freed_memory), so re-allocated activations do not page-fault; both models share it.
+(maskformer.cpu_tuning.keep_freed_memory), so re-allocated activations do not page-fault; both models share it.
 
 Writes the table under "## B: network forward" in benchmarks/RESULTS.md (only that section).
 """
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from maskformer.config import get_preset
 from maskformer.convert.hf import build_hf_model, load_hf_state_dict
+from maskformer.cpu_tuning import keep_freed_memory
 from maskformer.modeling.flops import model_stats
-from maskformer.runtime import keep_freed_memory
 
 SECTION = "## B: network forward"
 S4 = ["stage1", "stage2", "stage3", "stage4"]
@@ -215,7 +215,7 @@ def write_section(text: str, path: Path) -> None:
 
 
 MALLOC_NOTE = {
-    "keep": "freed memory kept for reuse (`maskformer.runtime.keep_freed_memory()`, as the `maskformer` command)",
+    "keep": "freed memory kept for reuse (`maskformer.cpu_tuning.keep_freed_memory()`, as the `maskformer` command)",
     "default": "glibc default (freed blocks above its mmap threshold go back to the kernel and fault again)",
 }
 

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from maskformer.config import Config, apply_overrides  # noqa: E402
+from maskformer.cpu_tuning import keep_freed_memory  # noqa: E402
 from maskformer.criterion import build_criterion, prepare_targets  # noqa: E402
 from maskformer.mask_losses import full_res_mask_losses, point_sampled_mask_losses  # noqa: E402
-from maskformer.runtime import keep_freed_memory  # noqa: E402
 from maskformer.structures import SegTarget  # noqa: E402
 
 WEIGHTS = {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0}

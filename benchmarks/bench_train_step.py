@@ -19,9 +19,9 @@ import time
 import torch
 
 from maskformer.config import get_preset
+from maskformer.cpu_tuning import keep_freed_memory
 from maskformer.engine.optim import clip_grad_norm
 from maskformer.engine.step import TrainStep
-from maskformer.runtime import keep_freed_memory
 from maskformer.structures import SegTarget
 
 PRESETS = {"r50": "maskformer_r50_ade20k", "swin_t": "maskformer_swin_t_ade20k"}

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from maskformer.runtime import keep_freed_memory
+from maskformer.cpu_tuning import keep_freed_memory
 
 # name -> (module under maskformer.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "score prediction files against ground-truth files"),
     "predict": ("predict", "run a model on images and write label maps, panoptic PNGs and overlays"),
     "convert": ("convert", "convert official detectron2 / transformers checkpoints into a model directory"),
+    "cache": ("cache", "list or remove downloaded and converted models (MASKFORMER_HOME)"),
     "export": ("export", "export a model to ONNX or torch.export"),
     "demo": ("demo", "synthetic data -> train a small model -> evaluate -> report, in minutes on a CPU"),
 }
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"maskformer {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    keep_freed_memory()  # no page faults on re-allocated tensors (runtime.py); MASKFORMER_KEEP_FREED_MEMORY=0: off
+    keep_freed_memory()  # no page faults on re-allocated tensors (cpu_tuning.py); MASKFORMER_KEEP_FREED_MEMORY=0: off
     return int(module.run(args) or 0)
 
 

@@ -7,9 +7,8 @@
   with padding = dilation, res5 keeping stride 2 (output stride 32).
 
 Norm defaults to FrozenBN (four buffers, never trained); every conv weight is trainable (FREEZE_AT 0). In eval mode
-each conv + FrozenBN pair runs as one conv with folded weights (cached until a weight or buffer changes), so the
-state dict keeps the official `*.norm.{weight,bias,running_mean,running_var}` buffers while inference skips the
-per-pixel scale/shift pass. Inputs are converted to channels-last, the fast layout for oneDNN/cuDNN convs.
+each conv + FrozenBN pair runs as one conv (cpu_tuning.conv_frozen_bn_folded); the state dict keeps the official
+`*.norm.*` buffers. Inputs are converted to channels-last, the fast layout for oneDNN/cuDNN convs.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskformer.backbones.base import FEATURE_NAMES, Backbone, check_image_input, is_exporting
+from maskformer.backbones.base import FEATURE_NAMES, Backbone, check_image_input
+from maskformer.cpu_tuning import conv_frozen_bn_folded
 from maskformer.layers import Conv2d, FrozenBatchNorm2d, c2_msra_fill, group_norm
 
 NORMS = ("FrozenBN", "BN", "SyncBN", "GN")
@@ -42,10 +42,7 @@ def make_norm(norm: str, channels: int) -> nn.Module:
 class ConvNorm(Conv2d):
     """Bias-free conv -> norm (-> ReLU), named like detectron2 (`weight`, `norm.*`).
 
-    In eval mode with FrozenBN the pair is one conv: w' = w * scale[:, None, None, None], b' = shift. The folded
-    tensors are cached while no gradient is needed and rebuilt whenever the weight or a norm buffer changes
-    (tracked by tensor version counters and storage pointers); with autograd on they are recomputed each call so
-    gradients still reach `weight`.
+    fold_bn (a switch in maskformer.cpu_tuning, not state): in eval mode with FrozenBN the pair runs as one conv.
     """
 
     def __init__(
@@ -71,42 +68,16 @@ class ConvNorm(Conv2d):
             norm=make_norm(norm, out_channels),
         )
         self.relu = relu
-        self._folded: tuple | None = None  # (key, weight, bias); plain attribute, never in the state dict
+        self.fold_bn = True
         c2_msra_fill(self)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_folded": None}  # pickling/deepcopy drop the cache (rebuilt on demand)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C_in, H, W] -> [B, C_out, H', W']."""
-        if isinstance(self.norm, FrozenBatchNorm2d) and not self.training:
-            w, b = self.folded_weight_bias()
-            x = F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+        if self.fold_bn and not self.training and isinstance(self.norm, FrozenBatchNorm2d):
+            x = conv_frozen_bn_folded(self, x)
         else:
             x = self.norm(F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups))
         return F.relu_(x) if self.relu else x
-
-    def folded_weight_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weight [C_out, C_in, k, k], bias [C_out]) of the conv with FrozenBN folded in."""
-        needs_grad = torch.is_grad_enabled() and self.weight.requires_grad
-        key = None if needs_grad or is_exporting() else self._fold_key()
-        if key is not None and self._folded is not None and self._folded[0] == key:
-            return self._folded[1], self._folded[2]
-        scale, shift = self.norm.scale_shift()
-        w = self.weight * scale.to(self.weight.dtype).view(-1, 1, 1, 1)
-        b = shift.to(self.weight.dtype)
-        if key is not None:
-            w = w.contiguous(memory_format=torch.channels_last) if w.shape[-1] > 1 else w
-            self._folded = (key, w, b)
-        return w, b
-
-    def _fold_key(self) -> tuple | None:
-        """Identity of the tensors the fold depends on; None when it cannot be tracked (inference tensors)."""
-        tensors = (self.weight, self.norm.weight, self.norm.bias, self.norm.running_mean, self.norm.running_var)
-        try:
-            return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
-        except RuntimeError:  # inference-mode tensors have no version counter
-            return None
 
 
 class BasicStem(nn.Module):
@@ -216,15 +187,6 @@ class ResNet(Backbone):
             stage = _make_stage(in_ch, stage_channels[i], depths[i], 1 if i == 0 else 2, mid, dilations, norm)
             self.add_module(name, stage)
             in_ch = stage_channels[i]
-
-    @torch.no_grad()
-    def optimize_for_inference(self) -> ResNet:
-        """Eval mode and FrozenBN folded into every conv now (cached; refreshed if weights change). Returns self."""
-        self.eval()
-        for m in self.modules():
-            if isinstance(m, ConvNorm) and isinstance(m.norm, FrozenBatchNorm2d):
-                m.folded_weight_bias()
-        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_image_input(x, type(self).__name__)

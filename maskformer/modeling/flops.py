@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskformer.config import Config
+from maskformer.cpu_tuning import switched
 
 aten = torch.ops.aten
 
@@ -140,27 +141,21 @@ def measure(
 
 
 def _count(model: nn.Module, x: torch.Tensor, inference_size: tuple[int, int] | None, *, fuse: bool) -> dict:
-    """FlopCounterMode counts per module. Parameters are switched to requires_grad=False meanwhile (its module
-    tracker fails on parameters that require grad under no_grad); the head's `fuse_mask_conv` is set to `fuse`."""
+    """FlopCounterMode counts per module, with the cpu_tuning switches set to `fuse`. Parameters are switched to
+    requires_grad=False meanwhile (its module tracker fails on parameters that require grad under no_grad)."""
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
-    heads = [m for m in model.modules() if hasattr(m, "fuse_mask_conv")]
-    fused = [m.fuse_mask_conv for m in heads]
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
     try:
         for p in params:
             p.requires_grad_(False)
-        for m in heads:
-            m.fuse_mask_conv = fuse
-        with counter:
+        with switched(model, fuse), counter:
             out = model(x)
             if inference_size is not None:
                 semantic_inference_for_flops(out, tuple(model.preprocess(x).shape[-2:]), tuple(inference_size))
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
-        for m, f in zip(heads, fused):
-            m.fuse_mask_conv = f
     return counter.get_flop_counts()
 
 

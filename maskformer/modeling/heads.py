@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskformer.cpu_tuning import fused_mask_logits
 from maskformer.layers import c2_msra_fill, c2_xavier_fill
 
 from .position_encoding import PositionEmbeddingSine
@@ -87,16 +88,9 @@ class TransformerPredictor(nn.Module):
         return self._outputs(hs, masks)
 
     def forward_fused(self, x: torch.Tensor, y: torch.Tensor, mask_conv: nn.Conv2d) -> dict:
-        """Eval shortcut: same outputs as forward(x, mask_conv(y)) with one Q-channel conv instead of a mask_dim-channel
-        conv + einsum. mask_conv is linear, so sum_d e_qd (W_d * y + b_d) = (sum_d e_qd W_d) * y + e_q . b: per image a
-        conv with weights [Q, C, k, k] (Q < mask_dim makes it cheaper; 2.6x fewer multiply-adds for 100 vs 256)."""
+        """forward(x, mask_conv(y)) without aux outputs, through cpu_tuning.fused_mask_logits."""
         hs = self.decode(x)  # [1, B, Q, C]
-        emb = self.mask_embed(hs[-1])  # [B, Q, D]
-        weight = torch.einsum("bqd,dcij->bqcij", emb, mask_conv.weight.to(emb.dtype))  # [B, Q, C, k, k]
-        bias = None if mask_conv.bias is None else emb @ mask_conv.bias.to(emb.dtype)  # [B, Q]
-        conv = dict(stride=mask_conv.stride, padding=mask_conv.padding, dilation=mask_conv.dilation)
-        masks = [F.conv2d(y[i : i + 1], weight[i], None if bias is None else bias[i], **conv) for i in range(len(y))]
-        masks = torch.cat(masks)  # [B, Q, H, W]
+        masks = fused_mask_logits(self.mask_embed(hs[-1]), y, mask_conv)  # [B, Q, H, W]
         return self._outputs(hs, masks.unsqueeze(0))  # [1, B, Q, H, W]
 
     def _outputs(self, hs: torch.Tensor, masks: torch.Tensor) -> dict:
@@ -128,8 +122,7 @@ def run_predictor(head: nn.Module, features: dict[str, torch.Tensor]) -> dict:
 class MaskFormerHead(nn.Module):
     """`sem_seg_head` of MaskFormer: pixel decoder -> (mask features, transformer input) -> TransformerPredictor.
 
-    fuse_mask_conv: compute the final mask logits through TransformerPredictor.forward_fused when no aux outputs are
-    needed (same outputs up to float rounding, fewer multiply-adds). A plain attribute, not state.
+    fuse_mask_conv: a switch in maskformer.cpu_tuning (same outputs up to float rounding, fewer multiply-adds).
     """
 
     def __init__(self, *, pixel_decoder: nn.Module, predictor: TransformerPredictor, fuse_mask_conv: bool = True):

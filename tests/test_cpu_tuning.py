@@ -1,7 +1,8 @@
-"""keep_freed_memory: freed multi-MB tensors stay in malloc's heap for reuse (measured in fresh processes).
+"""cpu_tuning: every switch off gives the same outputs; keep_freed_memory keeps freed multi-MB tensors in malloc's
+heap for reuse (measured in fresh processes).
 
-The allocator's own view (glibc mallinfo2) is the primary measurement: it works in every sandbox. Minor page faults
-are checked as well where the kernel reports them (some sandboxes report none).
+For the heap, the allocator's own view (glibc mallinfo2) is the primary measurement: it works in every sandbox. Minor
+page faults are checked as well where the kernel reports them (some sandboxes report none).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from maskformer.runtime import keep_freed_memory
+from maskformer import get_preset
+from maskformer.cpu_tuning import keep_freed_memory, switched
+from maskformer.modeling import build_model
 
 PROBE = """
 import ctypes, resource, sys, torch
-from maskformer.runtime import keep_freed_memory
+from maskformer.cpu_tuning import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -66,3 +70,32 @@ def test_freed_tensors_stay_in_the_heap():
 def test_opt_out(monkeypatch):
     monkeypatch.setenv("MASKFORMER_KEEP_FREED_MEMORY", "0")
     assert keep_freed_memory() is False
+
+
+def test_switches_off_give_the_same_outputs_and_are_restored():
+    """fold_bn and fuse_mask_conv off (the plain conv + FrozenBN and conv + einsum paths) == on, batch of 2."""
+    torch.manual_seed(0)
+    model = build_model(get_preset("maskformer_r18_synth", ["model.backbone_norm=FrozenBN"])).eval()
+    im = torch.rand(2, 3, 64, 96) * 255
+    convs = [m for m in model.modules() if hasattr(m, "fold_bn")]
+    assert convs and all(m.fold_bn for m in convs) and model.sem_seg_head.fuse_mask_conv
+    with torch.no_grad():
+        tuned = model(im)
+        with switched(model, False):
+            assert not any(m.fold_bn for m in convs) and not model.sem_seg_head.fuse_mask_conv
+            plain = model(im)
+    assert all(m.fold_bn for m in convs) and model.sem_seg_head.fuse_mask_conv
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(tuned[key], plain[key], atol=1e-4, rtol=1e-4)
+
+
+def test_library_calls_leave_threads_alone(tmp_path):
+    """Building, running and counting a model do not change torch's thread count (no process-wide side effects)."""
+    from maskformer.modeling.flops import measure
+
+    before = torch.get_num_threads()
+    model = build_model(get_preset("maskformer_r18_synth")).eval()
+    with torch.no_grad():
+        model(torch.rand(1, 3, 64, 64) * 255)
+    measure(model, (64, 64))
+    assert torch.get_num_threads() == before

@@ -1,0 +1,86 @@
+"""The speed switches that stay, each worth >= 10% end to end in benchmarks/RESULTS.md; off, the results are the same.
+
+1. `keep_freed_memory()` (process-wide, so never applied by a library call; the `maskformer` command turns it on,
+   MASKFORMER_KEEP_FREED_MEMORY=0 turns it off): glibc returns freed multi-MB blocks to the kernel, so the next
+   tensor of that size page-faults on every 4 KiB (~16 000 faults per R50 forward at 512x512). Kept for reuse: R50
+   forward 0.85x the time (RESULTS "B: network forward", session 3). The process keeps its peak heap.
+2. `fold_bn` (attribute of every ResNet `ConvNorm`, default on): in eval, conv + FrozenBN run as one conv with
+   w' = w * scale, b' = shift. R50 backbone 2435 vs 4184 ms unfolded (RESULTS "A: backbones").
+3. `fuse_mask_conv` (attribute of the MaskFormer / PerPixelBaseline+ heads, default on): without aux outputs, the
+   mask-feature conv and the query einsum become one Q-channel conv, 12.5 of R50's 97.2 GFLOP removed (RESULTS "B",
+   official / executed GFLOP).
+`switched(model, False)` runs a block with 2 and 3 off (FLOP counting, tracing, parity tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+MMAP_THRESHOLD = 32 << 20  # blocks up to this size come from the reusable heap (glibc's maximum: HEAP_MAX_SIZE / 2)
+TRIM_THRESHOLD = 1 << 30  # free memory at the top of the heap kept up to this amount
+TOP_PAD = 64 << 20  # extra heap requested per growth (fewer brk calls)
+SWITCHES = ("fold_bn", "fuse_mask_conv")  # per-module attributes read by the forward passes
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc malloc keep freed blocks (up to 32 MiB each, 1 GiB at the heap top) for reuse.
+
+    Returns True when applied; False off Linux/glibc, when mallopt refuses, or with MASKFORMER_KEEP_FREED_MEMORY=0.
+    """
+    if os.environ.get("MASKFORMER_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD))
+    return all(mallopt(param, value) == 1 for param, value in settings)
+
+
+def conv_frozen_bn_folded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """norm(conv(x)) of a bias-free conv with a FrozenBN `conv.norm` as one conv: [B, Cin, H, W] -> [B, Cout, H', W'].
+
+    Folded on every call (a multiply over the weights, ~0.1% of the conv's work), so gradients reach `conv.weight`
+    and changed weights or statistics are always seen.
+    """
+    scale, shift = conv.norm.scale_shift()  # [Cout] each
+    w = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
+    return F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def fused_mask_logits(emb: torch.Tensor, y: torch.Tensor, mask_conv: nn.Conv2d) -> torch.Tensor:
+    """einsum("bqd,bdhw->bqhw", emb, mask_conv(y)) as one conv per image with weights [Q, C, k, k].
+
+    mask_conv is linear: sum_d e_qd (W_d * y + b_d) = (sum_d e_qd W_d) * y + e_q . b. emb [B, Q, D], y [B, C, H', W']
+    -> [B, Q, H, W]; cheaper when Q < D (2.6x fewer multiply-adds for 100 queries vs 256 channels).
+    """
+    weight = torch.einsum("bqd,dcij->bqcij", emb, mask_conv.weight.to(emb.dtype))  # [B, Q, C, k, k]
+    bias = None if mask_conv.bias is None else emb @ mask_conv.bias.to(emb.dtype)  # [B, Q]
+    conv = dict(stride=mask_conv.stride, padding=mask_conv.padding, dilation=mask_conv.dilation)
+    masks = [F.conv2d(y[i : i + 1], weight[i], None if bias is None else bias[i], **conv) for i in range(len(y))]
+    return torch.cat(masks)  # [B, Q, H, W]
+
+
+@contextlib.contextmanager
+def switched(model: nn.Module, on: bool):
+    """Within the block every module of `model` with a switch in SWITCHES has it set to `on`; restored after."""
+    saved = [(m, name, getattr(m, name)) for m in model.modules() for name in SWITCHES if hasattr(m, name)]
+    try:
+        for m, name, _ in saved:
+            setattr(m, name, on)
+        yield model
+    finally:
+        for m, name, value in saved:
+            setattr(m, name, value)
