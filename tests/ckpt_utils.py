@@ -47,3 +47,45 @@ def build(cfg):
 def meta_for(cfg) -> DatasetMeta:
     k = cfg.model.num_classes
     return DatasetMeta(name="toy", class_names=[f"c{i}" for i in range(k)], is_thing=[i % 2 == 0 for i in range(k)])
+
+
+def hf_tiny(kind: str, *, id2label: bool = True):
+    """A tiny transformers MaskFormerForInstanceSegmentation ("swin" | "resnet" backbone of no named size), every
+    tensor HF initialises to a constant re-drawn so that each one matters."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.maskformer.configuration_maskformer import MaskFormerDetrConfig
+
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if kind == "swin":
+        bb = transformers.SwinConfig(
+            embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4, mlp_ratio=2.0, out_features=stages
+        )
+    else:
+        bb = transformers.ResNetConfig(
+            embedding_size=16, hidden_sizes=[32, 64, 96, 128], depths=[1, 1, 1, 1], layer_type="bottleneck",
+            out_features=stages,
+        )  # fmt: skip
+    dec = MaskFormerDetrConfig(
+        d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64, dropout=0.0, num_queries=8
+    )
+    cfg = transformers.MaskFormerConfig(
+        backbone_config=bb, decoder_config=dec, num_labels=4, fpn_feature_size=32, mask_feature_size=32,
+        id2label={i: f"label{i}" for i in range(4)} if id2label else None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.MaskFormerForInstanceSegmentation(cfg).eval()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand_like(t) + 0.5)
+            elif t.dim() == 1:
+                t.copy_(torch.randn_like(t) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+            elif "queries_embedder" in name:
+                t.normal_()
+            else:
+                nn.init.xavier_uniform_(t.view(t.shape[0], -1))
+    return model

@@ -1,4 +1,4 @@
-"""Model directories, atomic safetensors I/O, key reports, and transformers checkpoints saved on disk."""
+"""Model directories, atomic safetensors I/O and key reports (the format of maskformer.checkpoint)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from maskformer.checkpoint import (
     save_pretrained,
     save_safetensors,
 )
-from maskformer.convert import convert_source, load_model
-from maskformer.convert.sources import read_state_dict
+from maskformer.convert import load_model
 from maskformer.structures import DatasetMeta
 
 
@@ -145,62 +144,3 @@ def test_load_model_from_a_preset_name():
     with pytest.warns(UserWarning, match="RANDOM weights"):
         model, cfg, meta = load_model("maskformer_r18_synth", overrides=TINY)
     assert not model.training and cfg.model.num_queries == 6 and meta.num_classes == 5
-
-
-# ------------------------------------------------------------------------------------------------ transformers on disk
-def _hf_tiny(kind: str):
-    transformers = pytest.importorskip("transformers")
-    from transformers.models.maskformer.configuration_maskformer import MaskFormerDetrConfig
-
-    stages = ["stage1", "stage2", "stage3", "stage4"]
-    if kind == "swin":
-        bb = transformers.SwinConfig(
-            embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4], window_size=4, mlp_ratio=2.0, out_features=stages
-        )
-    else:
-        bb = transformers.ResNetConfig(
-            embedding_size=16, hidden_sizes=[32, 64, 96, 128], depths=[1, 1, 1, 1], layer_type="bottleneck",
-            out_features=stages,
-        )  # fmt: skip
-    dec = MaskFormerDetrConfig(
-        d_model=32, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=64, dropout=0.0, num_queries=8
-    )
-    cfg = transformers.MaskFormerConfig(
-        backbone_config=bb, decoder_config=dec, num_labels=4, fpn_feature_size=32, mask_feature_size=32,
-        id2label={i: f"label{i}" for i in range(4)},
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.MaskFormerForInstanceSegmentation(cfg).eval()
-    with torch.no_grad():  # re-draw what HF initialises to constants, so every tensor matters
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand_like(t) + 0.5)
-            elif t.dim() == 1:
-                t.copy_(torch.randn_like(t) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
-            elif "queries_embedder" in name:
-                t.normal_()
-            else:
-                nn.init.xavier_uniform_(t.view(t.shape[0], -1))
-    return model
-
-
-@pytest.mark.parametrize("kind", ["resnet", "swin"])
-@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
-def test_transformers_directory_converts_and_matches(kind, weights, tmp_path):
-    hf = _hf_tiny(kind)
-    hf.save_pretrained(tmp_path)
-    if weights == "pytorch_model.bin":  # the older hub layout: a torch.save'd state dict
-        os.remove(tmp_path / "model.safetensors")
-        torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
-    assert read_state_dict(tmp_path)[1]["kind"] == "transformers"
-    model, cfg, meta, report = convert_source(tmp_path)
-    assert report.ok and meta.class_names == ["label0", "label1", "label2", "label3"]
-    x = torch.rand(2, 3, 64, 96) * 255  # multiples of 32: neither side pads differently
-    mean, std = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1), torch.tensor(cfg.model.pixel_std).view(3, 1, 1)
-    with torch.no_grad():
-        ref = hf(pixel_values=(x - mean) / std)
-        out = model(x)
-    torch.testing.assert_close(out["pred_logits"], ref.class_queries_logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(out["pred_masks"], ref.masks_queries_logits, rtol=1e-4, atol=1e-4)

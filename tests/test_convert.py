@@ -1,4 +1,5 @@
-"""Official checkpoint readers: detectron2 .pkl / .pth (old and new names), the safe unpickler, ImageNet weights."""
+"""Foreign checkpoints: detectron2 .pkl / .pth (old and new names), the safe unpickler, ImageNet weights, transformers
+directories, and the `maskformer convert` command."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import re
 import numpy as np
 import pytest
 import torch
-from ckpt_utils import TINY_HEADS, build
+from ckpt_utils import TINY_HEADS, build, hf_tiny
 
 from maskformer.checkpoint import CheckpointError
-from maskformer.config import PRESETS, get_preset
-from maskformer.convert import load_backbone_weights, load_full_weights
+from maskformer.config import PRESETS, apply_overrides, get_preset
+from maskformer.convert import convert_source, detect_source, load_backbone_weights, load_full_weights
 from maskformer.convert.detectron2 import convert_detectron2, infer_backbone_norm, infer_model_fields, infer_preset
 from maskformer.convert.safe_pickle import UnsafePickleError, load_weights_pickle
+from maskformer.convert.sources import read_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +288,130 @@ def test_unknown_label_spaces_keep_placeholder_names(r18, tmp_path):
     notes = report.notes
     assert meta.class_names[:2] == ["class_0", "class_1"]
     assert any("class names: none known for 'synthetic'" in n for n in notes)
+
+
+# ------------------------------------------------------------------------------------------------ transformers on disk
+@pytest.mark.parametrize("kind", ["resnet", "swin"])
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_transformers_directory_converts_and_matches(kind, weights, tmp_path):
+    hf = hf_tiny(kind)
+    hf.save_pretrained(tmp_path)
+    if weights == "pytorch_model.bin":  # the older hub layout: a torch.save'd state dict
+        os.remove(tmp_path / "model.safetensors")
+        torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    assert read_state_dict(tmp_path)[1]["kind"] == "transformers"
+    model, cfg, meta, report = convert_source(tmp_path)
+    assert report.ok and meta.class_names == ["label0", "label1", "label2", "label3"]
+    x = torch.rand(2, 3, 64, 96) * 255  # multiples of 32: neither side pads differently
+    mean, std = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1), torch.tensor(cfg.model.pixel_std).view(3, 1, 1)
+    with torch.no_grad():
+        ref = hf(pixel_values=(x - mean) / std)
+        out = model(x)
+    torch.testing.assert_close(out["pred_logits"], ref.class_queries_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["pred_masks"], ref.masks_queries_logits, rtol=1e-4, atol=1e-4)
+
+
+def _hf_dir(tmp_path, kind: str, edit=None):
+    """A tiny transformers directory; `edit(state_dict)` changes its weights file in place."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / f"hf_{kind}"
+    hf_tiny(kind).save_pretrained(path)
+    if edit is not None:
+        sd = load_file(str(path / "model.safetensors"))
+        edit(sd)
+        save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+ENC = "model.pixel_level_module.encoder."
+QUERY = ENC + "model.encoder.layers.1.blocks.0.attention.self.query.weight"
+
+
+@pytest.mark.parametrize(
+    "edit,named",
+    [
+        (lambda sd: sd.update({ENC + "model.extra.weight": torch.zeros(2)}), ENC + "model.extra.weight"),
+        (lambda sd: sd.pop(QUERY.replace("query", "key")), QUERY),  # an incomplete Swin q/k/v set
+        (lambda sd: sd.update({"sem_seg_head.extra": torch.zeros(2)}), "sem_seg_head.extra"),
+    ],
+    ids=["unknown-backbone-key", "incomplete-qkv", "unknown-head-key"],
+)
+def test_convert_cli_names_bad_keys_without_a_traceback(tmp_path, capsys, edit, named):
+    """Every key problem is the same one-line-per-problem error naming the file and the key by its source name; a
+    refused load does not claim to have loaded anything or kept anything at init."""
+    from maskformer.cli import main
+
+    src = _hf_dir(tmp_path, "swin", edit)
+    capsys.readouterr()  # transformers' own progress output
+    assert main(["convert", str(src), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {src}: the weights do not fit the model") and named in err
+    assert "Traceback" not in err and "loaded" not in err and "kept at init" not in err
+    assert not (tmp_path / "out" / "config.json").exists()
+    with pytest.raises(CheckpointError, match=re.escape(named)):
+        convert_source(src)
+
+
+def test_convert_cli_report_lists_dropped_keys_by_source_name(tmp_path, capsys):
+    from maskformer.cli import main
+
+    src = _hf_dir(tmp_path, "resnet")
+    capsys.readouterr()
+    assert main(["convert", str(src), str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    dropped = [line for line in out.splitlines() if "dropped on purpose" in line]
+    assert len(dropped) == 1 and "criterion.empty_weight" in dropped[0]
+    counters = [k for k in hf_tiny("resnet").state_dict() if k.endswith("num_batches_tracked")]
+    assert counters and all(k in dropped[0] for k in counters)  # BatchNorm step counters, as named in the file
+    assert f"  {len(counters) + 1} dropped on purpose" in dropped[0]
+
+
+def test_report_names_unexpected_keys_as_in_the_source_file(r18, tmp_path):
+    """A detectron2 v1 name is renamed to v2 (sem_seg_head.x -> sem_seg_head.pixel_decoder.x): an extra key is still
+    reported under the name it has in the file."""
+    sd = {v1_name(k): v.numpy() for k, v in r18.state_dict().items()}
+    sd["sem_seg_head.stray.weight"] = np.zeros(3, np.float32)
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": sd}, f)
+    report = load_full_weights(copy.deepcopy(r18), path)
+    assert report.unexpected == ["sem_seg_head.stray.weight"] and report.missing == []
+    with pytest.raises(CheckpointError, match=r"unexpected: sem_seg_head\.stray\.weight$"):
+        convert_source(path)
+
+
+@pytest.mark.parametrize("kind", ["swin", "resnet"])
+def test_custom_backbone_round_trip_through_maskformer_predict(kind, tmp_path):
+    """A transformers MaskFormer whose backbone is no named one: `maskformer convert` writes a directory that
+    `maskformer predict` loads; its outputs equal transformers' and its labels the in-memory conversion's."""
+    from PIL import Image
+
+    from maskformer.cli import main
+    from maskformer.convert import load_model
+    from maskformer.predict import Predictor
+
+    src, out = _hf_dir(tmp_path, kind), tmp_path / "converted"
+    assert detect_source(src) == "transformers"
+    assert main(["convert", str(src), str(out)]) == 0
+    assert detect_source(out) == "model_dir"
+    loaded, cfg, meta = load_model(out)
+    depths = [2, 2, 2, 2] if kind == "swin" else [1, 1, 1, 1]
+    assert cfg.model.backbone == kind and cfg.model.backbone_args["depths"] == depths
+    assert meta.class_names[1] == "label1"
+    hf = hf_tiny(kind)
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        ref = hf(pixel_values=(x - loaded.pixel_mean) / loaded.pixel_std)
+        got = loaded(x)
+    torch.testing.assert_close(got["pred_logits"], ref.class_queries_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["pred_masks"], ref.masks_queries_logits, rtol=1e-4, atol=1e-4)
+    image = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    sizes = ["inference.min_size_test=64", "inference.max_size_test=96"]
+    args = ["predict", str(tmp_path / "photo.png"), "--model", str(out), "--task", "semantic", "--no-overlay"]
+    assert main([*args, "--out", str(tmp_path / "pred"), "--opts", *sizes]) == 0
+    written = np.array(Image.open(tmp_path / "pred" / "semantic" / "photo.png"))
+    model, cfg, meta, _ = convert_source(src)
+    expected = Predictor(model, task="semantic", config=apply_overrides(cfg, sizes))(image).semantic.numpy()
+    assert written.shape == (64, 96) and np.array_equal(written, expected)
