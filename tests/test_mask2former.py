@@ -175,12 +175,12 @@ def test_paper_preset_decoder_layout():
     assert len(pred.transformer_cross_attention_layers) == 9 and len(out["aux_outputs"]) == 9
     assert len(model.sem_seg_head.pixel_decoder.transformer.encoder.layers) == 6
     keys = model.state_dict().keys()
-    for key in ("sem_seg_head.pixel_decoder.transformer.level_embed", "sem_seg_head.pixel_decoder.adapter_1.norm.weight",
-                "sem_seg_head.pixel_decoder.input_proj.2.1.weight", "sem_seg_head.predictor.query_feat.weight",
-                "sem_seg_head.predictor.transformer_ffn_layers.8.linear1.weight",
-                "sem_seg_head.predictor.transformer_cross_attention_layers.0.multihead_attn.in_proj_weight",
-                "sem_seg_head.predictor.mask_embed.layers.2.bias"):  # fmt: skip
-        assert key in keys, key
+    for key in ("pixel_decoder.transformer.level_embed", "pixel_decoder.adapter_1.norm.weight",
+                "pixel_decoder.input_proj.2.1.weight", "predictor.query_feat.weight",
+                "predictor.transformer_ffn_layers.8.linear1.weight",
+                "predictor.transformer_cross_attention_layers.0.multihead_attn.in_proj_weight",
+                "predictor.mask_embed.layers.2.bias"):  # fmt: skip
+        assert "sem_seg_head." + key in keys, key
     assert not any(k.startswith("sem_seg_head.predictor.input_proj") for k in keys)  # 256 in = 256 hidden
 
 
@@ -210,7 +210,10 @@ def test_point_sampled_loss_over_all_predictions_and_backward():
     x = torch.rand(2, 3, 64, 64) * 255
     masks = torch.zeros(2, 64, 64, dtype=torch.bool)
     masks[0, :20], masks[1, 30:] = True, True
-    targets = [SegTarget(labels=torch.tensor([1, 3]), masks=masks), SegTarget(labels=torch.tensor([2]), masks=masks[1:])]
+    targets = [
+        SegTarget(labels=torch.tensor([1, 3]), masks=masks),
+        SegTarget(labels=torch.tensor([2]), masks=masks[1:]),
+    ]
     losses = criterion(model(x), targets)
     assert {f"loss_ce_{i}" for i in range(3)} <= set(losses) and len(losses) == 3 * 4 + 1
     losses["loss"].backward()

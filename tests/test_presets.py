@@ -62,9 +62,10 @@ def test_preset_family_shapes(name):
     h, w = (24, 24) if m.size_divisibility == 32 else (18, 23)  # padded to 96x96, or ceil(70/4) x ceil(90/4)
     for training in (False, True):
         out = model.train(training)(x)
-        n_aux = 5 if training and m.arch != "per_pixel_baseline" else 0
+        n_aux = 0 if not training or m.arch == "per_pixel_baseline" else 5
+        n_aux = m.dec_layers - 1 if training and m.arch == "mask2former" else n_aux
         assert len(out.get("aux_outputs", [])) == n_aux
-        if m.arch == "maskformer":
+        if m.arch in ("maskformer", "mask2former"):
             assert out["pred_logits"].shape == (2, m.num_queries, m.num_classes + 1)
             assert out["pred_masks"].shape == (2, m.num_queries, h, w)
         else:
@@ -114,7 +115,7 @@ def test_swin_padding_term_by_hand():
 
 
 def test_cli_models_and_info(capsys):
-    assert main(["models", "--json", "--filter", "swin_t_ade20k"]) == 0
+    assert main(["models", "--json", "--filter", "maskformer_swin_t_ade20k"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows == [
         dict(
