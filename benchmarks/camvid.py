@@ -122,7 +122,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/camvid")
     p.add_argument("--opts", nargs="*", default=[], help="config overrides for every model")
     p.add_argument("--calib-iters", type=int, default=12)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: adapt to the machine's load)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--gather", nargs="+", metavar="DIR", help="no training: combine earlier runs' camvid.json")
     args = p.parse_args()

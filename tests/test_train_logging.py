@@ -62,17 +62,7 @@ def test_loss_spanning_decades_is_plotted_in_log10():
     assert panels["total loss (log10)"] == {"loss": ([1, 2], [2.0, 0.0])}
 
 
-def test_pil_plot_draws_each_series(tmp_path, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *a, **k):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+def test_plot_draws_each_series(tmp_path):
     path = plot_panels([("p", {"a": ([0, 1, 2], [0.0, 1.0, 0.5]), "b": ([0, 2], [1.0, 0.0])})], tmp_path / "c.png")
     img = np.asarray(Image.open(path).convert("RGB"))
     for color in COLORS[:2]:

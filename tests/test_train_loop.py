@@ -135,18 +135,10 @@ def test_fp16_on_cpu_is_a_clear_error(synth, tmp_path):
         _trainer(tiny_config(synth, "train.amp=fp16"), tmp_path, device="cpu")
 
 
-def test_thread_governor_follows_other_load(monkeypatch):
-    from maskformer.engine import components
-
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    load = [0.0]
-    monkeypatch.setattr(components.os, "getloadavg", lambda: (load[0], 0.0, 0.0))
-    load[0] = 1.0
-    gov = components.ThreadGovernor(0, period_s=0.0)  # before training, all of the load is someone else's
-    assert torch.get_num_threads() == 1
-    gov.max_threads = 2
-    load[0] = 1.0 + torch.get_num_threads()  # one other busy process besides our own threads
-    assert gov.update() == 1
-    load[0] = 1.2  # only ourselves (1 thread) and a little noise
-    assert gov.update() == 2
-    assert components.ThreadGovernor(3).update() == 3  # a fixed number is kept whatever the load
+def test_threads_apply_while_running_and_are_restored(synth, tmp_path):
+    """threads=N holds during run() only: no process-wide setting outlives the library call."""
+    seen = []
+    tr = _trainer(tiny_config(synth, "train.max_iter=1", "train.eval_period=1"), tmp_path, threads=2,
+                  evaluate_fn=lambda model, data: seen.append(torch.get_num_threads()) or {})
+    tr.run()
+    assert seen == [2] and torch.get_num_threads() == 1

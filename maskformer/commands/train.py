@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-kind", choices=("auto", "full", "backbone"), default="auto")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads per process (0: auto, 1 while the machine is busy)"
+        "--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 

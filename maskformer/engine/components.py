@@ -5,9 +5,7 @@ Kept apart from loop.py so the loop itself only sees small functions with plain 
 
 from __future__ import annotations
 
-import os
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,35 +14,6 @@ from torch import nn
 
 from maskformer.config import Config
 from maskformer.engine.distributed import DistInfo
-
-
-class ThreadGovernor:
-    """torch's intra-op CPU threads for training: a fixed number, or (threads=0) adapted to the machine's load.
-
-    On an oversubscribed CPU, OpenMP threads wait for each other at every operator and a training step measured
-    5-20x slower with 2 threads than with 1 (2-core machine shared with other jobs). In auto mode the governor
-    looks every `period_s` seconds at the 1-minute load average minus this process's own threads and runs 1 thread
-    while other work keeps a core busy, torch's default otherwise. OMP_NUM_THREADS (e.g. under torchrun) wins.
-    """
-
-    def __init__(self, threads: int = 0, *, period_s: float = 15.0):
-        self.auto = threads <= 0 and not os.environ.get("OMP_NUM_THREADS") and hasattr(os, "getloadavg")
-        self.max_threads = threads if threads > 0 else torch.get_num_threads()
-        self.period_s, self._next = period_s, 0.0
-        torch.set_num_threads(self.max_threads)
-        self.update(running=False)
-
-    def update(self, running: bool = True) -> int:
-        """Re-decide (at most once per period); returns the threads in use. running: whether this process has
-        been computing (then its own threads are part of the load average)."""
-        now = time.monotonic()
-        if self.auto and now >= self._next:
-            self._next = now + self.period_s
-            others = os.getloadavg()[0] - (torch.get_num_threads() if running else 0)
-            want = 1 if others >= 0.75 else self.max_threads
-            if want != torch.get_num_threads():
-                torch.set_num_threads(want)
-        return torch.get_num_threads()
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +74,7 @@ def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
 
     kind: "auto" (full when the file holds head weights, else backbone), "full" or "backbone". Prints the key report.
     """
-    from maskformer import convert as C
+    from maskformer import checkpoint as C
 
     if kind == "auto":
         sd, info = C.read_state_dict(path)

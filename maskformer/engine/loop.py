@@ -26,7 +26,6 @@ from maskformer.config import Config, TrainConfig
 from maskformer.engine import distributed as D
 from maskformer.engine import state as S
 from maskformer.engine.components import (
-    ThreadGovernor,
     build_train_loader,
     default_evaluate,
     load_init_weights,
@@ -74,7 +73,7 @@ class Trainer:
     model/criterion: nn.Modules meeting docs/CONTRACTS.md; train_set/val_set: map-style datasets with `.meta`.
     evaluate_fn(model, dataset) -> dict of metrics; defaults to maskformer.evaluation's `evaluate_model`.
     device: "cpu", "cuda" or None (cuda when available). Under torchrun each process is one rank.
-    threads: CPU threads (None: leave torch's setting; 0: adapt to the machine's load, see ThreadGovernor).
+    threads: torch's CPU threads while `run` runs, restored after (None or 0: leave torch's setting).
     """
 
     def __init__(
@@ -94,7 +93,7 @@ class Trainer:
         progress: bool = True,
     ):
         self.cfg, self.out = cfg, Path(out_dir)
-        self.threads = ThreadGovernor(threads) if threads is not None else None
+        self.threads = threads
         self.dist = D.init_distributed(device)
         self.micro_batch = micro_batch_size(cfg.train, self.dist.world_size)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -169,7 +168,9 @@ class Trainer:
         meter = WindowMeter()
         bar = Progress(total=t.max_iter, initial=self.iteration, enabled=self.progress)
         data = iter(self.loader)
-        last_ckpt = None
+        last_ckpt, threads = None, torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
         try:
             while self.iteration < (end := t.max_iter if stop_at is None else min(stop_at, t.max_iter)):
                 t0 = time.perf_counter()
@@ -177,8 +178,6 @@ class Trainer:
                 t1 = time.perf_counter()
                 values = self._step(batches)
                 self.iteration += 1
-                if self.threads is not None:
-                    values["threads"] = self.threads.update()
                 meter.add(values, data_time=t1 - t0, step_time=time.perf_counter() - t1)
                 bar.update(self.iteration, values, meter, images=t.batch_size)
                 if self.iteration % t.log_period == 0 or self.iteration == end:
@@ -189,6 +188,7 @@ class Trainer:
                     self.evaluate()
         finally:
             bar.close()
+            torch.set_num_threads(threads)
         if self.iteration >= t.max_iter:
             self._finish()
         return TrainResult(self.out, self.iteration, last_ckpt, self.best, self.last_eval)
