@@ -74,7 +74,7 @@ def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
 
     kind: "auto" (full when the file holds head weights, else backbone), "full" or "backbone". Prints the key report.
     """
-    from maskformer import checkpoint as C
+    from maskformer import convert as C
 
     if kind == "auto":
         sd, info = C.read_state_dict(path)
