@@ -78,12 +78,18 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _atomic_target(path: Path):
-    """A temporary path next to `path` (same directory, so os.replace is atomic)."""
+@contextlib.contextmanager
+def _atomic_file(path: Path):
+    """Yield a temporary path next to `path` (same directory, same extension); moved onto `path` on success."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=f".{path.name}", dir=path.parent)  # keeps the extension
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=f".{path.name}", dir=path.parent)
     os.close(fd)
-    return Path(tmp)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def export_onnx(
@@ -100,29 +106,23 @@ def export_onnx(
     path = Path(path)
     sample = sample_images(*sample_size).to(_device(model))
     names = output_names(model, sample)
-    dims = {0: "batch", 2: "height", 3: "width"}
-    dynamic = {"images": dims, **{n: {0: "batch", 2: "mask_height", 3: "mask_width"} for n in names}}
+    maps = {0: "batch", 2: "mask_height", 3: "mask_width"}
+    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}, **{n: maps for n in names}}
     if "pred_logits" in names:
         dynamic["pred_logits"] = {0: "batch"}
-    tmp = _atomic_target(path)
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), traceable(model):
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                ExportModule(model),
-                (sample,),
-                str(tmp),
-                dynamo=False,
-                input_names=["images"],
-                output_names=names,
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                do_constant_folding=True,
-            )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with _atomic_file(path) as tmp, warnings.catch_warnings(), torch.no_grad(), traceable(model):
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            ExportModule(model),
+            (sample,),
+            str(tmp),
+            dynamo=False,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
     return path
 
 
@@ -137,13 +137,8 @@ def export_torch(
         program = torch.export.export(
             ExportModule(model), (sample,), dynamic_shapes={"images": {0: dyn, 2: dyn, 3: dyn}}
         )
-    tmp = _atomic_target(path)
-    try:
+    with _atomic_file(path) as tmp:
         torch.export.save(program, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -192,30 +187,30 @@ def check_export(
     A graph that cannot run at a size raises RuntimeError naming the size (Swin backbones trace their window layout
     for the sample's padded size, so their graphs take any batch but only H, W padding to that same size).
     """
-    if fmt == "onnx":
-        session = onnx_session(path)
-
-        def run(x: torch.Tensor) -> list:
-            try:
-                return session.run(None, {"images": x.numpy()})
-            except Exception as e:  # onnxruntime raises its own exception types
-                msg = str(e).splitlines()[0][:300]
-                raise RuntimeError(
-                    f"{path}: the exported graph fails at input {tuple(x.shape)} ({msg}); if the backbone is Swin, "
-                    "export at the size you will run (maskformer export --size H W)"
-                ) from None
-
-        return compare(model, run, list(sizes))
-    if fmt == "torch-export":
+    if _exporter(fmt) is export_torch:
         program = torch.export.load(str(path)).module()
         return compare(model, lambda x: [t.cpu() for t in program(x.to(_device(model)))], list(sizes))
-    raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    session = onnx_session(path)
+
+    def run(x: torch.Tensor) -> list:
+        try:
+            return session.run(None, {"images": x.numpy()})
+        except Exception as e:  # onnxruntime raises its own exception types
+            msg = str(e).splitlines()[0][:300]
+            raise RuntimeError(
+                f"{path}: the exported graph fails at input {tuple(x.shape)} ({msg}); if the backbone is Swin, "
+                "export at the size you will run (maskformer export --size H W)"
+            ) from None
+
+    return compare(model, run, list(sizes))
 
 
 def export(model: nn.Module, path: str | os.PathLike, fmt: str, **kwargs) -> Path:
     """Dispatch to `export_onnx` / `export_torch` by format name."""
-    if fmt == "onnx":
-        return export_onnx(model, path, **kwargs)
-    if fmt == "torch-export":
-        return export_torch(model, path, **kwargs)
-    raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return _exporter(fmt)(model, path, **kwargs)
+
+
+def _exporter(fmt: str):
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return export_onnx if fmt == "onnx" else export_torch

@@ -10,7 +10,9 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory (or a preset name: random weights)")
+    parser.add_argument(
+        "--model", required=True, help="model directory, checkpoint file, transformers directory or preset (random)"
+    )
     parser.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
     parser.add_argument("--out", required=True, help="output file (.onnx or .pt2)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
@@ -24,13 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskformer.checkpoint import CheckpointError
     from maskformer.convert import load_model
+    from maskformer.convert.safe_pickle import UnsafePickleError
     from maskformer.export import check_export, export
 
     try:
         model, cfg, _ = load_model(args.model)
-    except CheckpointError as e:
+    except (ValueError, UnsafePickleError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     h, w = args.size or cfg.data.crop_size
