@@ -9,8 +9,6 @@ import argparse
 import importlib
 import sys
 
-from maskformer.cpu_tuning import keep_freed_memory
-
 # name -> (module under maskformer.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "list the model presets"),
@@ -51,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"maskformer {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    keep_freed_memory()  # no page faults on re-allocated tensors (cpu_tuning.py); MASKFORMER_KEEP_FREED_MEMORY=0: off
+    if name != "score":  # score needs no torch, which cpu_tuning imports (~1.6 s of start-up)
+        from maskformer.cpu_tuning import keep_freed_memory
+
+        keep_freed_memory()  # no page faults on re-allocated tensors; MASKFORMER_KEEP_FREED_MEMORY=0: off
     return int(module.run(args) or 0)
 
 
