@@ -591,6 +591,10 @@ PAPER_NUMBERS = {
     "mask2former_swin_b_coco_panoptic": (107, None),
     "mask2former_swin_l_coco_panoptic": (216, None),
     "mask2former_r50_coco_instance": (44, None),
+    "mask2former_r101_coco_instance": (63, None),
+    "mask2former_swin_t_coco_instance": (47, None),
+    "mask2former_swin_s_coco_instance": (69, None),
+    "mask2former_swin_b_coco_instance": (107, None),
     "mask2former_swin_l_coco_instance": (216, None),
 }
 
