@@ -4,6 +4,7 @@
 - `SegTarget`: the per-image training target (one binary mask + class per segment) and, optionally, the
   semantic label map it came from.
 - `DatasetMeta`: every dataset fact (class names, thing/stuff, ignore label, palette, id maps).
+- `TASKS`: the prediction tasks ("semantic", "panoptic", "instance").
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+TASKS = ("semantic", "panoptic", "instance")  # what a model is asked to predict; defined here only
 PIXEL_MEAN = (123.675, 116.280, 103.530)
 PIXEL_STD = (58.395, 57.120, 57.375)
 

@@ -12,9 +12,10 @@ from torch import nn
 
 from maskformer import inference as inf
 from maskformer import io as fmt
-from maskformer import tta
+from maskformer import pipeline
 from maskformer.cli import main
 from maskformer.config import get_preset
+from maskformer.data.transforms import resize_image, shortest_edge_size
 from maskformer.io import read_label, read_panoptic
 from maskformer.modeling import build_model
 from maskformer.predict import ImageError, Predictor, load_image
@@ -100,10 +101,10 @@ def test_load_image_errors_name_the_input(tmp_path):
 
 
 def test_shortest_edge_size_rule():
-    assert tta.shortest_edge_size(480, 640, 512, 2048) == (512, 683)
-    assert tta.shortest_edge_size(640, 480, 512, 2048) == (683, 512)
-    assert tta.shortest_edge_size(100, 1000, 512, 2048) == (205, 2048)  # long side capped
-    assert tta.tta_sizes(512, (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), 2048) == ([256, 384, 512, 640, 768, 896], 3584)
+    assert shortest_edge_size(480, 640, 512, 2048) == (512, 683)
+    assert shortest_edge_size(640, 480, 512, 2048) == (683, 512)
+    assert shortest_edge_size(100, 1000, 512, 2048) == (205, 2048)  # long side capped
+    assert pipeline.tta_sizes(512, (0.5, 0.75, 1.0, 1.25, 1.5, 1.75), 2048) == ([256, 384, 512, 640, 768, 896], 3584)
 
 
 # ------------------------------------------------------------------------------------------------ predictor
@@ -169,18 +170,18 @@ def test_predictor_rejects_a_mismatched_label_space(tiny):
 def test_tta_single_scale_equals_one_pass_and_flip_averages(tiny):
     model, _ = tiny
     image = rgb(30, 50, 3)
-    one = tta.semantic_tta(model, image, min_sizes=[48], max_size=96, flip=False)
-    x = tta.to_tensor(tta.resize_image(image, (48, 80)), "cpu")
-    direct = tta.forward_scores(model, [x], [(30, 50)])[0]
+    one = pipeline.semantic_tta(model, image, min_sizes=[48], max_size=96, flip=False)
+    x = pipeline.to_tensor(resize_image(image, (48, 80)), "cpu")
+    direct = pipeline.forward_scores(model, [x], [(30, 50)])[0]
     torch.testing.assert_close(one, direct)
-    both = tta.semantic_tta(model, image, min_sizes=[48], max_size=96, flip=True)
-    flipped = tta.forward_scores(model, [x.flip(-1)], [(30, 50)])[0].flip(-1)
+    both = pipeline.semantic_tta(model, image, min_sizes=[48], max_size=96, flip=True)
+    flipped = pipeline.forward_scores(model, [x.flip(-1)], [(30, 50)])[0].flip(-1)
     torch.testing.assert_close(both, (direct + flipped) / 2)
 
 
 def test_window_starts_cover_the_image():
     for length, window, stride in [(100, 32, 21), (32, 32, 21), (20, 32, 21), (65, 32, 32)]:
-        starts = tta.window_starts(length, window, stride)
+        starts = pipeline.window_starts(length, window, stride)
         covered = np.zeros(length, bool)
         for s in starts:
             covered[s : s + window] = True
@@ -205,11 +206,11 @@ class ConstantScores(nn.Module):
 
 def test_sliding_window_averages_overlaps(tiny):
     image = torch.rand(3, 70, 90) * 255
-    out = tta.sliding_window_semantic(ConstantScores(), image, window=(32, 32), output_size=(35, 45))
+    out = pipeline.sliding_window_semantic(ConstantScores(), image, window=(32, 32), output_size=(35, 45))
     torch.testing.assert_close(out[0], torch.ones(35, 45))
     model, _ = tiny
-    whole = tta.sliding_window_semantic(model, image, window=(96, 96))  # one window = the image
-    torch.testing.assert_close(whole, tta.forward_scores(model, [image], [(70, 90)])[0])
+    whole = pipeline.sliding_window_semantic(model, image, window=(96, 96))  # one window = the image
+    torch.testing.assert_close(whole, pipeline.forward_scores(model, [image], [(70, 90)])[0])
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -2,15 +2,13 @@
 
 `evaluate_model(model, dataset, task=...)` returns the evaluator's compute() dict plus "task"; its flat keys "mIoU"
 (semantic), "PQ" (panoptic) and "AP" (instance) are what the training loop tracks. The dataset yields
-`(image uint8 [3, h, w], SegTarget, info)` (maskformer.data); images are resized to the test size from the original
-size in `info` (a no-op when the dataset already did it) and predictions are made at the original size, where the
-ground truth is: semantic from `target.sem_seg`, panoptic and instance from the GT panoptic PNG and the JSON
-segments in `info` (crowd and JSON areas included, as panopticapi reads them).
+`(image uint8 [3, h, w], SegTarget, info)` (maskformer.data); maskformer.pipeline (as `Predictor`) resizes them to
+the test size of the original size in `info` (a no-op when the dataset already did it) and predicts at the original
+size, where the ground truth is: semantic from `target.sem_seg`, panoptic and instance from the GT panoptic PNG and
+the JSON segments in `info` (crowd and JSON areas included, as panopticapi reads them).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -21,9 +19,8 @@ from maskformer.evaluation.instance import InstanceEvaluator
 from maskformer.evaluation.panoptic import PanopticEvaluator
 from maskformer.evaluation.sem_seg import SemSegEvaluator
 from maskformer.io import read_panoptic as read_panoptic_png
-from maskformer.structures import DatasetMeta, ImageBatch
-
-TASKS = ("semantic", "panoptic", "instance")
+from maskformer.pipeline import Prediction, predict
+from maskformer.structures import TASKS, DatasetMeta
 
 
 def categories_from_meta(meta: DatasetMeta, things_only: bool = False) -> list[dict]:
@@ -48,10 +45,6 @@ def build_evaluator(task: str, meta: DatasetMeta, *, reduce_zero_label: bool = F
             raise ValueError(f"instance evaluation needs thing classes; DatasetMeta {meta.name!r} has none")
         return InstanceEvaluator(categories_from_meta(meta, things_only=True))
     raise ValueError(f"task={task!r}; choose one of {', '.join(TASKS)}")
-
-
-def _as_list(batch: list) -> list:
-    return batch
 
 
 @torch.no_grad()
@@ -80,12 +73,17 @@ def evaluate_model(
     evaluator = build_evaluator(task, meta)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     subset = torch.utils.data.Subset(dataset, range(n))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list)
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     was_training = model.training
     model.eval()
     try:
         for done, items in enumerate(loader):
-            preds = _tta_semantic(model, items, cfg) if tta else _predict(model, items, task, cfg, meta)
+            arrays = [image.permute(1, 2, 0).numpy() for image, _, _ in items]  # uint8 [h, w, 3]
+            sizes = [_original_size(info, image) for image, _, info in items]
+            names = [str(info.get("file_name", "")) for _, _, info in items]
+            preds = predict(
+                model, arrays, task=task, meta=meta, inference=cfg.inference, output_sizes=sizes, tta=tta, names=names
+            )
             for (_, target, info), pred in zip(items, preds):
                 _update(evaluator, task, pred, target, info, meta)
             if progress:
@@ -101,67 +99,24 @@ def _original_size(info: dict, image: torch.Tensor) -> tuple[int, int]:
     return int(info.get("height", image.shape[-2])), int(info.get("width", image.shape[-1]))
 
 
-def _predict(model: nn.Module, items: Sequence, task: str, cfg: Config, meta: DatasetMeta) -> list:
-    """One batch -> per image: semantic labels [H, W], (ids, segments) or Instances, at the original size."""
-    from maskformer.inference import instance_inference, panoptic_inference, semantic_labels
-    from maskformer.tta import model_device, resize_image, shortest_edge_size, to_tensor
-
-    inf, device = cfg.inference, model_device(model)
-    sizes = [_original_size(info, image) for image, _, info in items]
-    tensors = []
-    for (image, _, _), (h, w) in zip(items, sizes):
-        size = shortest_edge_size(h, w, inf.min_size_test, inf.max_size_test) if inf.min_size_test > 0 else (h, w)
-        array = image.permute(1, 2, 0).numpy()  # uint8 [h, w, 3]
-        tensors.append(to_tensor(resize_image(array, size), device))
-    batch = ImageBatch.from_images(tensors, size_divisibility=getattr(model, "size_divisibility", 32))
-    outputs = model(batch)
-    kw = dict(padded_size=tuple(batch.tensor.shape[-2:]))
-    if task == "semantic":
-        return semantic_labels(
-            outputs, batch.image_sizes, sizes, before_inference=inf.postprocess_before_inference, **kw
-        )
-    if task == "panoptic":
-        return panoptic_inference(
-            outputs, batch.image_sizes, sizes, thing_ids=meta.thing_ids, meta=meta,
-            object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold, **kw,
-        )  # fmt: skip
-    return instance_inference(outputs, batch.image_sizes, sizes, thing_ids=meta.thing_ids, topk=inf.instance_topk, **kw)
-
-
-def _tta_semantic(model: nn.Module, items: Sequence, cfg: Config) -> list[torch.Tensor]:
-    """Multi-scale + flip semantic labels (maskformer.tta) of original-size images."""
-    from maskformer.tta import semantic_tta, tta_sizes
-
-    inf, out = cfg.inference, []
-    sizes, cap = tta_sizes(inf.min_size_test, inf.tta_scales, inf.max_size_test)
-    for image, _, info in items:
-        if tuple(image.shape[-2:]) != _original_size(info, image):
-            raise ValueError(
-                f"{info.get('file_name')}: --tta needs original-size images (build the dataset without test_size)"
-            )
-        scores = semantic_tta(model, image.permute(1, 2, 0).numpy(), min_sizes=sizes, max_size=cap, flip=inf.tta_flip)
-        out.append(scores.argmax(0))
-    return out
-
-
-def _update(evaluator, task: str, pred, target, info: dict, meta: DatasetMeta) -> None:
+def _update(evaluator, task: str, pred: Prediction, target, info: dict, meta: DatasetMeta) -> None:
     """Feed one image's prediction and ground truth to the evaluator."""
     name = info.get("image_id", info.get("file_name"))
     if task == "semantic":
         if target.sem_seg is None:
             raise ValueError(f"image {name}: the dataset gives no semantic label map to evaluate against")
-        evaluator.update(pred, target.sem_seg, name=info.get("file_name", name))
+        evaluator.update(pred.semantic, target.sem_seg, name=info.get("file_name", name))
         return
     gt_ids, gt_segments = _panoptic_ground_truth(info, name)
     if task == "panoptic":
-        ids, segments = pred
-        pred_segments = [{"id": s["id"], "category_id": s["dataset_category_id"]} for s in segments]
-        evaluator.update(ids, pred_segments, gt_ids, gt_segments, image_id=name)
+        pred_segments = [{"id": s["id"], "category_id": s["dataset_category_id"]} for s in pred.segments]
+        evaluator.update(pred.panoptic, pred_segments, gt_ids, gt_segments, image_id=name)
         return
     things = [s for s in gt_segments if meta.is_thing[meta.contiguous_id(int(s["category_id"]))]]
     gt_masks = gt_ids[None] == np.array([s["id"] for s in things], dtype=np.int64).reshape(-1, 1, 1)  # [T, h, w]
+    inst = pred.instances
     evaluator.update(
-        pred_masks=pred.masks, pred_scores=pred.scores, pred_labels=np.asarray(meta.dataset_ids)[pred.labels.numpy()],
+        pred_masks=inst.masks, pred_scores=inst.scores, pred_labels=np.asarray(meta.dataset_ids)[inst.labels.numpy()],
         gt_masks=gt_masks, gt_labels=[s["category_id"] for s in things],
         gt_iscrowd=[int(s.get("iscrowd", 0)) for s in things], image_id=name,
     )  # fmt: skip
