@@ -45,28 +45,9 @@ class ConvNorm(Conv2d):
     fold_bn (a switch in maskformer.cpu_tuning, not state): in eval mode with FrozenBN the pair runs as one conv.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        *,
-        stride: int = 1,
-        padding: int = 0,
-        dilation: int = 1,
-        norm: str = "FrozenBN",
-        relu: bool = False,
-    ):
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=padding,
-            dilation=dilation,
-            bias=False,
-            norm=make_norm(norm, out_channels),
-        )
+    def __init__(self, cin: int, cout: int, k: int, *, stride=1, padding=0, dilation=1, norm="FrozenBN", relu=False):
+        conv = dict(stride=stride, padding=padding, dilation=dilation, bias=False)
+        super().__init__(cin, cout, k, **conv, norm=make_norm(norm, cout))
         self.relu = relu
         self.fold_bn = True
         c2_msra_fill(self)
@@ -133,14 +114,7 @@ class BottleneckBlock(nn.Module):
     """relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x)); 1x1 -> 3x3 (stride, dilation) -> 1x1."""
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        bottleneck_channels: int,
-        stride: int = 1,
-        dilation: int = 1,
-        norm: str = "FrozenBN",
+        self, in_channels: int, out_channels: int, *, bottleneck_channels: int, stride=1, dilation=1, norm="FrozenBN"
     ):
         super().__init__()
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
@@ -163,18 +137,8 @@ class ResNet(Backbone):
     forward(x [B, 3, H, W] normalized) -> {"res2".."res5"}: [B, C_i, ceil(H/s_i), ceil(W/s_i)], s = 4, 8, 16, 32.
     """
 
-    def __init__(
-        self,
-        *,
-        depths: Sequence[int],
-        stage_channels: Sequence[int],
-        bottleneck_channels: Sequence[int] | None = None,
-        stem: str = "basic",
-        stem_channels: int = 64,
-        res5_dilations: Sequence[int] | None = None,
-        norm: str = "FrozenBN",
-        channels_last: bool = True,
-    ):
+    def __init__(self, *, depths: Sequence[int], stage_channels: Sequence[int], bottleneck_channels=None,
+                 stem="basic", stem_channels=64, res5_dilations=None, norm="FrozenBN", channels_last=True):  # fmt: skip
         _check_resnet_args(depths, stage_channels, bottleneck_channels, stem, res5_dilations, norm)
         super().__init__(out_channels=dict(zip(FEATURE_NAMES, stage_channels)))
         self.channels_last = channels_last

@@ -269,17 +269,8 @@ class PatchEmbed(nn.Module):
 class SwinStage(nn.Module):
     """`blocks` (even: regular windows, odd: shifted by window//2) then optional `downsample` (PatchMerging)."""
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        depth: int,
-        num_heads: int,
-        window_size: int,
-        mlp_ratio: float,
-        drop_path: Sequence[float],
-        downsample: bool,
-    ):
+    def __init__(self, dim: int, *, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 drop_path: Sequence[float], downsample: bool):  # fmt: skip
         super().__init__()
         self.window_size = window_size
         self.blocks = nn.ModuleList(
@@ -302,17 +293,8 @@ class SwinTransformer(Backbone):
     (computed as in the official: ceil(H/4), then ceil of halves), channels-last views.
     """
 
-    def __init__(
-        self,
-        *,
-        embed_dim: int = 96,
-        depths: Sequence[int] = (2, 2, 6, 2),
-        num_heads: Sequence[int] = (3, 6, 12, 24),
-        window_size: int = 7,
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.0,
-        patch_size: int = 4,
-    ):
+    def __init__(self, *, embed_dim=96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                 window_size=7, mlp_ratio=4.0, drop_path_rate=0.0, patch_size=4):  # fmt: skip
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"Swin needs 4 stages: got depths={list(depths)}, num_heads={list(num_heads)}")
         if not 0.0 <= drop_path_rate < 1.0:
@@ -324,17 +306,10 @@ class SwinTransformer(Backbone):
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         starts = [sum(depths[:i]) for i in range(4)]
         self.layers = nn.ModuleList(
-            SwinStage(
-                dims[i],
-                depth=depths[i],
-                num_heads=num_heads[i],
-                window_size=window_size,
-                mlp_ratio=mlp_ratio,
-                drop_path=rates[starts[i] : starts[i] + depths[i]],
-                downsample=i < 3,
-            )
+            SwinStage(dims[i], depth=depths[i], num_heads=num_heads[i], window_size=window_size, mlp_ratio=mlp_ratio,
+                      drop_path=rates[starts[i] : starts[i] + depths[i]], downsample=i < 3)
             for i in range(4)
-        )
+        )  # fmt: skip
         for i in range(4):
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))
         self._layouts: dict[tuple, WindowLayout] = {}  # not state: rebuilt on demand
@@ -381,21 +356,17 @@ SWIN_VARIANTS = {
 }
 
 
-def swin_t(*, drop_path_rate: float = 0.3) -> SwinTransformer:
-    """Swin-T (96, 2-2-6-2, window 7), ImageNet-1K 224 weights."""
+def swin_t(*, drop_path_rate: float = 0.3) -> SwinTransformer:  # ImageNet-1K 224 weights
     return SwinTransformer(**SWIN_VARIANTS["swin_t"], drop_path_rate=drop_path_rate)
 
 
-def swin_s(*, drop_path_rate: float = 0.3) -> SwinTransformer:
-    """Swin-S (96, 2-2-18-2, window 7), ImageNet-1K 224 weights."""
+def swin_s(*, drop_path_rate: float = 0.3) -> SwinTransformer:  # ImageNet-1K 224 weights
     return SwinTransformer(**SWIN_VARIANTS["swin_s"], drop_path_rate=drop_path_rate)
 
 
-def swin_b(*, drop_path_rate: float = 0.3) -> SwinTransformer:
-    """Swin-B (128, 2-2-18-2, window 12), ImageNet-22K 384 weights."""
+def swin_b(*, drop_path_rate: float = 0.3) -> SwinTransformer:  # ImageNet-22K 384 weights
     return SwinTransformer(**SWIN_VARIANTS["swin_b"], drop_path_rate=drop_path_rate)
 
 
-def swin_l(*, drop_path_rate: float = 0.3) -> SwinTransformer:
-    """Swin-L (192, 2-2-18-2, window 12), ImageNet-22K 384 weights."""
+def swin_l(*, drop_path_rate: float = 0.3) -> SwinTransformer:  # ImageNet-22K 384 weights
     return SwinTransformer(**SWIN_VARIANTS["swin_l"], drop_path_rate=drop_path_rate)

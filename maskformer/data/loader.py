@@ -33,9 +33,7 @@ class ResumableSampler(Sampler):
     count. Iteration starts at (self.epoch, self.offset), set by `set_position`.
     """
 
-    def __init__(
-        self, size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, infinite=False
-    ):
+    def __init__(self, size: int, *, shuffle=True, seed=0, rank=0, world_size=1, infinite=False):
         if size <= 0:
             raise ValueError("ResumableSampler needs a non-empty dataset")
         if not 0 <= rank < world_size:
@@ -97,16 +95,9 @@ class ResumableLoader:
 
     def __init__(self, dataset, sampler: ResumableSampler, *, batch_size: int, num_workers: int, seed: int, **kw):
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
-        self.loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=num_workers,
-            worker_init_fn=seed_worker if num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),
-            persistent_workers=False,
-            **kw,
-        )
+        init = seed_worker if num_workers > 0 else None
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                 worker_init_fn=init, generator=torch.Generator().manual_seed(seed), **kw)  # fmt: skip
 
     def __iter__(self):
         start_epoch = self.sampler.epoch
@@ -135,37 +126,11 @@ class ResumableLoader:
         self.sampler.load_state_dict(state)
 
 
-def build_loader(
-    dataset,
-    batch_size: int,
-    shuffle: bool,
-    num_workers: int,
-    seed: int,
-    sampler=None,
-    *,
-    infinite: bool = False,
-    rank: int = 0,
-    world_size: int = 1,
-    size_divisibility: int = 32,
-    drop_last: bool = False,
-):
-    """A loader yielding (ImageBatch, list[SegTarget], list[info]).
-
-    Default: a `ResumableLoader` (seeded keys, sharded by rank/world_size, state_dict/load_state_dict). With an
-    explicit `sampler` a plain seeded DataLoader is returned (no resume).
-    """
+def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, *, infinite=False, rank=0,
+                 world_size=1, size_divisibility=32, drop_last=False) -> ResumableLoader:  # fmt: skip
+    """A `ResumableLoader` yielding (ImageBatch, list[SegTarget], list[info]): seeded keys, sharded by
+    rank/world_size, state_dict/load_state_dict."""
     coll = functools.partial(collate, size_divisibility=size_divisibility)
-    if sampler is not None:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=num_workers,
-            collate_fn=coll,
-            worker_init_fn=seed_worker if num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),
-            drop_last=drop_last,
-        )
     rs = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, infinite=infinite)
     return ResumableLoader(
         dataset, rs, batch_size=batch_size, num_workers=num_workers, seed=seed, collate_fn=coll, drop_last=drop_last

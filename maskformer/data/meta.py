@@ -43,18 +43,8 @@ knife|spoon|bowl|banana|apple|sandwich|orange|broccoli|carrot|hot dog|pizza|donu
 dining table|toilet|tv|laptop|mouse|remote|keyboard|cell phone|microwave|oven|toaster|sink|refrigerator|book|clock
 vase|scissors|teddy bear|hair drier|toothbrush
 """)
-COCO_THING_IDS = (
-    *range(1, 12),
-    *range(13, 26),
-    27,
-    28,
-    *range(31, 45),
-    *range(46, 66),
-    67,
-    70,
-    *range(72, 83),
-    *range(84, 91),
-)
+COCO_THING_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
+                  *range(84, 91))  # fmt: skip
 # COCO-Stuff's 91 stuff categories, COCO ids 92..182 in order.
 COCO_STUFF_NAMES = _names("""
 banner|blanket|branch|bridge|building-other|bush|cabinet|cage|cardboard|carpet|ceiling-other|ceiling-tile|cloth
@@ -131,22 +121,15 @@ def coco_stuff_171() -> DatasetMeta:
 
 def coco_panoptic_133() -> DatasetMeta:
     """COCO panoptic: 80 things then 53 stuff, contiguous 0..132 in category-id order (as detectron2 and the JSON)."""
-    return DatasetMeta(
-        "coco_panoptic",
-        COCO_THING_NAMES + COCO_PANOPTIC_STUFF_NAMES,
-        is_thing=[True] * 80 + [False] * 53,
-        dataset_ids=list(COCO_THING_IDS) + list(COCO_PANOPTIC_STUFF_IDS),
-    )
+    ids = list(COCO_THING_IDS) + list(COCO_PANOPTIC_STUFF_IDS)
+    names = COCO_THING_NAMES + COCO_PANOPTIC_STUFF_NAMES
+    return DatasetMeta("coco_panoptic", names, is_thing=[True] * 80 + [False] * 53, dataset_ids=ids)
 
 
 def cityscapes_19() -> DatasetMeta:
     """Cityscapes: 19 train ids (dataset ids = the cityscapesScripts labelIds), 8 things, ignore 255."""
-    return DatasetMeta(
-        "cityscapes",
-        list(CITYSCAPES_NAMES),
-        is_thing=[11 <= i <= 18 for i in range(19)],
-        dataset_ids=list(CITYSCAPES_LABEL_IDS),
-    )
+    things = [11 <= i <= 18 for i in range(19)]
+    return DatasetMeta("cityscapes", list(CITYSCAPES_NAMES), is_thing=things, dataset_ids=list(CITYSCAPES_LABEL_IDS))
 
 
 def mapillary_65() -> DatasetMeta:

@@ -237,9 +237,8 @@ def prepare_ade20k_panoptic(root: str | Path, log: Log = print) -> Path:
             write_panoptic(base / f"ade20k_panoptic_{short}" / f"{f.stem}.png", ids)
             images.append({"id": f.stem, "file_name": f.name, "height": sem.shape[0], "width": sem.shape[1]})
             annotations.append({"image_id": f.stem, "file_name": f"{f.stem}.png", "segments_info": segments})
-        save_json(
-            base / f"ade20k_panoptic_{short}.json", {"images": images, "annotations": annotations, "categories": cats}
-        )
+        data = {"images": images, "annotations": annotations, "categories": cats}
+        save_json(base / f"ade20k_panoptic_{short}.json", data)
         log(f"ade20k_panoptic: {split}: {len(images)} images -> {base / f'ade20k_panoptic_{short}'}")
     return base
 

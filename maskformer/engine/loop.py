@@ -70,7 +70,7 @@ def best_metric_key(task: str) -> str:
 class Trainer:
     """One training run. Components not given are built from `cfg` (model, criterion, datasets).
 
-    model/criterion: nn.Modules meeting docs/CONTRACTS.md; train_set/val_set: map-style datasets with `.meta`.
+    model/criterion: nn.Modules meeting docs/ARCHITECTURE.md; train_set/val_set: map-style datasets with `.meta`.
     evaluate_fn(model, dataset) -> dict of metrics; defaults to maskformer.evaluation's `evaluate_model`.
     device: "cpu", "cuda" or None (cuda when available). Under torchrun each process is one rank.
     threads: torch's CPU threads while `run` runs, restored after (None or 0: leave torch's setting).
