@@ -191,6 +191,8 @@ def predict(
     max_size = inf.max_size_test if max_size is None else max_size
     sizes = [tuple(s) for s in output_sizes] if output_sizes is not None else [a.shape[:2] for a in images]
     names = list(names) or [""] * len(images)
+    if tta and task != "semantic":
+        raise ValueError(f"test-time augmentation is defined for semantic segmentation only, not task={task!r}")
     if tta:
         preds = [_tta_prediction(model, *args, meta, inf, min_size, max_size) for args in zip(images, sizes, names)]
     else:

@@ -114,26 +114,16 @@ class Predictor:
         return out[0] if single else out
 
     def _pipeline_entries(self, p: Prediction, threshold: float) -> list[dict]:
-        names = self.meta.class_names
-
-        def mask_image(mask: torch.Tensor) -> Image.Image:
-            return Image.fromarray(mask.numpy().astype(np.uint8) * 255, mode="L")
-
-        if p.semantic is not None:
-            return [
-                {"score": None, "label": names[c], "mask": mask_image(p.semantic == c)}
-                for c in p.semantic.unique().tolist()
-            ]
-        if p.panoptic is not None:
-            return [
-                {"score": s["score"], "label": names[s["category_id"]], "mask": mask_image(p.panoptic == s["id"])}
-                for s in p.segments
-            ]
-        inst = p.instances
+        if p.semantic is not None:  # (score, class, bool mask [h, w]) per entry
+            found = [(None, c, p.semantic == c) for c in p.semantic.unique().tolist()]
+        elif p.panoptic is not None:
+            found = [(s["score"], s["category_id"], p.panoptic == s["id"]) for s in p.segments]
+        else:
+            inst = p.instances
+            found = [(float(s), int(c), m) for m, s, c in zip(inst.masks, inst.scores, inst.labels) if s >= threshold]
         return [
-            {"score": float(s), "label": names[int(c)], "mask": mask_image(m)}
-            for m, s, c in zip(inst.masks, inst.scores, inst.labels)
-            if s >= threshold
+            {"score": s, "label": self.meta.class_names[c], "mask": Image.fromarray(m.numpy().astype(np.uint8) * 255)}
+            for s, c, m in found
         ]
 
 

@@ -10,17 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from maskformer.inference import Instances
+from maskformer.io import to_numpy
 from maskformer.structures import DatasetMeta
 
 Color = tuple[int, int, int]
-
-
-def _np(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
 
 
 def outline(ids: np.ndarray) -> np.ndarray:
@@ -35,7 +31,7 @@ def overlay(
     image: np.ndarray, ids: np.ndarray, colors: np.ndarray, *, alpha: float = 0.5, skip: int | None = None
 ) -> np.ndarray:
     """Blend colors[ids] (colors uint8 [n, 3]) over image, draw borders in white; pixels with id == skip untouched."""
-    image, ids = _np(image), _np(ids).astype(np.int64)
+    image, ids = to_numpy(image), to_numpy(ids).astype(np.int64)
     if image.shape[:2] != ids.shape:
         raise ValueError(f"image {image.shape[:2]} and segmentation {ids.shape} differ in size")
     painted = ids != skip if skip is not None else np.ones(ids.shape, dtype=bool)
@@ -75,7 +71,7 @@ def semantic_overlay(
     image, labels, meta: DatasetMeta, *, alpha: float = 0.5, legend: bool = True, ignore_label: int | None = None
 ) -> np.ndarray:
     """Class colours over the photo; `ignore_label` pixels (e.g. ground-truth void) are left as they are."""
-    labels = _np(labels).astype(np.int64)
+    labels = to_numpy(labels).astype(np.int64)
     palette = np.asarray(meta.palette + [(0, 0, 0)], dtype=np.uint8)  # last: for ids outside the classes
     safe = np.where((labels >= 0) & (labels < meta.num_classes), labels, meta.num_classes)
     skip = meta.num_classes if ignore_label is not None else None
@@ -97,7 +93,7 @@ def shade(color: Color, k: int) -> Color:
 
 def panoptic_overlay(image, ids, segments: Sequence[dict], meta: DatasetMeta, *, alpha=0.5, legend=True) -> np.ndarray:
     """One colour per segment (stuff: the class colour; things: shades of it); VOID (0) pixels untouched."""
-    ids = _np(ids).astype(np.int64)
+    ids = to_numpy(ids).astype(np.int64)
     colors = np.zeros((max([int(ids.max(initial=0))] + [s["id"] for s in segments]) + 1, 3), dtype=np.uint8)
     seen: dict[int, int] = {}
     for seg in segments:
@@ -113,20 +109,22 @@ def panoptic_overlay(image, ids, segments: Sequence[dict], meta: DatasetMeta, *,
 def instance_overlay(
     image, instances: Instances, meta: DatasetMeta, *, threshold: float = 0.5, alpha=0.5, legend=True
 ) -> np.ndarray:
-    """Instances with score >= threshold, higher scores painted on top, each with its own shade and outline."""
-    image = _np(image)
-    keep = (_np(instances.scores) >= threshold).nonzero()[0][::-1]  # ascending score: best painted last
-    ids = np.zeros(image.shape[:2], dtype=np.int64)
-    colors, names, seen = [(0, 0, 0)], [], {}
-    for n, k in enumerate(keep, start=1):
-        c = int(instances.labels[k])
-        ids[_np(instances.masks[k])] = n
-        colors.append(shade(meta.palette[c], seen.get(c, 0)))
-        seen[c] = seen.get(c, 0) + 1
-        names.append(c)
-    out = overlay(image, ids, np.asarray(colors, dtype=np.uint8), alpha=alpha, skip=0)
-    entries = [(meta.class_names[c], meta.palette[c]) for c in dict.fromkeys(names[::-1])]
-    return add_legend(out, entries) if legend else out
+    """Instances (best first) with score >= threshold as thing segments, higher scores painted on top."""
+    keep = (to_numpy(instances.scores) >= threshold).nonzero()[0]
+    ids = np.zeros(to_numpy(image).shape[:2], dtype=np.int64)
+    for n, k in reversed(list(enumerate(keep, start=1))):  # ascending score: the best painted last
+        ids[to_numpy(instances.masks[k])] = n
+    segments = [{"id": n, "category_id": int(instances.labels[k]), "isthing": True} for n, k in enumerate(keep, 1)]
+    return panoptic_overlay(image, ids, segments, meta, alpha=alpha, legend=legend)
+
+
+def prediction_overlay(image, pred, meta: DatasetMeta, *, threshold: float = 0.5, **kw) -> np.ndarray:
+    """The overlay of the result a `maskformer.pipeline.Prediction` holds (semantic, panoptic or instances)."""
+    if pred.semantic is not None:
+        return semantic_overlay(image, pred.semantic, meta, **kw)
+    if pred.panoptic is not None:
+        return panoptic_overlay(image, pred.panoptic, pred.segments, meta, **kw)
+    return instance_overlay(image, pred.instances, meta, threshold=threshold, **kw)
 
 
 def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None, *, pad: int = 4) -> np.ndarray:
@@ -145,7 +143,7 @@ def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = No
     for r, panels in enumerate(rows):
         x = pad
         for c, panel in enumerate(panels):
-            canvas.paste(Image.fromarray(_np(panel).astype(np.uint8)), (x, y))
+            canvas.paste(Image.fromarray(to_numpy(panel).astype(np.uint8)), (x, y))
             x += col_w[c] + pad
         y += row_h[r] + pad
     return np.asarray(canvas)

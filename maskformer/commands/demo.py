@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="maskformer_r18_synth", help="model preset to train")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: auto, 1 while the machine is busy)"
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
     )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true")
@@ -119,40 +119,22 @@ def _write_report(folder: Path, trainer, preset: str, metrics: dict, timing: dic
 
 def _overlay_grid(trainer, path: Path) -> None:
     """Rows of image / ground truth (panoptic) / predicted semantic / predicted panoptic for a few val images."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    from maskformer.io import read_panoptic, write_image
+    from maskformer.pipeline import predict
+    from maskformer.visualize import grid, panoptic_overlay, prediction_overlay
 
-    from maskformer.inference import panoptic_inference, semantic_labels
-    from maskformer.io import read_panoptic as read_panoptic_png
-    from maskformer.structures import ImageBatch
-    from maskformer.visualize import grid, panoptic_overlay, semantic_overlay
-
-    meta, val, model, inf = trainer.meta, trainer.val_set, trainer.model.eval(), trainer.cfg.inference
+    meta, model, inf = trainer.meta, trainer.model.eval(), trainer.cfg.inference
     rows = []
-    for i in range(min(NUM_OVERLAYS, len(val))):
-        image, _, info = val[i]
-        batch = ImageBatch.from_images([image.float().to(trainer.dist.device)])
-        with torch.no_grad():
-            outputs = model(batch)
-        labels = semantic_labels(outputs, batch.image_sizes)[0]
-        ids, segs = panoptic_inference(
-            outputs, batch.image_sizes, thing_ids=meta.thing_ids, meta=meta,
-            object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold,
-        )[0]  # fmt: skip
+    for i in range(min(NUM_OVERLAYS, len(trainer.val_set))):
+        image, _, info = trainer.val_set[i]
         rgb = image.permute(1, 2, 0).numpy()
-        gt_ids = read_panoptic_png(info["pan_seg_file_name"]).astype(np.int64)
         gt_segs = []
         for s in info["segments_info"]:
             c = meta.contiguous_id(s["category_id"])
             gt_segs.append({"id": s["id"], "category_id": c, "isthing": meta.is_thing[c]})
-        rows.append(
-            [
-                rgb,
-                panoptic_overlay(rgb, gt_ids, gt_segs, meta, legend=False),
-                semantic_overlay(rgb, labels.cpu(), meta, legend=False),
-                panoptic_overlay(rgb, ids.cpu(), segs, meta, legend=False),
-            ]
-        )
-    titles = ["image", "ground truth", "semantic", "panoptic"]
-    Image.fromarray(grid(rows, titles)).save(path)
+        row = [rgb, panoptic_overlay(rgb, read_panoptic(info["pan_seg_file_name"]), gt_segs, meta, legend=False)]
+        for task in ("semantic", "panoptic"):
+            pred = predict(model, [rgb], task=task, meta=meta, inference=inf)[0]
+            row.append(prediction_overlay(rgb, pred, meta, legend=False))
+        rows.append(row)
+    write_image(path, grid(rows, ["image", "ground truth", "semantic", "panoptic"]))

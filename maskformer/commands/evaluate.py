@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+
+from maskformer.structures import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, help="a model directory (maskformer convert / train) or a preset name"
-    )
+    parser.add_argument("--model", required=True, help="a model directory (maskformer convert / train) or a preset")
     parser.add_argument("--data", help="dataset root (default: the model config's data.root)")
     parser.add_argument("--split", help="dataset split (default: the config's data.val_split)")
-    parser.add_argument("--task", choices=("semantic", "panoptic", "instance"), help="default: the config's task")
+    parser.add_argument("--task", choices=TASKS, help="default: the config's task")
     parser.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation (semantic)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=1)
@@ -43,11 +44,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, cfg, meta = load_model(args.model, device, overrides=args.opts)
         task = args.task or cfg.inference.task
-        data_cfg = cfg.data if not args.data else _with_root(cfg, args.data)
+        data_cfg = replace(cfg.data, root=args.data) if args.data else cfg.data
         target = "semantic" if task == "semantic" else "panoptic"
         dataset = build_dataset(data_cfg, args.split or cfg.data.val_split, train=False, target=target)
-        _check_classes(model, cfg, dataset.meta)
-        results = evaluate_model(
+        results = evaluate_model(  # the pipeline checks the model's classes against the dataset's
             model, dataset, task=task, tta=args.tta, cfg=cfg, batch_size=args.batch_size,
             num_workers=args.workers, max_images=args.max_images, progress=sys.stderr.isatty(),
         )  # fmt: skip
@@ -62,16 +62,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     return 0
 
-
-def _with_root(cfg, root: str):
-    from maskformer.config import apply_overrides
-
-    return apply_overrides(cfg, [f"data.root={root}"]).data
-
-
-def _check_classes(model, cfg, meta) -> None:
-    """The model's class count must match the dataset's label space (else every metric is meaningless)."""
-    if cfg.model.num_classes != meta.num_classes:
-        raise ValueError(
-            f"the model predicts {cfg.model.num_classes} classes but the dataset {meta.name!r} has {meta.num_classes}"
-        )

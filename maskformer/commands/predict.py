@@ -20,7 +20,8 @@ from tqdm import tqdm
 from maskformer import io as fmt
 from maskformer import visualize as vis
 from maskformer.io import IMAGE_EXTS, list_files, save_json, write_image
-from maskformer.predict import TASKS, ImageError, Prediction, Predictor, load_image
+from maskformer.predict import ImageError, Prediction, Predictor, load_image
+from maskformer.structures import TASKS
 
 
 class InputError(ValueError):
@@ -65,8 +66,8 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
 class Writer:
     """Writes each prediction's files as it comes, and the JSON files at the end."""
 
-    def __init__(self, out: Path, task: str, predictor: Predictor, *, overlay: bool, dataset_ids: bool, threshold):
-        self.out, self.task, self.meta = out, task, predictor.meta
+    def __init__(self, out: Path, predictor: Predictor, *, overlay: bool, dataset_ids: bool, threshold: float):
+        self.out, self.task, self.meta = out, predictor.task, predictor.meta
         self.overlay, self.dataset_ids, self.threshold = overlay, dataset_ids, threshold
         self.panoptic, self.instances, self.names = [], [], set()
 
@@ -79,22 +80,16 @@ class Writer:
         return stem
 
     def add(self, pred: Prediction, image, stem: str) -> None:
-        meta = self.meta
+        meta, out, name = self.meta, self.out, f"{stem}.png"
         if self.task == "semantic":
-            fmt.write_semantic(self.out / "semantic" / f"{stem}.png", pred.semantic, meta, dataset_ids=self.dataset_ids)
-            picture = vis.semantic_overlay(image, pred.semantic, meta) if self.overlay else None
+            fmt.write_semantic(out / "semantic" / name, pred.semantic, meta, dataset_ids=self.dataset_ids)
         elif self.task == "panoptic":
-            fmt.write_panoptic(self.out / "panoptic" / f"{stem}.png", pred.panoptic)
-            ann = fmt.panoptic_annotation(pred.panoptic, pred.segments, image_id=stem, file_name=f"{stem}.png")
-            self.panoptic.append(ann)
-            picture = vis.panoptic_overlay(image, pred.panoptic, pred.segments, meta) if self.overlay else None
+            fmt.write_panoptic(out / "panoptic" / name, pred.panoptic)
+            self.panoptic.append(fmt.panoptic_annotation(pred.panoptic, pred.segments, image_id=stem, file_name=name))
         else:
             self.instances.extend(fmt.instance_results(pred.instances, image_id=stem, meta=meta))
-            picture = (
-                vis.instance_overlay(image, pred.instances, meta, threshold=self.threshold) if self.overlay else None
-            )
-        if picture is not None:
-            write_image(self.out / "overlay" / f"{stem}.png", picture)
+        if self.overlay:
+            write_image(out / "overlay" / name, vis.prediction_overlay(image, pred, meta, threshold=self.threshold))
 
     def finish(self) -> None:
         if self.task == "panoptic":
@@ -106,34 +101,18 @@ class Writer:
 def run(args: argparse.Namespace) -> int:
     try:
         files = expand_inputs(args.inputs, args.recursive)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         predictor = Predictor(
-            args.model,
-            task=args.task,
-            device=args.device,
-            min_size_test=args.min_size,
-            max_size_test=args.max_size,
-            batch_size=args.batch_size,
-            tta=args.tta,
-            overrides=args.opts,
-        )
-    except (ValueError, KeyError, OSError) as e:  # unknown model / preset, bad override, unreadable weights
+            args.model, task=args.task, device=args.device, min_size_test=args.min_size, max_size_test=args.max_size,
+            batch_size=args.batch_size, tta=args.tta, overrides=args.opts,
+        )  # fmt: skip
+    except (ValueError, KeyError, OSError) as e:  # no images, unknown model / preset, bad override, unreadable weights
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    writer = Writer(
-        out,
-        predictor.task,
-        predictor,
-        overlay=not args.no_overlay,
-        dataset_ids=args.dataset_ids,
-        threshold=args.threshold,
-    )
-    failed = _predict_all(files, predictor, writer, args.batch_size)
+    opts = dict(overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold)
+    writer = Writer(out, predictor, **opts)
+    failed = _predict_all(files, predictor, writer, max(1, args.batch_size))
     writer.finish()
     done = len(files) - len(failed)
     print(f"{done} of {len(files)} images -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
@@ -144,17 +123,17 @@ def _predict_all(files: list[Path], predictor: Predictor, writer: Writer, batch_
     """Run batch by batch with a progress bar; unreadable files are reported and skipped. Returns their names."""
     failed: list[str] = []
     bar = tqdm(total=len(files), unit="img", desc="predict")
-    for b0 in range(0, len(files), max(1, batch_size)):
-        images, names = [], []
+    for b0 in range(0, len(files), batch_size):
+        images, paths = [], []
         for path in files[b0 : b0 + batch_size]:
             try:
                 images.append(load_image(path))
-                names.append(path)
+                paths.append(path)
             except ImageError as e:
                 tqdm.write(f"skipped: {e}", file=sys.stderr)
                 failed.append(str(path))
         if images:
-            for pred, image, path in zip(predictor.predict_arrays(images, [str(n) for n in names]), images, names):
+            for pred, image, path in zip(predictor.predict_arrays(images, [str(p) for p in paths]), images, paths):
                 writer.add(pred, image, writer.name_for(path))
         bar.update(len(files[b0 : b0 + batch_size]))
     bar.close()
