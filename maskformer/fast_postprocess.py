@@ -323,9 +323,11 @@ def _active_scores(probs, masks, py, px, ty, tx, kmat, active) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ panoptic
-def panoptic_assign(m, s, low: Size, pad: Size, img: Size, out: Size, tile: int = 16):
+def panoptic_assign(m, s, low: Size, pad: Size, img: Size, out: Size, tile: int = 16, find_void: bool = False):
     """For kept queries' mask logits m [Qk, h, w] and scores s [Qk], with V = the resampled logits:
-    (argmax_q s_q * sigmoid(V_q) int64 [H, W] (ties: lowest q), #pixels with sigmoid(V_q) >= 0.5 int64 [Qk])."""
+    (argmax_q s_q * sigmoid(V_q) int64 [H, W] (ties: lowest q), #pixels with sigmoid(V_q) >= 0.5 int64 [Qk],
+    find_void: bool [H, W] True where the assigned query's sigmoid(V) < 0.5 (Mask2Former's unpainted pixels), else
+    None). Only (query, tile) pairs whose bounds straddle 0.5 are resampled for the areas and the void pixels."""
     py, px = plans("linear", low, pad, img, out, m, tile)
     lo, hi = window_bounds(m, py, px)  # [Qk, n_ty, n_tx] logit bounds
     s3 = s[:, None, None]
@@ -333,11 +335,34 @@ def panoptic_assign(m, s, low: Size, pad: Size, img: Size, out: Size, tile: int 
     assign = candidate_argmax(m, cand, py, px, value_fn=lambda z, ch: s[ch][:, None, None] * z.sigmoid())
     full = lo > 1e-6  # the whole tile is >= 0.5
     area = (full * (py.valid.sum(1)[:, None] * px.valid.sum(1)[None, :])).sum((1, 2))
+    tiles = _retile(assign, py, px) if find_void else None  # [n_tiles, t, t], -1 outside the output
+    void = torch.zeros(tiles.shape, dtype=torch.bool, device=m.device) if find_void else None
+    if find_void:  # candidates wholly below 0.5 in a tile: void wherever they are assigned there
+        ch, ty, tx = (cand & (hi < -1e-6)).nonzero(as_tuple=True)
+        for sl in _chunks(len(ch), tile * tile):
+            _mark_void(void, tiles, ch[sl], ty[sl], tx[sl], px, below=None)
     ch, ty, tx = ((hi >= -1e-6) & ~full).nonzero(as_tuple=True)  # tiles crossing 0.5
     for sl in _chunks(len(ch), tile * tile):
-        inside = (stage_a(m, py, px, ch[sl], ty[sl], tx[sl]).sigmoid() >= 0.5) & _valid(py, px, ty[sl], tx[sl])
-        area.index_add_(0, ch[sl], inside.sum((1, 2)))
-    return assign, area
+        above = stage_a(m, py, px, ch[sl], ty[sl], tx[sl]).sigmoid() >= 0.5
+        area.index_add_(0, ch[sl], (above & _valid(py, px, ty[sl], tx[sl])).sum((1, 2)))
+        if find_void:
+            _mark_void(void, tiles, ch[sl], ty[sl], tx[sl], px, below=~above)
+    return assign, area, None if void is None else _untile(void, py, px)
+
+
+def _retile(img: torch.Tensor, py: AxisPlan, px: AxisPlan) -> torch.Tensor:
+    """[H, W] -> [n_ty * n_tx, tile, tile] (the inverse of _untile), -1 outside the output."""
+    t = py.tile
+    padded = F.pad(img, (0, px.n_tiles * t - img.shape[1], 0, py.n_tiles * t - img.shape[0]), value=-1)
+    return padded.view(py.n_tiles, t, px.n_tiles, t).transpose(1, 2).reshape(-1, t, t)
+
+
+def _mark_void(void, tiles, ch, ty, tx, px: AxisPlan, below: torch.Tensor | None) -> None:
+    """Set void [n_tiles, t, t] where tile (ty[i], tx[i]) is assigned to ch[i] and below[i] (None: everywhere)."""
+    flat = ty * px.n_tiles + tx
+    hit = tiles[flat] == ch[:, None, None]
+    n, y, x = (hit if below is None else hit & below).nonzero(as_tuple=True)
+    void[flat[n], y, x] = True
 
 
 # ------------------------------------------------------------------------------------------------ instance

@@ -6,6 +6,12 @@ The official rules (official-maskformer.md section 5, mask2former.md section 5) 
 default to the image sizes. Every map goes through the official chain: bilinear upsample to the padded size, crop to
 the image, bilinear resize to the output size (align_corners=False).
 
+Rules by architecture (`rule`, the model's cfg.model.arch, for panoptic): "maskformer" paints every pixel with its
+assigned query's segment; "mask2former" paints a pixel only where its assigned query's sigmoid is >= 0.5 (others stay
+0 = void) and drops a query that would paint no pixel. Semantic (the marginal) and instance (Mask2Former's rule; the
+official MaskFormer has none) are the same for both; Mask2Former's panoptic/instance configs crop and resize before
+the semantic marginal (InferenceConfig.postprocess_before_inference, set by its presets).
+
 fast=True gives the same label maps, segments and instances (up to float rounding at near-ties) from
 `maskformer.fast_postprocess`: tile by tile, only where bounds leave the answer open; never Q or K full-size maps.
 """
@@ -22,6 +28,7 @@ from maskformer import fast_postprocess as fp
 from maskformer.structures import DatasetMeta
 
 Size = tuple[int, int]
+RULES = ("maskformer", "mask2former")  # panoptic painting rule, by architecture
 CHUNK_ELEMS = 1 << 25  # full-size mask values held at once while marginalizing
 
 
@@ -152,6 +159,7 @@ def panoptic_inference(
     padded_size: Size | None = None,
     tile: int = 16,
     fast: bool = False,
+    rule: str = "maskformer",
 ) -> list[tuple[torch.Tensor, list[dict]]]:
     """Official general/panoptic inference -> per image (ids int32 [H, W], segments_info).
 
@@ -162,7 +170,11 @@ def panoptic_inference(
     already emitted join that segment; others get the next id (from 1). segments_info: {"id", "isthing",
     "category_id" (contiguous), "dataset_category_id" (meta.dataset_ids, else the contiguous id), "area" (pixels in
     the final map), "score" (the probability of the query that opened the segment)}. tile: fast path only.
+    rule="mask2former" (mask2former.md 5.4): a segment covers only the pixels of its query with sigmoid >= 0.5
+    (the other assigned pixels stay 0), and a query with no such pixel is dropped before the overlap test.
     """
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}; choose one of {', '.join(RULES)} (the model's architecture)")
     if "pred_logits" not in outputs:
         raise ValueError("panoptic inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
     images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size)
@@ -176,14 +188,21 @@ def panoptic_inference(
             results.append((torch.zeros(out, dtype=torch.int32, device=probs.device), []))
             continue
         s, c, m = scores[keep], labels[keep], outputs["pred_masks"][i][keep]
+        m2f = rule == "mask2former"
         if fast:
-            assign, orig_area = fp.panoptic_assign(m, s, low, pad, img, out, tile)
+            assign, orig_area, void = fp.panoptic_assign(m, s, low, pad, img, out, tile, find_void=m2f)
         else:
             sig = postprocess_maps(m, pad, img, out).sigmoid()  # [Qk, H, W]
             assign, orig_area = (s[:, None, None] * sig).argmax(0), (sig >= 0.5).sum((1, 2))
+            void = sig.gather(0, assign[None])[0] < 0.5 if m2f else None  # assigned query's sigmoid < 0.5
         area = torch.bincount(assign.flatten(), minlength=len(s))
-        lut, segments = _segments(c.tolist(), s.tolist(), area.tolist(), orig_area.tolist(), things, overlap_threshold)
+        painted = area if void is None else torch.bincount(assign[~void], minlength=len(s))
+        lut, segments = _segments(
+            c.tolist(), s.tolist(), area.tolist(), orig_area.tolist(), painted.tolist(), things, overlap_threshold
+        )
         ids = torch.tensor(lut, dtype=torch.int32, device=assign.device)[assign]
+        if void is not None:
+            ids.masked_fill_(void, 0)
         areas = torch.bincount(ids.flatten().long(), minlength=len(segments) + 1).tolist()
         for seg in segments:
             seg["area"] = areas[seg["id"]]
@@ -192,11 +211,14 @@ def panoptic_inference(
     return results
 
 
-def _segments(classes, scores, areas, orig_areas, things, overlap_threshold) -> tuple[list[int], list[dict]]:
-    """The official per-query loop on scalars: (segment id per kept query, 0 = dropped; segments_info)."""
+def _segments(classes, scores, areas, orig_areas, painted, things, overlap_threshold) -> tuple[list[int], list[dict]]:
+    """The official per-query loop on scalars: (segment id per kept query, 0 = dropped; segments_info).
+
+    areas: pixels assigned to the query; orig_areas: pixels with its sigmoid >= 0.5; painted: pixels it would paint
+    (MaskFormer: = areas; Mask2Former: assigned and sigmoid >= 0.5)."""
     lut, segments, stuff_seen = [0] * len(classes), [], {}
-    for k, (c, score, area, orig) in enumerate(zip(classes, scores, areas, orig_areas)):
-        if area == 0 or orig == 0 or area / orig < overlap_threshold:
+    for k, (c, score, area, orig, paint) in enumerate(zip(classes, scores, areas, orig_areas, painted)):
+        if area == 0 or orig == 0 or paint == 0 or area / orig < overlap_threshold:
             continue
         isthing = c in things
         if not isthing and c in stuff_seen:

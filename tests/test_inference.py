@@ -75,8 +75,9 @@ def ref_fast(logits, masks, pad, img, out):
     return ref_resize(sem[:, : keep[0], : keep[1]], out, scale)
 
 
-def ref_panoptic(logits, masks, pad, img, out, things, thr=0.8, overlap=0.8):
-    """The official loop (section 5.3) in float64: (ids [H, W], [(id, isthing, category)], top-2 gap [H, W])."""
+def ref_panoptic(logits, masks, pad, img, out, things, thr=0.8, overlap=0.8, rule="maskformer"):
+    """The official loop (section 5.3; Mask2Former: mask2former.md 5.4) in float64: (ids [H, W], [(id, isthing,
+    category)], [H, W] margin of the pixel's decision: top-2 gap, and for Mask2Former also |sigmoid - 0.5|)."""
     probs = softmax(logits)
     scores, labels = probs.max(-1), probs.argmax(-1)
     keep = (labels != probs.shape[1] - 1) & (scores > thr)
@@ -89,11 +90,13 @@ def ref_panoptic(logits, masks, pad, img, out, things, thr=0.8, overlap=0.8):
     assign = weighted.argmax(0)
     srt = np.sort(weighted, 0)
     gap = srt[-1] - srt[-2] if len(s) > 1 else np.full(out, np.inf)
+    if rule == "mask2former":
+        gap = np.minimum(gap, np.abs(np.take_along_axis(m, assign[None], 0)[0] - 0.5))
     segments, stuff, cur = [], {}, 0
     for k in range(len(s)):
-        mask = assign == k
-        area, orig = mask.sum(), (m[k] >= 0.5).sum()
-        if area > 0 and orig > 0:
+        area, orig = (assign == k).sum(), (m[k] >= 0.5).sum()
+        mask = (assign == k) & (m[k] >= 0.5) if rule == "mask2former" else assign == k
+        if area > 0 and orig > 0 and mask.sum() > 0:
             if area / orig < overlap:
                 continue
             isthing = int(c[k]) in things
@@ -286,15 +289,33 @@ def panoptic_agrees(result, ref, out):
         assert s["area"] == int((ids == s["id"]).sum()) > 0
 
 
+RULES = pytest.mark.parametrize("rule", ["maskformer", "mask2former"])
+
+
 @pytest.mark.parametrize("pad,img,out", CASES)
 @pytest.mark.parametrize("seed", [0, 5])
+@RULES
 @FAST
-def test_panoptic_matches_reference(pad, img, out, seed, fast):
+def test_panoptic_matches_reference(pad, img, out, seed, rule, fast):
     o = partition_outputs(seed=seed)
-    got = inf.panoptic_inference(o, [img], [out], thing_ids=THINGS, padded_size=pad, tile=8, fast=fast)[0]
-    ref = ref_panoptic(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), pad, img, out, THINGS)
+    kw = dict(thing_ids=THINGS, padded_size=pad, tile=8, fast=fast, rule=rule)
+    got = inf.panoptic_inference(o, [img], [out], **kw)[0]
+    ref = ref_panoptic(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), pad, img, out, THINGS, rule=rule)
     assert len(ref[1]) >= 1  # the case exercises at least one segment
     panoptic_agrees(got, ref, out)
+
+
+@RULES
+def test_panoptic_rules_fast_equals_reference_on_soft_masks(rule):
+    """Soft random masks (many pixels whose assigned query is below 0.5, so Mask2Former leaves many voids)."""
+    o = random_outputs(q=9, k=4, h=10, w=12, seed=11, sharp=6.0)
+    o["pred_masks"] = o["pred_masks"] / 3 - 1.0
+    pad, img, out = CASES[1]
+    kw = dict(thing_ids=THINGS, padded_size=pad, tile=8, rule=rule, object_mask_threshold=0.5, overlap_threshold=0.3)
+    ref = ref_panoptic(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), pad, img, out, THINGS, 0.5, 0.3, rule)
+    assert len(ref[1]) >= 2 and (rule == "maskformer" or (ref[0] == 0).mean() > 0.1)
+    for fast in (False, True):
+        panoptic_agrees(inf.panoptic_inference(o, [img], [out], fast=fast, **kw)[0], ref, out)
 
 
 def hand_built(mask_maps, class_logits):
@@ -358,6 +379,33 @@ def test_panoptic_ties_go_to_the_first_query_and_score_is_strict():
     assert segments == [] and not ids.any()  # score == threshold is not kept
 
 
+def test_panoptic_mask2former_paints_only_above_one_half():
+    """Column 3 goes to query 0 (sigmoid(-2) = 0.12 beats sigmoid(-8)): MaskFormer paints it, Mask2Former leaves 0."""
+    q0, q1 = block(4, 6, 0, 4, 0, 3), block(4, 6, 0, 4, 4, 6)
+    q0[:, 3] = -2.0
+    o = hand_built([q0, q1], [CONFIDENT[0], CONFIDENT[2]])
+    ids, segments = run_hand_built(o)
+    assert (ids[:, :4] == 1).all() and (ids[:, 4:] == 2).all() and segments[0]["area"] == 16
+    ids, segments = run_hand_built(o, rule="mask2former")
+    assert (ids[:, :3] == 1).all() and not ids[:, 3].any() and (ids[:, 4:] == 2).all() and segments[0]["area"] == 12
+    assert [(s["id"], s["category_id"]) for s in segments] == [(1, 0), (2, 2)]
+
+
+def test_panoptic_mask2former_drops_a_query_that_paints_nothing():
+    """Query 0 wins only columns 2-5, where its sigmoid is 0.27; its sigmoid >= 0.5 columns 0-1 go to query 1.
+    Area 16 / original area 8 passes the overlap test, so MaskFormer makes it segment 1 (and query 1 segment 2);
+    Mask2Former drops it (nothing to paint): query 1 becomes segment 1 and columns 2-5 stay void."""
+    q0, q1 = np.full((4, 6), -1.0), block(4, 6, 0, 4, 0, 2)
+    q0[:, :2] = 1.0
+    o = hand_built([q0, q1], [CONFIDENT[0], CONFIDENT[2]])
+    ids, segments = run_hand_built(o)
+    assert [(s["id"], s["category_id"], s["area"]) for s in segments] == [(1, 0, 16), (2, 2, 8)]
+    assert (ids[:, 2:] == 1).all() and (ids[:, :2] == 2).all()
+    ids, segments = run_hand_built(o, rule="mask2former")
+    assert [(s["id"], s["category_id"], s["area"]) for s in segments] == [(1, 2, 8)]
+    assert (ids[:, :2] == 1).all() and not ids[:, 2:].any()
+
+
 def test_panoptic_dataset_ids_and_scores():
     meta = DatasetMeta(name="t", class_names=["a", "b", "c"], is_thing=[True, True, False], dataset_ids=[7, 9, 40])
     o = hand_built([block(4, 4, 0, 2, 0, 4), block(4, 4, 2, 4, 0, 4)], [CONFIDENT[1], CONFIDENT[2]])
@@ -395,6 +443,20 @@ def test_instance_hand_built_empty_mask_scores_zero(fast):
 
 
 @FAST
+def test_instance_hand_built_score_is_class_prob_times_mask_score(fast):
+    """Mask2Former's rule: one query in the top-k twice (two classes), mask = logit > 0 (0 itself is out), score =
+    class probability x mean sigmoid over the mask, sum / (area + 1e-6)."""
+    m = np.array([[2.0, 0.0, -1.0, 4.0]] * 2)
+    o = hand_built([m, np.full((2, 4), -3.0)], [[3.0, 2.0, -9, 0], [-9, -9, -9, 9]])
+    got = inf.instance_inference(o, [(2, 4)], padded_size=(2, 4), topk=2, tile=8, fast=fast)[0]
+    p = o["pred_logits"][0, 0].softmax(-1)
+    mean = 2 * float(torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(4.0))) / (4 + 1e-6)
+    assert got.labels.tolist() == [0, 1]
+    assert got.scores.tolist() == pytest.approx([float(p[0]) * mean, float(p[1]) * mean], rel=1e-6)
+    assert got.masks[0].tolist() == [[True, False, False, True]] * 2 and torch.equal(got.masks[0], got.masks[1])
+
+
+@FAST
 def test_semantic_when_every_query_is_no_object(fast):
     o = random_outputs(seed=8)
     o["pred_logits"][..., -1] += 20  # real classes keep only tiny probabilities
@@ -419,6 +481,8 @@ def test_bad_inputs_are_named():
         inf.semantic_inference(o, [(40, 48)], order="quick")
     with pytest.raises(ValueError, match="mask-classification"):
         inf.panoptic_inference({"sem_seg": torch.zeros(1, 3, 4, 4)}, [(16, 16)], thing_ids=[])
+    with pytest.raises(ValueError, match="rule="):
+        inf.panoptic_inference(o, [(40, 48)], thing_ids=[], rule="detr")
     with pytest.raises(ValueError, match="pred_logits"):
         inf.instance_inference({"pred_logits": torch.zeros(1, 3, 4), "pred_masks": torch.zeros(1, 2, 4, 4)}, [(16, 16)])
 
