@@ -174,27 +174,23 @@ def predict(
     task: str,
     meta: DatasetMeta,
     inference: InferenceConfig,
-    min_size: int | None = None,
-    max_size: int | None = None,
     output_sizes: Sequence[Size] | None = None,
     tta: bool = False,
     names: Sequence[str] = (),
 ) -> list[Prediction]:
     """uint8 RGB [h, w, 3] images -> a Prediction each, at output_sizes (default: each image's own size).
 
-    Each image is resized to the test size of its output size (min_size / max_size, default the inference
-    config's; an image a dataset already resized is left as it is) and all run as one padded batch. tta: semantic
-    multi-scale + flip (inference.tta_scales, tta_flip), one original-size image at a time.
+    Each image is resized to the test size (inference.min_size_test, max_size_test) of its output size (an image
+    a dataset already resized is left as it is) and all run as one padded batch. tta: semantic multi-scale + flip
+    (inference.tta_scales, tta_flip), one original-size image at a time.
     """
-    inf = inference
-    min_size = inf.min_size_test if min_size is None else min_size
-    max_size = inf.max_size_test if max_size is None else max_size
+    inf, min_size, max_size = inference, inference.min_size_test, inference.max_size_test
     sizes = [tuple(s) for s in output_sizes] if output_sizes is not None else [a.shape[:2] for a in images]
     names = list(names) or [""] * len(images)
     if tta and task != "semantic":
         raise ValueError(f"test-time augmentation is defined for semantic segmentation only, not task={task!r}")
     if tta:
-        preds = [_tta_prediction(model, *args, meta, inf, min_size, max_size) for args in zip(images, sizes, names)]
+        preds = [_tta_prediction(model, *args, meta, inf) for args in zip(images, sizes, names)]
     else:
         device = model_device(model)
         outputs, batch = forward(model, [to_tensor(resize_image(a, run_size(*s, min_size, max_size)), device)
@@ -206,10 +202,10 @@ def predict(
     return preds
 
 
-def _tta_prediction(model, image, size, name, meta, inf, min_size: int, max_size: int) -> Prediction:
+def _tta_prediction(model, image, size, name, meta, inf: InferenceConfig) -> Prediction:
     if tuple(image.shape[:2]) != tuple(size):
         raise ValueError(f"{name or 'image'}: test-time augmentation needs the image at its original size")
-    sizes, cap = tta_sizes(min_size, inf.tta_scales, max_size)
+    sizes, cap = tta_sizes(inf.min_size_test, inf.tta_scales, inf.max_size_test)
     scores = semantic_tta(model, image, min_sizes=sizes, max_size=cap, flip=inf.tta_flip)
     check_label_space(scores.shape[0], meta)
     return Prediction(image_size=tuple(size), semantic=scores.argmax(0).cpu())

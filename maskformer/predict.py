@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ class Predictor:
     model_or_path: an nn.Module (with `config`/`meta` given here or defaults) or a model directory / preset name
     (maskformer.convert.load_model). task: "semantic" | "panoptic" | "instance" (default: the config's).
     min_size_test / max_size_test: test-time resize (default: the config's; min_size_test=0 keeps the size).
-    tta: multi-scale + flip averaging (semantic only; the config's tta_scales and tta_flip).
+    tta: multi-scale + flip averaging (semantic only; the config's tta_scales and tta_flip). Attributes: model, cfg,
+    meta, task, inference (cfg.inference with the test sizes given here: the settings that run).
     meta: the label space (default: the model directory's, else placeholder names "class_0", ...).
     """
 
@@ -65,8 +67,8 @@ class Predictor:
         if self.task != "semantic" and cfg.model.arch.startswith("per_pixel"):
             raise ValueError(f"task={self.task!r} needs a mask-classification model, not arch={cfg.model.arch!r}")
         self.meta = meta or loaded_meta or _generic_meta(self._num_classes(config is None and loaded_meta is None))
-        self.min_size = cfg.inference.min_size_test if min_size_test is None else min_size_test
-        self.max_size = cfg.inference.max_size_test if max_size_test is None else max_size_test
+        sizes = {"min_size_test": min_size_test, "max_size_test": max_size_test}
+        self.inference = replace(cfg.inference, **{k: v for k, v in sizes.items() if v is not None})  # what runs
         self.batch_size = max(1, int(batch_size))
         self.tta = tta
 
@@ -99,8 +101,8 @@ class Predictor:
     def predict_arrays(self, arrays: Sequence[np.ndarray], names: Sequence[str] = ()) -> list[Prediction]:
         """uint8 RGB [h, w, 3] images (one padded batch) -> predictions at their original sizes."""
         return pipeline.predict(
-            self.model, arrays, task=self.task, meta=self.meta, inference=self.cfg.inference, min_size=self.min_size,
-            max_size=self.max_size, tta=self.tta and self.task == "semantic", names=names,
+            self.model, arrays, task=self.task, meta=self.meta, inference=self.inference,
+            tta=self.tta and self.task == "semantic", names=names,
         )  # fmt: skip
 
     def pipeline_output(self, images, *, threshold: float = 0.5):

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -21,9 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_output", help="output folder (data/, run/, report/)")
     parser.add_argument("--preset", default="maskformer_r18_synth", help="model preset to train")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
-    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -99,6 +96,8 @@ def _final_metrics(trainer) -> dict:
 def _write_report(folder: Path, trainer, preset: str, metrics: dict, timing: dict, start: float) -> Path:
     import torch
 
+    from maskformer.io import save_json
+
     folder.mkdir(parents=True, exist_ok=True)
     curves = trainer.out / "curves.png"
     if curves.is_file():
@@ -113,7 +112,7 @@ def _write_report(folder: Path, trainer, preset: str, metrics: dict, timing: dic
         "model_dir": str((trainer.out / "model").resolve()),
         "config": trainer.cfg.to_dict(),
     }
-    (folder / "metrics.json").write_text(json.dumps(doc, indent=1))
+    save_json(folder / "metrics.json", doc, indent=1)
     return folder
 
 
@@ -128,10 +127,8 @@ def _overlay_grid(trainer, path: Path) -> None:
     for i in range(min(NUM_OVERLAYS, len(trainer.val_set))):
         image, _, info = trainer.val_set[i]
         rgb = image.permute(1, 2, 0).numpy()
-        gt_segs = []
-        for s in info["segments_info"]:
-            c = meta.contiguous_id(s["category_id"])
-            gt_segs.append({"id": s["id"], "category_id": c, "isthing": meta.is_thing[c]})
+        gt = [(s["id"], meta.contiguous_id(s["category_id"])) for s in info["segments_info"]]
+        gt_segs = [{"id": i, "category_id": c, "isthing": meta.is_thing[c]} for i, c in gt]
         row = [rgb, panoptic_overlay(rgb, read_panoptic(info["pan_seg_file_name"]), gt_segs, meta, legend=False)]
         for task in ("semantic", "panoptic"):
             pred = predict(model, [rgb], task=task, meta=meta, inference=inf)[0]
