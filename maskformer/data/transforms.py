@@ -3,6 +3,7 @@
 A `Sample` carries the image and its label maps; every geometric transform moves them together (bilinear for the
 image, nearest for label and panoptic-id maps, so label values are never interpolated). Each transform is called as
 `t(sample, rng)` and draws all randomness from the passed numpy Generator: same seed -> same sample.
+`shortest_edge_size` and `resize_image` are the package's only image resizing (training, datasets, maskformer.pipeline).
 """
 
 from __future__ import annotations
