@@ -99,12 +99,9 @@ def window_layout(H: int, W: int, window: int, shift: int, device: torch.device)
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     return WindowLayout(
-        num_windows=(Hp // window) * (Wp // window),
-        gather=tensor(np.maximum(slots, 0)),
-        gather_ext=tensor(np.where(real, slots, H * W)),
-        pad_slots=tensor(pad) if pad.size else None,
-        scatter=tensor(scatter),
-        shift_mask=tensor(_shift_mask(Hp, Wp, window, shift)) if shift > 0 else None,
+        num_windows=(Hp // window) * (Wp // window), gather=tensor(np.maximum(slots, 0)),
+        gather_ext=tensor(np.where(real, slots, H * W)), pad_slots=tensor(pad) if pad.size else None,
+        scatter=tensor(scatter), shift_mask=tensor(_shift_mask(Hp, Wp, window, shift)) if shift > 0 else None
     )
 
 

@@ -43,13 +43,8 @@ def _reduce_zero_label(value: str) -> bool | None:
 
 
 def build_dataset(
-    data_cfg,
-    split: str,
-    train: bool,
-    root: str | Path | None = None,
-    *,
-    test_size: tuple[int, int] | None = None,
-    target: str | None = None,
+    data_cfg, split: str, train: bool, root: str | Path | None = None, *, test_size: tuple[int, int] | None = None,
+    target: str | None = None
 ) -> SegDataset:
     """The dataset of `split` in format `data_cfg.format` under `root` (default data_cfg.root).
 
@@ -80,27 +75,9 @@ def build_dataset(
     return ds
 
 
-__all__ = [
-    "FORMATS",
-    "DatasetError",
-    "Record",
-    "ResumableLoader",
-    "ResumableSampler",
-    "Sample",
-    "SegDataset",
-    "ade20k",
-    "ade20k_full",
-    "ade20k_panoptic",
-    "build_dataset",
-    "build_loader",
-    "cityscapes",
-    "coco_panoptic",
-    "coco_panoptic_files",
-    "coco_stuff",
-    "collate",
-    "folder",
-    "mapillary",
-    "semantic_files",
-    "eval_transform",
-    "train_transform",
+__all__ = [  # fmt: skip
+    "FORMATS", "DatasetError", "Record", "ResumableLoader", "ResumableSampler", "Sample", "SegDataset", "ade20k",
+    "ade20k_full", "ade20k_panoptic", "build_dataset", "build_loader", "cityscapes", "coco_panoptic",
+    "coco_panoptic_files", "coco_stuff", "collate", "folder", "mapillary", "semantic_files", "eval_transform",
+    "train_transform"
 ]

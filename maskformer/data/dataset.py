@@ -44,16 +44,9 @@ class SegDataset(Dataset):
     """
 
     def __init__(
-        self,
-        records: list[Record],
-        meta: DatasetMeta,
-        *,
-        source: str,
-        target: str = "semantic",
-        transform: Callable | None = None,
-        train: bool = False,
-        label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-        check_labels: bool = True,
+        self, records: list[Record], meta: DatasetMeta, *, source: str, target: str = "semantic", transform: Callable |
+        None = None, train: bool = False, label_fn: Callable[[np.ndarray], np.ndarray] | None = None, check_labels: bool
+        = True
     ):
         if not records:
             raise DatasetError(f"{source}: the dataset is empty (no image/label pairs found)")

@@ -18,21 +18,10 @@ import numpy as np
 from ..io import save_json, write_image, write_label, write_panoptic
 from ..structures import DatasetMeta
 
-STUFF_COLORS = {
-    "sky": (120, 180, 240),
-    "grass": (70, 150, 50),
-    "water": (30, 90, 170),
-    "stripes": (170, 120, 80),
-    "sand": (215, 190, 140),
-}
-THING_COLORS = {
-    "circle": (220, 40, 40),
-    "square": (235, 205, 40),
-    "triangle": (200, 60, 210),
-    "star": (250, 140, 20),
-    "ellipse": (40, 210, 200),
-    "cross": (240, 240, 240),
-}
+STUFF_COLORS = {"sky": (120, 180, 240), "grass": (70, 150, 50), "water": (30, 90, 170), "stripes": (170, 120, 80),
+                "sand": (215, 190, 140)}  # fmt: skip
+THING_COLORS = {"circle": (220, 40, 40), "square": (235, 205, 40), "triangle": (200, 60, 210), "star": (250, 140, 20),
+                "ellipse": (40, 210, 200), "cross": (240, 240, 240)}  # fmt: skip
 
 
 @dataclass

@@ -9,11 +9,4 @@ Public API:
 from maskformer.engine.optim import build_optimizer, clip_grad_norm, param_groups, param_hyperparams
 from maskformer.engine.schedule import build_scheduler, lr_factor
 
-__all__ = [
-    "build_optimizer",
-    "build_scheduler",
-    "clip_grad_norm",
-    "lr_factor",
-    "param_groups",
-    "param_hyperparams",
-]
+__all__ = ["build_optimizer", "build_scheduler", "clip_grad_norm", "lr_factor", "param_groups", "param_hyperparams"]

@@ -32,15 +32,8 @@ def build_train_loader(dataset, cfg: Config, micro_batch: int, dist: DistInfo):
     if len(dataset) < dist.world_size:
         raise ValueError(f"the training set has {len(dataset)} images, fewer than {dist.world_size} processes")
     return build_loader(
-        dataset,
-        batch_size=micro_batch,
-        shuffle=True,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.train.seed,
-        infinite=True,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        size_divisibility=max(cfg.model.size_divisibility, 1),
+        dataset, batch_size=micro_batch, shuffle=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+        infinite=True, rank=dist.rank, world_size=dist.world_size, size_divisibility=max(cfg.model.size_divisibility, 1)
     )
 
 

@@ -77,20 +77,9 @@ class Trainer:
     """
 
     def __init__(
-        self,
-        cfg: Config,
-        out_dir: str | Path,
-        *,
-        model: nn.Module | None = None,
-        criterion: nn.Module | None = None,
-        train_set=None,
-        val_set=None,
-        evaluate_fn=None,
-        init_weights: str | None = None,
-        init_kind: str = "auto",
-        device: str | None = None,
-        threads: int | None = None,
-        progress: bool = True,
+        self, cfg: Config, out_dir: str | Path, *, model: nn.Module | None = None, criterion: nn.Module | None = None,
+        train_set=None, val_set=None, evaluate_fn=None, init_weights: str | None = None, init_kind: str = "auto",
+        device: str | None = None, threads: int | None = None, progress: bool = True
     ):
         self.cfg, self.out = cfg, Path(out_dir)
         self.threads = threads

@@ -188,14 +188,8 @@ def _stats(
     root = type(model).__name__
     total, net = g("Global"), g(root)
     return ModelStats(
-        params=count_parameters(model),
-        params_backbone=count_parameters(model.backbone),
-        gflops=total + skipped,
-        gflops_executed=g("Global", executed) if executed is not None else float("nan"),
-        gflops_skipped=skipped,
-        gflops_backbone=g(f"{root}.backbone") + skipped,
-        gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),
-        gflops_predictor=g(f"{root}.sem_seg_head.predictor"),
-        gflops_inference=total - net,
-        image_size=tuple(image_size),
+        params=count_parameters(model), params_backbone=count_parameters(model.backbone), gflops=total + skipped,
+        gflops_executed=g("Global", executed) if executed is not None else float("nan"), gflops_skipped=skipped,
+        gflops_backbone=g(f"{root}.backbone") + skipped, gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),
+        gflops_predictor=g(f"{root}.sem_seg_head.predictor"), gflops_inference=total - net, image_size=tuple(image_size)
     )
