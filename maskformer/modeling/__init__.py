@@ -19,7 +19,7 @@ from .msdeform_pixel_decoder import MSDeformAttnPixelDecoder
 from .pixel_decoder import BasePixelDecoder, TransformerEncoderPixelDecoder
 from .position_encoding import PositionEmbeddingSine
 
-ARCHS = ("maskformer", "mask2former", "per_pixel_baseline", "per_pixel_baseline_plus")
+ARCHS = ("maskformer", "per_pixel_baseline", "per_pixel_baseline_plus", "mask2former")
 PIXEL_DECODERS = ("fpn", "transformer_encoder", "msdeformattn")
 FEATURES = ("res2", "res3", "res4", "res5")
 

@@ -57,7 +57,7 @@ class MaskFormer(nn.Module):
         x = (x - self.pixel_mean) / self.pixel_std
         d = self.size_divisibility
         pad_h, pad_w = (-x.shape[-2] % d, -x.shape[-1] % d) if d > 1 else (0, 0)
-        if pad_h or pad_w or torch.jit.is_tracing():  # traced graphs (ONNX) must pad for every input size
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or pad_h or pad_w:  # exported graphs pad any size
             x = F.pad(x, (0, pad_w, 0, pad_h))  # bottom/right, value 0 (= the mean before normalization)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
