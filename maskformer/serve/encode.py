@@ -107,5 +107,8 @@ def encode(pred: Prediction, *, task: str, fmt: str, meta: DatasetMeta, threshol
     if fmt == "png":
         body, listed = prediction_png(pred, threshold)
         return body, "image/png", {"X-Segments": json.dumps(listed, separators=(",", ":"))}
-    obj = pipeline_json(pred, meta, threshold, masks) if fmt == "pipeline" else segments_json(pred, task, meta, threshold)
+    if fmt == "pipeline":
+        obj = pipeline_json(pred, meta, threshold, masks)
+    else:
+        obj = segments_json(pred, task, meta, threshold)
     return json.dumps(obj, allow_nan=False).encode(), "application/json", {}

@@ -62,9 +62,10 @@ class Metrics:
     def render(self, queue_length: int, capacity: int) -> str:
         with self._lock:
             lines = _family("maskformer_requests_total", "counter", "HTTP responses by route and status")
-            lines += [f'maskformer_requests_total{{path="{p}",code="{c}"}} {n}' for (p, c), n in self._sorted()]
+            counts = sorted(self.responses.items())
+            lines += [f'maskformer_requests_total{{path="{p}",code="{c}"}} {n}' for (p, c), n in counts]
             lines += _family("maskformer_errors_total", "counter", "HTTP responses with status >= 400")
-            lines += [f'maskformer_errors_total{{path="{p}",code="{c}"}} {n}' for (p, c), n in self._sorted() if c >= 400]
+            lines += [f'maskformer_errors_total{{path="{p}",code="{c}"}} {n}' for (p, c), n in counts if c >= 400]
             lines += _family("maskformer_request_latency_seconds", "histogram", "request time, receipt to response")
             for path in sorted(self.latency):
                 lines += self.latency[path].lines("maskformer_request_latency_seconds", f'path="{path}"')
@@ -75,9 +76,6 @@ class Metrics:
         lines += _family("maskformer_queue_capacity", "gauge", "queue bound; a full queue answers 503")
         lines += [f"maskformer_queue_capacity {capacity}"]
         return "\n".join(lines) + "\n"
-
-    def _sorted(self) -> list[tuple[tuple[str, int], int]]:
-        return sorted(self.responses.items())
 
 
 def _family(name: str, kind: str, help_text: str) -> list[str]:
