@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "convert official detectron2 / transformers checkpoints into a model directory"),
     "cache": ("cache", "list or remove downloaded and converted models (MASKFORMER_HOME)"),
     "export": ("export", "export a model to ONNX or torch.export"),
+    "serve": ("serve", "HTTP API (POST /predict) and a web page to look at segmentations"),
     "demo": ("demo", "synthetic data -> train a small model -> evaluate -> report, in minutes on a CPU"),
 }
 
