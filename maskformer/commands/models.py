@@ -1,8 +1,10 @@
-"""`maskformer models`: the model presets, with the paper's parameter and GFLOP numbers where the paper gives them.
+"""`maskformer models`: the model presets, with the paper's parameter and GFLOP numbers where the paper gives them;
+`--zoo`: the pretrained models (model zoo) with the paper's metric and whether each is already cached.
 
 Examples:
   maskformer models
   maskformer models --filter swin --json
+  maskformer models --zoo
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from maskformer.config import PAPER_NUMBERS, PRESETS, get_preset
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter", default="", help="only presets whose name contains this text")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument("--zoo", action="store_true", help="list the pretrained models (usable as --model NAME)")
 
 
 def preset_rows(name_filter: str = "") -> list[dict]:
@@ -44,6 +47,28 @@ def preset_rows(name_filter: str = "") -> list[dict]:
     return rows
 
 
+def zoo_rows(name_filter: str = "") -> list[dict]:
+    """One dict per zoo entry: name, preset, dataset, task, metric, source, cached (a converted copy exists)."""
+    from maskformer.hub import ZOO
+    from maskformer.hub.cache import models_dir, safe_key
+
+    return [
+        dict(
+            name=e.name, preset=e.preset, dataset=e.dataset, task=e.task, metric=e.metric, source=e.source,
+            cached=(models_dir() / safe_key("zoo", e.name) / "config.json").is_file(),
+        )  # fmt: skip
+        for e in ZOO.values()
+        if name_filter in e.name
+    ]
+
+
+def _zoo_table(rows: list[dict]) -> str:
+    cells = [("name", "dataset", "task", "metric (paper)", "cached")]
+    cells += [(r["name"], r["dataset"], r["task"], r["metric"], "yes" if r["cached"] else "") for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(widths))).rstrip() for c in cells)
+
+
 def _table(rows: list[dict]) -> str:
     cols = ("name", "backbone", "dataset", "classes", "crop", "paper_params_m", "paper_gflops")
     heads = ("preset", "backbone", "dataset", "K", "crop", "params (paper)", "GFLOPs (paper)")
@@ -62,9 +87,9 @@ def _table(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = preset_rows(args.filter)
+    rows = zoo_rows(args.filter) if args.zoo else preset_rows(args.filter)
     if not rows:
-        print(f"no preset name contains {args.filter!r}")
+        print(f"no {'zoo' if args.zoo else 'preset'} name contains {args.filter!r}")
         return 1
-    print(json.dumps(rows, indent=1) if args.json else _table(rows))
+    print(json.dumps(rows, indent=1) if args.json else (_zoo_table if args.zoo else _table)(rows))
     return 0
