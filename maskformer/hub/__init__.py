@@ -28,10 +28,7 @@ def is_reference(ref: str | os.PathLike) -> bool:
 def load_model(ref: str | os.PathLike, device="cpu", *, overrides: Iterable[str] = ()):
     """(model in eval mode, cfg, meta) from any reference, or a randomly initialised preset (a preset name that is
     not also a zoo name). Same signature and result as `maskformer.convert.load_model`."""
-    try:
-        from maskformer.convert import load_model as load_dir
-    except ImportError:  # before the move into maskformer.convert
-        from maskformer.checkpoint import load_model as load_dir
+    from maskformer.convert import load_model as load_dir
 
     return load_dir(resolve(ref) if is_reference(ref) else ref, device, overrides=overrides)
 

@@ -277,15 +277,8 @@ class _hub_errors:
 # ------------------------------------------------------------------------------------------------ conversion
 def convert_checkpoint(source: Path, preset: str | None = None):
     """(model, cfg, meta) from a checkpoint file or transformers directory: the one call into maskformer.convert."""
-    try:
-        from maskformer.convert import convert_source
-    except ImportError:  # the converters before their move into maskformer.convert
-        from maskformer.checkpoint import convert_transformers
-        from maskformer.convert.detectron2 import convert_detectron2
+    from maskformer.convert import convert_source
 
-        if source.is_dir():
-            return convert_transformers(source)[:3]
-        return convert_detectron2(source, preset)[:3]
     return convert_source(source, preset=preset)[:3]
 
 
