@@ -164,3 +164,55 @@ def test_io_does_not_import_torch():
 
     code = "import sys, maskformer.io; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _png_with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
+    """A PNG with one more chunk inserted right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
+    import struct
+    import zlib
+
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return data[:33] + chunk + data[33:]
+
+
+def test_fast_png_decoder_gives_pillows_pixels(tmp_path, monkeypatch):
+    """pyspng (the fast-png extra) and Pillow decode every PNG kind the readers take to the same arrays; kinds pyspng
+    is not used for (1-bit grey, TIFF) and corrupt files behave as with Pillow alone."""
+    pytest.importorskip("pyspng")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    panoptic = {
+        "rgb.png": Image.fromarray(rgb),
+        "rgba.png": Image.fromarray(np.dstack([rgb, grey])),
+        "p8.png": Image.fromarray(grey).convert("P", palette=Image.Palette.ADAPTIVE, colors=256),
+        "p4.png": Image.fromarray(grey // 16).convert("P", palette=Image.Palette.ADAPTIVE, colors=16),
+    }
+    for name, img in panoptic.items():
+        img.save(tmp_path / name, **({"bits": 4} if name == "p4.png" else {}))
+    labels = {"l8.png": grey, "l16.png": (grey.astype(np.uint16) * 251), "l.tif": grey}
+    for name, arr in labels.items():
+        fmt.write_label(tmp_path / name, arr)
+    Image.fromarray(grey > 127).save(tmp_path / "l1.png")  # mode "1": Pillow only
+    (tmp_path / "gamma.png").write_bytes(_png_with_chunk((tmp_path / "rgb.png").read_bytes(), b"gAMA", b"\0\0\xaf\xc8"))
+    good = (tmp_path / "rgb.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    readers = [(read_panoptic, n) for n in [*panoptic, "gamma.png"]] + [(read_label, n) for n in [*labels, "l1.png"]]
+
+    def decode_all():
+        out = {}
+        for fn, name in readers:
+            out[name] = fn(tmp_path / name)
+        for fn in (read_panoptic, read_label):
+            with pytest.raises(fmt.FormatError, match="cut.png: cannot read the image .*corrupt or truncated"):
+                fn(tmp_path / "cut.png")
+        return out
+
+    assert fmt.fast_png()
+    fast = decode_all()
+    monkeypatch.setattr(fmt, "_pyspng", lambda: None)
+    assert not fmt.fast_png()
+    slow = decode_all()
+    for name in fast:
+        assert fast[name].dtype == slow[name].dtype == np.int32 and np.array_equal(fast[name], slow[name]), name
+    assert np.array_equal(slow["rgb.png"], fmt.rgb2id(rgb)) and np.array_equal(slow["l16.png"], labels["l16.png"])

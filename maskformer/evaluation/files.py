@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import functools
 import itertools
-import multiprocessing as mp
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from maskformer.evaluation.panoptic import PairCounter, PanopticEvaluator, segment_ids
 from maskformer.evaluation.sem_seg import ConfusionCounter, SemSegEvaluator
-from maskformer.io import LABEL_EXTS, list_files, load_json, read_label, read_panoptic
+from maskformer.io import LABEL_EXTS, fast_png, list_files, load_json, read_label, read_panoptic
 
 _WORKER_STATE: dict = {}  # per process: reusable counters (lookup tables and buffers)
 
@@ -81,11 +79,17 @@ def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, 
 
 def map_pairs(read: Callable, count: Callable, tasks: Iterable, workers: int) -> Iterator:
     """count(task, read(task)) over tasks, in order. `workers` > 0: that many worker processes (fork where
-    available) each decode and count; otherwise this process counts while 2 threads decode ahead (threaded_reads)."""
+    available) each decode and count; otherwise this process counts while 2 threads decode ahead (threaded_reads),
+    or decodes itself when pyspng decodes (it holds the GIL: threads would only add contention and page faults)."""
     tasks = list(tasks)
     if workers <= 0 or len(tasks) <= 1:
-        yield from (count(task, pair) for task, pair in threaded_reads(read, tasks))
+        if fast_png():
+            yield from (count(task, read(task)) for task in tasks)
+        else:
+            yield from (count(task, pair) for task, pair in threaded_reads(read, tasks))
         return
+    import multiprocessing as mp  # imported here: start-up of the in-process path stays short
+
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with mp.get_context(method).Pool(min(workers, len(tasks))) as pool:
         chunk = max(1, min(8, len(tasks) // (4 * workers)))
@@ -97,6 +101,8 @@ def threaded_reads(read: Callable, tasks: Iterable, threads: int = 2, ahead: int
 
     Pillow's PNG decoding releases the GIL, so decoding overlaps itself and the caller's counting without worker
     processes (no fork, no pickling); at most `ahead` decoded pairs are held. A read's error is raised in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     it, pending = iter(tasks), deque()
     with ThreadPoolExecutor(threads) as pool:
         for task in itertools.islice(it, ahead):
