@@ -46,3 +46,13 @@ def write_photo(path: Path, size=(72, 96), seed: int = 3) -> Path:
     image, _, _ = render(SynthConfig(image_size=size), np.random.default_rng(seed))
     write_image(path, image)
     return path
+
+
+def start_server(model_dir: Path, **kwargs):
+    """A started BackgroundServer (127.0.0.1, free port) on the model directory; kwargs: ModelService limits and
+    create_app's max_body_bytes."""
+    from maskformer.serve.server import BackgroundServer
+    from maskformer.serve.service import ModelService
+
+    app_kwargs = {k: kwargs.pop(k) for k in ("max_body_bytes",) if k in kwargs}
+    return BackgroundServer(ModelService.load(str(model_dir), **kwargs), **app_kwargs).start()
