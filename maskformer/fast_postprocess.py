@@ -159,11 +159,17 @@ def _chunks(n: int, per_item: int) -> Iterator[slice]:
     return (slice(s, min(n, s + step)) for s in range(0, n, step))
 
 
-def _untile(tiles: torch.Tensor, py: AxisPlan, px: AxisPlan) -> torch.Tensor:
-    """[n_ty * n_tx, tile, tile] -> [H, W] (the part inside the output)."""
+def _untile(tiles: torch.Tensor, py: AxisPlan, px: AxisPlan, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[n_ty * n_tx, tile, tile] -> [H, W] of `dtype` (default tiles'), the part inside the output; one copy."""
     t = py.tile
-    img = tiles.view(py.n_tiles, px.n_tiles, t, t).transpose(1, 2).reshape(py.n_tiles * t, px.n_tiles * t)
+    img = torch.empty(py.n_tiles * t, px.n_tiles * t, dtype=dtype or tiles.dtype, device=tiles.device)
+    img.view(py.n_tiles, t, px.n_tiles, t).copy_(tiles.view(py.n_tiles, px.n_tiles, t, t).transpose(1, 2))
     return img[: py.n_out, : px.n_out]
+
+
+def _label_dtype(n: int) -> torch.dtype:
+    """The smallest integer type for labels 0..n-1 held per tile (the full-size result is int64)."""
+    return torch.int16 if n <= torch.iinfo(torch.int16).max else torch.int32
 
 
 def _slots(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -174,16 +180,19 @@ def _slots(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return row, col, torch.arange(len(row), device=sel.device) - start[row], int(sel.sum(1).max()) if len(row) else 0
 
 
-def candidate_argmax(x, cand: torch.Tensor, py: AxisPlan, px: AxisPlan, value_fn: Callable | None = None):
+def candidate_argmax(x, cand, py: AxisPlan, px: AxisPlan, value_fn: Callable | None = None, labels_of=None):
     """Per output pixel the channel with the largest resampled value (one-stage plans): int64 [H, W].
 
     x [C, h, w] low-res maps; cand [C, n_ty, n_tx] bool, every channel that can win in the tile (at least one);
-    value_fn(z [N, t, t], ch [N]) maps resampled values first. Ties go to the lowest channel, as torch.argmax.
-    Tiles are handled in buckets of similar candidate counts (2, 3-4, 5-8, ...) so little is padded.
+    value_fn(z [N, t, t], ch [N]) maps resampled values first; labels_of [C] int64: write labels_of[channel]
+    instead. Ties go to the lowest channel, as torch.argmax. Tiles are handled in buckets of similar candidate
+    counts (2, 3-4, 5-8, ...) so little is padded; tiles are held in int16 and the result written once as int64.
     """
     t = py.tile
+    names = torch.arange(x.shape[0], device=x.device) if labels_of is None else labels_of
+    names = names.to(_label_dtype(int(names.max()) + 1))
     count = cand.sum(0).flatten()  # [n_tiles]
-    out = cand.float().argmax(0).flatten()[:, None, None].expand(-1, t, t).clone()  # single-candidate tiles
+    out = names[cand.float().argmax(0).flatten()][:, None, None].expand(-1, t, t).clone()  # single-candidate tiles
     sel = cand.flatten(1).T  # [n_tiles, C]
     lo = 2
     while lo <= int(count.max()):
@@ -196,11 +205,11 @@ def candidate_argmax(x, cand: torch.Tensor, py: AxisPlan, px: AxisPlan, value_fn
             z = z if value_fn is None else value_fn(z, ch)
             buf = z.new_full((len(tiles[g]), t * t, hi), float("-inf"))  # slots last: argmax over a contiguous dim
             buf[row, :, slot] = z.flatten(1)
-            chan = ch.new_zeros(len(tiles[g]), hi)
-            chan[row, slot] = ch
+            chan = names.new_zeros(len(tiles[g]), hi)
+            chan[row, slot] = names[ch]
             out[tiles[g]] = chan.gather(1, buf.argmax(2)).view(-1, t, t)
         lo = hi + 1
-    return _untile(out, py, px)
+    return _untile(out, py, px, torch.int64)
 
 
 # ------------------------------------------------------------------------------------------------ semantic
@@ -214,7 +223,12 @@ def semantic_labels(probs, masks, low: Size, pad: Size, img: Size, out: Size, *,
         return _bounded_argmax(masks, "fast" if order == "fast" else "linear", low, pad, img, out)
     if order == "fast":
         classes, sem = marginal_pruned(probs, masks.sigmoid())  # [C'], [C', h, w]
-        return classes[_bounded_argmax(sem, "fast", low, pad, img, out)]
+        return _bounded_argmax(sem, "fast", low, pad, img, out, classes)
+    if not before_inference and 4 * img[0] * img[1] <= out[0] * out[1]:
+        # upscaling: the marginal at the crop (K x crop, far below K x output), then only its resize is tiled
+        up = F.interpolate(masks[None], size=pad, mode="bilinear", align_corners=False)[0, :, : img[0], : img[1]]
+        classes, sem = marginal_pruned(probs, up.sigmoid_())
+        return _bounded_argmax(sem, "linear", img, img, img, out, classes)
     return _official_labels(probs, masks, low, pad, img, out, before_inference)
 
 
@@ -237,8 +251,8 @@ def marginal_pruned(probs: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tenso
     return classes, torch.cat([sem_s, torch.einsum("qk,qhw->khw", probs[:, extra], sig)])[order]
 
 
-def _bounded_argmax(x: torch.Tensor, kind: str, low: Size, pad: Size, img: Size, out: Size) -> torch.Tensor:
-    """argmax over channels of x [C, h, w] resampled by a one-stage plan -> int64 [H, W].
+def _bounded_argmax(x: torch.Tensor, kind: str, low: Size, pad: Size, img: Size, out: Size, labels_of=None):
+    """argmax over channels of x [C, h, w] resampled by a one-stage plan -> int64 [H, W] (labels_of[channel]).
 
     Lower bound of the winner per tile: the best window minimum, or the window minimum of the mean of the top-1..4
     channels by window maximum (a mean of channels never exceeds their max; much tighter where the winner changes).
@@ -250,7 +264,7 @@ def _bounded_argmax(x: torch.Tensor, kind: str, low: Size, pad: Size, img: Size,
     vals = x[top[..., None, None], py.low_idx[:, None, None, :, None], px.low_idx[None, :, None, None, :]]
     means = vals.cumsum(2) / torch.arange(1, m + 1, device=x.device, dtype=x.dtype)[:, None, None]
     best_lo = torch.maximum(lo.amax(0), means.amin((3, 4)).amax(2))  # [n_ty, n_tx]
-    return candidate_argmax(x, hi >= best_lo - 1e-6 * (1 + best_lo.abs()), py, px)
+    return candidate_argmax(x, hi >= best_lo - 1e-6 * (1 + best_lo.abs()), py, px, labels_of=labels_of)
 
 
 def _official_labels(probs, masks, low: Size, pad: Size, img: Size, out: Size, before_inference: bool, tile=8):
@@ -267,7 +281,8 @@ def _official_labels(probs, masks, low: Size, pad: Size, img: Size, out: Size, b
     lower, upper = sl @ probs, sh @ probs  # [n_tiles, K]
     best = lower.amax(1, keepdim=True)
     cand = upper >= best - MARGIN * (1 + best)
-    labels = cand.float().argmax(1)[:, None, None].expand(-1, tile, tile).clone()  # tiles with one candidate
+    labels = cand.float().argmax(1).to(_label_dtype(probs.shape[1]))  # tiles with one candidate
+    labels = labels[:, None, None].expand(-1, tile, tile).clone()
     count = cand.sum(1)
     multi = (count >= 2).nonzero()[:, 0]
     multi = multi[count[multi].argsort(stable=True)]  # groups of similar candidate counts: little padding
@@ -287,7 +302,7 @@ def _official_labels(probs, masks, low: Size, pad: Size, img: Size, out: Size, b
             zero = a.new_zeros(len(redo), a.shape[1])
             all_q = torch.ones_like(active[redo])
             _decide_tiles(probs, masks, py, px, tiles[redo], kmat[redo], cvalid[redo], all_q, zero, zero, labels)
-    return _untile(labels, py, px)
+    return _untile(labels, py, px, torch.int64)
 
 
 def _decide_tiles(probs, masks, py, px, tiles, kmat, cvalid, active, a, b, labels) -> torch.Tensor:
@@ -301,7 +316,7 @@ def _decide_tiles(probs, masks, py, px, tiles, kmat, cvalid, active, a, b, label
     win = low_v.argmax(-1, keepdim=True)  # [g, t, t, 1]
     best = low_v.gather(-1, win)
     rival = up_v.scatter(-1, win, float("-inf")).amax(-1, keepdim=True)
-    labels[tiles] = kmat.gather(1, win.flatten(1)).view(g, t, t)
+    labels[tiles] = kmat.gather(1, win.flatten(1)).view(g, t, t).to(labels.dtype)
     undecided = (best <= rival + MARGIN * (1 + best.abs()))[..., 0] & _valid(py, px, ty, tx)
     return undecided.flatten(1).any(1)
 

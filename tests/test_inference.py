@@ -164,10 +164,11 @@ def labels_agree(labels: torch.Tensor, ref_scores: np.ndarray, tol=1e-5):
     assert not bad.any(), f"{bad.sum()} pixels differ from the reference"
 
 
-CASES = [  # (padded size, image size, output size): no padding, padding + non-square resize, upscaling
+CASES = [  # (padded size, image size, output size): no padding, padding + non-square resize, upscaling (x2, x5)
     ((40, 48), (40, 48), (40, 48)),
     ((40, 48), (37, 41), (29, 53)),
     ((40, 48), (33, 48), (70, 90)),
+    ((40, 48), (19, 23), (90, 117)),
 ]
 
 
@@ -229,6 +230,15 @@ def test_semantic_labels_many_classes_and_batch(fast):
         labels_agree(
             got[b], ref_semantic(np64(o["pred_logits"][b]), np64(o["pred_masks"][b]), (64, 64), *[sizes[b], outs[b]])
         )
+
+
+@FAST
+def test_semantic_labels_many_classes_upscaled(fast):
+    """Many near-equal classes, output 4.5 x 6.1 times the image (the fast path marginalizes at the image size)."""
+    o = random_outputs(q=12, k=30, h=16, w=16, seed=12, sharp=0.5)
+    img, out = (40, 37), (180, 225)
+    labels = inf.semantic_labels(o, [img], [out], fast=fast)[0]
+    labels_agree(labels, ref_semantic(np64(o["pred_logits"][0]), np64(o["pred_masks"][0]), (64, 64), img, out))
 
 
 @FAST
