@@ -383,8 +383,9 @@ def report(times: dict, check: dict, repeats: int, load: tuple[float, float]) ->
         )
     lines += [
         "",
-        "Notes: PQ from files is bounded by PNG decoding (Pillow; both tools decode the same files; ours reads the "
-        "decoded pixels through Pillow's Arrow buffer instead of tobytes()). workers=2 only pays off when cores are "
+        "Notes: PQ from files is bounded by PNG decoding (both tools decode the same files; ours with pyspng when the "
+        "fast-png extra is installed, else Pillow; the two command rows include Python start-up and imports). "
+        "workers=2 only pays off when cores are "
         "free. In memory, most of the time is the run-length compression of the two uint32 id maps (two compare "
         "passes, then the run starts); matching and bookkeeping are ~0.1 ms per image.",
         "",

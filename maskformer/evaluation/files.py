@@ -24,7 +24,7 @@ import numpy as np
 
 from maskformer.evaluation.panoptic import PairCounter, PanopticEvaluator, segment_ids
 from maskformer.evaluation.sem_seg import ConfusionCounter, SemSegEvaluator
-from maskformer.io import LABEL_EXTS, fast_png, list_files, load_json, read_label, read_panoptic
+from maskformer.io import LABEL_EXTS, FormatError, fast_png, list_files, load_json, read_label, read_panoptic
 
 _WORKER_STATE: dict = {}  # per process: reusable counters (lookup tables and buffers)
 
@@ -41,24 +41,62 @@ def default_workers() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def check_panoptic_json(data: dict, path, what: str, keys=("annotations",)) -> None:
-    """Clear errors for a COCO panoptic JSON missing its lists or per-image fields."""
+def check_panoptic_json(data, path, what: str, keys=("annotations",)) -> None:
+    """Clear errors (FormatError naming the file) for a COCO panoptic JSON missing its lists or per-image fields."""
+    if not isinstance(data, dict):
+        raise FormatError(f"{what} JSON {path} must be an object with an 'annotations' list, got {type(data).__name__}")
     for key in keys:
-        if not isinstance(data, dict) or not isinstance(data.get(key), list):
-            raise ValueError(f"{what} JSON {path} has no '{key}' list")
+        if not isinstance(data.get(key), list):
+            raise FormatError(f"{what} JSON {path} has no '{key}' list")
     for ann in data["annotations"]:
-        for key in ("image_id", "file_name", "segments_info"):
+        if not isinstance(ann, dict):
+            raise FormatError(f"{what} JSON {path}: an annotation is a {type(ann).__name__}, not an object")
+        for key, kinds in (("image_id", (int, str)), ("file_name", str), ("segments_info", list)):
             if key not in ann:
-                raise ValueError(f"{what} JSON {path}: an annotation lacks '{key}' (image_id {ann.get('image_id')})")
+                raise FormatError(f"{what} JSON {path}: an annotation lacks '{key}' (image_id {ann.get('image_id')})")
+            if not isinstance(ann[key], kinds) or isinstance(ann[key], bool):
+                raise FormatError(f"{what} JSON {path}: an annotation's '{key}' is {ann[key]!r:.60}")
+        if not all(isinstance(seg, dict) for seg in ann["segments_info"]):
+            raise FormatError(f"{what} JSON {path}: image {ann['image_id']!r}: segments_info must hold objects")
+    for key in keys[1:]:
+        if not all(isinstance(c, dict) and isinstance(c.get("id"), int) for c in data[key]):
+            raise FormatError(f"{what} JSON {path}: every entry of '{key}' needs an integer 'id'")
 
 
 def match_panoptic(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]:
-    """(GT annotation, prediction annotation) per GT image, by image_id; a missing prediction names the image."""
-    preds = {ann["image_id"]: ann for ann in pred_json.get("annotations", [])}
-    missing = [ann["image_id"] for ann in gt_json["annotations"] if ann["image_id"] not in preds]
+    """(GT annotation, prediction annotation) per GT image, the image ids being the ground truth's.
+
+    A prediction belongs to the GT image with its image_id; when no GT image has that id (`maskformer predict`
+    writes the input's file stem), to the GT image whose file stem (of the annotation's PNG or, in "images", of the
+    photo) equals the stem of its file_name or its image_id. A prediction matching no GT image, two predictions for
+    one image and a GT image without a prediction are errors naming them."""
+    anns = gt_json["annotations"]
+    by_id = {ann["image_id"]: ann for ann in anns}
+    by_stem = {Path(ann["file_name"]).stem: ann["image_id"] for ann in anns}
+    for image in gt_json.get("images", []) if isinstance(gt_json.get("images"), list) else []:
+        image_id = image.get("id") if isinstance(image, dict) else None
+        if isinstance(image_id, int | str) and image_id in by_id and isinstance(image.get("file_name"), str):
+            by_stem.setdefault(Path(image["file_name"]).stem, image_id)
+    preds, unmatched = {}, []
+    for ann in pred_json["annotations"]:
+        image_id = ann["image_id"]
+        if image_id not in by_id:
+            image_id = by_stem.get(Path(ann["file_name"]).stem, by_stem.get(str(ann["image_id"])))
+        if image_id is None:
+            unmatched.append(f"{ann['image_id']!r} ({ann['file_name']})")
+        elif image_id in preds:
+            raise FormatError(f"two predictions for the ground-truth image {image_id!r} (by image_id or file name)")
+        else:
+            preds[image_id] = ann
+    if unmatched:
+        raise FormatError(
+            f"{len(unmatched)} prediction(s) match no ground-truth image by image_id or file name: "
+            f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}"
+        )
+    missing = [ann["image_id"] for ann in anns if ann["image_id"] not in preds]
     if missing:
-        raise ValueError(f"no prediction for the ground-truth image(s) with image_id {missing[:10]}")
-    return [(ann, preds[ann["image_id"]]) for ann in gt_json["annotations"]]
+        raise FormatError(f"no prediction for the ground-truth image(s) with image_id {missing[:10]}")
+    return [(ann, preds[ann["image_id"]]) for ann in anns]
 
 
 def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, Path, Path]]:
@@ -69,11 +107,11 @@ def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, 
             raise FileNotFoundError(f"{what} folder {d} does not exist")
     gts = list_files(gt_dir, LABEL_EXTS)
     if not gts:
-        raise ValueError(f"ground-truth folder {gt_dir} has no label maps ({', '.join(LABEL_EXTS)})")
+        raise FormatError(f"ground-truth folder {gt_dir} has no label maps ({', '.join(LABEL_EXTS)})")
     preds = {p.stem: p for p in list_files(pred_dir, LABEL_EXTS)}
     missing = [p.stem for p in gts if p.stem not in preds]
     if missing:
-        raise ValueError(f"no prediction in {pred_dir} for the ground-truth image(s) {missing[:10]}")
+        raise FormatError(f"no prediction in {pred_dir} for the ground-truth image(s) {missing[:10]}")
     return [(p.stem, p, preds[p.stem]) for p in gts]
 
 
@@ -125,7 +163,7 @@ def _read_panoptic_pair(task) -> tuple[np.ndarray, np.ndarray]:
     image_id, gt_path, pred_path = task[:3]
     gt, pred = read_panoptic(gt_path), read_panoptic(pred_path)
     if gt.shape != pred.shape:
-        raise ValueError(f"image {image_id}: prediction PNG {pred_path} is {pred.shape}, ground truth is {gt.shape}")
+        raise FormatError(f"image {image_id}: prediction PNG {pred_path} is {pred.shape}, ground truth is {gt.shape}")
     return gt, pred
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from maskformer.evaluation.counting import PairRuns, pq_sq_rq, sequential_mean, weighted_bincount
-from maskformer.io import to_numpy
+from maskformer.io import FormatError, to_numpy
 
 VOID = 0
 _LUT_LIMIT = 1 << 24  # per-pixel counting looks ids below this up in a table (PNG ids are < 2^24)
@@ -50,10 +50,10 @@ class PairCounter:
         """gt_ids, pred_ids: int [h, w] id maps; *_seg_ids: int64 [n] listed segment ids -> int64 [2+n_gt, 2+n_pred]."""
         gt, pred = _flat_ids(gt_ids, "ground-truth", image_id), _flat_ids(pred_ids, "prediction", image_id)
         if gt.size != pred.size:
-            raise ValueError(f"image {image_id}: ground truth has {gt.size} pixels, the prediction {pred.size}")
+            raise FormatError(f"image {image_id}: ground truth has {gt.size} pixels, the prediction {pred.size}")
         nrows, ncols = len(gt_seg_ids) + 2, len(pred_seg_ids) + 2
         if nrows * ncols >= 1 << 31:
-            raise ValueError(f"image {image_id}: too many segments ({nrows - 2} x {ncols - 2})")
+            raise FormatError(f"image {image_id}: too many segments ({nrows - 2} x {ncols - 2})")
         gt, pred, weights = self._runs(gt, pred)  # one entry per run of equal (gt, pred), weights = run lengths
         key = self._index(gt, gt_seg_ids, "rows", image_id, "ground-truth")
         cols = self._index(pred, pred_seg_ids, "cols", image_id, "prediction")
@@ -64,7 +64,7 @@ class PairCounter:
     def _index(self, ids: np.ndarray, seg_ids: np.ndarray, buffer: str, image_id, what: str) -> np.ndarray:
         """int32 [N] compact index of every id (0 = not listed, 1 = VOID, 2 + i = seg_ids[i]), in a reused buffer."""
         if ids.size and ids.dtype.kind == "i" and int(ids.min()) < 0:
-            raise ValueError(f"image {image_id}: {what} id map has negative ids")
+            raise FormatError(f"image {image_id}: {what} id map has negative ids")
         if self._buffers[buffer].size < ids.size:
             self._buffers[buffer] = np.empty(ids.size, dtype=np.int32)
         out = self._buffers[buffer][: ids.size]
@@ -89,7 +89,7 @@ class PairCounter:
 def _flat_ids(ids, what: str, image_id) -> np.ndarray:
     flat = to_numpy(ids).reshape(-1)
     if flat.dtype.kind not in "iu":
-        raise ValueError(f"image {image_id}: {what} id map must be integer, got dtype {flat.dtype}")
+        raise FormatError(f"image {image_id}: {what} id map must be integer, got dtype {flat.dtype}")
     return flat
 
 
@@ -115,12 +115,12 @@ class PanopticEvaluator:
 
     def __init__(self, categories: Sequence[dict]) -> None:
         if not categories:
-            raise ValueError("PanopticEvaluator needs at least one category")
+            raise FormatError("PanopticEvaluator needs at least one category")
         self.categories = [dict(c) for c in categories]
         self._cat_index = {int(c["id"]): i for i, c in enumerate(self.categories)}
         if len(self._cat_index) != len(self.categories):
-            raise ValueError("PanopticEvaluator: duplicate category ids")
-        self._isthing = np.array([int(c.get("isthing", 0)) == 1 for c in self.categories])
+            raise FormatError("PanopticEvaluator: duplicate category ids")
+        self._isthing = np.array([c.get("isthing", 0) in (1, True) for c in self.categories])
         self._counter = PairCounter()
         self.reset()
 
@@ -134,7 +134,7 @@ class PanopticEvaluator:
         """Add one image. pred_ids/gt_ids: int [h, w] (numpy or torch); image_id names the image in errors."""
         pred_ids, gt_ids = to_numpy(pred_ids), to_numpy(gt_ids)
         if pred_ids.shape != gt_ids.shape:
-            raise ValueError(f"image {image_id}: prediction size {pred_ids.shape} != ground-truth size {gt_ids.shape}")
+            raise FormatError(f"image {image_id}: prediction size {pred_ids.shape} != ground-truth size {gt_ids.shape}")
         gt_seg, pred_seg = (
             segment_ids(gt_segments, "ground truth", image_id),
             segment_ids(pred_segments, "prediction", image_id),
@@ -150,7 +150,10 @@ class PanopticEvaluator:
         g_cat = self._category_indices(gt_segments, "ground truth", image_id)
         g_crowd = np.array([s.get("iscrowd", 0) == 1 for s in gt_segments], dtype=bool)
         png_area = hist[2:].sum(1).tolist()
-        g_area = np.array([s.get("area", a) for s, a in zip(gt_segments, png_area)], dtype=np.float64)
+        g_area = [s.get("area", a) for s, a in zip(gt_segments, png_area)]
+        if not all(isinstance(a, int | float) and not isinstance(a, bool) for a in g_area):
+            raise FormatError(f"image {image_id}: a ground-truth segment's 'area' is not a number")
+        g_area = np.array(g_area, dtype=np.float64)
         self._match(hist[2:, 2:], hist[1, 2:], g_cat, g_crowd, g_area, p_cat, p_area, image_id)
         self.num_images += 1
 
@@ -159,7 +162,7 @@ class PanopticEvaluator:
             return np.array([self._cat_index[int(s["category_id"])] for s in segments], dtype=np.intp)
         except KeyError:
             bad = sorted({int(s["category_id"]) for s in segments} - set(self._cat_index))
-            raise ValueError(f"image {image_id}: {what} segments have unknown category_id {bad}") from None
+            raise FormatError(f"image {image_id}: {what} segments have unknown category_id {bad}") from None
 
     def _match(self, inter, p_void, g_cat, g_crowd, g_area, p_cat, p_area, image_id) -> None:
         """TP / FP / FN / IoU sums of one image. inter: [G, P] |g n p|; p_void: [P] |p n GT-VOID|."""
@@ -167,7 +170,7 @@ class PanopticEvaluator:
         candidate[g_crowd] = False
         union = g_area[:, None] - inter + (p_area - p_void)[None, :]  # [G, P] asymmetric union
         if (union[candidate] <= 0).any():
-            raise ValueError(f"image {image_id}: a ground-truth segment has 'area' <= 0 in segments_info")
+            raise FormatError(f"image {image_id}: a ground-truth segment has 'area' <= 0 in segments_info")
         iou = np.divide(inter, union, out=np.zeros(inter.shape), where=candidate)
         match = iou > 0.5
         gi, pj = np.nonzero(match)
@@ -217,13 +220,13 @@ class PanopticEvaluator:
 def _check_prediction(hist: np.ndarray, p_area: np.ndarray, pred_segments, image_id) -> None:
     """Prediction sanity checks that need pixels: every PNG id listed, every listed id in the PNG."""
     if hist[:, 0].any():
-        raise ValueError(
+        raise FormatError(
             f"image {image_id}: the prediction PNG has segment ids missing from its segments_info "
             f"({int(hist[:, 0].sum())} pixels); every non-zero id must be listed"
         )
     if (p_area == 0).any():
         missing = [int(s["id"]) for s, a in zip(pred_segments, p_area) if a == 0]
-        raise ValueError(f"image {image_id}: prediction segment ids {missing} are in segments_info but not in the PNG")
+        raise FormatError(f"image {image_id}: prediction segment ids {missing} are in segments_info but not in the PNG")
 
 
 def _crowd_overlap(inter: np.ndarray, g_cat: np.ndarray, g_crowd: np.ndarray, p_cat: np.ndarray) -> np.ndarray:
@@ -248,10 +251,10 @@ def segment_ids(segments: Sequence[dict], what: str, image_id) -> np.ndarray:
     try:
         pairs = [(int(s["id"]), int(s["category_id"])) for s in segments]
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"image {image_id}: every {what} segment needs an integer 'id' and 'category_id'") from None
+        raise FormatError(f"image {image_id}: every {what} segment needs an integer 'id' and 'category_id'") from None
     ids = np.array([i for i, _ in pairs], dtype=np.int64).reshape(-1)
     if (ids <= 0).any():
-        raise ValueError(f"image {image_id}: {what} segments_info uses id <= 0 (0 is VOID)")
+        raise FormatError(f"image {image_id}: {what} segments_info uses id <= 0 (0 is VOID)")
     if len(set(ids.tolist())) != len(ids):
-        raise ValueError(f"image {image_id}: {what} segments_info repeats a segment id")
+        raise FormatError(f"image {image_id}: {what} segments_info repeats a segment id")
     return ids
