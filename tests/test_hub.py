@@ -344,6 +344,34 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing(env, server):
     assert hub_cache.list_entries() == []
 
 
+CHILD_RESOLVE_ERR = """
+import sys
+from maskformer.hub import HubError, resolve
+try:
+    resolve(sys.argv[1], progress=False)
+except HubError as e:
+    print(e)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_while_writing_the_converted_model_leaves_only_the_download(env, server, official):
+    data = official[0]
+    url = server.url("/offline/model_final_abc123.pkl")  # never requested: the file is placed in the cache
+    dest = hub_cache.downloads_dir() / hub_cache.url_key(url) / "model_final_abc123.pkl"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(data)
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD_RESOLVE_ERR, url], env=dict(os.environ), capture_output=True, text=True,
+        timeout=120, preexec_fn=_file_size_limit(1 << 20),
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr[-2000:]
+    assert "writing the converted model" in run.stdout and "File too large" in run.stdout
+    assert [(e.kind, e.state) for e in hub_cache.list_entries()] == [("download", "ready")]
+    assert list(hub_cache.models_dir().iterdir()) == [] and len(server.requests) == 0
+    assert resolve(url).is_dir()  # with room, the same cached file converts
+
+
 CHILD_RESOLVE = "import sys; from maskformer.hub import resolve; print(resolve(sys.argv[1], progress=False))"
 
 

@@ -93,11 +93,12 @@ def resolve(ref: str | os.PathLike, *, progress: bool = True) -> Path:
         entry = zoo_entry_for(parsed)
         source, info, downloaded = _fetch(parsed, entry, progress)
         try:
-            _convert_into(source, target, entry, info)
+            model, cfg, meta = _convert(source, entry, info)
         except HubError:
             if downloaded:  # a file that does not convert must not stay cached as if it were good
                 shutil.rmtree(downloaded.parent, ignore_errors=True)
             raise
+        _write_model_dir(model, cfg, meta, target, {**info, "file": str(source)})
     return target
 
 
@@ -282,9 +283,8 @@ def convert_checkpoint(source: Path, preset: str | None = None):
     return convert_source(source, preset=preset)[:3]
 
 
-def _convert_into(source: Path, target: Path, entry: ZooEntry | None, info: dict) -> None:
-    """Convert `source` and write the model directory `target` atomically (a temporary folder, then a rename)."""
-    from maskformer.checkpoint import save_pretrained
+def _convert(source: Path, entry: ZooEntry | None, info: dict):
+    """(model, cfg, meta) of `source`; a zoo entry supplies the preset and the dataset meta."""
     from maskformer.convert.safe_pickle import UnsafePickleError
 
     try:
@@ -293,11 +293,19 @@ def _convert_into(source: Path, target: Path, entry: ZooEntry | None, info: dict
         raise HubError(f"{info['ref']}: cannot convert {source}: {e}") from None
     if entry is not None and entry.meta().num_classes == cfg.model.num_classes:
         meta = entry.meta()
+    return model, cfg, meta
+
+
+def _write_model_dir(model, cfg, meta, target: Path, info: dict) -> None:
+    """Write the model directory `target` atomically (a temporary folder, then a rename); a failed write (disk
+    full) leaves nothing behind."""
+    from maskformer.checkpoint import save_pretrained
+
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_pretrained(model, cfg, meta, tmp)
-        cache.write_source(tmp, {**info, "file": str(source)})
+        cache.write_source(tmp, info)
         shutil.rmtree(target, ignore_errors=True)  # a leftover without config.json (we hold the lock)
         os.replace(tmp, target)
     except OSError as e:
