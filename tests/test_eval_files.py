@@ -218,3 +218,52 @@ assert 'torch' not in sys.modules, 'scoring imported torch'
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "mIoU" in done.stdout and "Things    |  66.67" in done.stdout
+
+
+def test_predict_panoptic_output_scores_against_coco_ground_truth_as_written(tmp_path, capsys):
+    """`maskformer predict --task panoptic` (image_id = file stem) scored by `maskformer score` against a COCO
+    ground truth (integer image ids) with no edits: predictions matched by file name, numbers as panopticapi's on the
+    hand-matched pairs; a prediction for an image the ground truth lacks is one error naming it."""
+    import shutil
+
+    import torch
+
+    from maskformer.checkpoint import save_pretrained
+    from maskformer.config import get_preset
+    from maskformer.data.synthetic import SynthConfig
+    from maskformer.modeling import build_model
+
+    data, model_dir, out = tmp_path / "synth", tmp_path / "model", tmp_path / "pred"
+    assert main(["synth", "--out", str(data), "--train", "1", "--val", "2", "--size", "64"]) == 0
+    tiny = ["model.num_queries=6", "model.hidden_dim=32", "model.nheads=2", "model.dim_feedforward=32",
+            "model.dec_layers=1", "model.conv_dim=32", "model.mask_dim=32", "inference.min_size_test=64",
+            "inference.max_size_test=64", "inference.object_mask_threshold=0.0"]  # fmt: skip
+    torch.manual_seed(0)
+    cfg = get_preset("maskformer_r18_synth", tiny)
+    save_pretrained(build_model(cfg).eval(), cfg, SynthConfig().meta(), model_dir)  # random weights, synth classes
+    predict = ["predict", "--model", str(model_dir), "--task", "panoptic", "--no-overlay", "--out", str(out)]
+    assert main([*predict, str(data / "val")]) == 0
+    gt_json, gt_folder = data / "annotations" / "panoptic_val.json", data / "panoptic_val"
+    gt = json.loads(gt_json.read_text())
+    assert {type(a["image_id"]) for a in gt["annotations"]} == {int}  # ids differ from predict's (file stems)
+    report = tmp_path / "pq.json"
+    score = ["score", "--gt", str(gt_json), "--gt-folder", str(gt_folder), "--workers", "0"]
+    assert main([*score, "--pred", str(out / "panoptic.json"), "--json", str(report)]) == 0
+    ours = json.loads(report.read_text())
+
+    by_stem = {a["file_name"][:-4]: a["image_id"] for a in gt["annotations"]}  # the hand edit score spares the user
+    pred = json.loads((out / "panoptic.json").read_text())
+    for ann in pred["annotations"]:
+        ann["image_id"] = by_stem[ann["image_id"]]
+    (tmp_path / "edited.json").write_text(json.dumps(pred))
+    ref, _ = panopticapi_stats(gt_json, tmp_path / "edited.json", gt_folder, out / "panoptic")
+    assert ours["num_images"] == 2 and ours["All"]["n"] == ref["All"]["n"] > 0
+    for m in ("pq", "sq", "rq"):
+        assert ours["All"][m] == ref["All"][m]
+
+    shutil.copy(data / "train" / "train_00000.png", tmp_path / "stray.png")  # an image the ground truth lacks
+    assert main([*predict, str(data / "val"), str(tmp_path / "stray.png")]) == 0
+    capsys.readouterr()
+    assert main([*score, "--pred", str(out / "panoptic.json")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: 1 prediction(s) match no ground-truth image by image_id or file name: 'stray' (stray.png)"
