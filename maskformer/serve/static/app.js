@@ -94,7 +94,8 @@ async function run(blob) {
     buildIndex();
     render();
     buildLegend();
-    $("status").textContent = `${body.segments.length} segments · ${Math.round(performance.now() - t0)} ms`;
+    const n = body.segments.length;
+    $("status").textContent = `${n} segment${n === 1 ? "" : "s"} · ${Math.round(performance.now() - t0)} ms`;
     for (const id of ["download-overlay", "download-label", "download-json"]) $(id).disabled = false;
     document.body.dataset.state = "ready";
   } catch (err) {
