@@ -77,6 +77,10 @@ def convert_transformers(path: str | os.PathLike, *, preset: str | None = None):
 
     sd, info = read_state_dict(path)
     hf_config = info["hf_config"]
+    if hf_config.get("model_type") == "mask2former":
+        from maskformer.convert.hf_mask2former import convert_hf_mask2former
+
+        return convert_hf_mask2former(str(path), sd, hf_config, preset)
     try:
         cfg = hf_config_to_config(hf_config)
     except (KeyError, ValueError) as e:

@@ -17,6 +17,8 @@ import torch
 from maskformer.checkpoint import Renamed
 from maskformer.config import PRESETS, Config, get_preset
 from maskformer.convert.backbones import depth_table
+from maskformer.convert.detectron2_mask2former import infer_mask2former_preset, is_mask2former, mask2former_fields
+from maskformer.convert.detectron2_mask2former import rename_key as rename_mask2former_key
 
 _HEAD = "sem_seg_head."
 _PD = "sem_seg_head.pixel_decoder."
@@ -37,7 +39,7 @@ def map_detectron2(sd: dict[str, torch.Tensor]) -> Renamed:
     """`upgrade_names` that remembers each key's source name and the keys dropped on purpose (for reports)."""
 
     def rename(key: str) -> str | None:
-        key = key.removeprefix("module.")
+        key = rename_mask2former_key(key.removeprefix("module."))
         if key == "criterion.empty_weight":
             return None
         return _PD + key[len(_HEAD) :] if key.startswith(_HEAD) and not key.startswith((_PD, _PRED)) else key
@@ -90,6 +92,8 @@ def infer_model_fields(sd: dict[str, torch.Tensor]) -> dict:
     f: dict = {"backbone": infer_backbone(sd)}
     if f["backbone"].startswith("resnet"):
         f["backbone_norm"] = infer_backbone_norm(sd)
+    if is_mask2former(sd):
+        return {**f, **mask2former_fields(sd)}
     if _PRED + "class_embed.weight" in sd:
         f["arch"], f["num_classes"] = "maskformer", sd[_PRED + "class_embed.weight"].shape[0] - 1
     elif _PRED + "weight" in sd:
@@ -119,6 +123,8 @@ def infer_model_fields(sd: dict[str, torch.Tensor]) -> dict:
 
 def infer_preset(fields: dict) -> str | None:
     """The preset name whose architecture matches `fields` (None if no preset does)."""
+    if fields["arch"] == "mask2former":
+        return infer_mask2former_preset(fields)
     bb = fields["backbone"]
     short = _SHORT.get(bb, bb)
     k = fields["num_classes"]
@@ -161,7 +167,7 @@ def build_config(
 
 def class_head_keys(cfg: Config) -> tuple[str, ...]:
     """State-dict keys whose shape depends on K (dropped when the class count changes)."""
-    if cfg.model.arch == "maskformer":
+    if cfg.model.arch in ("maskformer", "mask2former"):
         return (_PRED + "class_embed.weight", _PRED + "class_embed.bias")
     if cfg.model.arch == "per_pixel_baseline":
         return (_PRED + "weight", _PRED + "bias")

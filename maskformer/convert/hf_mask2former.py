@@ -168,27 +168,59 @@ def _swin_name(key: str) -> str:
 
 
 def hf_mask2former_config_to_config(hf_config: dict) -> Config:
-    """A transformers Mask2FormerConfig dict (config.json) -> a Config whose `build_model` gives that network (the
-    backbone must be one of this package's named ones; `build_hf_mask2former_model` takes any size). Loss weights and
+    """A transformers Mask2FormerConfig dict (config.json) -> a Config whose `build_model` gives that network. A
+    backbone equal to a named one (BACKBONES) gets its name; any other (e.g. tiny test ones) is "swin" / "resnet" with
+    its structural parameters in `model.backbone_args`, so a saved model directory rebuilds it. Loss weights and
     point-sampling settings come from the HF config; data/train/inference keep their defaults."""
-    from maskformer.convert.hf import hf_backbone_name
+    from maskformer.convert.backbones import backbone_name
+    from maskformer.convert.hf import hf_backbone_args
 
-    return _config(hf_config, hf_backbone_name(_backbone_config(hf_config)))
+    kind, args = hf_backbone_args(_backbone_config(hf_config))
+    name = backbone_name(kind, args)
+    cfg = _config(hf_config, name or kind)
+    cfg.model.backbone_args = {} if name else args
+    return cfg
 
 
 def build_hf_mask2former_model(hf_config: dict) -> nn.Module:
     """The Mask2Former matching a transformers config dict exactly, including non-preset (e.g. tiny) backbones."""
-    from maskformer.backbones import ResNet, SwinTransformer
-    from maskformer.convert.hf import hf_backbone_args
     from maskformer.modeling import build_model
 
-    bb = _backbone_config(hf_config)
-    kind, args = hf_backbone_args(bb)
-    if kind == "swin":
-        backbone = SwinTransformer(**args, drop_path_rate=float(bb.get("drop_path_rate", 0.0)))
-    else:
-        backbone = ResNet(**args)
-    return build_model(_config(hf_config, kind), backbone=backbone)
+    return build_model(hf_mask2former_config_to_config(hf_config))
+
+
+def convert_hf_mask2former(path: str, sd: dict[str, torch.Tensor], hf_config: dict, preset: str | None = None):
+    """(model in eval mode, cfg, meta, report) from a transformers Mask2Former directory's state dict and config.json
+    dict; every key must fit (else `CheckpointError`). `preset` supplies the data / inference / train settings
+    (default: the preset named like this network and K, when one exists). Class names come from `id2label`."""
+    import dataclasses
+
+    from maskformer.checkpoint import CheckpointError, Renamed, build_loaded
+    from maskformer.config import get_preset
+    from maskformer.convert.detectron2_mask2former import infer_mask2former_preset
+    from maskformer.structures import DatasetMeta
+
+    try:
+        cfg = hf_mask2former_config_to_config(hf_config)
+        mapped, dropped = hf_mask2former_to_official(sd)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e.args[0] if e.args else e}") from None
+    notes = ["source: transformers Mask2Former directory"]
+    inferred = ""
+    if preset is None:  # None for a backbone of no preset (backbone_args)
+        preset = infer_mask2former_preset({"backbone": cfg.model.backbone, "num_classes": cfg.model.num_classes})
+        inferred = " (inferred from the config)"
+    if preset is not None:
+        cfg = dataclasses.replace(get_preset(preset), model=cfg.model, loss=cfg.loss)
+        notes.append(f"preset: {preset}{inferred} (data, inference and train settings)")
+    # Swin's relative_position_index is a constant buffer transformers does not save: kept from the built model
+    weights = Renamed(mapped, dropped=dropped)
+    model, report = build_loaded(cfg, weights, path, expected_missing=["*relative_position_index"])
+    id2label = hf_config.get("id2label") or {}
+    names = [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(cfg.model.num_classes)]
+    meta = DatasetMeta(name=hf_config.get("_name_or_path") or "transformers", class_names=names)
+    report.notes = notes
+    return model.eval(), cfg, meta, report
 
 
 def _backbone_config(hf_config: dict) -> dict:

@@ -14,7 +14,7 @@ import torch
 
 from maskformer.checkpoint import WEIGHTS_NAME, CheckpointError, is_model_dir, load_safetensors, read_json
 
-TRANSFORMERS_TYPES = ("maskformer",)  # transformers `model_type`s converted by maskformer.convert
+TRANSFORMERS_TYPES = ("maskformer", "mask2former")  # transformers `model_type`s converted by maskformer.convert
 
 
 def detect_source(path: str | os.PathLike) -> str:
