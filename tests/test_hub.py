@@ -421,10 +421,6 @@ def test_cache_ls_rm_and_models_zoo(env, server, official, monkeypatch, capsys):
     assert main(["cache", "rm", "nothing-like-this"]) == 1
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="predict --model takes references once maskformer/predict.py loads through maskformer.hub.load_model",
-)
 def test_predict_with_a_zoo_name_end_to_end(env, server, official, monkeypatch, tmp_path):
     from PIL import Image
 

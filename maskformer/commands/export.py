@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskformer.convert import load_model
     from maskformer.convert.safe_pickle import UnsafePickleError
     from maskformer.export import check_export, export
+    from maskformer.hub import load_model
 
     try:
         model, cfg, _ = load_model(args.model)
