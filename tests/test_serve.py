@@ -94,7 +94,9 @@ def test_page_static_and_examples(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/static/app.js" in page.text and "http" not in page.text.replace("http-equiv", "")  # nothing external
-    assert "rleDecode" in client.get("/static/app.js").text
+    for asset in ("app.js", "style.css"):
+        text = client.get(f"/static/{asset}").text
+        assert len(text) > 1000 and "://" not in text and "@import" not in text  # nothing from other hosts
     examples = client.get("/examples").json()
     assert len(examples) == 3
     image = png_array(client.get(examples[0]["url"]).content)
