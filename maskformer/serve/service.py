@@ -1,4 +1,4 @@
-"""The model side of the server: request parameters, image decoding, and a `MicroBatcher` over `Predictor`s.
+"""The model side of the server: request parameters, image decoding, and a `MicroBatcher` over one `Predictor`.
 
     service = ModelService.load("runs/synth/model", max_batch=8)      # any model reference `--model` accepts
     params = service.parse_params({"task": "panoptic", "format": "segments"})     # ParamError (422) if bad
@@ -15,7 +15,6 @@ import dataclasses
 import io as bytes_io
 import os
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -123,7 +122,8 @@ class ModelService:
             raise ValueError(f"task={self.task!r}; this model serves {', '.join(self.tasks)}")
         self.max_pixels = max_pixels
         self.metrics = Metrics()
-        self._predictors: OrderedDict[tuple, Predictor] = OrderedDict()
+        self.predictor = Predictor(model, task=self.task, device=self.device, config=cfg, meta=meta)
+        self.inference = self.predictor.inference  # the model's settings; requests may change the thresholds
         self.batcher = MicroBatcher(self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue)
 
     @classmethod
@@ -158,35 +158,23 @@ class ModelService:
         """Queue uint8 RGB [h, w, 3] for prediction -> Future[Prediction]. Raises QueueFull."""
         return self.batcher.submit((image, params))
 
-    def _predictor(self, task: str, object_mask: float | None, overlap: float | None) -> Predictor:
-        """One Predictor per (task, thresholds), all sharing the model; the 16 most recent are kept."""
-        key = (task, object_mask, overlap)
-        if key not in self._predictors:
-            inf = self.cfg.inference
-            inf = dataclasses.replace(
-                inf,
-                object_mask_threshold=inf.object_mask_threshold if object_mask is None else object_mask,
-                overlap_threshold=inf.overlap_threshold if overlap is None else overlap,
-            )
-            cfg = dataclasses.replace(self.cfg, inference=inf)
-            self._predictors[key] = Predictor(self.model, task=task, device=self.device, config=cfg, meta=self.meta)
-            while len(self._predictors) > 16:
-                self._predictors.popitem(last=False)
-        self._predictors.move_to_end(key)
-        return self._predictors[key]
-
     def _run_batch(self, jobs: list[Job]) -> None:
         """Group jobs by (task, thresholds, run size), one predict_arrays call per group; a group's error fails
-        only that group."""
-        inf, groups = self.cfg.inference, {}
+        only that group. The one Predictor is set to each group's task and thresholds (only this thread uses it)."""
+        inf, groups = self.predictor.inference, {}
         for job in jobs:
             image, p = job.payload
             size = run_size(*image.shape[:2], inf.min_size_test, inf.max_size_test)
             groups.setdefault((p.task, p.object_mask_threshold, p.overlap_threshold, size), []).append(job)
         for (task, object_mask, overlap, _), group in groups.items():
             try:
-                predictor = self._predictor(task, object_mask, overlap)
-                preds = predictor.predict_arrays([job.payload[0] for job in group], ["upload"] * len(group))
+                self.predictor.task = task
+                self.predictor.inference = dataclasses.replace(
+                    self.inference,
+                    object_mask_threshold=self.inference.object_mask_threshold if object_mask is None else object_mask,
+                    overlap_threshold=self.inference.overlap_threshold if overlap is None else overlap,
+                )
+                preds = self.predictor.predict_arrays([job.payload[0] for job in group], ["upload"] * len(group))
             except Exception as e:
                 for job in group:
                     job.future.set_exception(e)
@@ -198,7 +186,7 @@ class ModelService:
     # ------------------------------------------------------------------------------------------ description
     def info(self) -> dict:
         """What GET /model returns: the label space, tasks, and the model's shape and input size."""
-        cfg, meta, inf = self.cfg, self.meta, self.cfg.inference
+        cfg, meta, inf = self.cfg, self.meta, self.inference
         from maskformer.config import PRESETS
 
         classes = [
