@@ -95,15 +95,54 @@ COCO_PANOPTIC_STUFF_IDS = (
 )  # fmt: skip
 
 
+def _colors(text: str) -> list[tuple[int, int, int]]:
+    """'rrggbb rrggbb ...' -> [(r, g, b), ...]"""
+    return [tuple(bytes.fromhex(h)) for h in text.split()]
+
+
+# Standard colours, in contiguous-id order: ADE20K's official SceneParse150 palette, COCO panoptic's category colours
+# (panoptic_coco_categories.json), Cityscapes' train-id colours (cityscapesScripts), CamVid's (SegNet 11 classes).
+ADE20K_PALETTE = _colors("""
+787878 b47878 06e6e6 503232 04c803 787850 8c8c8c cc05ff e6e6e6 04fa07 e005ff ebff07 96053d 787846 08ff33 ff0652 8fff8c
+ccff04 ff3307 cc4603 0066c8 3de6fa ff0633 0b66ff ff0747 ff09e0 0907e6 dcdcdc ff095c 7009ff 08ffd6 07ffe0 ffb806 0aff47
+ff290a 07ffff e0ff08 6608ff ff3d06 ffc207 ff7a08 00ff14 ff0829 ff0599 0633ff eb0cff a09614 00a3ff 8c8c8c fa0a0f 14ff00
+1fff00 ff1f00 ffe000 99ff00 0000ff ff4700 00ebff 00adff 1f00ff 0bc8c8 ff5200 00fff5 003dff 00ff70 00ff85 ff0000 ffa300
+ff6600 c2ff00 008fff 33ff00 0052ff 00ff29 00ffad 0a00ff adff00 00ff99 ff5c00 ff00ff ff00f5 ff0066 ffad00 ff0014 ffb8b8
+001fff 00ff3d 0047ff ff00cc 00ffc2 00ff52 000aff 0070ff 3300ff 00c2ff 007aff 00ffa3 ff9900 00ff0a ff7000 8fff00 5200ff
+a3ff00 ffeb00 08b8aa 8500ff 00ff5c b800ff ff001f 00b8ff 00d6ff ff0070 5cff00 00e0ff 70e0ff 46b8a0 a300ff 9900ff 47ff00
+ff00a3 ffcc00 ff008f 00ffeb 85ff00 ff00eb f500ff ff007a fff500 0abed4 d6ff00 00ccff 1400ff ffff00 0099ff 0029ff 00ffcc
+2900ff 29ff00 ad00ff 00f5ff 4700ff 7a00ff 00ffb8 005cff b8ff00 0085ff ffd600 19c2c2 66ff00 5c00ff
+""")
+COCO_PANOPTIC_PALETTE = _colors("""
+dc143c 770b20 00008e 0000e6 6a00e4 003c64 005064 000046 0000c0 faaa1e 64aa1e dcdc00 af74af fa001e a52a2a ff4dff 00e2fc
+b6b6ff 005200 78a69d 6e4c00 ae39ff c76400 480076 ffb3f0 007d5c d10097 bcd0b6 00dcb0 ff63a4 5c0049 8581ff 4eb4ff 00e400
+aefff3 2d59ff 868667 9194ae ffd0ba c5e2ff ab8601 6d3f36 cf8aff 97005f 09503d 546933 4a4169 a6c466 d0c3d2 ff6d41 008f95
+b300c2 d1636a 057900 e3ffcd 93bad0 994501 035fa1 a3ff00 7700aa 00b6c7 00a578 b78258 5f2000 827287 6e8185 a64a76 db8eb9
+4fd272 b25a3e 41460f 7fa773 3b696a 8e6c2d c4ac00 5f3650 804cff c93901 f6007a bfa2d0 ffff80 93d3cb 966464 a8abac 9270c6
+d2aa64 5c8859 da58b8 f18100 d911ff 7c4ab5 464646 ffe4ff 9ad000 c1005c 4c5b71 ffb4c3 6a9ab0 e6968c 3c8fff 804080 5c5237
+fed47c 494dae ffa062 ffffff 68546d a9a483 e1c7ff 89364a 879edf 07f6e7 6bffc8 3a2995 b7798e ff4961 6b8e23 be9999 928b8d
+4682b4 86c79c d1e28c 60246c 606060 40aa40 98fb98 d0e5e4 cebaab 98a140 747000 00728f 66669c fa8dff
+""")
+CITYSCAPES_PALETTE = _colors("""
+804080 f423e8 464646 66669c be9999 999999 faaa1e dcdc00 6b8e23 98fb98 4682b4 dc143c ff0000 00008e 000046 003c64 005064
+0000e6 770b20
+""")
+CAMVID_NAMES = _names("sky|building|pole|road|pavement|tree|sign_symbol|fence|car|pedestrian|bicyclist")
+CAMVID_PALETTE = _colors("808080 800000 c0c080 804080 3c28de 808000 c08080 404080 400080 404000 0080c0")
+
+
 def ade20k_150() -> DatasetMeta:
     """ADE20K SceneParse150: 150 classes, contiguous id = raw PNG value - 1, ignore 255."""
-    return DatasetMeta("ade20k", list(ADE20K_150_NAMES), ignore_label=255, dataset_ids=list(range(1, 151)))
+    return DatasetMeta(
+        "ade20k", list(ADE20K_150_NAMES), ignore_label=255, dataset_ids=list(range(1, 151)), palette=ADE20K_PALETTE
+    )
 
 
 def ade20k_panoptic() -> DatasetMeta:
     """ADE20K panoptic: the 150 classes, 100 things (instance mapping) and 50 stuff; dataset id = contiguous id."""
     things = {i - 1 for i in ADE20K_PANOPTIC_THING_IDS}
-    return DatasetMeta("ade20k_panoptic", list(ADE20K_150_NAMES), is_thing=[i in things for i in range(150)])
+    things = [i in things for i in range(150)]
+    return DatasetMeta("ade20k_panoptic", list(ADE20K_150_NAMES), is_thing=things, palette=ADE20K_PALETTE)
 
 
 def ade20k_full(names: list[str] | None = None, dataset_ids: list[int] | None = None) -> DatasetMeta:
@@ -123,13 +162,15 @@ def coco_panoptic_133() -> DatasetMeta:
     """COCO panoptic: 80 things then 53 stuff, contiguous 0..132 in category-id order (as detectron2 and the JSON)."""
     ids = list(COCO_THING_IDS) + list(COCO_PANOPTIC_STUFF_IDS)
     names = COCO_THING_NAMES + COCO_PANOPTIC_STUFF_NAMES
-    return DatasetMeta("coco_panoptic", names, is_thing=[True] * 80 + [False] * 53, dataset_ids=ids)
+    things = [True] * 80 + [False] * 53
+    return DatasetMeta("coco_panoptic", names, is_thing=things, dataset_ids=ids, palette=COCO_PANOPTIC_PALETTE)
 
 
 def cityscapes_19() -> DatasetMeta:
     """Cityscapes: 19 train ids (dataset ids = the cityscapesScripts labelIds), 8 things, ignore 255."""
     things = [11 <= i <= 18 for i in range(19)]
-    return DatasetMeta("cityscapes", list(CITYSCAPES_NAMES), is_thing=things, dataset_ids=list(CITYSCAPES_LABEL_IDS))
+    names, ids = list(CITYSCAPES_NAMES), list(CITYSCAPES_LABEL_IDS)
+    return DatasetMeta("cityscapes", names, is_thing=things, dataset_ids=ids, palette=CITYSCAPES_PALETTE)
 
 
 def mapillary_65() -> DatasetMeta:
@@ -152,3 +193,15 @@ def builtin_meta(dataset: str, num_classes: int) -> DatasetMeta | None:
     """The built-in meta of `dataset` (a `data.format` name) if it has exactly `num_classes` classes, else None."""
     meta = BUILTIN_META[dataset]() if dataset in BUILTIN_META else None
     return meta if meta is not None and meta.num_classes == num_classes else None
+
+
+def standard_palette(meta: DatasetMeta) -> list[tuple[int, int, int]] | None:
+    """The standard colours of the dataset `meta`'s classes are (same class names: ADE20K-150, COCO panoptic,
+    Cityscapes, CamVid), e.g. for a model directory saved with generated colours; None for other label spaces."""
+    known = [(ADE20K_150_NAMES, ADE20K_PALETTE), (COCO_THING_NAMES + COCO_PANOPTIC_STUFF_NAMES, COCO_PANOPTIC_PALETTE),
+             (CITYSCAPES_NAMES, CITYSCAPES_PALETTE), (CAMVID_NAMES, CAMVID_PALETTE)]  # fmt: skip
+    names = [n.lower().replace(" ", "_") for n in meta.class_names]
+    for table, palette in known:
+        if names == [n.lower().replace(" ", "_") for n in table]:
+            return list(palette)
+    return None
