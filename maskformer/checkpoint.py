@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from maskformer.config import Config, apply_overrides
+from maskformer.io import atomic_file
 from maskformer.structures import DatasetMeta
 
 FORMAT = "maskformer-model"
@@ -38,20 +38,11 @@ class CheckpointError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ atomic file I/O
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` atomically: a temporary file in the same directory, fsync, then `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `data` to `path` atomically (maskformer.io.atomic_file), fsynced before the rename."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_safetensors(

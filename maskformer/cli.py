@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module under maskformer.commands, one-line help)
@@ -54,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         from maskformer.cpu_tuning import keep_freed_memory
 
         keep_freed_memory()  # no page faults on re-allocated tensors; MASKFORMER_KEEP_FREED_MEMORY=0: off
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except BrokenPipeError:  # `maskformer models | head`: the reader left; stop quietly, no traceback at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -141,6 +142,10 @@ class TrainConfig:
     keep_last: int = 3
 
 
+class ConfigError(ValueError):
+    """A config value outside its allowed range or of the wrong type; the message names the key and the range."""
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -154,8 +159,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Config:
-        """Inverse of to_dict; unknown keys are an error naming them, missing keys take defaults."""
-        return _from_dict(cls, d, "")
+        """Inverse of to_dict; unknown keys are an error naming them, missing keys take defaults. Validated."""
+        return _from_dict(cls, d, "").validate()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -163,73 +168,125 @@ class Config:
     def copy(self) -> Config:
         return copy.deepcopy(self)
 
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first value outside its range (see LIMITS); returns self."""
+        for key, (allowed, ok) in LIMITS.items():
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            values = value if isinstance(value, tuple) else (value,)
+            if key == "data.crop_size" and len(values) != 2:
+                raise ConfigError(f"data.crop_size must be two integers (height,width) >= 1, got {value!r}")
+            if not all(ok(v) for v in values):
+                raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+        return self
+
+
+def _at_least(low):
+    return lambda v: isinstance(v, (int, float)) and low <= v < math.inf
+
+
+def _one_of(*choices):
+    return f"one of {', '.join(choices)}", lambda v: v in choices
+
+
+_POSITIVE_INT, _COUNT = ("an integer >= 1", _at_least(1)), ("an integer >= 0", _at_least(0))
+# "section.key" -> (the allowed values in words, test of one value); a tuple's elements are tested one by one.
+LIMITS = {
+    "model.num_classes": _POSITIVE_INT,
+    "model.num_queries": _POSITIVE_INT,
+    "model.dec_layers": _POSITIVE_INT,
+    "model.hidden_dim": _POSITIVE_INT,
+    "model.nheads": _POSITIVE_INT,
+    "model.size_divisibility": _COUNT,
+    "model.dropout": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "data.crop_size": _POSITIVE_INT,
+    "data.min_size_train": _POSITIVE_INT,
+    "data.max_size_train": _POSITIVE_INT,
+    "data.pad_size": ("-1 (no padding) or an integer >= 1", lambda v: v == -1 or v >= 1),
+    "data.ignore_label": _COUNT,
+    "data.num_workers": _COUNT,
+    "data.reduce_zero_label": _one_of("auto", "true", "false"),
+    "inference.task": _one_of("semantic", "panoptic", "instance"),
+    "inference.min_size_test": _POSITIVE_INT,
+    "inference.max_size_test": _POSITIVE_INT,
+    "train.max_iter": _POSITIVE_INT,
+    "train.batch_size": _POSITIVE_INT,
+    "train.grad_accum": _POSITIVE_INT,
+    "train.base_lr": ("a number > 0", lambda v: 0 < v < math.inf),
+    "train.weight_decay": ("a number >= 0", _at_least(0)),
+    "train.clip_grad_norm": ("a number >= 0 (0: no clipping)", _at_least(0)),
+    "train.scheduler": _one_of("poly", "multistep"),
+    "train.warmup_iters": _COUNT,
+    "train.amp": _one_of("none", "bf16", "fp16"),
+    "train.log_period": _POSITIVE_INT,
+    "train.checkpoint_period": ("an integer >= 0 (0: only at the end)", _at_least(0)),
+    "train.eval_period": ("an integer >= 0 (0: never)", _at_least(0)),
+    "train.keep_last": ("an integer >= 0 (0: keep all)", _at_least(0)),
+}
+
 
 def _from_dict(cls, d: dict, where: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {where.rstrip('.') or 'config'} must be a JSON object, got {d!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+    unknown = set(d) - set(hints)
     if unknown:
         raise KeyError(f"unknown config keys {sorted(unknown)} in {where or 'config'}")
     kwargs = {}
     for name, value in d.items():
-        typ = hints[name]
-        if dataclasses.is_dataclass(typ):
-            kwargs[name] = _from_dict(typ, value, f"{where}{name}.")
-        else:
-            kwargs[name] = _coerce(value, typ, f"{where}{name}")
+        typ, key = hints[name], f"{where}{name}"
+        kwargs[name] = _from_dict(typ, value, key + ".") if dataclasses.is_dataclass(typ) else _coerce(value, typ, key)
     return cls(**kwargs)
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _coerce(value, typ, key: str):
-    """Convert a JSON/CLI value to the field's annotated type (tuples from lists, numbers from strings)."""
-    origin = typing.get_origin(typ)
-    if typ is dict:
-        return json.loads(value) if isinstance(value, str) else dict(value)
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
-        args = typing.get_args(typ)
-        elem = args[0]
-        return tuple(_coerce(v, elem, key) for v in value)
-    if typ is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{key}: expected a boolean, got {value!r}")
-        return bool(value)
-    if typ in (int, float):
-        try:
-            out = typ(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected {typ.__name__}, got {value!r}") from None
-        if typ is int and isinstance(value, float) and value != out:
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        return out
+    """A JSON / command-line value as the field's annotated type (tuples from lists or "a,b", numbers from strings)."""
+    try:
+        if typ is dict:
+            out = json.loads(value) if isinstance(value, str) else dict(value)
+            if not isinstance(out, dict):
+                raise TypeError
+            return out
+        if typing.get_origin(typ) is tuple:
+            if isinstance(value, str):
+                value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+            return tuple(_coerce(v, typing.get_args(typ)[0], key) for v in value)
+        if typ is bool:
+            return _BOOLS[value.lower()] if isinstance(value, str) else bool(value)
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if typ in (int, float):
+            return typ(value)
+    except (TypeError, ValueError, KeyError, json.JSONDecodeError, OverflowError):
+        raise ConfigError(f"{key}: expected {_TYPE_WORDS.get(typ, typ)}, got {value!r}") from None
     return str(value) if value is not None else value
 
 
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "a boolean (true/false)", dict: "a JSON object"}
+
+
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """Return a copy of `cfg` with "section.key=value" overrides applied, e.g. "model.num_queries=50"."""
+    """A validated copy of `cfg` with "section.key=value" overrides applied, e.g. "model.num_queries=50"."""
     cfg = cfg.copy()
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form section.key=value")
-        path, value = item.split("=", 1)
-        parts = path.strip().split(".")
-        obj = cfg
-        for p in parts[:-1]:
-            if not hasattr(obj, p) or not dataclasses.is_dataclass(getattr(obj, p)):
-                raise KeyError(f"override {item!r}: no config section {p!r}")
-            obj = getattr(obj, p)
-        key = parts[-1]
-        fields = {f.name for f in dataclasses.fields(obj)}
+        path, eq, value = item.partition("=")
+        section, _, key = path.strip().partition(".")
+        if not eq or not key or "." in key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        obj = getattr(cfg, section, None)
+        if not dataclasses.is_dataclass(obj):
+            raise KeyError(f"override {item!r}: no config section {section!r}; valid: {_SECTIONS}")
+        fields = typing.get_type_hints(type(obj))
         if key not in fields:
             raise KeyError(f"override {item!r}: unknown key {key!r}; valid: {sorted(fields)}")
-        typ = typing.get_type_hints(type(obj))[key]
-        setattr(obj, key, _coerce(value, typ, path))
-    return cfg
+        setattr(obj, key, _coerce(value, fields[key], path.strip()))
+    return cfg.validate()
+
+
+_SECTIONS = "model, loss, inference, data, train"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from maskformer.io import atomic_file
 
 FORMATS = ("onnx", "torch-export")
 DEFAULT_OPSET = 17
@@ -78,20 +79,6 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@contextlib.contextmanager
-def _atomic_file(path: Path):
-    """Yield a temporary path next to `path` (same directory, same extension); moved onto `path` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=f".{path.name}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -110,7 +97,7 @@ def export_onnx(
     dynamic = {"images": {0: "batch", 2: "height", 3: "width"}, **{n: maps for n in names}}
     if "pred_logits" in names:
         dynamic["pred_logits"] = {0: "batch"}
-    with _atomic_file(path) as tmp, warnings.catch_warnings(), torch.no_grad(), traceable(model):
+    with atomic_file(path) as tmp, warnings.catch_warnings(), torch.no_grad(), traceable(model):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(
             ExportModule(model),
@@ -137,7 +124,7 @@ def export_torch(
         program = torch.export.export(
             ExportModule(model), (sample,), dynamic_shapes={"images": {0: dyn, 2: dyn, 3: dyn}}
         )
-    with _atomic_file(path) as tmp:
+    with atomic_file(path) as tmp:
         torch.export.save(program, str(tmp))
     return path
 

@@ -14,13 +14,14 @@ read error is a `FormatError` naming the file and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -184,16 +185,27 @@ def list_files(folder: str | Path, exts: tuple[str, ...], recursive: bool = Fals
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """write(temp path) next to `path`, then rename: readers never see a half-written file."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path` (same extension) to write; renamed onto `path` when the block succeeds.
+
+    The library's one atomic writer (models, checkpoints, ONNX, JSON, images): readers never see a half-written file,
+    and the file is created by an ordinary open, so its permissions follow the user's umask (mkstemp's are 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")  # keeps the format's extension
     try:
-        write(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """write(temp path) next to `path`, then rename (see atomic_file)."""
+    with atomic_file(path) as tmp:
+        write(tmp)
 
 
 def _save_image(path: str | Path, arr: np.ndarray, compress_level: int = 6, quality: int = 95) -> None:

@@ -46,3 +46,24 @@ def test_official_recipe_values():
     assert get_preset("maskformer_r50_6enc_ade20k_panoptic").inference.object_mask_threshold == 0.7
     assert get_preset("per_pixel_baseline_plus_r50_ade20k").model.num_queries == 150
     assert get_preset("maskformer_swin_l_coco_panoptic").data.max_size_train == 1000
+
+
+def test_validation_names_the_key_and_range_wherever_a_config_comes_from():
+    from maskformer.config import ConfigError
+
+    for name in PRESETS:
+        get_preset(name).validate()  # every preset is valid
+    doc = get_preset("maskformer_r18_synth").to_dict()
+    doc["train"]["amp"] = "fp8"
+    with pytest.raises(ConfigError, match="train.amp must be one of none, bf16, fp16, got 'fp8'"):
+        Config.from_dict(doc)
+    with pytest.raises(ConfigError, match=r"data.pad_size must be -1 \(no padding\) or an integer >= 1, got 0"):
+        get_preset("maskformer_r18_synth", ["data.pad_size=0"])
+    with pytest.raises(ConfigError, match="model.dropout must be a number in"):
+        apply_overrides(get_preset("maskformer_r18_synth"), ["model.dropout=1.5"])
+    with pytest.raises(ConfigError, match="not of the form section.key=value"):
+        apply_overrides(get_preset("maskformer_r18_synth"), ["train.max_iter"])
+    cfg = get_preset("maskformer_r18_synth")
+    cfg.train.batch_size = 0  # set directly: validate() (called by the Trainer) still catches it
+    with pytest.raises(ConfigError, match="train.batch_size must be an integer >= 1, got 0"):
+        cfg.validate()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _data_fixtures import write_coco_panoptic
 from torch.utils.data import Dataset
 
 from maskformer.config import DataConfig
-from maskformer.data import ResumableSampler, build_dataset, build_loader, collate
+from maskformer.data import DatasetError, ResumableSampler, build_dataset, build_loader, collate
 from maskformer.structures import PIXEL_MEAN, SegTarget
 
 
@@ -88,3 +89,15 @@ def test_augmented_batches_do_not_depend_on_workers(tmp_path):
         batches.append([b.tensor for b, _, _ in (next(iter(loader)), next(iter(loader)))])
     assert all(torch.equal(x, y) for x, y in zip(*batches))
     assert not torch.equal(batches[0][0][0], batches[0][0][1])  # each sample has its own augmentation seed
+
+
+class Broken(KeyEcho):
+    def __getitem__(self, key):
+        raise DatasetError(f"img_{key[0]}.png: cannot decode image")
+
+
+def test_worker_errors_reach_the_user_as_the_clean_message():
+    loader = build_loader(Broken(), batch_size=2, shuffle=False, num_workers=1, seed=0)
+    with pytest.raises(DatasetError) as info:
+        next(iter(loader))
+    assert str(info.value) == "img_0.png: cannot decode image"

@@ -85,6 +85,17 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(s)
 
 
+def worker_message(error: Exception) -> Exception:
+    """The exception a DataLoader worker raised, without the worker traceback torch puts into the message."""
+    text, head = str(error), f"{type(error).__name__}: "
+    if "Original Traceback" not in text or head not in text:
+        return error
+    try:
+        return type(error)(text[text.rindex(head) + len(head) :].strip())
+    except TypeError:  # an exception type with other constructor arguments
+        return error
+
+
 class ResumableLoader:
     """A DataLoader over a ResumableSampler that knows how many samples it has delivered.
 
@@ -101,9 +112,12 @@ class ResumableLoader:
 
     def __iter__(self):
         start_epoch = self.sampler.epoch
-        for batch in self.loader:
-            self._advance(len(batch[0]))
-            yield batch
+        try:
+            for batch in self.loader:
+                self._advance(len(batch[0]))
+                yield batch
+        except (ValueError, OSError) as e:  # bad data read in a worker: the reader's one-line message, no traceback
+            raise worker_message(e) from None
         if not self.sampler.infinite and self.sampler.epoch == start_epoch:
             self.sampler.set_position(start_epoch + 1, 0)
 

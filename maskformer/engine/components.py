@@ -54,12 +54,18 @@ def write_model_dir(model: nn.Module, cfg: Config, meta, path: Path) -> None:
     save_pretrained(model, cfg, meta if meta is not None else generic_meta(cfg), path)
 
 
-def load_weights(model: nn.Module, ckpt_dir: Path) -> None:
-    """Exactly the weights of a training checkpoint's model directory (every key must match)."""
-    from maskformer.checkpoint import WEIGHTS_NAME, load_checked, load_safetensors
+def read_weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights of a training checkpoint's model directory, checksum-verified (CheckpointError if damaged)."""
+    from maskformer.checkpoint import WEIGHTS_NAME, load_safetensors
 
-    file = Path(ckpt_dir) / WEIGHTS_NAME
-    load_checked(model, load_safetensors(file), source=str(file), strict=True)
+    return load_safetensors(Path(ckpt_dir) / WEIGHTS_NAME)
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
+    """Exactly `weights` (read from `ckpt_dir`) into `model`: every key must match."""
+    from maskformer.checkpoint import WEIGHTS_NAME, load_checked
+
+    load_checked(model, weights, source=str(Path(ckpt_dir) / WEIGHTS_NAME), strict=True)
 
 
 def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
@@ -68,7 +74,10 @@ def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
     kind: "auto" (full when the file holds head weights, else backbone), "full" or "backbone". Prints the key report.
     """
     from maskformer import convert as C
+    from maskformer.hub import BACKBONE_WEIGHTS, backbone_weights, resolve
 
+    if not Path(path).exists():  # a zoo name, hub id or URL (full model), or an ImageNet weights name (backbone)
+        path = str(backbone_weights(path) if path in BACKBONE_WEIGHTS or kind == "backbone" else resolve(path))
     if kind == "auto":
         sd, info = C.read_state_dict(path)
         full_prefixes = (

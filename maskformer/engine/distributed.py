@@ -39,9 +39,11 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is not None and device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1)) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from maskformer.checkpoint import CheckpointError
 from maskformer.config import Config, TrainConfig
 from maskformer.engine import distributed as D
 from maskformer.engine import state as S
@@ -31,6 +32,7 @@ from maskformer.engine.components import (
     load_init_weights,
     load_weights,
     loader_state,
+    read_weights,
     restore_loader,
     seed_everything,
     write_model_dir,
@@ -74,15 +76,18 @@ class Trainer:
     evaluate_fn(model, dataset) -> dict of metrics; defaults to maskformer.evaluation's `evaluate_model`.
     device: "cpu", "cuda" or None (cuda when available). Under torchrun each process is one rank.
     threads: torch's CPU threads while `run` runs, restored after (None or 0: leave torch's setting).
+    overwrite: a new run (not resumed) may replace an old run in out_dir; otherwise that is a RunExistsError.
+    Bad config values, a class count that differs from the dataset's and a missing validation split are errors here,
+    before any training.
     """
 
     def __init__(
         self, cfg: Config, out_dir: str | Path, *, model: nn.Module | None = None, criterion: nn.Module | None = None,
         train_set=None, val_set=None, evaluate_fn=None, init_weights: str | None = None, init_kind: str = "auto",
-        device: str | None = None, threads: int | None = None, progress: bool = True
+        device: str | None = None, threads: int | None = None, progress: bool = True, overwrite: bool = False
     ):
-        self.cfg, self.out = cfg, Path(out_dir)
-        self.threads = threads
+        self.cfg, self.out = cfg.validate(), Path(out_dir)
+        self.threads, self.overwrite = threads, overwrite
         self.dist = D.init_distributed(device)
         self.micro_batch = micro_batch_size(cfg.train, self.dist.world_size)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -97,13 +102,18 @@ class Trainer:
         self.criterion = criterion.to(self.dist.device)
         self.step = TrainStep(self.model, self.criterion, cfg.train, self.dist.device, net=self._wrap_ddp(self.model))
         self.train_set = train_set if train_set is not None else _build_split(cfg, cfg.data.train_split, True)
+        if self.meta is not None and self.meta.num_classes != cfg.model.num_classes:
+            raise ValueError(
+                f"model.num_classes={cfg.model.num_classes} but the training set {self.meta.name!r} has "
+                f"{self.meta.num_classes} classes; set model.num_classes={self.meta.num_classes}"
+            )
         self._val_set, self.evaluate_fn = val_set, evaluate_fn or default_evaluate(cfg)
         if cfg.train.eval_period > 0 and self.dist.is_main:
             _ = self.val_set  # a missing validation split fails now, not after the first eval_period iterations
         seed_everything(cfg.train.seed + self.dist.rank)  # different augmentation streams per rank
         self.loader = build_train_loader(self.train_set, cfg, self.micro_batch, self.dist)
         self.iteration, self.best, self.last_eval = 0, None, {}
-        self.logger = MetricsLogger(self.out, enabled=self.dist.is_main)
+        self.logger: MetricsLogger | None = None  # opened once the output folder is claimed (run or resume)
         self.progress = progress and self.dist.is_main
 
     # ---------------------------------------------------------------------------------------------- set-up
@@ -127,13 +137,28 @@ class Trainer:
         return self.out / "checkpoints"
 
     def resume(self, path: str | Path | None = "latest") -> Path | None:
-        """Continue from a checkpoint ("latest"/"" = newest under out_dir, or a path). Returns the path used."""
+        """Continue from a checkpoint ("latest"/"" = newest under out_dir, or a path). Returns the path used.
+
+        With "latest", a damaged newest checkpoint (unreadable state or weights) is named in a warning, set aside as
+        `<name>.damaged`, and the previous intact one is used."""
         ckpt = S.resolve_resume(None if path is None else str(path), self.out)
         if ckpt is None:
             return None
-        state = S.load_train_state(ckpt)
+        fallback = S.resume_candidates(self.checkpoint_root)[1:] if str(path) in ("", "latest") else []
+        while True:
+            try:
+                state, weights = S.load_train_state(ckpt), read_weights(ckpt)
+                break
+            except (RuntimeError, ValueError, OSError) as e:  # CheckpointError is a ValueError
+                if not fallback:
+                    raise CheckpointError(f"{ckpt} is damaged and no intact checkpoint precedes it: {e}") from None
+                if self.dist.is_main:
+                    warnings.warn(f"{ckpt} is damaged ({e}); set aside, resuming from {fallback[0]}", stacklevel=2)
+                    S.set_aside(ckpt)
+                ckpt = fallback.pop(0)
+        self._claim_out(resumed=True)
         _warn_config_changes(state.get("config", {}), self.cfg, ckpt)
-        load_weights(self.model, ckpt)
+        load_weights(self.model, weights, ckpt)
         self.step.load_state_dict(state["step"])
         self.iteration, self.best = int(state["iteration"]), state.get("best")
         rngs = state["rng"]
@@ -144,6 +169,13 @@ class Trainer:
         self.logger.truncate_after(self.iteration)
         return ckpt
 
+    def _claim_out(self, resumed: bool) -> None:
+        """Check out_dir once (writable; no other run in it unless resumed or overwrite) and open the metrics log."""
+        if self.logger is None:
+            if self.dist.is_main:
+                S.prepare_out_dir(self.out, resume=resumed, overwrite=self.overwrite)
+            self.logger = MetricsLogger(self.out, enabled=self.dist.is_main)
+
     # ------------------------------------------------------------------------------------------------ run
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train until cfg.train.max_iter (or stop after iteration `stop_at`, checkpointing there).
@@ -151,8 +183,8 @@ class Trainer:
         max_iter is re-read every iteration, so a caller may move the end (and with it the schedule) while running,
         e.g. to fit a wall-clock budget (benchmarks/camvid.py)."""
         t = self.cfg.train
+        self._claim_out(resumed=False)
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             S.write_text_atomic(self.out / "config.json", self.cfg.to_json())
         meter = WindowMeter()
         bar = Progress(total=t.max_iter, initial=self.iteration, enabled=self.progress)
@@ -223,6 +255,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Evaluate on the validation split (rank 0), log "val/*" metrics, keep the best model directory."""
         metrics: dict = {}
+        self._claim_out(resumed=False)
         if self.dist.is_main:
             rng = S.capture_rng()  # evaluation must not shift the training random streams
             self.model.eval()

@@ -1,12 +1,12 @@
-"""Training checkpoints: a model directory plus everything needed to continue exactly, written atomically.
+"""Training checkpoints and the run folder: what a run writes, written atomically, and where a run continues.
 
 Layout under `<out>/checkpoints/`:
-  iter_0000500/            a model directory (weights in safetensors + config, loadable for eval/predict)
-    train_state.pt         iteration, optimizer, scheduler, grad scaler, RNG states (python, numpy, torch, cuda),
-                           data-loader position, best metric, resolved config
-  latest                   text file naming the newest complete checkpoint
-A checkpoint is first written to `iter_XXXXXXX.tmp` and renamed into place, so an interrupted save never
-leaves a half-written checkpoint that `--resume` could pick up; `latest` is replaced the same way.
+  iter_0000500/       a model directory (loadable by eval/predict) + train_state.pt: iteration, optimizer, scheduler,
+                      grad scaler, RNG states, data-loader position, best metric, resolved config
+  latest              text file naming the newest complete checkpoint
+A checkpoint is written to `iter_XXXXXXX.tmp` and renamed into place, so an interrupted save never leaves a
+half-written checkpoint that `--resume` could pick up. A damaged one found when resuming is set aside as
+`iter_XXXXXXX.damaged` and the previous one is used.
 """
 
 from __future__ import annotations
@@ -21,9 +21,44 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskformer.io import atomic_file
+
 TRAIN_STATE = "train_state.pt"
 LATEST = "latest"
+RUN_FILES = ("checkpoints", "metrics.jsonl", "config.json", "best", "model", "curves.png", "tb")  # what a run writes
 _ITER_DIR = re.compile(r"^iter_(\d+)$")
+
+
+class RunExistsError(FileExistsError):
+    """`--out` already holds a training run and neither resume nor overwrite was asked for."""
+
+
+def prepare_out_dir(out: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Create `out` and make sure it is writable; refuse (RunExistsError) to start a new run over an old one.
+
+    overwrite: delete the old run's files (RUN_FILES only) first. Raises OSError with a one-line message for a folder
+    that cannot be created or written (read-only, full disk), before any work is done.
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out / ".write_test") as tmp:
+            tmp.write_bytes(b"0" * 4096)
+        (out / ".write_test").unlink()
+    except OSError as e:
+        raise OSError(f"output folder {out} is not writable: {e.strerror or e}") from None
+    old = [name for name in RUN_FILES[:5] if (out / name).exists()]
+    if old and not resume:
+        if not overwrite:
+            raise RunExistsError(
+                f"{out} already holds a training run ({', '.join(old)}); continue it with --resume, start over with "
+                "--overwrite, or choose another --out"
+            )
+        for path in (out / name for name in RUN_FILES):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def capture_rng() -> dict:
@@ -54,20 +89,9 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished directory `tmp` to `final`; an existing `final` is swapped out first, then deleted."""
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_checkpoint(
@@ -75,16 +99,21 @@ def save_checkpoint(
 ) -> Path:
     """Write `root/name` atomically: `write_model(dir)` writes the model directory, then `train_state.pt`.
 
-    train_state: None to write a model directory only (e.g. the best model). Returns the final path.
+    train_state: None to write a model directory only (e.g. the best model). An existing `root/name` is swapped out
+    only once the new one is complete. Returns the final path.
     """
     root.mkdir(parents=True, exist_ok=True)
-    final, tmp = root / name, root / f"{name}.tmp"
+    final, tmp, old = root / name, root / f"{name}.tmp", root / f"{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     write_model(tmp)
     if train_state is not None:
         torch.save(train_state, tmp / TRAIN_STATE)
-    _replace_dir(tmp, final)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
     if mark_latest:
         write_text_atomic(root / LATEST, name + "\n")
     return final
@@ -92,33 +121,36 @@ def save_checkpoint(
 
 def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     """Complete iteration checkpoints under `root`, oldest first: [(iteration, path)]."""
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _ITER_DIR.match(p.name)
-        if m and (p / TRAIN_STATE).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    found = [(_ITER_DIR.match(p.name), p) for p in root.iterdir()] if root.is_dir() else []
+    return sorted((int(m.group(1)), p) for m, p in found if m and (p / TRAIN_STATE).is_file())
 
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint named by `root/latest`, else the highest complete `iter_*`, else None."""
+    candidates = resume_candidates(root)
+    return candidates[0] if candidates else None
+
+
+def resume_candidates(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, newest first: the one named by `root/latest`, then by iteration."""
+    found = [p for _, p in reversed(list_checkpoints(root))]
     marker = root / LATEST
-    if marker.is_file():
-        path = root / marker.read_text().strip()
-        if (path / TRAIN_STATE).is_file():
-            return path
-    found = list_checkpoints(root)
-    return found[-1][1] if found else None
+    named = root / marker.read_text().strip() if marker.is_file() else None
+    return sorted(found, key=lambda p: p != named)  # stable: `latest` first, the rest newest first
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename a damaged checkpoint to `<name>.damaged` (kept for inspection, never resumed or pruned)."""
+    target = ckpt.with_name(ckpt.name + ".damaged")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(ckpt, target)
+    return target
 
 
 def prune_checkpoints(root: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` iteration checkpoints (keep_last <= 0 keeps all). Returns the deleted."""
     found = list_checkpoints(root)
-    if keep_last <= 0 or len(found) <= keep_last:
-        return []
-    doomed = [p for _, p in found[:-keep_last]]
+    doomed = [p for _, p in found[:-keep_last]] if keep_last > 0 else []
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
     return doomed
@@ -140,8 +172,7 @@ def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     if path.name == TRAIN_STATE:
         path = path.parent
     if not (path / TRAIN_STATE).is_file() and (path / "checkpoints").is_dir():
-        found = latest_checkpoint(path / "checkpoints")
-        path = found if found is not None else path
+        path = latest_checkpoint(path / "checkpoints") or path
     if not (path / TRAIN_STATE).is_file():
         raise FileNotFoundError(f"--resume {resume}: {path / TRAIN_STATE} does not exist (not a training checkpoint)")
     return path
