@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from maskformer.checkpoint import CheckpointError  # a ValueError: unreadable weights
+
 # torch's legacy (non-zip) `torch.save` format starts with this pickled integer.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -118,8 +120,8 @@ def load_weights_pickle(path: str | os.PathLike) -> Any:
             obj = unpickler.load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise ValueError(f"{path}: not a readable weight pickle (truncated or corrupted?): {e}") from None
+        except Exception as e:  # only allowed globals run, so any failure is a damaged stream (codec, key, struct...)
+            raise CheckpointError(f"{path}: not a readable weight pickle (truncated or corrupted?): {e}") from None
     if isinstance(obj, int) and obj == _TORCH_LEGACY_MAGIC:
         return _torch_load(path)
     return obj
