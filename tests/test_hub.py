@@ -130,7 +130,7 @@ def usable_entries() -> list:
 
 # ------------------------------------------------------------------------------------------------ the table
 def test_zoo_entries_name_presets_metas_and_official_urls():
-    assert len(ZOO) == 30  # every official MaskFormer checkpoint of the model zoo
+    assert len([n for n in ZOO if not n.startswith("mask2former")]) == 30  # every official MaskFormer checkpoint
     for e in ZOO.values():
         cfg = get_preset(e.preset)
         assert e.preset in PRESETS and cfg.data.format == e.dataset

@@ -163,3 +163,23 @@ def test_transformers_directory_of_a_named_backbone_takes_its_preset(tmp_path):
         report.notes
     )
     assert cfg.data.format == "synthetic" and cfg.model.num_queries == 6
+
+
+def test_zoo_rows_name_official_urls_and_presets():
+    from maskformer.config import get_preset
+    from maskformer.hub.zoo import ZOO
+
+    rows = {n: e for n, e in ZOO.items() if n.startswith("mask2former")}
+    assert len(rows) == 22  # ADE20K semantic 7 + panoptic 2, COCO panoptic 7, Cityscapes semantic 6
+    base = "https://dl.fbaipublicfiles.com/maskformer/mask2former/"
+    assert (
+        rows["mask2former_r50_ade20k"].source
+        == base + "ade20k/semantic/maskformer2_R50_bs16_160k/model_final_500878.pkl"
+    )
+    assert rows["mask2former_swin_l_coco_panoptic"].source == (
+        base + "coco/panoptic/maskformer2_swin_large_IN21k_384_bs16_100ep/model_final_f07440.pkl"
+    )
+    assert rows["mask2former_swin_b_in1k_ade20k"].preset == "mask2former_swin_b_ade20k"
+    assert rows["mask2former_r50_coco_panoptic"].metric == "PQ 51.9"
+    for e in rows.values():
+        assert e.source.startswith(base) and get_preset(e.preset).model.arch == "mask2former"

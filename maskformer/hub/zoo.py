@@ -118,8 +118,49 @@ def _official_entries() -> dict[str, ZooEntry]:
     return table
 
 
-# name -> entry. Mask2Former rows join this table when its presets exist.
-ZOO: dict[str, ZooEntry] = _official_entries()
+# Mask2Former (facebookresearch/Mask2Former MODEL_ZOO.md): `<base>/mask2former/<dataset>/<task>/<config>/
+# model_final_<id>.pkl`; the preset is the zoo name without "_in1k" (Swin-B from ImageNet-1K weights; the plain
+# Swin-B/L names are the ImageNet-22K models). Instance models (COCO, ADE20K, Cityscapes) and Cityscapes panoptic
+# wait for built-in metas of their label spaces.
+_M2F_FOLDERS = {"ade20k": "ade20k/semantic", "ade20k_panoptic": "ade20k/panoptic", "coco_panoptic": "coco/panoptic",
+                "cityscapes": "cityscapes/semantic"}  # fmt: skip
+_M2F = [
+    ("mask2former_r50_ade20k", "ade20k", "maskformer2_R50_bs16_160k", "500878", 47.2),
+    ("mask2former_r101_ade20k", "ade20k", "maskformer2_R101_bs16_90k", "0d68be", 47.8),
+    ("mask2former_swin_t_ade20k", "ade20k", "maskformer2_swin_tiny_bs16_160k", "5274a6", 47.7),
+    ("mask2former_swin_s_ade20k", "ade20k", "maskformer2_swin_small_bs16_160k", "011c6d", 51.3),
+    ("mask2former_swin_b_in1k_ade20k", "ade20k", "maskformer2_swin_base_384_bs16_160k_res640", "503e96", 52.4),
+    ("mask2former_swin_b_ade20k", "ade20k", "maskformer2_swin_base_IN21k_384_bs16_160k_res640", "7e47bf", 53.9),
+    ("mask2former_swin_l_ade20k", "ade20k", "maskformer2_swin_large_IN21k_384_bs16_160k_res640", "6b4a3a", 56.1),
+    ("mask2former_r50_ade20k_panoptic", "ade20k_panoptic", "maskformer2_R50_bs16_160k", "5c90d4", 39.7),
+    ("mask2former_swin_l_ade20k_panoptic", "ade20k_panoptic", "maskformer2_swin_large_IN21k_384_bs16_160k", "e0c58e", 48.1),  # noqa: E501
+    ("mask2former_r50_coco_panoptic", "coco_panoptic", "maskformer2_R50_bs16_50ep", "94dc52", 51.9),
+    ("mask2former_r101_coco_panoptic", "coco_panoptic", "maskformer2_R101_bs16_50ep", "b807bd", 52.6),
+    ("mask2former_swin_t_coco_panoptic", "coco_panoptic", "maskformer2_swin_tiny_bs16_50ep", "9fd0ae", 53.2),
+    ("mask2former_swin_s_coco_panoptic", "coco_panoptic", "maskformer2_swin_small_bs16_50ep", "a407fd", 54.6),
+    ("mask2former_swin_b_in1k_coco_panoptic", "coco_panoptic", "maskformer2_swin_base_384_bs16_50ep", "9d7f02", 55.1),
+    ("mask2former_swin_b_coco_panoptic", "coco_panoptic", "maskformer2_swin_base_IN21k_384_bs16_50ep", "54b88a", 56.4),
+    ("mask2former_swin_l_coco_panoptic", "coco_panoptic", "maskformer2_swin_large_IN21k_384_bs16_100ep", "f07440", 57.8),  # noqa: E501
+    ("mask2former_r50_cityscapes", "cityscapes", "maskformer2_R50_bs16_90k", "cc1b1f", 79.4),
+    ("mask2former_r101_cityscapes", "cityscapes", "maskformer2_R101_bs16_90k", "257ce8", 80.1),
+    ("mask2former_swin_t_cityscapes", "cityscapes", "maskformer2_swin_tiny_bs16_90k", "2d58d4", 82.1),
+    ("mask2former_swin_s_cityscapes", "cityscapes", "maskformer2_swin_small_bs16_90k", "fa26ae", 82.6),
+    ("mask2former_swin_b_cityscapes", "cityscapes", "maskformer2_swin_base_IN21k_384_bs16_90k", "1c6b65", 83.3),
+    ("mask2former_swin_l_cityscapes", "cityscapes", "maskformer2_swin_large_IN21k_384_bs16_90k", "17c1ee", 83.3),
+]
+
+
+def _mask2former_entries() -> dict[str, ZooEntry]:
+    table = {}
+    for name, dataset, config_name, file_id, value in _M2F:
+        _, task, metric = _FOLDERS[dataset]
+        url = f"{OFFICIAL_BASE}/mask2former/{_M2F_FOLDERS[dataset]}/{config_name}/model_final_{file_id}.pkl"
+        table[name] = ZooEntry(name, url, name.replace("_in1k", ""), dataset, task, f"{metric} {value}")
+    return table
+
+
+# name -> entry
+ZOO: dict[str, ZooEntry] = {**_official_entries(), **_mask2former_entries()}
 
 _TV = "https://download.pytorch.org/models"
 _SWIN = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0"
