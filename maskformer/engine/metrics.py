@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from maskformer.io import atomic_file
+
 
 class MetricsLogger:
     """Appends records to `<out>/metrics.jsonl`; TensorBoard events go to `<out>/tb` if `tensorboard` is importable."""
@@ -39,9 +41,8 @@ class MetricsLogger:
         if not self.enabled or not self.path.is_file():
             return
         kept = [r for r in read_jsonl(self.path) if r.get("iter", 0) <= iteration]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.path)
+        with atomic_file(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def close(self) -> None:
         if self._tb is not None:

@@ -7,8 +7,9 @@ metrics.jsonl history into panels: total loss, each loss term, learning rate, an
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
+
+from maskformer.io import atomic_file
 
 Series = dict[str, tuple[list[float], list[float]]]
 Panel = tuple[str, Series]
@@ -67,7 +68,6 @@ def plot_panels(panels: list[Panel], path: Path, *, xlabel: str = "") -> Path:
     from matplotlib.figure import Figure
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cols = min(3, max(1, len(panels)))
     rows = max(1, math.ceil(len(panels) / cols))
     fig = Figure(figsize=(5 * cols, 3.6 * rows))
@@ -82,7 +82,6 @@ def plot_panels(panels: list[Panel], path: Path, *, xlabel: str = "") -> Path:
     for ax in list(axes)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path
