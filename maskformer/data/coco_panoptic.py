@@ -70,8 +70,15 @@ def _records(data: dict, meta: DatasetMeta, image_dir: Path, pan_dir: Path, sem_
 
 
 def coco_panoptic_files(
-    image_dir: str | Path, pan_dir: str | Path, json_file: str | Path, *, sem_dir: str | Path | None = None, name: str =
-    "coco_panoptic", meta: DatasetMeta | None = None, target: str = "panoptic", **kw
+    image_dir: str | Path,
+    pan_dir: str | Path,
+    json_file: str | Path,
+    *,
+    sem_dir: str | Path | None = None,
+    name: str = "coco_panoptic",
+    meta: DatasetMeta | None = None,
+    target: str = "panoptic",
+    **kw,
 ) -> SegDataset:
     """A COCO-panoptic dataset from explicit paths (users' own panoptic data).
 

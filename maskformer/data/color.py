@@ -100,8 +100,12 @@ class ColorAugSSD:
     """
 
     def __init__(
-        self, *, brightness_delta: float = 32, contrast_range: tuple[float, float] = (0.5, 1.5), saturation_range:
-        tuple[float, float] = (0.5, 1.5), hue_delta: int = 18
+        self,
+        *,
+        brightness_delta: float = 32,
+        contrast_range: tuple[float, float] = (0.5, 1.5),
+        saturation_range: tuple[float, float] = (0.5, 1.5),
+        hue_delta: int = 18,
     ):
         self.brightness_delta = brightness_delta
         self.contrast_range = contrast_range

@@ -44,9 +44,16 @@ class SegDataset(Dataset):
     """
 
     def __init__(
-        self, records: list[Record], meta: DatasetMeta, *, source: str, target: str = "semantic", transform: Callable |
-        None = None, train: bool = False, label_fn: Callable[[np.ndarray], np.ndarray] | None = None, check_labels: bool
-        = True
+        self,
+        records: list[Record],
+        meta: DatasetMeta,
+        *,
+        source: str,
+        target: str = "semantic",
+        transform: Callable | None = None,
+        train: bool = False,
+        label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        check_labels: bool = True,
     ):
         if not records:
             raise DatasetError(f"{source}: the dataset is empty (no image/label pairs found)")
@@ -54,14 +61,8 @@ class SegDataset(Dataset):
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         if target == "panoptic" and any(r.pan_seg is None for r in records):
             raise DatasetError(f"{source}: panoptic targets need panoptic PNGs, which this dataset does not have")
-        self.records = records
-        self.meta = meta
-        self.source = source
-        self.target = target
-        self.transform = transform
-        self.train = train
-        self.label_fn = label_fn
-        self.check_labels = check_labels
+        self.records, self.meta, self.source, self.target = records, meta, source, target
+        self.transform, self.train, self.label_fn, self.check_labels = transform, train, label_fn, check_labels
         self._rng: np.random.Generator | None = None
 
     def __len__(self) -> int:
@@ -136,7 +137,7 @@ class SegDataset(Dataset):
             return SegTarget.from_panoptic(torch.from_numpy(sample.pan_seg.astype(np.int64)), segs, sem)
         if sem is None:
             raise DatasetError(f"{self.source}: semantic targets need label maps, which this dataset does not have")
-        return semantic_target(sample.sem_seg, self.meta.ignore_label)
+        return SegTarget.from_semantic(sample.sem_seg, self.meta.ignore_label)  # one mask per class present
 
     def _info(self, index: int, sample: Sample, segs: list[dict]) -> dict:
         r = self.records[index]
@@ -154,11 +155,6 @@ class SegDataset(Dataset):
         return self._rng
 
 
-def semantic_target(sem: np.ndarray, ignore_label: int) -> SegTarget:
-    """One mask per class present (ignore excluded, classes ascending): SegTarget.from_semantic."""
-    return SegTarget.from_semantic(sem, ignore_label)
-
-
 def paint_semantic(ids: np.ndarray, seg_ids: np.ndarray, classes: np.ndarray, ignore_label: int):
     """Semantic map int32 [h, w] from panoptic ids [h, w]: each listed segment's class, other pixels ignore.
 
@@ -166,16 +162,9 @@ def paint_semantic(ids: np.ndarray, seg_ids: np.ndarray, classes: np.ndarray, ig
     """
     order = np.argsort(seg_ids)
     sorted_ids = seg_ids[order]
-    if len(sorted_ids) == 0:
-        return (
-            np.full(ids.shape, ignore_label, np.int32),
-            np.zeros(ids.shape, bool),
-            np.zeros(ids.shape, int),
-            sorted_ids,
-        )
-    pos = np.searchsorted(sorted_ids, ids).clip(max=len(sorted_ids) - 1)  # [h, w]
-    found = sorted_ids[pos] == ids
-    sem = np.where(found, classes[order][pos], ignore_label).astype(np.int32)
+    pos = np.searchsorted(sorted_ids, ids).clip(0, max(len(sorted_ids) - 1, 0))  # [h, w]
+    found = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(ids.shape, bool)
+    sem = np.where(found, classes[order][pos] if len(sorted_ids) else 0, ignore_label).astype(np.int32)
     return sem, found, pos, sorted_ids
 
 

@@ -69,8 +69,13 @@ def detect_reduce_zero_label(values: np.ndarray, num_classes: int, ignore_label:
 
 
 def folder(
-    root: str | Path, split: str, *, ignore_label: int | None = None, default_ignore_label: int = 255,
-    reduce_zero_label: bool | None = None, **kw
+    root: str | Path,
+    split: str,
+    *,
+    ignore_label: int | None = None,
+    default_ignore_label: int = 255,
+    reduce_zero_label: bool | None = None,
+    **kw,
 ) -> SegDataset:
     """A folder dataset (see the module docstring).
 

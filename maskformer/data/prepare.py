@@ -27,6 +27,7 @@ from ..io import (
     image_size,
     list_files,
     load_json,
+    mask_bbox,
     read_image,
     read_label,
     read_panoptic,
@@ -209,13 +210,8 @@ def ade_panoptic_image(sem: np.ndarray, ins: np.ndarray, meta, seed: int, path: 
         segments.append({"id": colors.next(c), "category_id": c, "iscrowd": 0})
         ids[m] = segments[-1]["id"]
     area = {s["id"]: int((ids == s["id"]).sum()) for s in segments}
-    segments = [dict(s, area=area[s["id"]], bbox=_bbox(ids == s["id"])) for s in segments if area[s["id"]] > 0]
+    segments = [dict(s, area=area[s["id"]], bbox=mask_bbox(ids == s["id"])) for s in segments if area[s["id"]] > 0]
     return ids, segments
-
-
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
 def prepare_ade20k_panoptic(root: str | Path, log: Log = print) -> Path:

@@ -38,8 +38,12 @@ def _key(path: Path, base: Path, suffixes: Sequence[str] | None, exts: Sequence[
 
 
 def pair_by_name(
-    image_dir: Path, label_dir: Path, *, image_suffixes: Sequence[str] | None = None, label_suffixes: Sequence[str] |
-    None = None, recursive: bool = False
+    image_dir: Path,
+    label_dir: Path,
+    *,
+    image_suffixes: Sequence[str] | None = None,
+    label_suffixes: Sequence[str] | None = None,
+    recursive: bool = False,
 ) -> list[Record]:
     """Records pairing image_dir/REL/NAME<image suffix> with label_dir/REL/NAME<label suffix>.
 
@@ -140,8 +144,11 @@ def cityscapes(root: str | Path, split: str, **kw) -> SegDataset:
     image_dir = find_dir([base / "leftImg8bit" / split], f"Cityscapes images of split {split!r}")
     label_dir = find_dir([base / "gtFine" / split], f"Cityscapes gtFine of split {split!r}")
     records = pair_by_name(
-        image_dir, label_dir, image_suffixes=("_leftImg8bit.png",), label_suffixes=("_gtFine_labelTrainIds.png",),
-        recursive=True
+        image_dir,
+        label_dir,
+        image_suffixes=("_leftImg8bit.png",),
+        label_suffixes=("_gtFine_labelTrainIds.png",),
+        recursive=True,
     )
     return SegDataset(records, builtin.cityscapes_19(), source=str(base), **kw)
 

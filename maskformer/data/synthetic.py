@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import save_json, write_image, write_label, write_panoptic
+from ..io import mask_bbox, save_json, write_image, write_label, write_panoptic
 from ..structures import DatasetMeta
 
 STUFF_COLORS = {"sky": (120, 180, 240), "grass": (70, 150, 50), "water": (30, 90, 170), "stripes": (170, 120, 80),
@@ -164,12 +164,6 @@ def render(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return image, ids, segments
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    """COCO [x, y, w, h] of a bool mask."""
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
 def _write_split(out: Path, split: str, count: int, cfg: SynthConfig, split_index: int) -> None:
     meta = cfg.meta()
     images, annotations = [], []
@@ -183,7 +177,7 @@ def _write_split(out: Path, split: str, count: int, cfg: SynthConfig, split_inde
             m = ids == seg["id"]
             sem[m] = seg["category"]
             cat = meta.dataset_ids[seg["category"]]
-            info.append({"id": seg["id"], "category_id": cat, "iscrowd": 0, "area": seg["area"], "bbox": _bbox(m)})
+            info.append({"id": seg["id"], "category_id": cat, "iscrowd": 0, "area": seg["area"], "bbox": mask_bbox(m)})
         write_image(out / split / f"{name}.png", image, compress_level=1)  # fast; lossless either way
         write_panoptic(out / f"panoptic_{split}" / f"{name}.png", ids, compress_level=1)
         write_label(out / f"panoptic_semseg_{split}" / f"{name}.png", sem, compress_level=1)
