@@ -1,8 +1,11 @@
 """Pictures people can look at: colour overlays with outlines and a legend, and side-by-side grids.
 
-All functions take and return uint8 RGB numpy arrays [H, W, 3]; colours come from `DatasetMeta.palette`. Things in
-panoptic/instance overlays get a per-segment shade of their class colour so neighbouring instances stay distinct.
-The training demo reuses `semantic_overlay` and `grid` (image / ground truth / prediction).
+All functions take and return uint8 RGB numpy arrays [H, W, 3]. Colours: the dataset's standard palette where it has
+one (ADE20K, COCO panoptic, Cityscapes, CamVid; maskformer.data.meta.standard_palette), else `DatasetMeta.palette`.
+Things in panoptic/instance overlays get a per-segment shade of their class colour so instances of one class stay
+distinct; instance overlays caption each instance with its class and score. Text (legend, captions, notes) scales
+with the image, so it stays readable when a 4000x3000 photo is fitted to a screen. The training demo reuses
+`semantic_overlay` and `grid` (image / ground truth / prediction).
 """
 
 from __future__ import annotations
@@ -12,11 +15,76 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from maskformer.data.meta import standard_palette
 from maskformer.inference import Instances
 from maskformer.io import to_numpy
-from maskformer.structures import DatasetMeta
+from maskformer.structures import DatasetMeta, default_palette
 
 Color = tuple[int, int, int]
+BITMAP_FONT_SIZE = 11  # Pillow's built-in bitmap font: ~11 px per line
+
+
+def palette_of(meta: DatasetMeta) -> list[Color]:
+    """meta.palette, unless it is the generated one and the classes have a standard palette (older model dirs)."""
+    if meta.palette == default_palette(meta.num_classes):
+        return standard_palette(meta) or meta.palette
+    return meta.palette
+
+
+def text_size(image_shape: Sequence[int]) -> int:
+    """Font size in pixels for an image [H, W, ...]: 1/60 of the long side (12 px or more): a 4000x3000 photo fitted
+    to a 1000-px-wide window shows 67-px text at ~17 px."""
+    return max(12, round(max(image_shape[:2]) / 60))
+
+
+def _font(size: int):
+    """Pillow's default font at `size` (FreeType, Pillow >= 10.1), else None (the bundled bitmap font, scaled)."""
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return None
+    return font if isinstance(font, ImageFont.FreeTypeFont) else None
+
+
+def _text_box(text: str, size: int) -> tuple[int, int]:
+    """(width, height) that `draw_text` covers."""
+    font = _font(size)
+    if font is not None:
+        return int(np.ceil(font.getlength(text))), size
+    scale = max(1, round(size / BITMAP_FONT_SIZE))
+    return int(ImageFont.load_default().getlength(text)) * scale, BITMAP_FONT_SIZE * scale
+
+
+def draw_text(canvas: Image.Image, xy: tuple[int, int], text: str, size: int, fill: Color = (0, 0, 0)) -> None:
+    """Draw `text` with its top-left corner at xy, about `size` px tall (the bitmap font scaled by an integer)."""
+    font = _font(size)
+    if font is not None:
+        top = font.getbbox("Hg")[1]
+        ImageDraw.Draw(canvas).text((xy[0], xy[1] - top // 2), text, fill=fill, font=font)
+        return
+    w, h = _text_box(text, size)
+    scale = h // BITMAP_FONT_SIZE
+    mask = Image.new("L", (w // scale, BITMAP_FONT_SIZE), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=ImageFont.load_default())
+    canvas.paste(Image.new("RGB", (w, h), fill), xy, mask.resize((w, h), Image.NEAREST))
+
+
+def caption(canvas: Image.Image, xy: tuple[int, int], text: str, size: int, background: Color) -> None:
+    """Text on a box of `background` (black or white text, whichever contrasts), kept inside the canvas."""
+    w, h = _text_box(text, size)
+    pad = max(1, size // 6)
+    x = int(min(max(0, xy[0]), max(0, canvas.width - w - 2 * pad)))
+    y = int(min(max(0, xy[1]), max(0, canvas.height - h - 2 * pad)))
+    ImageDraw.Draw(canvas).rectangle([x, y, x + w + 2 * pad, y + h + 2 * pad], fill=tuple(background))
+    luma = 0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2]
+    draw_text(canvas, (x + pad, y + pad), text, size, (0, 0, 0) if luma > 140 else (255, 255, 255))
+
+
+def add_note(image: np.ndarray, text: str) -> np.ndarray:
+    """`text` in a dark box at the top left of the image (e.g. "no instance with score >= 0.50")."""
+    canvas = Image.fromarray(to_numpy(image))
+    caption(canvas, (0, 0), text, text_size(image.shape), (40, 40, 40))
+    return np.asarray(canvas)
 
 
 def outline(ids: np.ndarray) -> np.ndarray:
@@ -42,23 +110,29 @@ def overlay(
     return out.round().clip(0, 255).astype(np.uint8)
 
 
-def add_legend(image: np.ndarray, entries: Sequence[tuple[str, Color]], *, max_entries: int = 40) -> np.ndarray:
-    """A panel right of the image with a colour swatch and a name per entry (PIL's default font)."""
+def add_legend(image: np.ndarray, entries: Sequence[tuple[str, Color]], *, max_entries: int = 60) -> np.ndarray:
+    """A panel right of the image with a colour swatch and a name per entry, text sized for the image (text_size);
+    entries that do not fit the image height continue in further columns."""
     entries = list(entries)[:max_entries]
     if not entries:
         return image
-    font = ImageFont.load_default()
-    line = 14
-    width = 24 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(n, font=font)) for n, _ in entries)
-    h = max(image.shape[0], line * len(entries) + 8)
-    canvas = Image.new("RGB", (image.shape[1] + width + 8, h), (255, 255, 255))
+    size = text_size(image.shape)
+    line, pad = round(size * 1.35), max(4, size // 2)
+    rows = max(1, (image.shape[0] - pad) // line)
+    columns = [entries[i : i + rows] for i in range(0, len(entries), rows)]
+    widths = [size + pad + max(_text_box(n, size)[0] for n, _ in col) + pad for col in columns]
+    h = max(image.shape[0], line * min(rows, len(entries)) + pad)
+    canvas = Image.new("RGB", (image.shape[1] + pad + sum(widths), h), (255, 255, 255))
     canvas.paste(Image.fromarray(image), (0, 0))
     draw = ImageDraw.Draw(canvas)
-    x0 = image.shape[1] + 6
-    for i, (name, color) in enumerate(entries):
-        y = 4 + i * line
-        draw.rectangle([x0, y + 1, x0 + 12, y + 11], fill=tuple(int(c) for c in color), outline=(0, 0, 0))
-        draw.text((x0 + 18, y), name, fill=(0, 0, 0), font=font)
+    x0 = image.shape[1] + pad
+    for col, width in zip(columns, widths):
+        for i, (name, color) in enumerate(col):
+            y = pad // 2 + i * line
+            box = [x0, y + (line - size) // 2, x0 + size, y + (line + size) // 2]
+            draw.rectangle(box, fill=tuple(int(c) for c in color), outline=(0, 0, 0), width=max(1, size // 12))
+            draw_text(canvas, (x0 + size + pad, y + (line - size) // 2), name, size)
+        x0 += width
     return np.asarray(canvas)
 
 
@@ -71,51 +145,77 @@ def semantic_overlay(
     image, labels, meta: DatasetMeta, *, alpha: float = 0.5, legend: bool = True, ignore_label: int | None = None
 ) -> np.ndarray:
     """Class colours over the photo; `ignore_label` pixels (e.g. ground-truth void) are left as they are."""
-    labels = to_numpy(labels).astype(np.int64)
-    palette = np.asarray(meta.palette + [(0, 0, 0)], dtype=np.uint8)  # last: for ids outside the classes
+    labels, colors = to_numpy(labels).astype(np.int64), palette_of(meta)
+    palette = np.asarray(colors + [(0, 0, 0)], dtype=np.uint8)  # last: for ids outside the classes
     safe = np.where((labels >= 0) & (labels < meta.num_classes), labels, meta.num_classes)
     skip = meta.num_classes if ignore_label is not None else None
     if ignore_label is not None:
         safe = np.where(labels == ignore_label, meta.num_classes, safe)
     out = overlay(image, safe, palette, alpha=alpha, skip=skip)
     present = [int(c) for c in np.unique(safe) if c < meta.num_classes]
-    entries = [(meta.class_names[c], meta.palette[c]) for c in _by_area(safe, present)]
+    entries = [(meta.class_names[c], colors[c]) for c in _by_area(safe, present)]
     return add_legend(out, entries) if legend else out
 
 
-def shade(color: Color, k: int) -> Color:
-    """The k-th variation of a colour (k = 0: itself), for telling instances of one class apart."""
-    if k == 0:
-        return tuple(int(c) for c in color)
-    rng = np.random.default_rng(k)
-    return tuple(int(v) for v in np.clip(np.asarray(color) + rng.integers(-60, 61, 3), 0, 255))
+def shades(color: Color, n: int) -> list[Color]:
+    """`n` variations of a colour for telling instances of one class apart, the first the colour itself; the others
+    evenly spaced along the line black - colour - white, more of them on the side with more room (lighter shades of
+    a dark colour), alternating sides so the first few differ most."""
+    c = np.asarray(color, dtype=np.float64)
+    n_up = round((n - 1) * (255 * 3 - c.sum()) / (255 * 3))
+    n_down = n - 1 - n_up
+    up = [c + (255 - c) * 0.85 * j / n_up for j in range(n_up, 0, -1)]
+    down = [c * (1 - 0.85 * j / n_down) for j in range(n_down, 0, -1)]
+    order = [x for pair in zip(up, down) for x in pair] + up[len(down) :] + down[len(up) :]
+    return [tuple(int(v) for v in np.clip(np.round(x), 0, 255)) for x in [c] + order]
 
 
-def panoptic_overlay(image, ids, segments: Sequence[dict], meta: DatasetMeta, *, alpha=0.5, legend=True) -> np.ndarray:
-    """One colour per segment (stuff: the class colour; things: shades of it); VOID (0) pixels untouched."""
-    ids = to_numpy(ids).astype(np.int64)
+def panoptic_overlay(
+    image, ids, segments: Sequence[dict], meta: DatasetMeta, *, alpha=0.5, legend=True, captions=None
+) -> np.ndarray:
+    """One colour per segment (stuff: the class colour; things: shades of it); VOID (0) pixels untouched.
+
+    captions: {segment id: text} drawn at each segment's top left (instance overlays: class and score)."""
+    ids, palette = to_numpy(ids).astype(np.int64), palette_of(meta)
     colors = np.zeros((max([int(ids.max(initial=0))] + [s["id"] for s in segments]) + 1, 3), dtype=np.uint8)
-    seen: dict[int, int] = {}
+    things = [s["category_id"] for s in segments if s.get("isthing")]
+    variants = {c: shades(palette[c], things.count(c)) for c in set(things)}
     for seg in segments:
         c = seg["category_id"]
-        colors[seg["id"]] = shade(meta.palette[c], seen.get(c, 0) if seg.get("isthing") else 0)
-        seen[c] = seen.get(c, 0) + 1
+        colors[seg["id"]] = variants[c].pop(0) if seg.get("isthing") else palette[c]
     out = overlay(image, ids, colors, alpha=alpha, skip=0)
+    if not legend:
+        return out
+    if not segments:
+        return add_note(out, "nothing segmented")
+    if captions:
+        canvas, size = Image.fromarray(out), max(12, round(text_size(out.shape) * 0.8))
+        for seg_id, text in captions.items():
+            ys, xs = np.nonzero(ids == seg_id)
+            if len(ys):
+                caption(canvas, (int(xs.min()), int(ys.min())), text, size, tuple(int(v) for v in colors[seg_id]))
+        out = np.asarray(canvas)
     classes = list(dict.fromkeys(s["category_id"] for s in segments))
-    entries = [(meta.class_names[c], meta.palette[c]) for c in classes]
-    return add_legend(out, entries) if legend else out
+    return add_legend(out, [(meta.class_names[c], palette[c]) for c in classes])
 
 
 def instance_overlay(
     image, instances: Instances, meta: DatasetMeta, *, threshold: float = 0.5, alpha=0.5, legend=True
 ) -> np.ndarray:
-    """Instances (best first) with score >= threshold as thing segments, higher scores painted on top."""
-    keep = (to_numpy(instances.scores) >= threshold).nonzero()[0]
+    """Instances (best first) with score >= threshold as thing segments, higher scores painted on top; with `legend`,
+    each is captioned "class score", and a note says so when no instance reaches the threshold."""
+    scores = to_numpy(instances.scores)
+    keep = (scores >= threshold).nonzero()[0]
     ids = np.zeros(to_numpy(image).shape[:2], dtype=np.int64)
     for n, k in reversed(list(enumerate(keep, start=1))):  # ascending score: the best painted last
         ids[to_numpy(instances.masks[k])] = n
-    segments = [{"id": n, "category_id": int(instances.labels[k]), "isthing": True} for n, k in enumerate(keep, 1)]
-    return panoptic_overlay(image, ids, segments, meta, alpha=alpha, legend=legend)
+    labels = [int(instances.labels[k]) for k in keep]
+    segments = [{"id": n, "category_id": c, "isthing": True} for n, c in enumerate(labels, 1)]
+    if legend and not segments:
+        best = f" (best {scores.max():.2f})" if len(scores) else ""
+        return add_note(to_numpy(image), f"no instance with score >= {threshold:.2f}{best}")
+    captions = {n: f"{meta.class_names[c]} {scores[k]:.2f}" for n, (c, k) in enumerate(zip(labels, keep), 1)}
+    return panoptic_overlay(image, ids, segments, meta, alpha=alpha, legend=legend, captions=captions)
 
 
 def prediction_overlay(image, pred, meta: DatasetMeta, *, threshold: float = 0.5, **kw) -> np.ndarray:
@@ -136,9 +236,8 @@ def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = No
     row_h = [max(p.shape[0] for p in r) for r in rows]
     top = 16 if titles else 0
     canvas = Image.new("RGB", (sum(col_w) + pad * (n_cols + 1), top + sum(row_h) + pad * (len(rows) + 1)), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for c, title in enumerate(titles or []):
-        draw.text((pad + sum(col_w[:c]) + pad * c, 2), title, fill=(0, 0, 0), font=font)
+        draw_text(canvas, (pad + sum(col_w[:c]) + pad * c, 2), title, 12)
     y = top + pad
     for r, panels in enumerate(rows):
         x = pad
