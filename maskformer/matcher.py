@@ -1,19 +1,11 @@
 """Hungarian matching between predicted masks and target segments (reference section 4.2).
 
-Cost C[q, t] = cost_class * (-softmax(logits)[q, label_t]) + cost_mask * focal(q, t) + cost_dice * dice(q, t):
-- class: the probability over K+1 classes (not its log);
-- mask: the sigmoid focal loss (alpha 0.25, gamma 2) of prediction q against target t, summed over pixels / (H*W);
-- dice: 1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1), p = sigmoid(logit);
-computed at the prediction resolution (1/4) with nearest-downsampled targets and solved per image by
-`scipy.optimize.linear_sum_assignment`. Every pairwise term is linear in the target,
-sum_n f(x_qn) t_tn + sum_n g(x_qn) (1 - t_tn), so each cost is one matrix product of per-pixel functions of the
-predictions against the image's [T, N] target rows. Costs are computed image by image over chunks of queries whose
-[c, N] temporaries (CHUNK_ELEMENTS) stay in the L2 cache: the elementwise passes (sigmoid, softplus) are then
-compute-bound instead of memory-bound (2x faster than whole-batch tensors on the CPU).
-
-With `num_points > 0` the matcher follows Mask2Former instead: the mask cost is the sigmoid binary cross-entropy
-(no focal weighting) and both mask costs use `num_points` uniform random points per image, the same points for every
-prediction and target of that image.
+Cost C[q, t] = cost_class * (-softmax(logits)[q, label_t]) + cost_mask * focal(q, t) + cost_dice * dice(q, t), at the
+prediction resolution (1/4) against nearest-downsampled targets, solved per image by `linear_sum_assignment`. Every
+pairwise term is linear in the target, sum_n f(x_qn) t_tn + g(x_qn) (1 - t_tn), so each cost is one matrix product
+against the image's [T, N] target rows; query chunks of CHUNK_ELEMENTS keep the elementwise passes in L2 (2x on CPU).
+With `num_points > 0` it follows Mask2Former: sigmoid BCE instead of focal, both mask costs at `num_points` uniform
+random points per image (shared by that image's predictions and targets).
 """
 
 from __future__ import annotations
@@ -24,9 +16,9 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from maskformer.mask_losses import FOCAL_ALPHA
 from maskformer.point_sampling import point_sample, point_sample_binary
 
-FOCAL_ALPHA = 0.25  # focal loss alpha; gamma is 2 (squared below)
 CHUNK_ELEMENTS = 1 << 17  # (query, pixel) pairs per cost chunk: 512 KB fp32 temporaries that stay in L2
 
 
@@ -117,7 +109,7 @@ class HungarianMatcher(nn.Module):
         coords [P, 2] in point mode. The mask costs run over chunks of queries whose temporaries stay in cache."""
         cost = -self.cost_class * prob[:, labels.to(prob.device)]  # [Q, T]
         if len(labels) == 0 or (self.cost_mask == 0 and self.cost_dice == 0):
-            return torch.nan_to_num(cost, nan=_big(cost), posinf=_big(cost), neginf=_big(cost))
+            return _finite(cost)
         Q, h, w = pred_masks.shape
         if coords is None:
             t = downsample_masks(masks, (h, w)).reshape(len(masks), h * w).to(pred_masks.dtype)  # [T, h*w]
@@ -136,7 +128,7 @@ class HungarianMatcher(nn.Module):
                 cost[q : q + step] += self.cost_mask * mask_cost
             if self.cost_dice != 0:
                 cost[q : q + step] += self.cost_dice * pairwise_dice_cost(x, t, p)
-        return torch.nan_to_num(cost, nan=_big(cost), posinf=_big(cost), neginf=_big(cost))
+        return _finite(cost)
 
     @staticmethod
     def _solve(cost: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,8 +140,10 @@ class HungarianMatcher(nn.Module):
         return f"{costs}, num_points={self.num_points}"
 
 
-def _big(x: Tensor) -> float:
-    return torch.finfo(x.dtype).max
+def _finite(cost: Tensor) -> Tensor:
+    """NaN and +-inf replaced by the largest float, so linear_sum_assignment always has a solution."""
+    big = torch.finfo(cost.dtype).max
+    return torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
 
 
 def _fp32(x: Tensor) -> Tensor:

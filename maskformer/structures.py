@@ -10,13 +10,11 @@
 from __future__ import annotations
 
 import colorsys
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 TASKS = ("semantic", "panoptic", "instance")  # what a model is asked to predict; defined here only
 PIXEL_MEAN = (123.675, 116.280, 103.530)
@@ -116,11 +114,6 @@ class SegTarget:
         sem = None if self.sem_seg is None else self.sem_seg.to(device)
         return SegTarget(self.labels.to(device), self.masks.to(device), sem)
 
-    def padded_masks(self, size: tuple[int, int]) -> torch.Tensor:
-        """masks zero-padded bottom/right to `size` (the padded batch size): bool [T, H, W]."""
-        h, w = self.masks.shape[-2:]
-        return F.pad(self.masks, (0, size[1] - w, 0, size[0] - h))
-
 
 def default_palette(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
     """`n` distinct, saturated RGB colours (golden-ratio hue walk), deterministic."""
@@ -175,10 +168,6 @@ class DatasetMeta:
         """Contiguous ids of thing classes."""
         return [i for i, t in enumerate(self.is_thing) if t]
 
-    @property
-    def stuff_ids(self) -> list[int]:
-        return [i for i, t in enumerate(self.is_thing) if not t]
-
     def contiguous_id(self, dataset_id: int) -> int:
         """Dataset id -> contiguous id; a clear KeyError for an unknown id."""
         lut = self._lut()
@@ -197,7 +186,3 @@ class DatasetMeta:
         return cls(
             **{k: d[k] for k in ("name", "class_names", "is_thing", "ignore_label", "palette", "dataset_ids") if k in d}
         )
-
-    def save_json(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)

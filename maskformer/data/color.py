@@ -121,25 +121,20 @@ class ColorAugSSD:
         if rng.random() >= 0.5:
             steps = (self._saturation, self._hue, self._contrast)
         for step in steps:
-            img = step(img, rng)
+            if rng.random() < 0.5:
+                img = step(img, rng)
         return np.ascontiguousarray(img[..., ::-1])
 
     def _contrast(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.random() < 0.5:
-            return _convert(img, alpha=rng.uniform(*self.contrast_range))
-        return img
+        return _convert(img, alpha=rng.uniform(*self.contrast_range))
 
     def _saturation(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.random() < 0.5:
-            hsv = bgr_to_hsv(img)
-            hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*self.saturation_range))
-            return hsv_to_bgr(hsv)
-        return img
+        hsv = bgr_to_hsv(img)
+        hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*self.saturation_range))
+        return hsv_to_bgr(hsv)
 
     def _hue(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.random() < 0.5:
-            hsv = bgr_to_hsv(img)
-            delta = int(rng.integers(-self.hue_delta, self.hue_delta + 1))
-            hsv[..., 0] = (hsv[..., 0].astype(np.int64) + delta) % 180
-            return hsv_to_bgr(hsv)
-        return img
+        hsv = bgr_to_hsv(img)
+        delta = int(rng.integers(-self.hue_delta, self.hue_delta + 1))
+        hsv[..., 0] = (hsv[..., 0].astype(np.int64) + delta) % 180
+        return hsv_to_bgr(hsv)

@@ -83,32 +83,22 @@ class TransformerPredictor(nn.Module):
         """Per-layer dicts from the stacked [L, ...] tensors. unbind, not masks[i]: the backward of L index selects
         would zero-fill L full [L, B, Q, H, W] gradients (472 MB at batch 2, 512x512); unbind's stacks them once."""
         logits = self.class_embed(hs).unbind(0) if self.mask_classification else [None] * len(hs)  # L x [B, Q, K+1]
-        layers = [self._layer_output(lg, m) for lg, m in zip(logits, masks.unbind(0))]
+        layers = [
+            {"pred_masks": m} if lg is None else {"pred_logits": lg, "pred_masks": m}
+            for lg, m in zip(logits, masks.unbind(0))
+        ]
         out = layers[-1]
         if len(layers) > 1:
             out["aux_outputs"] = layers[:-1]
         return out
 
-    @staticmethod
-    def _layer_output(logits: torch.Tensor | None, masks: torch.Tensor) -> dict:
-        return {"pred_masks": masks} if logits is None else {"pred_logits": logits, "pred_masks": masks}
-
-
-def run_predictor(head: nn.Module, features: dict[str, torch.Tensor]) -> dict:
-    """pixel decoder -> predictor, through `forward_fused` in eval when that saves work (`head.fuse_mask_conv`)."""
-    decoder, predictor = head.pixel_decoder, head.predictor
-    fuse = head.fuse_mask_conv and not (predictor.training and predictor.deep_supervision)
-    if fuse and predictor.query_embed.num_embeddings < decoder.mask_features.out_channels:
-        y, transformer_in = decoder.forward_features(features)
-        return predictor.forward_fused(transformer_in, y, decoder.mask_features)
-    mask_features, transformer_in = decoder(features)
-    return predictor(transformer_in, mask_features)
-
 
 class MaskFormerHead(nn.Module):
     """`sem_seg_head` of MaskFormer: pixel decoder -> (mask features, transformer input) -> TransformerPredictor.
 
-    fuse_mask_conv: a switch in maskformer.cpu_tuning (same outputs up to float rounding, fewer multiply-adds).
+    fuse_mask_conv: a switch in maskformer.cpu_tuning (same outputs up to float rounding, fewer multiply-adds): in eval,
+    with fewer queries than mask channels, the predictor folds the pixel decoder's `mask_features` conv into its mask
+    logits (`forward_fused`).
     """
 
     def __init__(self, *, pixel_decoder: nn.Module, predictor: TransformerPredictor, fuse_mask_conv: bool = True):
@@ -118,7 +108,13 @@ class MaskFormerHead(nn.Module):
         self.fuse_mask_conv = fuse_mask_conv
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
-        return run_predictor(self, features)
+        decoder, predictor = self.pixel_decoder, self.predictor
+        fuse = self.fuse_mask_conv and not (predictor.training and predictor.deep_supervision)
+        if fuse and predictor.query_embed.num_embeddings < decoder.mask_features.out_channels:
+            y, transformer_in = decoder.forward_features(features)
+            return predictor.forward_fused(transformer_in, y, decoder.mask_features)
+        mask_features, transformer_in = decoder(features)
+        return predictor(transformer_in, mask_features)
 
 
 class PerPixelBaselineHead(nn.Module):
@@ -135,22 +131,19 @@ class PerPixelBaselineHead(nn.Module):
         return {"sem_seg": self.predictor(mask_features)}
 
 
-class PerPixelBaselinePlusHead(nn.Module):
+class PerPixelBaselinePlusHead(MaskFormerHead):
     """PerPixelBaseline+: TransformerPredictor without class head, Q = K queries; each query's mask logits are the
     per-pixel logits of one class. -> {"sem_seg": [B, K, H/4, W/4]} (+ "aux_outputs": [{"sem_seg"}] * (L-1) when
     training).
     """
 
     def __init__(self, *, pixel_decoder: nn.Module, predictor: TransformerPredictor, fuse_mask_conv: bool = True):
-        super().__init__()
         if predictor.mask_classification:
             raise ValueError("PerPixelBaselinePlusHead needs a TransformerPredictor with mask_classification=False")
-        self.pixel_decoder = pixel_decoder
-        self.predictor = predictor
-        self.fuse_mask_conv = fuse_mask_conv
+        super().__init__(pixel_decoder=pixel_decoder, predictor=predictor, fuse_mask_conv=fuse_mask_conv)
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
-        out = run_predictor(self, features)
+        out = super().forward(features)
         result = {"sem_seg": out["pred_masks"]}
         if "aux_outputs" in out:
             result["aux_outputs"] = [{"sem_seg": a["pred_masks"]} for a in out["aux_outputs"]]

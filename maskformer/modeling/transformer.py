@@ -4,7 +4,7 @@ Reference notes 3.2 and 3.3. Everything here is batch-first: tokens are [B, L, C
 `F.scaled_dot_product_attention` over the packed `in_proj_weight` / `in_proj_bias` / `out_proj` parameters, so official
 checkpoints (which store nn.MultiheadAttention weights) load without any renaming.
 
-- `TransformerDecoder`: the MaskFormer predictor's decoder (zeros target + learned query positions, shared final `norm`
+- `Transformer`: the MaskFormer predictor's decoder (zeros target + learned query positions, shared final `norm`
   applied to every layer's output).
 - `TransformerEncoderOnly`: the 6-layer encoder of the "+6 Enc" pixel decoder (no final norm, as post-norm DETR).
 """
@@ -62,150 +62,92 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(out)
 
 
-def _ffn(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """linear2(dropout(relu(linear1(x)))) for a layer holding linear1, dropout, linear2."""
-    return layer.linear2(layer.dropout(F.relu(layer.linear1(x))))
+class TransformerLayer(nn.Module):
+    """Post-norm DETR layer, each step with residual + LayerNorm: self-attention (`norm1`), then for a decoder layer
+    cross-attention to the memory (`multihead_attn`, `norm2`), then the FFN (`norm2` in an encoder, `norm3` in a
+    decoder). All dropouts share one probability, so one stateless `dropout` module serves them all."""
 
-
-class TransformerDecoderLayer(nn.Module):
-    """Post-norm DETR decoder layer: self-attention, cross-attention, FFN, each with residual + LayerNorm."""
-
-    def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
+    def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, decoder: bool):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout) if decoder else None
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model) if decoder else None
 
     def forward(
-        self, tgt: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, query_pos: torch.Tensor
+        self, x: torch.Tensor, memory: torch.Tensor | None, memory_pos: torch.Tensor | None, pos: torch.Tensor
     ) -> torch.Tensor:
-        """tgt [B, Q, C]; memory [B, HW, C]; memory_pos = memory + pos [B, HW, C]; query_pos [B, Q, C] -> [B, Q, C]."""
-        q = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt)))
-        tgt = self.norm2(tgt + self.dropout2(self.multihead_attn(tgt + query_pos, memory_pos, memory)))
-        return self.norm3(tgt + self.dropout3(_ffn(self, tgt)))
+        """x, pos [B, L, C] (q = k = x + pos, v = x) -> [B, L, C]. Decoder layers also attend to memory [B, HW, C]
+        with keys memory_pos = memory + its positions; encoder layers take None for both."""
+        drop = self.dropout
+        q = x + pos
+        x = self.norm1(x + drop(self.self_attn(q, q, x)))
+        if self.multihead_attn is None:
+            ffn_norm = self.norm2
+        else:
+            x = self.norm2(x + drop(self.multihead_attn(x + pos, memory_pos, memory)))
+            ffn_norm = self.norm3
+        return ffn_norm(x + drop(self.linear2(drop(F.relu(self.linear1(x))))))
 
 
-class TransformerDecoder(nn.Module):
-    """Stack of decoder layers with one shared final LayerNorm `norm` applied to every layer's output."""
-
-    def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_layers: int):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            TransformerDecoderLayer(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout)
-            for _ in range(num_layers)
-        )
-        self.norm = nn.LayerNorm(d_model)
-
-    def forward(
-        self,
-        tgt: torch.Tensor,
-        memory: torch.Tensor,
-        pos: torch.Tensor,
-        query_pos: torch.Tensor,
-        *,
-        return_intermediate: bool = True,
-    ) -> torch.Tensor:
-        """-> [L, B, Q, C], norm(output of every layer); [1, B, Q, C] (last layer only) if not return_intermediate."""
-        memory_pos = memory + pos  # the cross-attention key input is the same for every layer
-        outs = []
-        for layer in self.layers:
-            tgt = layer(tgt, memory, memory_pos, query_pos)
-            if return_intermediate:
-                outs.append(self.norm(tgt))
-        return torch.stack(outs) if return_intermediate else self.norm(tgt).unsqueeze(0)
+def _layer_stack(num_layers: int, final_norm: bool, **layer_args) -> nn.ModuleDict:
+    """`layers.{i}` (+ a final `norm`): DETR's TransformerEncoder / TransformerDecoder state-dict layout."""
+    stack = nn.ModuleDict({"layers": nn.ModuleList(TransformerLayer(**layer_args) for _ in range(num_layers))})
+    if final_norm:
+        stack["norm"] = nn.LayerNorm(layer_args["d_model"])
+    return stack
 
 
 class Transformer(nn.Module):
-    """The predictor's DETR transformer with ENC_LAYERS 0 (memory = input tokens): only `decoder.*` parameters."""
+    """The predictor's DETR transformer with ENC_LAYERS 0 (memory = input tokens): only `decoder.*` parameters
+    (`decoder.layers.*` and one final `decoder.norm` shared by every layer's output)."""
 
     def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_decoder_layers: int):
         super().__init__()
-        self.decoder = TransformerDecoder(
-            d_model=d_model,
-            nhead=nhead,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
-            num_layers=num_decoder_layers,
+        self.decoder = _layer_stack(
+            num_decoder_layers, True, d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
+            decoder=True,
         )
         xavier_reset(self)
 
     def forward(
         self, src: torch.Tensor, query_embed: torch.Tensor, pos: torch.Tensor, *, return_intermediate: bool = True
     ) -> torch.Tensor:
-        """src, pos [B, C, H, W]; query_embed [Q, C] -> hs [L, B, Q, C] (or [1, B, Q, C], see TransformerDecoder)."""
-        b = src.shape[0]
+        """src, pos [B, C, H, W]; query_embed [Q, C] -> hs [L, B, Q, C], norm(output of every layer); [1, B, Q, C]
+        (last layer only) if not return_intermediate."""
         memory = src.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, HW, C]
-        pos = pos.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, HW, C]
-        query_pos = query_embed.unsqueeze(0).expand(b, -1, -1)  # [Q, C] -> [B, Q, C]
-        tgt = torch.zeros_like(query_pos)
-        return self.decoder(tgt, memory, pos, query_pos, return_intermediate=return_intermediate)
-
-
-class TransformerEncoderLayer(nn.Module):
-    """Post-norm DETR encoder layer: self-attention (q = k = src + pos, v = src), FFN."""
-
-    def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float):
-        super().__init__()
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-
-    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """src, pos [B, HW, C] -> [B, HW, C]."""
-        q = src + pos
-        src = self.norm1(src + self.dropout1(self.self_attn(q, q, src)))
-        return self.norm2(src + self.dropout2(_ffn(self, src)))
-
-
-class TransformerEncoder(nn.Module):
-    """Stack of encoder layers; post-norm, so no final norm (the official builds one only for pre-norm)."""
-
-    def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_layers: int):
-        super().__init__()
-        self.layers = nn.ModuleList(
-            TransformerEncoderLayer(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout)
-            for _ in range(num_layers)
-        )
-
-    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            src = layer(src, pos)
-        return src
+        memory_pos = memory + pos.flatten(2).transpose(1, 2)  # the cross-attention key input of every layer
+        query_pos = query_embed.unsqueeze(0).expand(src.shape[0], -1, -1)  # [Q, C] -> [B, Q, C]
+        tgt, outs = torch.zeros_like(query_pos), []
+        for layer in self.decoder.layers:
+            tgt = layer(tgt, memory, memory_pos, query_pos)
+            if return_intermediate:
+                outs.append(self.decoder.norm(tgt))
+        return torch.stack(outs) if return_intermediate else self.decoder.norm(tgt).unsqueeze(0)
 
 
 class TransformerEncoderOnly(nn.Module):
-    """The "+6 Enc" pixel decoder's encoder (`transformer.encoder.layers.*`), on a [B, C, H, W] map."""
+    """The "+6 Enc" pixel decoder's encoder (`encoder.layers.*`; post-norm, so no final norm), on a [B, C, H, W] map."""
 
     def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_encoder_layers: int):
         super().__init__()
-        self.encoder = TransformerEncoder(
-            d_model=d_model,
-            nhead=nhead,
-            dim_feedforward=dim_feedforward,
-            dropout=dropout,
-            num_layers=num_encoder_layers,
+        self.encoder = _layer_stack(
+            num_encoder_layers, False, d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
+            decoder=False,
         )
         xavier_reset(self)
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """src, pos [B, C, H, W] -> [B, C, H, W]."""
         b, c, h, w = src.shape
-        tokens = self.encoder(src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2))  # [B, HW, C]
-        return tokens.transpose(1, 2).reshape(b, c, h, w)  # [B, HW, C] -> [B, C, H, W]
+        x, pos = src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2)  # [B, HW, C]
+        for layer in self.encoder.layers:
+            x = layer(x, None, None, pos)
+        return x.transpose(1, 2).reshape(b, c, h, w)  # [B, HW, C] -> [B, C, H, W]
 
 
 def xavier_reset(module: nn.Module) -> None:
