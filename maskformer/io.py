@@ -119,8 +119,7 @@ _COLOUR_PNG = {(2, 8), (6, 8), (3, 1), (3, 2), (3, 4), (3, 8)}
 
 @functools.cache
 def _pyspng():
-    """The pyspng module (libspng, the optional "fast-png" extra: PNG decoding in ~0.4x Pillow's CPU time, but
-    holding the GIL, so callers decode in one thread when it is there: `fast_png()`) or None."""
+    """pyspng (the "fast-png" extra: ~0.4x Pillow's CPU time, but it holds the GIL) or None."""
     try:
         import pyspng
     except ImportError:
@@ -175,6 +174,13 @@ def load_json(path: str | Path):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: invalid JSON ({e})") from None
+
+
+def read_names(path: str | Path) -> list[str]:
+    """Class names from a JSON list or a text file (one name a line, blank lines skipped)."""
+    if str(path).endswith(".json"):
+        return [str(n) for n in load_json(path)]
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def list_files(folder: str | Path, exts: tuple[str, ...], recursive: bool = False) -> list[Path]:
@@ -291,16 +297,13 @@ def panoptic_annotation(ids, segments: list[dict], *, image_id, file_name: str) 
     return {"image_id": image_id, "file_name": file_name, "segments_info": info}
 
 
-def coco_categories(meta: DatasetMeta) -> list[dict]:
-    """The "categories" list of a COCO panoptic JSON, with the dataset's ids."""
-    return [
+def write_panoptic_json(path: str | Path, annotations: list[dict], meta: DatasetMeta) -> None:
+    """COCO panoptic JSON: the annotations and the "categories" of `meta` (dataset ids)."""
+    categories = [
         {"id": int(d), "name": name, "isthing": int(t), "color": list(c)}
         for d, name, t, c in zip(meta.dataset_ids, meta.class_names, meta.is_thing, meta.palette)
     ]
-
-
-def write_panoptic_json(path: str | Path, annotations: list[dict], meta: DatasetMeta) -> None:
-    save_json(path, {"annotations": annotations, "categories": coco_categories(meta)})
+    save_json(path, {"annotations": annotations, "categories": categories})
 
 
 # ------------------------------------------------------------------------------------------------ COCO RLE
@@ -372,17 +375,11 @@ def mask_bbox(mask: np.ndarray) -> list[int]:
 
 def instance_results(instances: Instances, *, image_id, meta: DatasetMeta | None = None) -> list[dict]:
     """COCO instance results of one image (category ids = meta.dataset_ids, else contiguous)."""
-    out = []
-    for mask, score, label in zip(to_numpy(instances.masks), to_numpy(instances.scores), to_numpy(instances.labels)):
-        c = int(label)
-        out.append(
-            {
-                "image_id": image_id,
-                "category_id": int(meta.dataset_ids[c]) if meta is not None else c,
-                "segmentation": rle_encode(mask),
-                "score": float(score),
-                "bbox": mask_bbox(mask),
-                "area": int(mask.sum()),
-            }
-        )
-    return out
+    ids = to_numpy(instances.labels).astype(np.int64)
+    if meta is not None:
+        ids = np.asarray(meta.dataset_ids, dtype=np.int64)[ids]
+    return [
+        dict(image_id=image_id, category_id=int(c), segmentation=rle_encode(m), score=float(s), bbox=mask_bbox(m),
+             area=int(m.sum()))  # fmt: skip
+        for m, s, c in zip(to_numpy(instances.masks), to_numpy(instances.scores), ids)
+    ]

@@ -32,18 +32,11 @@ def preset_rows(name_filter: str = "") -> list[dict]:
         params, gflops = PAPER_NUMBERS.get(name, (None, None))
         rows.append(
             dict(
-                name=name,
-                arch=m.arch,
-                backbone=m.backbone,
-                pixel_decoder=m.pixel_decoder,
-                dataset=cfg.data.format,
-                classes=m.num_classes,
-                queries=m.num_queries if m.arch != "per_pixel_baseline" else None,
-                crop=list(cfg.data.crop_size),
-                paper_params_m=params,
-                paper_gflops=gflops,
+                name=name, arch=m.arch, backbone=m.backbone, pixel_decoder=m.pixel_decoder, dataset=cfg.data.format,
+                classes=m.num_classes, queries=m.num_queries if m.arch != "per_pixel_baseline" else None,
+                crop=list(cfg.data.crop_size), paper_params_m=params, paper_gflops=gflops,
             )
-        )
+        )  # fmt: skip
     return rows
 
 
@@ -62,11 +55,15 @@ def zoo_rows(name_filter: str = "") -> list[dict]:
     ]
 
 
-def _zoo_table(rows: list[dict]) -> str:
-    cells = [("name", "dataset", "task", "metric (paper)", "cached")]
-    cells += [(r["name"], r["dataset"], r["task"], r["metric"], "yes" if r["cached"] else "") for r in rows]
+def _aligned(cells: list[tuple[str, ...]]) -> str:
+    """Rows of cells as text columns padded to the widest cell."""
     widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
     return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(widths))).rstrip() for c in cells)
+
+
+def _zoo_table(rows: list[dict]) -> str:
+    cells = [(r["name"], r["dataset"], r["task"], r["metric"], "yes" if r["cached"] else "") for r in rows]
+    return _aligned([("name", "dataset", "task", "metric (paper)", "cached")] + cells)
 
 
 def _table(rows: list[dict]) -> str:
@@ -81,9 +78,7 @@ def _table(rows: list[dict]) -> str:
             return "" if v is None else f"{v}M"
         return "" if v is None else str(v)
 
-    cells = [heads] + [tuple(cell(r, c) for c in cols) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(cols))).rstrip() for c in cells)
+    return _aligned([heads] + [tuple(cell(r, c) for c in cols) for r in rows])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,14 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    fn = PREPARERS[args.dataset]
     kw = {}
     if args.dataset == "ade20k_full":
         kw["categories"] = args.categories
     if args.dataset == "coco_panoptic_semantic":
         kw["splits"] = tuple(s for s in args.splits.split(",") if s)
     try:
-        fn(args.root, **kw)
+        PREPARERS[args.dataset](args.root, **kw)
     except (DatasetError, FileNotFoundError) as e:
         print(f"maskformer prepare {args.dataset}: {e}", file=sys.stderr)
         return 1

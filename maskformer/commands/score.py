@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,18 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-per-class", action="store_true", help="print only the summary")
 
 
-def read_class_names(path: str) -> list[str]:
-    """Class names from a JSON list or a text file (one name a line)."""
-    from maskformer.io import load_json
-
-    if path.endswith(".json"):
-        return [str(n) for n in load_json(path)]
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
     from maskformer.evaluation.files import score_panoptic, score_semantic
     from maskformer.evaluation.report import format_panoptic, format_semantic, write_json
+    from maskformer.io import read_names
 
     task = args.task or ("panoptic" if args.gt.endswith(".json") else "semantic")
     try:
@@ -50,16 +41,11 @@ def run(args: argparse.Namespace) -> int:
             if args.num_classes is None:
                 print("error: semantic scoring needs --num-classes K", file=sys.stderr)
                 return 2
-            names = read_class_names(args.class_names) if args.class_names else None
+            names = read_names(args.class_names) if args.class_names else None
             results = score_semantic(
-                args.gt,
-                args.pred,
-                num_classes=args.num_classes,
-                ignore_label=args.ignore,
-                reduce_zero_label=args.reduce_zero_label,
-                class_names=names,
-                workers=args.workers,
-            )
+                args.gt, args.pred, num_classes=args.num_classes, ignore_label=args.ignore,
+                reduce_zero_label=args.reduce_zero_label, class_names=names, workers=args.workers,
+            )  # fmt: skip
             text = format_semantic(results, per_class=not args.no_per_class)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -41,15 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = SynthConfig(
-            image_size=args.size,
-            num_train=args.train,
-            num_val=args.val,
-            stuff=args.stuff,
-            things=args.things,
-            min_instances=args.min_instances,
-            max_instances=args.max_instances,
-            seed=args.seed,
-        )
+            image_size=args.size, num_train=args.train, num_val=args.val, stuff=args.stuff, things=args.things,
+            min_instances=args.min_instances, max_instances=args.max_instances, seed=args.seed,
+        )  # fmt: skip
     except ValueError as e:
         print(f"maskformer synth: {e}")
         return 2

@@ -105,7 +105,9 @@ def coco_panoptic(root: str | Path, split: str, **kw) -> SegDataset:
     pan_dir = find_dir(
         [base / f"panoptic_{split}", base / "annotations" / f"panoptic_{split}"], f"panoptic PNGs of split {split!r}"
     )
-    json_file = _find_file([base / "annotations" / f"panoptic_{split}.json", base / f"panoptic_{split}.json"])
+    json_file = find_dir(
+        [base / "annotations" / f"panoptic_{split}.json", base / f"panoptic_{split}.json"], "panoptic JSON", file=True
+    )
     name = kw.pop("name", "coco_panoptic")
     meta_file = base / "meta.json"
     if meta_file.is_file():
@@ -124,15 +126,8 @@ def ade20k_panoptic(root: str | Path, split: str, **kw) -> SegDataset:
     short = _ADE_PAN_SPLITS.get(split, split)
     image_dir = find_dir([base / "images" / split], f"ADE20K images of split {split!r}")
     pan_dir = find_dir([base / f"ade20k_panoptic_{short}"], f"ADE20K panoptic PNGs of split {split!r}")
-    json_file = _find_file([base / f"ade20k_panoptic_{short}.json"])
+    json_file = find_dir([base / f"ade20k_panoptic_{short}.json"], "panoptic JSON", file=True)
     sem_dir = base / "annotations_detectron2" / split
     return coco_panoptic_files(
         image_dir, pan_dir, json_file, sem_dir=sem_dir if sem_dir.is_dir() else None, name="ade20k_panoptic", **kw
     )
-
-
-def _find_file(candidates: list[Path]) -> Path:
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise DatasetError(f"panoptic JSON not found; looked for: {', '.join(str(c) for c in candidates)}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import DatasetError, read_label
+from ..io import DatasetError, load_json, read_label, read_names
 from ..structures import DatasetMeta
 from .dataset import SegDataset
 from .semantic import find_dir, pair_by_name, zero_label_reducer
@@ -25,14 +25,12 @@ SCAN_FILES = 16
 def read_class_spec(root: Path) -> dict:
     """{"classes", "ignore_label"?, "reduce_zero_label"?, "name"?} from ROOT/meta.json or ROOT/classes.txt."""
     if (root / "meta.json").is_file():
-        from ..io import load_json
-
         spec = load_json(root / "meta.json")
         if not isinstance(spec.get("classes"), list) or not spec["classes"]:
             raise DatasetError(f"{root / 'meta.json'}: needs a non-empty list 'classes'")
         return spec
     if (root / "classes.txt").is_file():
-        names = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+        names = read_names(root / "classes.txt")
         if not names:
             raise DatasetError(f"{root / 'classes.txt'}: no class names (expected one per line)")
         return {"classes": names}

@@ -17,24 +17,26 @@ from . import meta as builtin
 from .dataset import Record, SegDataset
 
 
-def find_dir(candidates: Sequence[Path], what: str) -> Path:
-    """The first existing folder among `candidates`; else an error listing every path tried."""
+def find_dir(candidates: Sequence[Path], what: str, *, file: bool = False) -> Path:
+    """The first existing folder (file=True: file) among `candidates`; else an error listing every path tried."""
     for c in candidates:
-        if Path(c).is_dir():
+        if Path(c).is_file() if file else Path(c).is_dir():
             return Path(c)
     tried = ", ".join(str(c) for c in candidates)
     raise DatasetError(f"{what} not found; looked for: {tried}")
 
 
-def _key(path: Path, base: Path, suffixes: Sequence[str] | None, exts: Sequence[str]) -> str | None:
-    """Relative path without its suffix (a known suffix, or any extension in `exts`); None if it matches none."""
-    rel = str(path.relative_to(base))
-    for s in suffixes or ():
-        if rel.endswith(s):
-            return rel[: -len(s)]
-    if suffixes:
-        return None
-    return rel[: -len(path.suffix)] if path.suffix.lower() in exts else None
+def _by_key(folder: Path, suffixes: Sequence[str] | None, exts: Sequence[str], recursive: bool) -> dict[str, Path]:
+    """{relative path without its suffix: file} for the files of `folder` ending in one of `suffixes` (default: any
+    extension in `exts`)."""
+    out = {}
+    for path in list_files(folder, exts, recursive):
+        rel = str(path.relative_to(folder))
+        for s in suffixes or (path.suffix,):
+            if rel.endswith(s):
+                out[rel[: -len(s)]] = path
+                break
+    return out
 
 
 def pair_by_name(
@@ -50,16 +52,8 @@ def pair_by_name(
     Suffixes default to any image / label extension. A missing label, or a label without an image, is an error
     naming the file.
     """
-    images = {}
-    for p in list_files(image_dir, IMAGE_EXTS, recursive):
-        k = _key(p, image_dir, image_suffixes, IMAGE_EXTS)
-        if k is not None:
-            images[k] = p
-    labels = {}
-    for p in list_files(label_dir, LABEL_EXTS, recursive):
-        k = _key(p, label_dir, label_suffixes, LABEL_EXTS)
-        if k is not None:
-            labels[k] = p
+    images = _by_key(image_dir, image_suffixes, IMAGE_EXTS, recursive)
+    labels = _by_key(label_dir, label_suffixes, LABEL_EXTS, recursive)
     no_label = sorted(set(images) - set(labels))
     if no_label:
         raise DatasetError(

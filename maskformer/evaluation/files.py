@@ -36,10 +36,6 @@ def _state(key, factory: Callable):
     return _WORKER_STATE[key]
 
 
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
-
-
 # ---------------------------------------------------------------------------------------------------- reading
 def check_panoptic_json(data, path, what: str, keys=("annotations",)) -> None:
     """Clear errors (FormatError naming the file) for a COCO panoptic JSON missing its lists or per-image fields."""
@@ -99,12 +95,16 @@ def match_panoptic(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]:
     return [(ann, preds[ann["image_id"]]) for ann in anns]
 
 
+def _check_folders(gt_dir: Path, pred_dir: Path, kind: str = "") -> None:
+    for d, what in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} {kind}folder {d} does not exist")
+
+
 def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, Path, Path]]:
     """(stem, gt path, pred path) for every GT label map, predictions matched by file stem."""
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
-    for d, what in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
-        if not d.is_dir():
-            raise FileNotFoundError(f"{what} folder {d} does not exist")
+    _check_folders(gt_dir, pred_dir)
     gts = list_files(gt_dir, LABEL_EXTS)
     if not gts:
         raise FormatError(f"ground-truth folder {gt_dir} has no label maps ({', '.join(LABEL_EXTS)})")
@@ -115,11 +115,13 @@ def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, 
     return [(p.stem, p, preds[p.stem]) for p in gts]
 
 
-def map_pairs(read: Callable, count: Callable, tasks: Iterable, workers: int) -> Iterator:
-    """count(task, read(task)) over tasks, in order. `workers` > 0: that many worker processes (fork where
-    available) each decode and count; otherwise this process counts while 2 threads decode ahead (threaded_reads),
-    or decodes itself when pyspng decodes (it holds the GIL: threads would only add contention and page faults)."""
+def map_pairs(read: Callable, count: Callable, tasks: Iterable, workers: int | None) -> Iterator:
+    """count(task, read(task)) over tasks, in order. `workers` > 0 (None: one a CPU, at most 8): that many worker
+    processes (fork where available) each decode and count; otherwise this process counts while 2 threads decode
+    ahead (threaded_reads), or decodes itself when pyspng decodes (it holds the GIL: threads would only add
+    contention and page faults)."""
     tasks = list(tasks)
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if workers <= 0 or len(tasks) <= 1:
         if fast_png():
             yield from (count(task, read(task)) for task in tasks)
@@ -153,7 +155,6 @@ def threaded_reads(read: Callable, tasks: Iterable, threads: int = 2, ahead: int
 
 
 def _read_and_count(read: Callable, count: Callable, task):
-    """Worker process: decode one pair and count it."""
     return count(task, read(task))
 
 
@@ -187,9 +188,7 @@ def score_panoptic(
     check_panoptic_json(pred, pred_json, "prediction")
     gt_folder = Path(gt_folder) if gt_folder else Path(str(gt_json).replace(".json", ""))
     pred_folder = Path(pred_folder) if pred_folder else Path(str(pred_json).replace(".json", ""))
-    for d, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):
-        if not d.is_dir():
-            raise FileNotFoundError(f"{what} PNG folder {d} does not exist")
+    _check_folders(gt_folder, pred_folder, "PNG ")
     evaluator = PanopticEvaluator(gt["categories"])
     pairs = match_panoptic(gt, pred)
     tasks = [
@@ -202,7 +201,6 @@ def score_panoptic(
         )
         for g, p in pairs
     ]
-    workers = default_workers() if workers is None else workers
     hists = map_pairs(_read_panoptic_pair, _count_panoptic_pair, tasks, workers)
     for (g, p), hist in zip(pairs, hists):
         evaluator.update_counts(hist, p["segments_info"], g["segments_info"], image_id=g["image_id"])
@@ -240,7 +238,6 @@ def score_semantic(
     evaluator = SemSegEvaluator(num_classes, ignore_label, class_names, reduce_zero_label=reduce_zero_label)
     pairs = match_semantic(gt_dir, pred_dir)
     tasks = [(stem, g, p, num_classes, ignore_label, reduce_zero_label) for stem, g, p in pairs]
-    workers = default_workers() if workers is None else workers
     dense = np.zeros((num_classes + 1) * num_classes, dtype=np.int64)
     for idx, vals in map_pairs(_read_semantic_pair, _count_semantic_pair, tasks, workers):
         dense[idx] = vals
