@@ -19,7 +19,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("matcher", "criterion", "point_sampling", "mask_losses", "inference", "fast_postprocess", "numpy_postprocess"),
     ("data", "io", "evaluation", "checkpoint", "convert"),
     ("hub", "pipeline", "tta"),
-    ("engine", "predict", "export", "serve", "visualize", "evaluation.loop"),  # evaluation.loop runs the pipeline
+    # evaluation.loop runs the pipeline; sharding splits eval / predict over processes
+    ("engine", "predict", "export", "serve", "visualize", "evaluation.loop", "sharding"),
     ("commands", "cli", "__main__"),
 ]
 NEVER = [("modeling", "data"), ("data", "modeling")]  # (importer prefix, imported prefix)

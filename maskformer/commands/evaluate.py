@@ -33,9 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maskformer.sharding import process_group
+
+    with process_group(args.device):  # under torchrun: one block of the images per process
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from maskformer.convert import load_model
+    from maskformer.sharding import is_main
     from maskformer.data import DatasetError, build_dataset
     from maskformer.evaluation.loop import evaluate_model
     from maskformer.evaluation.report import format_instance, format_panoptic, format_semantic, write_json
@@ -54,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, FileNotFoundError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if not is_main():  # several processes (torchrun): the first one reports
+        return 0
     per_class = not args.no_per_class
     fmt = {"semantic": format_semantic, "panoptic": format_panoptic, "instance": format_instance}[task]
     print(fmt(results, per_class=per_class))

@@ -5,6 +5,8 @@ INPUTS are image files, folders (their images, sorted) or glob patterns. Writes 
   panoptic/<name>.png + panoptic.json   COCO panoptic format (dataset category ids)
   instances.json        COCO instance results with RLE masks
   overlay/<name>.png    colour overlays with outlines and a legend (unless --no-overlay)
+  .parts/<name>.json    the image's JSON entries, written last: present == the image complete (--skip-existing
+                        resumes; `torchrun --nproc_per_node N -m maskformer predict` shards the inputs)
 A missing or unreadable image is reported by name and skipped (exit status 1); an empty folder is an error (2).
 """
 
@@ -21,6 +23,7 @@ from maskformer import io as fmt
 from maskformer import visualize as vis
 from maskformer.io import IMAGE_EXTS, list_files, save_json, write_image
 from maskformer.predict import ImageError, Prediction, Predictor, load_image
+from maskformer.sharding import finish, merged_parts, plan, process_group, write_part
 from maskformer.structures import TASKS
 
 
@@ -42,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
     p.add_argument("--dataset-ids", action="store_true", help="semantic PNGs hold dataset ids, not contiguous ids")
     p.add_argument("--recursive", action="store_true", help="look for images in sub-folders too")
+    p.add_argument("--skip-existing", action="store_true", help="resume: skip images whose outputs are complete")
     p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (after the inputs)")
 
 
@@ -69,7 +73,7 @@ class Writer:
     def __init__(self, out: Path, predictor: Predictor, *, overlay: bool, dataset_ids: bool, threshold: float):
         self.out, self.task, self.meta = out, predictor.task, predictor.meta
         self.overlay, self.dataset_ids, self.threshold = overlay, dataset_ids, threshold
-        self.panoptic, self.instances, self.names = [], [], set()
+        self.names = set()
 
     def name_for(self, path: Path) -> str:
         """A unique output stem (photo, photo_1, ... when stems repeat)."""
@@ -80,25 +84,32 @@ class Writer:
         return stem
 
     def add(self, pred: Prediction, image, stem: str) -> None:
-        meta, out, name = self.meta, self.out, f"{stem}.png"
+        meta, out, name, entries = self.meta, self.out, f"{stem}.png", []
         if self.task == "semantic":
             fmt.write_semantic(out / "semantic" / name, pred.semantic, meta, dataset_ids=self.dataset_ids)
         elif self.task == "panoptic":
             fmt.write_panoptic(out / "panoptic" / name, pred.panoptic)
-            self.panoptic.append(fmt.panoptic_annotation(pred.panoptic, pred.segments, image_id=stem, file_name=name))
+            entries = [fmt.panoptic_annotation(pred.panoptic, pred.segments, image_id=stem, file_name=name)]
         else:
-            self.instances.extend(fmt.instance_results(pred.instances, image_id=stem, meta=meta))
+            entries = fmt.instance_results(pred.instances, image_id=stem, meta=meta)
         if self.overlay:
             write_image(out / "overlay" / name, vis.prediction_overlay(image, pred, meta, threshold=self.threshold))
+        write_part(out, stem, entries)  # last: the image's outputs are complete (maskformer.sharding)
 
-    def finish(self) -> None:
+    def finish(self, stems: list[str]) -> None:
+        """The JSON files from the complete images' parts, in input order."""
         if self.task == "panoptic":
-            fmt.write_panoptic_json(self.out / "panoptic.json", self.panoptic, self.meta)
+            fmt.write_panoptic_json(self.out / "panoptic.json", merged_parts(self.out, stems), self.meta)
         elif self.task == "instance":
-            save_json(self.out / "instances.json", self.instances)
+            save_json(self.out / "instances.json", merged_parts(self.out, stems))
 
 
 def run(args: argparse.Namespace) -> int:
+    with process_group(args.device):  # under torchrun: one block of the inputs per process
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         files = expand_inputs(args.inputs, args.recursive)
         predictor = Predictor(
@@ -112,29 +123,33 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     opts = dict(overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold)
     writer = Writer(out, predictor, **opts)
-    failed = _predict_all(files, predictor, writer, max(1, args.batch_size))
-    writer.finish()
-    done = len(files) - len(failed)
-    print(f"{done} of {len(files)} images -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    jobs = [(path, writer.name_for(path)) for path in files]  # (input, output stem): alike in every process
+    mine = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less the complete images
+    failed = _predict_all(mine, predictor, writer, max(1, args.batch_size))
+    finish(lambda: writer.finish([stem for _, stem in jobs]))
+    done, skipped = len(mine) - len(failed), f" ({len(files) - len(mine)} skipped)" if len(mine) < len(files) else ""
+    print(f"{done} of {len(files)} images{skipped} -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 
-def _predict_all(files: list[Path], predictor: Predictor, writer: Writer, batch_size: int) -> list[str]:
-    """Run batch by batch with a progress bar; unreadable files are reported and skipped. Returns their names."""
+def _predict_all(jobs: list[tuple[Path, str]], predictor: Predictor, writer: Writer, batch_size: int) -> list[str]:
+    """(input, output stem) pairs batch by batch with a progress bar; unreadable files are reported and skipped.
+    Returns their names."""
     failed: list[str] = []
-    bar = tqdm(total=len(files), unit="img", desc="predict")
-    for b0 in range(0, len(files), batch_size):
-        images, paths = [], []
-        for path in files[b0 : b0 + batch_size]:
+    bar = tqdm(total=len(jobs), unit="img", desc="predict")
+    for b0 in range(0, len(jobs), batch_size):
+        images, done = [], []
+        for path, stem in jobs[b0 : b0 + batch_size]:
             try:
                 images.append(load_image(path))
-                paths.append(path)
+                done.append((path, stem))
             except ImageError as e:
                 tqdm.write(f"skipped: {e}", file=sys.stderr)
                 failed.append(str(path))
         if images:
-            for pred, image, path in zip(predictor.predict_arrays(images, [str(p) for p in paths]), images, paths):
-                writer.add(pred, image, writer.name_for(path))
-        bar.update(len(files[b0 : b0 + batch_size]))
+            preds = predictor.predict_arrays(images, [str(p) for p, _ in done])
+            for pred, image, (_, stem) in zip(preds, images, done):
+                writer.add(pred, image, stem)
+        bar.update(len(jobs[b0 : b0 + batch_size]))
     bar.close()
     return failed

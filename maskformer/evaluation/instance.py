@@ -94,6 +94,19 @@ class InstanceEvaluator:
         areas, boxes = self._mask.area(rles), self._mask.toBbox(rles)
         return [{"segmentation": r, "area": float(a), "bbox": b.tolist()} for r, a, b in zip(rles, areas, boxes)]
 
+    def record_additions(self) -> None:
+        """Nothing to do: the state is the per-image lists themselves (the semantic / panoptic evaluators' API)."""
+
+    def state(self) -> dict:
+        """The images, ground-truth and detection entries so far, for `merge_state` in another process."""
+        return {"images": list(self._images), "gts": list(self._gts), "dets": list(self._dets)}
+
+    def merge_state(self, state: dict) -> None:
+        """Append a `state()`: merging consecutive blocks of a dataset in block order gives one pass's lists."""
+        self._images.extend(state["images"])
+        self._gts.extend(state["gts"])
+        self._dets.extend(state["dets"])
+
     def compute(self) -> dict:
         """{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {cat_id: {name, ap}}} as fractions."""
         gt = self._dataset(self._gts)

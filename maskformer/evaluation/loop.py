@@ -20,6 +20,7 @@ from maskformer.evaluation.panoptic import PanopticEvaluator
 from maskformer.evaluation.sem_seg import SemSegEvaluator
 from maskformer.io import read_panoptic as read_panoptic_png
 from maskformer.pipeline import Prediction, predict
+from maskformer.sharding import reduce_evaluator, shard_range, shardable
 from maskformer.structures import TASKS, DatasetMeta
 
 
@@ -70,9 +71,9 @@ def evaluate_model(
     meta = meta or dataset.meta
     if tta and task != "semantic":
         raise ValueError("test-time augmentation is defined for semantic evaluation only (as in the official code)")
-    evaluator = build_evaluator(task, meta)
+    evaluator = shardable(build_evaluator(task, meta))  # under torchrun: one block of the images per process
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    subset = torch.utils.data.Subset(dataset, range(n))
+    subset = torch.utils.data.Subset(dataset, shard_range(n))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     was_training = model.training
     model.eval()
@@ -92,6 +93,7 @@ def evaluate_model(
         model.train(was_training)
     if progress:
         print()
+    reduce_evaluator(evaluator)  # all processes' counts, merged exactly
     return {**evaluator.compute(), "task": task}
 
 

@@ -129,6 +129,7 @@ class PanopticEvaluator:
         self.tp, self.fp, self.fn = (np.zeros(k, dtype=np.int64) for _ in range(3))
         self.iou = np.zeros(k, dtype=np.float64)
         self.num_images = 0
+        self.additions = None if self.additions is None else []
 
     def update(self, pred_ids, pred_segments: Sequence[dict], gt_ids, gt_segments: Sequence[dict], *, image_id=None):
         """Add one image. pred_ids/gt_ids: int [h, w] (numpy or torch); image_id names the image in errors."""
@@ -176,6 +177,8 @@ class PanopticEvaluator:
         gi, pj = np.nonzero(match)
         np.add.at(self.tp, g_cat[gi], 1)
         np.add.at(self.iou, g_cat[gi], iou[gi, pj])
+        if self.additions is not None:
+            self.additions.append((g_cat[gi], iou[gi, pj]))
         np.add.at(self.fn, g_cat[~match.any(1) & ~g_crowd], 1)
         forgiven = (p_void + _crowd_overlap(inter, g_cat, g_crowd, p_cat)) / p_area > 0.5
         np.add.at(self.fp, p_cat[~match.any(0) & ~forgiven], 1)
@@ -187,6 +190,30 @@ class PanopticEvaluator:
         self.fn += other.fn
         self.iou += other.iou
         self.num_images += other.num_images
+
+    additions: list | None = None  # [(category indices [n], IoU values [n])] per image, once record_additions() is on
+
+    def record_additions(self) -> None:
+        """From now on log every addition to the IoU sums, so `state()` can carry them to another process."""
+        self.additions = []
+
+    def state(self) -> dict:
+        """This evaluator's counts (int64) and its logged IoU additions, for `merge_state` in another process."""
+        if self.additions is None:
+            raise ValueError("PanopticEvaluator.state() needs record_additions() before the first update")
+        counts = {n: getattr(self, n).copy() for n in ("tp", "fp", "fn")}
+        return {**counts, "num_images": self.num_images, "additions": list(self.additions)}
+
+    def merge_state(self, state: dict) -> None:
+        """Add a `state()`: counts summed as int64, IoU sums by replaying its additions in their order (the same
+        np.add.at calls), so merging consecutive blocks of a dataset in block order equals one pass to the last bit."""
+        for n in ("tp", "fp", "fn"):
+            getattr(self, n).__iadd__(np.asarray(state[n], dtype=np.int64))
+        for idx, values in state["additions"]:
+            np.add.at(self.iou, idx, values)
+        if self.additions is not None:
+            self.additions.extend(state["additions"])
+        self.num_images += int(state["num_images"])
 
     def compute(self) -> dict:
         """{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {cat_id: {...}}, "PQ", "SQ", "RQ", "PQ_th", ...}.

@@ -129,6 +129,7 @@ class SemSegEvaluator:
         self.pq_tp, self.pq_fp, self.pq_fn = (np.zeros(k, dtype=np.int64) for _ in range(3))
         self.pq_iou = np.zeros(k, dtype=np.float64)
         self.num_images = 0
+        self.additions = None if self.additions is None else []
 
     def update(self, pred, gt, *, name=None) -> None:
         """Add one image: pred int [h, w] in [0, K); gt int [h, w] (ignore label allowed). name appears in errors."""
@@ -154,6 +155,8 @@ class SemSegEvaluator:
         match = (inter > 0) & (iou > 0.5)
         self.pq_tp += match
         self.pq_iou += np.where(match, iou, 0.0)
+        if self.additions is not None:
+            self.additions.append((np.flatnonzero(match), iou[match]))
         self.pq_fn += (gt_area > 0) & ~match
         self.pq_fp += (pred_area > 0) & ~match & ~ignored
 
@@ -163,6 +166,30 @@ class SemSegEvaluator:
         for name in ("pq_tp", "pq_fp", "pq_fn", "pq_iou"):
             getattr(self, name).__iadd__(getattr(other, name))
         self.num_images += other.num_images
+
+    additions: list | None = None  # [(class indices [n], IoU values [n])] per image, once record_additions() is on
+
+    def record_additions(self) -> None:
+        """From now on log every addition to the PQ^St IoU sums, so `state()` can carry them to another process."""
+        self.additions = []
+
+    def state(self) -> dict:
+        """This evaluator's counts (int64) and its logged IoU additions, for `merge_state` in another process."""
+        if self.additions is None:
+            raise ValueError("SemSegEvaluator.state() needs record_additions() before the first update")
+        counts = {n: getattr(self, n).copy() for n in ("confusion", "pq_tp", "pq_fp", "pq_fn")}
+        return {**counts, "num_images": self.num_images, "additions": list(self.additions)}
+
+    def merge_state(self, state: dict) -> None:
+        """Add a `state()`: counts summed as int64, IoU sums by replaying its additions in their order, so merging
+        the states of consecutive blocks of a dataset in block order equals one pass over it to the last bit."""
+        for n in ("confusion", "pq_tp", "pq_fp", "pq_fn"):
+            getattr(self, n).__iadd__(np.asarray(state[n], dtype=np.int64))
+        for idx, values in state["additions"]:
+            np.add.at(self.pq_iou, idx, values)
+        if self.additions is not None:
+            self.additions.extend(state["additions"])
+        self.num_images += int(state["num_images"])
 
     def compute(self) -> dict:
         """Summary fractions plus "per_class": [{name, iou, acc, pq, sq, rq, gt_pixels, pred_pixels}]."""
