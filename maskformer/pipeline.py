@@ -25,6 +25,7 @@ from maskformer.config import InferenceConfig
 from maskformer.data.transforms import resize_image, shortest_edge_size
 from maskformer.inference import Instances, instance_inference, panoptic_inference, semantic_inference, semantic_labels
 from maskformer.io import FormatError, open_image
+from maskformer.precision import with_precision
 from maskformer.structures import TASKS, DatasetMeta, ImageBatch
 
 Size = tuple[int, int]
@@ -107,8 +108,9 @@ def to_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
     return torch.tensor(image, device=device).permute(2, 0, 1).float()  # a copy: PIL arrays are read-only
 
 
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
+def model_device(model) -> torch.device:
+    """The device of a module's parameters; CPU for a module without any, or a non-module runner (onnxruntime)."""
+    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     return p.device if p is not None else torch.device("cpu")
 
 
@@ -177,14 +179,20 @@ def predict(
     output_sizes: Sequence[Size] | None = None,
     tta: bool = False,
     names: Sequence[str] = (),
+    precision: str = "fp32",
 ) -> list[Prediction]:
     """uint8 RGB [h, w, 3] images -> a Prediction each, at output_sizes (default: each image's own size).
+
+    model: an nn.Module or a runner of maskformer.backends (its outputs float32). precision: "fp32" runs `model` as
+    it is; "auto" | "bf16" | "fp16" | "int8" wrap it here (maskformer.precision.with_precision; int8 quantizes a copy
+    on every call, so callers that predict repeatedly wrap once, as Predictor and evaluate_model do).
 
     Each image is resized to the test size (inference.min_size_test, max_size_test) of its output size (an image
     a dataset already resized is left as it is) and all run as one padded batch. tta: semantic multi-scale + flip
     (inference.tta_scales, tta_flip), one original-size image at a time.
     """
     inf, min_size, max_size = inference, inference.min_size_test, inference.max_size_test
+    model = model if precision == "fp32" else with_precision(model, precision)
     sizes = [tuple(s) for s in output_sizes] if output_sizes is not None else [a.shape[:2] for a in images]
     names = list(names) or [""] * len(images)
     if tta and task != "semantic":

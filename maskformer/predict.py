@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from maskformer import pipeline
+from maskformer.backends import build_runner, resolve
 from maskformer.config import Config
 from maskformer.pipeline import ImageError, Prediction, load_image
 from maskformer.structures import TASKS, DatasetMeta
@@ -34,8 +35,11 @@ class Predictor:
     (maskformer.convert.load_model). task: "semantic" | "panoptic" | "instance" (default: the config's).
     min_size_test / max_size_test: test-time resize (default: the config's; min_size_test=0 keeps the size).
     tta: multi-scale + flip averaging (semantic only; the config's tta_scales and tta_flip). Attributes: model, cfg,
-    meta, task, inference (cfg.inference with the test sizes given here: the settings that run).
+    meta, task, inference (cfg.inference with the test sizes given here: the settings that run), precision (what
+    it resolved to), backend, runner (what runs in place of the model: maskformer.backends.build_runner).
     meta: the label space (default: the model directory's, else placeholder names "class_0", ...).
+    precision: "fp32" | "auto" | "bf16" | "fp16" | "int8" (maskformer.precision); backend: "torch" | "onnxruntime"
+    (the exported graph, cached in the model directory or $MASKFORMER_HOME/onnx; CPU only).
     """
 
     def __init__(
@@ -51,11 +55,14 @@ class Predictor:
         batch_size: int = 1,
         tta: bool = False,
         overrides: Sequence[str] = (),
+        precision: str = "fp32",
+        backend: str = "torch",
     ):
+        self.precision, self.backend = resolve(backend, precision, device), backend  # checked before loading
         if isinstance(model_or_path, nn.Module):
             model, cfg, loaded_meta = model_or_path, config or Config(), None
         else:
-            from maskformer.convert import load_model  # lazily: the checkpoint layer is optional here
+            from maskformer.hub import load_model  # lazily: the checkpoint layer is optional here
 
             model, cfg, loaded_meta = load_model(model_or_path, device, overrides=list(overrides))
             cfg = config or cfg
@@ -71,6 +78,8 @@ class Predictor:
         self.inference = replace(cfg.inference, **{k: v for k, v in sizes.items() if v is not None})  # what runs
         self.batch_size = max(1, int(batch_size))
         self.tta = tta
+        cache = model_or_path if not isinstance(model_or_path, nn.Module) and os.path.isdir(model_or_path) else None
+        self.runner = build_runner(self.model, backend=backend, precision=self.precision, cache_dir=cache)
 
     def _num_classes(self, probe: bool) -> int:
         """The config's class count, or (a module given without config) the count its outputs have on a tiny image."""
@@ -101,7 +110,7 @@ class Predictor:
     def predict_arrays(self, arrays: Sequence[np.ndarray], names: Sequence[str] = ()) -> list[Prediction]:
         """uint8 RGB [h, w, 3] images (one padded batch) -> predictions at their original sizes."""
         return pipeline.predict(
-            self.model, arrays, task=self.task, meta=self.meta, inference=self.inference,
+            self.runner, arrays, task=self.task, meta=self.meta, inference=self.inference,
             tta=self.tta and self.task == "semantic", names=names,
         )  # fmt: skip
 

@@ -3,9 +3,13 @@
 Counted on the meta device (no weights are allocated), so even Swin-L takes a few seconds. What is counted is
 documented in maskformer/modeling/flops.py.
 
+`maskformer info --system`: this machine as inference sees it (CPU model, the flags that matter, cores, torch
+version and threads, the precision `--precision auto` picks, CUDA devices).
+
 Examples:
   maskformer info maskformer_r50_ade20k
   maskformer info maskformer_swin_t_ade20k --size 640 640 --json
+  maskformer info --system
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from maskformer.config import PAPER_NUMBERS, get_preset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("preset", help="preset name (see `maskformer models`)")
+    parser.add_argument("preset", nargs="?", help="preset name (see `maskformer models`)")
+    parser.add_argument("--system", action="store_true", help="describe this machine (CPU, flags, threads, auto)")
     parser.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the crop size)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--no-inference", action="store_true", help="count the network forward only")
@@ -52,6 +57,16 @@ def _text(d: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.system:
+        from maskformer.precision import describe, system_info
+
+        d = system_info()
+        print(json.dumps(d, indent=1) if args.json else describe(d))
+        if not args.preset:
+            return 0
+    if not args.preset:
+        print("maskformer info: give a preset name or --system")
+        return 2
     try:
         d = info(args.preset, tuple(args.size) if args.size else None, args.opts, not args.no_inference)
     except KeyError as e:
