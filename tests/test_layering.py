@@ -18,9 +18,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("backbones", "modeling"),
     ("matcher", "criterion", "point_sampling", "mask_losses", "inference", "fast_postprocess", "numpy_postprocess"),
     ("data", "io", "evaluation", "checkpoint", "convert"),
-    ("hub", "pipeline", "tta"),
+    ("hub", "pipeline", "tta", "precision"),
     # evaluation.loop runs the pipeline; sharding splits eval / predict over processes
-    ("engine", "predict", "export", "serve", "visualize", "evaluation.loop", "sharding"),
+    ("engine", "predict", "export", "backends", "serve", "visualize", "evaluation.loop", "sharding"),
     ("commands", "cli", "__main__"),
 ]
 NEVER = [("modeling", "data"), ("data", "modeling")]  # (importer prefix, imported prefix)

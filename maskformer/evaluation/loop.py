@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from maskformer.backends import build_runner, resolve
 from maskformer.config import Config
 from maskformer.evaluation.instance import InstanceEvaluator
 from maskformer.evaluation.panoptic import PanopticEvaluator
 from maskformer.evaluation.sem_seg import SemSegEvaluator
 from maskformer.io import read_panoptic as read_panoptic_png
-from maskformer.pipeline import Prediction, predict
+from maskformer.pipeline import Prediction, model_device, predict
 from maskformer.sharding import reduce_evaluator, shard_range, shardable
 from maskformer.structures import TASKS, DatasetMeta
 
@@ -61,13 +62,19 @@ def evaluate_model(
     num_workers: int = 0,
     max_images: int | None = None,
     progress: bool = False,
+    precision: str = "fp32",
+    backend: str = "torch",
+    cache_dir=None,
 ) -> dict:
     """Run `model` over `dataset` and evaluate `task` ("semantic" | "panoptic" | "instance").
 
     cfg: test-time settings (cfg.inference: test size, thresholds, TTA scales); meta: label space (default
-    dataset.meta). tta: multi-scale + flip (semantic only, as the official code). Returns compute() + {"task"}.
+    dataset.meta). tta: multi-scale + flip (semantic only, as the official code). precision / backend: as Predictor's
+    (maskformer.backends; cache_dir: where the onnxruntime graph is cached). Returns compute() + {"task", "precision"
+    (what it resolved to), "backend"}.
     """
     cfg = cfg or Config()
+    resolved = resolve(backend, precision, model_device(model))
     meta = meta or dataset.meta
     if tta and task != "semantic":
         raise ValueError("test-time augmentation is defined for semantic evaluation only (as in the official code)")
@@ -78,12 +85,13 @@ def evaluate_model(
     was_training = model.training
     model.eval()
     try:
+        runner = build_runner(model, backend=backend, precision=resolved, cache_dir=cache_dir)
         for done, items in enumerate(loader):
             arrays = [image.permute(1, 2, 0).numpy() for image, _, _ in items]  # uint8 [h, w, 3]
             sizes = [_original_size(info, image) for image, _, info in items]
             names = [str(info.get("file_name", "")) for _, _, info in items]
             preds = predict(
-                model, arrays, task=task, meta=meta, inference=cfg.inference, output_sizes=sizes, tta=tta, names=names
+                runner, arrays, task=task, meta=meta, inference=cfg.inference, output_sizes=sizes, tta=tta, names=names
             )
             for (_, target, info), pred in zip(items, preds):
                 _update(evaluator, task, pred, target, info, meta)
@@ -94,7 +102,7 @@ def evaluate_model(
     if progress:
         print()
     reduce_evaluator(evaluator)  # all processes' counts, merged exactly
-    return {**evaluator.compute(), "task": task}
+    return {**evaluator.compute(), "task": task, "precision": resolved, "backend": backend}
 
 
 def _original_size(info: dict, image: torch.Tensor) -> tuple[int, int]:
