@@ -173,10 +173,10 @@ def panoptic_inference(
     rule="mask2former" (mask2former.md 5.4): a segment covers only the pixels of its query with sigmoid >= 0.5
     (the other assigned pixels stay 0), and a query with no such pixel is dropped before the overlap test.
     """
-    if rule not in RULES:
-        raise ValueError(f"rule={rule!r}; choose one of {', '.join(RULES)} (the model's architecture)")
     if "pred_logits" not in outputs:
         raise ValueError("panoptic inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}; choose one of {', '.join(RULES)} (the model's architecture)")
     images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size)
     things = {int(t) for t in thing_ids}
     results = []
