@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
+from maskformer.commands.options import OptionError, check_args, loud_warnings
 from maskformer.structures import TASKS
 
 
@@ -35,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from maskformer.sharding import process_group
 
-    with process_group(args.device):  # under torchrun: one block of the images per process
+    try:  # bad values, a --json folder that cannot take the file: one line before any work
+        check_args(args, out_folder=str(Path(args.json).parent) if args.json else ".")
+    except OptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with process_group(args.device), loud_warnings():  # under torchrun: one block of the images per process
         return _run(args)
 
 

@@ -26,6 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maskformer.commands.options import OptionError, check_args, loud_warnings
+
+    try:  # bad values, an --out that cannot be written: one line before loading and tracing
+        check_args(args, out_file=args.out)
+    except OptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with loud_warnings():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from maskformer.convert.safe_pickle import UnsafePickleError
     from maskformer.export import check_export, export
     from maskformer.hub import load_model

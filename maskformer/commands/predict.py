@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from maskformer import io as fmt
 from maskformer import visualize as vis
+from maskformer.commands.options import OptionError, check_args, cpu_threads, loud_warnings
 from maskformer.io import IMAGE_EXTS, list_files, save_json, write_image
 from maskformer.predict import ImageError, Prediction, Predictor, load_image
 from maskformer.sharding import finish, merged_parts, plan, process_group, write_part
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=TASKS, default=None, help="default: the model config's inference.task")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores minus the load)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--min-size", type=int, default=None, help="test-time short side (default: the config's)")
     p.add_argument("--max-size", type=int, default=None, help="test-time long-side cap (default: the config's)")
@@ -105,7 +107,12 @@ class Writer:
 
 
 def run(args: argparse.Namespace) -> int:
-    with process_group(args.device):  # under torchrun: one block of the inputs per process
+    try:
+        check_args(args, out_folder=args.out)  # bad values, unwritable --out: one line before any work
+    except OptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with cpu_threads(args.threads), process_group(args.device), loud_warnings():  # torchrun: a block of the inputs
         return _run(args)
 
 
