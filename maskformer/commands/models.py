@@ -32,11 +32,18 @@ def preset_rows(name_filter: str = "") -> list[dict]:
         params, gflops = PAPER_NUMBERS.get(name, (None, None))
         rows.append(
             dict(
-                name=name, arch=m.arch, backbone=m.backbone, pixel_decoder=m.pixel_decoder, dataset=cfg.data.format,
-                classes=m.num_classes, queries=m.num_queries if m.arch != "per_pixel_baseline" else None,
-                crop=list(cfg.data.crop_size), paper_params_m=params, paper_gflops=gflops,
+                name=name,
+                arch=m.arch,
+                backbone=m.backbone,
+                pixel_decoder=m.pixel_decoder,
+                dataset=cfg.data.format,
+                classes=m.num_classes,
+                queries=m.num_queries if m.arch != "per_pixel_baseline" else None,
+                crop=list(cfg.data.crop_size),
+                paper_params_m=params,
+                paper_gflops=gflops,
             )
-        )  # fmt: skip
+        )
     return rows
 
 

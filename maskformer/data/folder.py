@@ -1,9 +1,5 @@
-"""Users' own semantic data: a folder of images + label PNGs + a class-names file (also the CamVid layout).
-
-Layout (split may be "" for a flat folder):
-    ROOT/images/{split}/NAME.jpg|png|...    ROOT/labels/{split}/NAME.png|tif (one channel, value = class index)
-    ROOT/classes.txt (one name per line) or ROOT/meta.json {"classes": [...], "ignore_label": 255,
-    "reduce_zero_label": false}
+"""Users' own semantic data (layout in the README, "Your own data"; also CamVid's): ROOT/images/{split}/ and
+ROOT/labels/{split}/ (split may be "") + ROOT/classes.txt (one name a line) or ROOT/meta.json {"classes", ...}.
 Label conventions are checked on a few label files: a map whose values run 1..K for K classes, or binary masks saved
 as 0/255 with 255 as the ignore value, is ambiguous and stops with an explanation of the two possible fixes.
 """

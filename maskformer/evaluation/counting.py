@@ -43,6 +43,36 @@ class PairRuns:
         return np.take(a, starts), np.take(b, starts), lengths  # take: faster than fancy indexing
 
 
+class MergeableCounts:
+    """`state()` / `merge_state()` for sharded evaluation of an evaluator made of int64 count arrays (`_COUNTS`) and
+    one float64 sum array (`_SUM`): counts are summed, the sum's additions (logged per image once
+    `record_additions()` is on) replayed with the same np.add.at calls, so merging consecutive blocks of a dataset in
+    block order equals one pass over it to the last bit."""
+
+    _COUNTS: tuple[str, ...] = ()
+    _SUM = ""
+    additions: list | None = None  # [(indices [n], values [n])] per image, once record_additions() is on
+
+    def record_additions(self) -> None:
+        self.additions = []
+
+    def state(self) -> dict:
+        """The counts (int64 copies), num_images and the logged additions, for `merge_state` in another process."""
+        if self.additions is None:
+            raise ValueError(f"{type(self).__name__}.state() needs record_additions() before the first update")
+        counts = {n: getattr(self, n).copy() for n in self._COUNTS}
+        return {**counts, "num_images": self.num_images, "additions": list(self.additions)}
+
+    def merge_state(self, state: dict) -> None:
+        for n in self._COUNTS:
+            getattr(self, n).__iadd__(np.asarray(state[n], dtype=np.int64))
+        for idx, values in state["additions"]:
+            np.add.at(getattr(self, self._SUM), idx, values)
+        if self.additions is not None:
+            self.additions.extend(state["additions"])
+        self.num_images += int(state["num_images"])
+
+
 def weighted_bincount(key: np.ndarray, weights: np.ndarray | None, minlength: int) -> np.ndarray:
     """int64 histogram of `key` (each entry counted `weights` times when given; float64 sums are exact here)."""
     hist = np.bincount(key, weights=weights, minlength=minlength)

@@ -1,10 +1,5 @@
-"""Scoring prediction files against ground-truth files, in the standard formats.
-
-- Semantic: a folder of GT label maps (PNG/TIFF, one class index per pixel) and a folder of predicted label maps,
-  matched by file stem.
-- Panoptic (COCO format): a JSON with `annotations` (image_id, file_name, segments_info) plus a folder of PNGs with
-  id = R + 256 G + 256^2 B, for GT and prediction, matched by image_id; folders default to the JSON path without
-  ".json" (panopticapi's convention); categories come from the GT JSON.
+"""Scoring prediction files against ground-truth files (formats: maskformer.io): folders of label maps matched by
+file stem (semantic), or COCO panoptic JSON + PNG folders matched by image_id, categories from the GT JSON (panoptic).
 
 Worker processes decode the PNGs and reduce each image to a small histogram (panoptic: [2+n_gt, 2+n_pred];
 semantic: the non-zero entries of the [K+1, K] confusion counts); the main process only accumulates, in image order,

@@ -48,15 +48,7 @@ class InstanceEvaluator:
         self._dets: list[dict] = []
 
     def update(
-        self,
-        *,
-        pred_masks,
-        pred_scores,
-        pred_labels,
-        gt_masks,
-        gt_labels,
-        gt_iscrowd=None,
-        image_id=None,
+        self, *, pred_masks, pred_scores, pred_labels, gt_masks, gt_labels, gt_iscrowd=None, image_id=None
     ) -> None:
         """Add one image (numpy arrays or tensors); image_id defaults to a running index."""
         image_id = len(self._images) if image_id is None else image_id
@@ -129,13 +121,9 @@ class InstanceEvaluator:
 
     def _dataset(self, anns: list[dict]):
         """A pycocotools COCO object holding `anns` (ids from 1), built without its prints."""
-        ds = {
-            "images": self._images,
-            "categories": self.categories,
-            "annotations": [{**a, "id": i + 1} for i, a in enumerate(anns)],
-        }
         coco = self._coco.COCO()
-        coco.dataset = ds
+        annotations = [{**a, "id": i + 1} for i, a in enumerate(anns)]
+        coco.dataset = {"images": self._images, "categories": self.categories, "annotations": annotations}
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
         return coco

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskformer.evaluation.counting import PairRuns, pq_sq_rq, sequential_mean, weighted_bincount
+from maskformer.evaluation.counting import MergeableCounts, PairRuns, pq_sq_rq, sequential_mean, weighted_bincount
 from maskformer.io import FormatError, to_numpy
 
 VOID = 0
@@ -105,13 +105,15 @@ def _search(ids: np.ndarray, seg_ids: np.ndarray, out: np.ndarray) -> np.ndarray
     return out
 
 
-class PanopticEvaluator:
+class PanopticEvaluator(MergeableCounts):
     """Streaming PQ/SQ/RQ over a dataset, identical to panopticapi's `pq_compute` (to float64 summation order).
 
     categories: dicts {"id", "isthing", "name"} with dataset category ids (the GT JSON's "categories").
     update(pred_ids, pred_segments, gt_ids, gt_segments): id maps int [h, w] (0 = VOID); segments are dicts with
     "id", "category_id" (dataset ids) and, for GT, "iscrowd" and "area".
     """
+
+    _COUNTS, _SUM = ("tp", "fp", "fn"), "iou"  # MergeableCounts: additions = (category indices, IoU values)
 
     def __init__(self, categories: Sequence[dict]) -> None:
         if not categories:
@@ -136,10 +138,8 @@ class PanopticEvaluator:
         pred_ids, gt_ids = to_numpy(pred_ids), to_numpy(gt_ids)
         if pred_ids.shape != gt_ids.shape:
             raise FormatError(f"image {image_id}: prediction size {pred_ids.shape} != ground-truth size {gt_ids.shape}")
-        gt_seg, pred_seg = (
-            segment_ids(gt_segments, "ground truth", image_id),
-            segment_ids(pred_segments, "prediction", image_id),
-        )
+        gt_seg = segment_ids(gt_segments, "ground truth", image_id)
+        pred_seg = segment_ids(pred_segments, "prediction", image_id)
         hist = self._counter.counts(gt_ids, pred_ids, gt_seg, pred_seg, image_id)
         self.update_counts(hist, pred_segments, gt_segments, image_id=image_id)
 
@@ -182,38 +182,6 @@ class PanopticEvaluator:
         np.add.at(self.fn, g_cat[~match.any(1) & ~g_crowd], 1)
         forgiven = (p_void + _crowd_overlap(inter, g_cat, g_crowd, p_cat)) / p_area > 0.5
         np.add.at(self.fp, p_cat[~match.any(0) & ~forgiven], 1)
-
-    def merge(self, other: PanopticEvaluator) -> None:
-        """Add another evaluator's counts (same categories), e.g. from another process."""
-        self.tp += other.tp
-        self.fp += other.fp
-        self.fn += other.fn
-        self.iou += other.iou
-        self.num_images += other.num_images
-
-    additions: list | None = None  # [(category indices [n], IoU values [n])] per image, once record_additions() is on
-
-    def record_additions(self) -> None:
-        """From now on log every addition to the IoU sums, so `state()` can carry them to another process."""
-        self.additions = []
-
-    def state(self) -> dict:
-        """This evaluator's counts (int64) and its logged IoU additions, for `merge_state` in another process."""
-        if self.additions is None:
-            raise ValueError("PanopticEvaluator.state() needs record_additions() before the first update")
-        counts = {n: getattr(self, n).copy() for n in ("tp", "fp", "fn")}
-        return {**counts, "num_images": self.num_images, "additions": list(self.additions)}
-
-    def merge_state(self, state: dict) -> None:
-        """Add a `state()`: counts summed as int64, IoU sums by replaying its additions in their order (the same
-        np.add.at calls), so merging consecutive blocks of a dataset in block order equals one pass to the last bit."""
-        for n in ("tp", "fp", "fn"):
-            getattr(self, n).__iadd__(np.asarray(state[n], dtype=np.int64))
-        for idx, values in state["additions"]:
-            np.add.at(self.iou, idx, values)
-        if self.additions is not None:
-            self.additions.extend(state["additions"])
-        self.num_images += int(state["num_images"])
 
     def compute(self) -> dict:
         """{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {cat_id: {...}}, "PQ", "SQ", "RQ", "PQ_th", ...}.

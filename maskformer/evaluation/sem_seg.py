@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskformer.evaluation.counting import PairRuns, pq_sq_rq, sequential_mean, weighted_bincount
+from maskformer.evaluation.counting import MergeableCounts, PairRuns, pq_sq_rq, sequential_mean, weighted_bincount
 from maskformer.io import to_numpy
 
 _LUT_SIZE = 1 << 16  # GT values 0..65535 go through a lookup table; wider or signed maps are range-checked first
@@ -99,20 +99,18 @@ def _check_pred(pred: np.ndarray, k: int, name) -> None:
         raise ValueError(f"image {name}: predicted labels span [{lo}, {hi}], outside the classes [0, {k})")
 
 
-class SemSegEvaluator:
+class SemSegEvaluator(MergeableCounts):
     """Streaming semantic-segmentation metrics: mIoU (+ GT-present variant), mACC, pACC, fwIoU, per-class, PQ^St.
 
     update(pred [h, w], gt [h, w]) with numpy arrays or tensors; compute() -> dict of fractions in [0, 1].
     """
 
+    _COUNTS, _SUM = ("confusion", "pq_tp", "pq_fp", "pq_fn"), "pq_iou"  # MergeableCounts: PQ^St (class, IoU) additions
+
     def __init__(
-        self,
-        num_classes: int,
-        ignore_label: int = 255,
-        class_names: Sequence[str] | None = None,
-        *,
+        self, num_classes: int, ignore_label: int = 255, class_names: Sequence[str] | None = None, *,
         reduce_zero_label: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
         self.reduce_zero_label = bool(reduce_zero_label)
@@ -159,37 +157,6 @@ class SemSegEvaluator:
             self.additions.append((np.flatnonzero(match), iou[match]))
         self.pq_fn += (gt_area > 0) & ~match
         self.pq_fp += (pred_area > 0) & ~match & ~ignored
-
-    def merge(self, other: SemSegEvaluator) -> None:
-        """Add another evaluator's state (same classes), e.g. from another process."""
-        self.confusion += other.confusion
-        for name in ("pq_tp", "pq_fp", "pq_fn", "pq_iou"):
-            getattr(self, name).__iadd__(getattr(other, name))
-        self.num_images += other.num_images
-
-    additions: list | None = None  # [(class indices [n], IoU values [n])] per image, once record_additions() is on
-
-    def record_additions(self) -> None:
-        """From now on log every addition to the PQ^St IoU sums, so `state()` can carry them to another process."""
-        self.additions = []
-
-    def state(self) -> dict:
-        """This evaluator's counts (int64) and its logged IoU additions, for `merge_state` in another process."""
-        if self.additions is None:
-            raise ValueError("SemSegEvaluator.state() needs record_additions() before the first update")
-        counts = {n: getattr(self, n).copy() for n in ("confusion", "pq_tp", "pq_fp", "pq_fn")}
-        return {**counts, "num_images": self.num_images, "additions": list(self.additions)}
-
-    def merge_state(self, state: dict) -> None:
-        """Add a `state()`: counts summed as int64, IoU sums by replaying its additions in their order, so merging
-        the states of consecutive blocks of a dataset in block order equals one pass over it to the last bit."""
-        for n in ("confusion", "pq_tp", "pq_fp", "pq_fn"):
-            getattr(self, n).__iadd__(np.asarray(state[n], dtype=np.int64))
-        for idx, values in state["additions"]:
-            np.add.at(self.pq_iou, idx, values)
-        if self.additions is not None:
-            self.additions.extend(state["additions"])
-        self.num_images += int(state["num_images"])
 
     def compute(self) -> dict:
         """Summary fractions plus "per_class": [{name, iou, acc, pq, sq, rq, gt_pixels, pred_pixels}]."""
