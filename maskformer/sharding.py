@@ -83,8 +83,9 @@ def write_part(out: Path, stem: str, entries: list[dict]) -> None:
     save_json(part_path(out, stem), entries)
 
 
-def plan(jobs: list[tuple[Path, str]], out: Path, *, skip_existing: bool) -> list[tuple[Path, str]]:
-    """This process's share of the (input path, output stem) pairs, without complete images when skip_existing.
+def plan(jobs: list[tuple[Path, str]], out: Path, *, skip_existing: bool) -> tuple[list[tuple[Path, str]], str]:
+    """This process's share of the (input path, output stem) pairs, without complete images when skip_existing,
+    and a note for the summary line (", 4 complete skipped; process 1 of 2"; "" for a plain run).
 
     Resuming, process 0 first removes temporary files a killed run left behind (no process writes yet).
     """
@@ -93,7 +94,9 @@ def plan(jobs: list[tuple[Path, str]], out: Path, *, skip_existing: bool) -> lis
             remove_stale_temporaries(Path(out))
         barrier()
     mine = [jobs[i] for i in shard_range(len(jobs))]
-    return [(p, s) for p, s in mine if not (skip_existing and part_path(out, s).is_file())]
+    todo = [(p, s) for p, s in mine if not (skip_existing and part_path(out, s).is_file())]
+    note = f", {len(mine) - len(todo)} complete skipped" if len(todo) < len(mine) else ""
+    return todo, note + (f"; process {rank() + 1} of {world_size()}" if is_distributed() else "")
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:

@@ -131,11 +131,11 @@ def _run(args: argparse.Namespace) -> int:
     opts = dict(overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold)
     writer = Writer(out, predictor, **opts)
     jobs = [(path, writer.name_for(path)) for path in files]  # (input, output stem): alike in every process
-    mine = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less the complete images
+    mine, note = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less complete images
     failed = _predict_all(mine, predictor, writer, max(1, args.batch_size))
     finish(lambda: writer.finish([stem for _, stem in jobs]))
-    done, skipped = len(mine) - len(failed), f" ({len(files) - len(mine)} skipped)" if len(mine) < len(files) else ""
-    print(f"{done} of {len(files)} images{skipped} -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    done = len(mine) - len(failed)
+    print(f"{done} of {len(mine)} images{note} -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 
