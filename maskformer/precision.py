@@ -27,6 +27,7 @@ SPEED_FLAGS = tuple("avx2 fma avx512f avx512_vnni avx_vnni avx512_bf16 avx512_fp
 SPEED_FLAGS += ("asimd", "bf16", "sve")
 CPUINFO = "/proc/cpuinfo"
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+KEEP_FLOAT = ("attn.qkv",)  # Linear layers whose parent reads .weight / .bias itself (Swin adds the qkv bias per token)
 
 
 def cpu_flags(path: str | None = None) -> frozenset[str]:
@@ -99,13 +100,15 @@ def to_float(out):
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of `model` (eval mode) with every nn.Linear dynamically quantized to int8 (CPU). The original is kept."""
+    """A copy of `model` (eval mode) with its nn.Linear layers dynamically quantized to int8 (CPU), except those named
+    in KEEP_FLOAT (by name suffix). The original is kept."""
+    names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(KEEP_FLOAT)}
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it works as documented
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor", category=UserWarning)
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(copy.deepcopy(model).eval(), names, dtype=torch.qint8)
 
 
 def with_precision(model: nn.Module, precision: str) -> nn.Module:

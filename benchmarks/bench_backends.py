@@ -1,0 +1,131 @@
+"""Inference backends and precisions at 512x512, batch 1: ours fp32 / bf16 (where native) / int8 / onnxruntime
+fp32 / onnxruntime int8 against transformers fp32, R50 and Swin-T with the same (random) weights.
+
+One process, every variant interleaved in each repeat, median of --repeats; speed-ups are the medians of the paired
+per-repeat ratios to ours fp32. The CPU's flags and the load average before and after are printed (and written).
+agree = share of pixels with the fp32 semantic label at mask resolution (random weights: near-ties make this a lower
+bound of what a trained model shows). Export / quantization happen before timing; onnxruntime graphs are cached
+under --cache (Swin: one graph for the padded size).
+
+  .venv/bin/python benchmarks/bench_backends.py [--repeats 7] [--models r50 swin_t] [--size 512] [--threads N]
+                                                [--no-int8] [--no-onnx] [--write]
+
+Writes its section of benchmarks/RESULTS.md only with --write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+from bench_forward import deviation, hf_model, timed, write_section
+
+from maskformer.backends import OnnxRuntimeModel
+from maskformer.convert.hf import build_hf_model, load_hf_state_dict
+from maskformer.cpu_tuning import keep_freed_memory
+from maskformer.precision import AutocastModel, quantize_int8, system_info
+
+SECTION = "## G: inference backends and precision"
+TARGETS = {"bf16": 1.8, "onnxruntime": 1.2, "int8": 1.5}
+
+
+def variants(ours, *, bf16: bool, int8: bool, onnx: bool, cache: Path) -> dict:
+    """{name: callable raw images [B, 3, H, W] -> outputs dict} (each prepared once, before any timing)."""
+    runs = {"ours fp32": ours}
+    if bf16:
+        runs["ours bf16"] = AutocastModel(ours, torch.bfloat16)
+    if int8:
+        runs["ours int8"] = quantize_int8(ours)
+    if onnx:
+        runs["onnxruntime fp32"] = OnnxRuntimeModel(ours, cache_dir=cache)
+        if int8:
+            runs["onnxruntime int8"] = OnnxRuntimeModel(ours, int8=True, cache_dir=cache)
+    return runs
+
+
+def bench_model(kind: str, size: int, repeats: int, cache: Path, **which) -> dict:
+    hf, hf_cfg = hf_model(kind)
+    ours = build_hf_model(hf_cfg)
+    load_hf_state_dict(ours, hf.state_dict())
+    ours.optimize_for_inference()
+    ours.eval()
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    xn = (x - ours.pixel_mean) / ours.pixel_std
+    runs = {k: (lambda f=f: f(x)) for k, f in variants(ours, cache=cache, **which).items()}
+    runs["transformers fp32"] = lambda: hf(pixel_values=xn)
+    with torch.inference_mode():
+        ref = ours(x)
+        agree = {k: deviation(ref, fn())["argmax_agree"] for k, fn in runs.items() if k != "transformers fp32"}
+        times = {k: [] for k in runs}
+        for _ in range(repeats):
+            for k, fn in runs.items():
+                times[k].append(timed(fn))
+    base = times["ours fp32"]
+    paired = {k: statistics.median(b / t for b, t in zip(base, v)) for k, v in times.items()}
+    return dict(kind=kind, median={k: statistics.median(v) for k, v in times.items()}, paired=paired, agree=agree)
+
+
+def report(results: list[dict], args, info: dict, load: tuple[float, float]) -> str:
+    names = list(results[0]["median"])
+    lines = [
+        SECTION,
+        "",
+        f"{datetime.date.today()}, `benchmarks/bench_backends.py`: forward 1x3x{args.size}x{args.size} (no"
+        f" post-processing), {args.threads} threads, median of {args.repeats}, all variants interleaved. CPU:"
+        f" {info['cpu']}; flags {' '.join(info['cpu_flags'])}; native bf16: {info['native_bf16']}; torch"
+        f" {info['torch']}. Load average {load[0]:.1f} before, {load[1]:.1f} after. Cells: median ms, speed-up vs"
+        " ours fp32 (median of paired ratios), agree = pixels with the fp32 semantic label (random weights)."
+        f" Targets (issue 18): {', '.join(f'{k} >= {v}x' for k, v in TARGETS.items())} ours fp32.",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for r in results:
+        cells = [
+            f"{r['median'][k] * 1e3:.0f} ms, {r['paired'][k]:.2f}x"
+            + (f", agree {r['agree'][k]:.4f}" if k in r["agree"] and k != "ours fp32" else "")
+            for k in names
+        ]
+        lines.append(f"| {r['kind']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--models", nargs="+", default=["r50", "swin_t"], choices=["r50", "swin_t"])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--no-onnx", action="store_true")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "maskformer_bench_onnx")
+    parser.add_argument("--write", action="store_true", help="write the section into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    info = system_info()
+    print(f"CPU {info['cpu']}; flags {' '.join(info['cpu_flags'])}; native bf16 {info['native_bf16']}", flush=True)
+    before = os.getloadavg()[0]
+    print(f"load average before: {before:.2f}", flush=True)
+    which = dict(bf16=info["native_bf16"], int8=not args.no_int8, onnx=not args.no_onnx)
+    results = []
+    for kind in args.models:
+        r = bench_model(kind, args.size, args.repeats, args.cache, **which)
+        results.append(r)
+        cells = {k: f"{v * 1e3:.0f} ms {r['paired'][k]:.2f}x" for k, v in r["median"].items()}
+        print(kind, cells, {k: round(v, 4) for k, v in r["agree"].items()}, flush=True)
+    after = os.getloadavg()[0]
+    print(f"load average after: {after:.2f}")
+    text = report(results, args, info, (before, after))
+    print(text)
+    if args.write:
+        write_section(text, Path(__file__).with_name("RESULTS.md"))
+
+
+if __name__ == "__main__":
+    main()
