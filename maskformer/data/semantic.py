@@ -92,11 +92,10 @@ def ade20k(root: str | Path, split: str, **kw) -> SegDataset:
     prepared = base / "annotations_detectron2" / split
     meta = builtin.ade20k_150()
     if prepared.is_dir():
-        records = pair_by_name(image_dir, prepared)
-        return SegDataset(records, meta, source=str(base), **kw)
+        return SegDataset(pair_by_name(image_dir, prepared), meta, source=str(base), **kw)
     raw = find_dir([base / "annotations" / split], f"ADE20K annotations of split {split!r}")
-    records = pair_by_name(image_dir, raw)
-    return SegDataset(records, meta, source=str(base), label_fn=zero_label_reducer(meta.ignore_label), **kw)
+    label_fn = zero_label_reducer(meta.ignore_label)
+    return SegDataset(pair_by_name(image_dir, raw), meta, source=str(base), label_fn=label_fn, **kw)
 
 
 def ade20k_full(root: str | Path, split: str, **kw) -> SegDataset:

@@ -23,10 +23,8 @@ def _per_class(first: str, header: str, rows: list[tuple[str, str]]) -> list[str
 
 def format_semantic(results: dict, per_class: bool = True) -> str:
     """Per-class IoU / Acc / PQ^St table (optional) and the summary line, in percent."""
-    lines = []
-    if per_class:
-        rows = [(r["name"], f" | {_pct(r['iou'])} {_pct(r['acc'])} {_pct(r['pq'])}") for r in results["per_class"]]
-        lines += _per_class("class", " |    IoU    Acc     PQ", rows)
+    rows = [(r["name"], f" | {_pct(r['iou'])} {_pct(r['acc'])} {_pct(r['pq'])}") for r in results["per_class"]]
+    lines = _per_class("class", " |    IoU    Acc     PQ", rows) if per_class else []
     lines.append("  ".join(f"{k} {_pct(results[k], 0)}" for k in SEMANTIC_SUMMARY))
     lines.append(f"({results['num_images']} images)")
     return "\n".join(lines)
@@ -58,10 +56,8 @@ def format_panoptic(results: dict, per_class: bool = True) -> str:
 
 def format_instance(results: dict, per_class: bool = True) -> str:
     """Per-class mask AP (optional) and COCO's AP summary, in percent (-100 = undefined, as COCO's -1)."""
-    lines = []
-    if per_class:
-        rows = [(r["name"], f" {cid:3d} | {_pct(r['ap'])}") for cid, r in results["per_class"].items()]
-        lines += _per_class("category", "  id |     AP", rows)
+    rows = [(r["name"], f" {cid:3d} | {_pct(r['ap'])}") for cid, r in results["per_class"].items()]
+    lines = _per_class("category", "  id |     AP", rows) if per_class else []
     lines.append("  ".join(f"{k} {_pct(results[k], 0)}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
     lines.append(f"({results['num_images']} images)")
     return "\n".join(lines)
