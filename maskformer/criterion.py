@@ -1,14 +1,9 @@
-"""Training objectives (reference sections 4 and 3.5), separate from the network.
+"""Training objectives (reference sections 4 and 3.5), separate from the network: `SetCriterion` (mask
+classification), `PerPixelCriterion` (per-pixel baselines) and `build_criterion(cfg)`, which picks one.
 
-- `SetCriterion` (MaskFormer): Hungarian matching, then cross-entropy over all queries (no-object weight 0.1) plus
-  focal and dice losses on matched pairs at the full padded target resolution, normalized by the average number of
-  target masks per process; deep supervision repeats matching and losses on every auxiliary decoder layer.
-- `PerPixelCriterion` (PerPixelBaseline/+): per-pixel cross-entropy with an ignore index at full resolution.
-- `build_criterion(cfg)` picks one from `cfg.model.arch`.
-
-Both return every weighted term by name plus "loss" = their sum, and compute in float32 (or float64) even under
-autocast. Target masks come at the unpadded image size and are zero-padded bottom/right to the padded input size,
-4 x the prediction size; padding and ignore pixels are negatives of every mask (the official rule).
+Both return every weighted term by name plus "loss" = their sum, computed in float32 (or float64) even under autocast.
+Target masks come at the unpadded image size and are zero-padded bottom/right to the padded input size, 4 x the
+prediction size; padding and ignore pixels are negatives of every mask (the official rule).
 """
 
 from __future__ import annotations
@@ -70,7 +65,8 @@ def _check_outputs(outputs: dict, keys: tuple[str, ...], where: str) -> None:
 
 
 class SetCriterion(nn.Module):
-    """MaskFormer's loss: matching + CE (all queries) + focal and dice (matched pairs), with deep supervision.
+    """MaskFormer's loss: matching + CE (all queries, no-object weight 0.1) + focal and dice (matched pairs, summed
+    / the average number of target masks per process); deep supervision repeats matching and losses per aux layer.
 
     Terms: loss_ce, loss_mask, loss_dice for the final layer and loss_ce_i, loss_mask_i, loss_dice_i for aux layer i,
     each multiplied by its weight (class_weight, mask_weight, dice_weight); "loss" is the sum.
@@ -79,18 +75,9 @@ class SetCriterion(nn.Module):
     """
 
     def __init__(
-        self,
-        *,
-        num_classes: int,
-        matcher: HungarianMatcher,
-        class_weight: float = 1.0,
-        mask_weight: float = 20.0,
-        dice_weight: float = 1.0,
-        no_object_weight: float = 0.1,
-        deep_supervision: bool = True,
-        point_sampling: bool = False,
-        num_points: int = 12544,
-        oversample_ratio: float = 3.0,
+        self, *, num_classes: int, matcher: HungarianMatcher, class_weight: float = 1.0, mask_weight: float = 20.0,
+        dice_weight: float = 1.0, no_object_weight: float = 0.1, deep_supervision: bool = True,
+        point_sampling: bool = False, num_points: int = 12544, oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
     ):
         super().__init__()
@@ -239,8 +226,7 @@ def build_criterion(cfg: Config) -> nn.Module:
     arch, lc = cfg.model.arch, cfg.loss
     if arch in PER_PIXEL_ARCHS:
         return PerPixelCriterion(
-            num_classes=cfg.model.num_classes,
-            ignore_label=cfg.data.ignore_label,
+            num_classes=cfg.model.num_classes, ignore_label=cfg.data.ignore_label,
             deep_supervision=arch == "per_pixel_baseline_plus",
         )
     if arch not in ("maskformer", "mask2former"):  # the same SetCriterion; Mask2Former presets set point_sampling
@@ -249,21 +235,12 @@ def build_criterion(cfg: Config) -> nn.Module:
             + ", ".join(PER_PIXEL_ARCHS)
         )
     matcher = HungarianMatcher(
-        cost_class=lc.class_weight if lc.point_sampling else 1.0,
-        cost_mask=lc.mask_weight,
-        cost_dice=lc.dice_weight,
+        cost_class=lc.class_weight if lc.point_sampling else 1.0, cost_mask=lc.mask_weight, cost_dice=lc.dice_weight,
         num_points=lc.num_points if lc.point_sampling else 0,
     )
     return SetCriterion(
-        num_classes=cfg.model.num_classes,
-        matcher=matcher,
-        class_weight=lc.class_weight,
-        mask_weight=lc.mask_weight,
-        dice_weight=lc.dice_weight,
-        no_object_weight=lc.no_object_weight,
-        deep_supervision=lc.deep_supervision,
-        point_sampling=lc.point_sampling,
-        num_points=lc.num_points,
-        oversample_ratio=lc.oversample_ratio,
+        num_classes=cfg.model.num_classes, matcher=matcher, class_weight=lc.class_weight, mask_weight=lc.mask_weight,
+        dice_weight=lc.dice_weight, no_object_weight=lc.no_object_weight, deep_supervision=lc.deep_supervision,
+        point_sampling=lc.point_sampling, num_points=lc.num_points, oversample_ratio=lc.oversample_ratio,
         importance_sample_ratio=lc.importance_sample_ratio,
     )

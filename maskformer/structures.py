@@ -1,11 +1,5 @@
-"""Plain data structures shared by the model, the loss, the data layer and the evaluators.
-
-- `ImageBatch`: images of mixed sizes padded into one tensor, with the unpadded sizes kept.
-- `SegTarget`: the per-image training target (one binary mask + class per segment) and, optionally, the
-  semantic label map it came from.
-- `DatasetMeta`: every dataset fact (class names, thing/stuff, ignore label, palette, id maps).
-- `TASKS`: the prediction tasks ("semantic", "panoptic", "instance").
-"""
+"""Plain data structures shared by the model, the loss, the data layer and the evaluators: `ImageBatch` (padded
+images), `SegTarget` (a training target), `DatasetMeta` (every dataset fact) and `TASKS` (the prediction tasks)."""
 
 from __future__ import annotations
 

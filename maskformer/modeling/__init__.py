@@ -24,20 +24,9 @@ PIXEL_DECODERS = ("fpn", "transformer_encoder", "msdeformattn")
 FEATURES = ("res2", "res3", "res4", "res5")
 
 __all__ = [
-    "ARCHS",
-    "PIXEL_DECODERS",
-    "BasePixelDecoder",
-    "MSDeformAttnPixelDecoder",
-    "Mask2FormerHead",
-    "MaskFormer",
-    "MaskFormerHead",
-    "PerPixelBaselineHead",
-    "MultiScaleMaskedTransformerDecoder",
-    "PerPixelBaselinePlusHead",
-    "PositionEmbeddingSine",
-    "TransformerEncoderPixelDecoder",
-    "TransformerPredictor",
-    "build_model",
+    "ARCHS", "PIXEL_DECODERS", "BasePixelDecoder", "MSDeformAttnPixelDecoder", "Mask2FormerHead", "MaskFormer",
+    "MaskFormerHead", "PerPixelBaselineHead", "MultiScaleMaskedTransformerDecoder", "PerPixelBaselinePlusHead",
+    "PositionEmbeddingSine", "TransformerEncoderPixelDecoder", "TransformerPredictor", "build_model",
     "build_pixel_decoder",
 ]
 
@@ -68,10 +57,7 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
         head_cls = MaskFormerHead if classify else PerPixelBaselinePlusHead
         head = head_cls(pixel_decoder=pixel_decoder, predictor=predictor)
     return MaskFormer(
-        backbone=backbone,
-        sem_seg_head=head,
-        pixel_mean=m.pixel_mean,
-        pixel_std=m.pixel_std,
+        backbone=backbone, sem_seg_head=head, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std,
         size_divisibility=m.size_divisibility,
     )
 
@@ -93,31 +79,18 @@ def build_pixel_decoder(m: ModelConfig, in_channels: dict[str, int]) -> nn.Modul
         return BasePixelDecoder(in_channels=in_channels, conv_dim=m.conv_dim, mask_dim=m.mask_dim)
     if m.pixel_decoder == "transformer_encoder":
         return TransformerEncoderPixelDecoder(
-            in_channels=in_channels,
-            conv_dim=m.conv_dim,
-            mask_dim=m.mask_dim,
-            nheads=m.nheads,
-            dim_feedforward=m.dim_feedforward,
-            dropout=m.dropout,
-            enc_layers=m.enc_layers,
+            in_channels=in_channels, conv_dim=m.conv_dim, mask_dim=m.mask_dim, nheads=m.nheads,
+            dim_feedforward=m.dim_feedforward, dropout=m.dropout, enc_layers=m.enc_layers,
         )
     raise ValueError(f"model.pixel_decoder={m.pixel_decoder!r} is unknown; valid: {', '.join(PIXEL_DECODERS)}")
 
 
 def _build_predictor(m: ModelConfig, in_channels: int, classify: bool, deep_supervision: bool) -> TransformerPredictor:
     return TransformerPredictor(
-        in_channels=in_channels,
-        num_classes=m.num_classes,
-        mask_classification=classify,
-        hidden_dim=m.hidden_dim,
-        num_queries=m.num_queries if classify else m.num_classes,
-        nheads=m.nheads,
-        dropout=m.dropout,
-        dim_feedforward=m.dim_feedforward,
-        dec_layers=m.dec_layers,
-        mask_dim=m.mask_dim,
-        enforce_input_proj=m.enforce_input_proj,
-        deep_supervision=deep_supervision,
+        in_channels=in_channels, num_classes=m.num_classes, mask_classification=classify, hidden_dim=m.hidden_dim,
+        num_queries=m.num_queries if classify else m.num_classes, nheads=m.nheads, dropout=m.dropout,
+        dim_feedforward=m.dim_feedforward, dec_layers=m.dec_layers, mask_dim=m.mask_dim,
+        enforce_input_proj=m.enforce_input_proj, deep_supervision=deep_supervision,
     )
 
 

@@ -1,8 +1,5 @@
-"""Heads: the mask-classification transformer predictor and the `sem_seg_head` modules of the three architectures.
-
-Reference notes 3.3 (TransformerPredictor) and 3.5 (PerPixelBaseline / PerPixelBaseline+). Each head holds
-`pixel_decoder` and `predictor`, so state-dict keys read `sem_seg_head.pixel_decoder.*` / `sem_seg_head.predictor.*`.
-"""
+"""The mask-classification transformer predictor and the `sem_seg_head` of MaskFormer and the per-pixel baselines
+(reference notes 3.3, 3.5). Each head holds `pixel_decoder` and `predictor` (the state-dict prefixes)."""
 
 from __future__ import annotations
 

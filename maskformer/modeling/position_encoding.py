@@ -1,8 +1,7 @@
-"""Sine positional encoding of a feature map (DETR / official MaskFormer, no padding mask).
+"""Sine positional encoding of a feature map (DETR / official MaskFormer, no padding mask; reference notes 3.4).
 
-Reference notes 3.4: without a mask the cumulative sums are 1..H and 1..W; each is divided by (last + 1e-6) and scaled
-by 2*pi, so the encoding is normalized over the full padded map. Channels are (sin, cos) pairs of one frequency,
-128 y-channels then 128 x-channels for d_model 256.
+Without a mask the cumulative sums are 1..H and 1..W, each divided by (last + 1e-6) and scaled by 2*pi: the encoding
+is normalized over the full padded map.
 """
 
 from __future__ import annotations

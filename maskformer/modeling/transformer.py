@@ -2,11 +2,8 @@
 
 Reference notes 3.2 and 3.3. Everything here is batch-first: tokens are [B, L, C]. Attention runs through
 `F.scaled_dot_product_attention` over the packed `in_proj_weight` / `in_proj_bias` / `out_proj` parameters, so official
-checkpoints (which store nn.MultiheadAttention weights) load without any renaming.
-
-- `Transformer`: the MaskFormer predictor's decoder (zeros target + learned query positions, shared final `norm`
-  applied to every layer's output).
-- `TransformerEncoderOnly`: the 6-layer encoder of the "+6 Enc" pixel decoder (no final norm, as post-norm DETR).
+checkpoints (which store nn.MultiheadAttention weights) load without any renaming. `Transformer` is the predictor's
+decoder, `TransformerEncoderOnly` the "+6 Enc" pixel decoder's encoder.
 """
 
 from __future__ import annotations
