@@ -156,3 +156,19 @@ def test_info_system_and_eval_report_show_the_precision(capsys, monkeypatch):
     assert main(["info", "--system"]) == 0
     out = capsys.readouterr().out
     assert "amx_bf16" in out and "bf16 on the CPU" in out
+
+
+def test_int8_swin_keeps_qkv_float_and_stays_close():
+    from maskformer.backbones.swin import SwinTransformer
+
+    net = SwinTransformer(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=4).eval()
+    q = prec.quantize_int8(net)
+    layers = dict(q.named_modules())
+    assert type(layers["layers.0.blocks.0.attn.qkv"]) is torch.nn.Linear  # float: Swin reads its bias directly
+    assert "quantized" in type(layers["layers.0.blocks.0.mlp.fc1"]).__module__
+    x = torch.randn(1, 3, 72, 88)  # padded windows: the qkv bias is read directly
+    with torch.no_grad():
+        ref, got = net(x), q(x)
+    for name in ref:
+        err = (got[name] - ref[name]).abs().max() / ref[name].abs().max()
+        assert err < 0.1, (name, float(err))
