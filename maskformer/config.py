@@ -496,8 +496,7 @@ def cpu_preset(backbone: str, dataset: str, arch: str = "maskformer") -> Config:
 # Mask2Former (mask2former.md sections 1, 7, 8): loss 2/5/5 with point-sampled BCE + dice, AdamW lr 1e-4 with
 # weight decay 0.05 and a 0.1 backbone multiplier (Swin too), AMP on, no dropout, 100 queries (200 for Swin-L on
 # panoptic/instance data), inputs padded to 32. COCO trains with large-scale jitter (recipe "lsj": scale 0.1-2.0 of
-# 1024, fixed 1024 crop), which the data recipes do not provide yet: training those presets stops with a clear
-# "unknown data.recipe" error instead of silently using another recipe.
+# 1024, fixed 1024 crop, maskformer.data.recipes.lsj_recipe).
 M2F_MODEL = dict(arch="mask2former", pixel_decoder="msdeformattn", dropout=0.0, dec_layers=10, size_divisibility=32)
 M2F_LOSS = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1, point_sampling=True)
 M2F_TRAIN = dict(base_lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1, warmup_iters=0, amp="fp16")

@@ -5,6 +5,8 @@
   128 / ignore / 0.
 - "detr" (COCO panoptic): with p = 0.5 flip -> resize; otherwise flip -> resize(400/500/600) -> crop
   "absolute_range" (384, 600) -> resize. No padding.
+- "lsj" (Mask2Former COCO large-scale jitter): flip -> resize to scale 0.1-2.0 of crop_size -> crop to crop_size
+  (FixedSizeCrop) -> pad to crop_size with 128 / ignore / 0.
 - test: ResizeShortestEdge to one short side with a max size.
 """
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 import sys
 
 from .transforms import ColorJitterSSD, Compose, PadTo, RandomChoice, RandomCrop, RandomFlip, ResizeShortestEdge
+from .transforms import ResizeScale
 
-RECIPES = ("semantic", "panoptic", "detr")
+RECIPES = ("semantic", "panoptic", "detr", "lsj")
+LSJ_SCALES = (0.1, 2.0)
 DETR_CROP_RESIZE = (400, 500, 600)
 DETR_CROP_RANGE = (384, 600)
 
@@ -55,12 +59,21 @@ def detr_recipe(data_cfg) -> RandomChoice:
     return RandomChoice(plain, cropped, prob=0.5)
 
 
+def lsj_recipe(data_cfg, ignore_label: int) -> Compose:
+    """Mask2Former's COCO large-scale jitter (COCO LSJ mappers): a fixed crop_size output."""
+    crop = tuple(data_cfg.crop_size)
+    return Compose([RandomFlip(prob=0.5), ResizeScale(min_scale=LSJ_SCALES[0], max_scale=LSJ_SCALES[1], target=crop),
+                    RandomCrop(crop_size=crop), PadTo(size=crop, ignore_label=ignore_label)])  # fmt: skip
+
+
 def train_transform(data_cfg, ignore_label: int):
     """The training transform named by data_cfg.recipe."""
     if data_cfg.recipe in ("semantic", "panoptic"):
         return semantic_recipe(data_cfg, ignore_label)
     if data_cfg.recipe == "detr":
         return detr_recipe(data_cfg)
+    if data_cfg.recipe == "lsj":
+        return lsj_recipe(data_cfg, ignore_label)
     raise KeyError(f"unknown data.recipe {data_cfg.recipe!r}; valid: {', '.join(RECIPES)}")
 
 

@@ -77,6 +77,21 @@ class ResizeShortestEdge:
         return replace(sample.map_labels(lambda x: resize_label(x, size)), image=resize_image(sample.image, size))
 
 
+class ResizeScale:
+    """Large-scale jitter's resize (detectron2 ResizeScale, Mask2Former COCO): fit the image into `target` (h, w)
+    times a scale drawn uniformly from [min_scale, max_scale], keeping the aspect ratio."""
+
+    def __init__(self, *, min_scale: float, max_scale: float, target: tuple[int, int]):
+        self.min_scale, self.max_scale, self.target = float(min_scale), float(max_scale), target
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        scale = rng.uniform(self.min_scale, self.max_scale)
+        h, w = sample.size
+        s = min(scale * self.target[0] / h, scale * self.target[1] / w)
+        size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+        return replace(sample.map_labels(lambda x: resize_label(x, size)), image=resize_image(sample.image, size))
+
+
 class RandomCrop:
     """Random crop of min(crop, image) per side; optional category-area constraint (up to 10 tries).
 
