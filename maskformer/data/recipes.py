@@ -14,8 +14,16 @@ from __future__ import annotations
 
 import sys
 
-from .transforms import ColorJitterSSD, Compose, PadTo, RandomChoice, RandomCrop, RandomFlip, ResizeShortestEdge
-from .transforms import ResizeScale
+from .transforms import (
+    ColorJitterSSD,
+    Compose,
+    PadTo,
+    RandomChoice,
+    RandomCrop,
+    RandomFlip,
+    ResizeScale,
+    ResizeShortestEdge,
+)
 
 RECIPES = ("semantic", "panoptic", "detr", "lsj")
 LSJ_SCALES = (0.1, 2.0)
