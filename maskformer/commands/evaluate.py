@@ -15,7 +15,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from maskformer.backends import BACKENDS, resolve
 from maskformer.commands.options import OptionError, check_args, loud_warnings
+from maskformer.precision import PRECISIONS, system_info
 from maskformer.structures import TASKS
 
 
@@ -26,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, help="default: the config's task")
     parser.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation (semantic)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="auto: bf16 where the hardware has it")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="onnxruntime: the exported graph (CPU)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
@@ -42,21 +46,22 @@ def run(args: argparse.Namespace) -> int:
     except OptionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with process_group(args.device), loud_warnings():  # under torchrun: one block of the images per process
+    with process_group(args.device or (None if args.backend == "torch" else "cpu")), loud_warnings():  # sharded
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from maskformer.convert import load_model
-    from maskformer.sharding import is_main
     from maskformer.data import DatasetError, build_dataset
     from maskformer.evaluation.loop import evaluate_model
     from maskformer.evaluation.report import format_instance, format_panoptic, format_semantic, write_json
+    from maskformer.hub import load_model
+    from maskformer.sharding import is_main
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() and args.backend == "torch" else "cpu")
     try:
+        resolve(args.backend, args.precision, device)  # a bad combination: one line before loading anything
         model, cfg, meta = load_model(args.model, device, overrides=args.opts)
         task = args.task or cfg.inference.task
         data_cfg = replace(cfg.data, root=args.data) if args.data else cfg.data
@@ -65,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         results = evaluate_model(  # the pipeline checks the model's classes against the dataset's
             model, dataset, task=task, tta=args.tta, cfg=cfg, batch_size=args.batch_size,
             num_workers=args.workers, max_images=args.max_images, progress=sys.stderr.isatty(),
+            precision=args.precision, backend=args.backend, cache_dir=args.model if Path(args.model).is_dir() else None,
         )  # fmt: skip
     except (ValueError, KeyError, FileNotFoundError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -74,8 +80,12 @@ def _run(args: argparse.Namespace) -> int:
     per_class = not args.no_per_class
     fmt = {"semantic": format_semantic, "panoptic": format_panoptic, "instance": format_instance}[task]
     print(fmt(results, per_class=per_class))
+    system = system_info()
+    print(f"precision {results['precision']} (asked {args.precision}), backend {results['backend']}, device {device}; "
+          f"CPU {system['cpu']}, native bf16 {'yes' if system['native_bf16'] else 'no'}, auto -> "
+          f"{system['auto_precision_cpu']}")  # fmt: skip
     out = args.json or f"eval_{task}.json"
-    write_json({"model": str(args.model), "dataset": dataset.source, "tta": args.tta, **results}, out)
+    doc = {"model": str(args.model), "dataset": dataset.source, "tta": args.tta, **results, "device": str(device)}
+    write_json({**doc, "system": system}, out)
     print(f"wrote {out}")
     return 0
-

@@ -21,8 +21,10 @@ from tqdm import tqdm
 
 from maskformer import io as fmt
 from maskformer import visualize as vis
+from maskformer.backends import BACKENDS
 from maskformer.commands.options import OptionError, check_args, cpu_threads, loud_warnings
 from maskformer.io import IMAGE_EXTS, list_files, save_json, write_image
+from maskformer.precision import PRECISIONS
 from maskformer.predict import ImageError, Prediction, Predictor, load_image
 from maskformer.sharding import finish, merged_parts, plan, process_group, write_part
 from maskformer.structures import TASKS
@@ -43,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-size", type=int, default=None, help="test-time short side (default: the config's)")
     p.add_argument("--max-size", type=int, default=None, help="test-time long-side cap (default: the config's)")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip averaging (semantic)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="auto: bf16 where the hardware has it")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="onnxruntime: the exported graph (CPU)")
     p.add_argument("--threshold", type=float, default=0.5, help="instances: minimum score drawn in overlays")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
     p.add_argument("--dataset-ids", action="store_true", help="semantic PNGs hold dataset ids, not contiguous ids")
@@ -121,7 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         files = expand_inputs(args.inputs, args.recursive)
         predictor = Predictor(
             args.model, task=args.task, device=args.device, min_size_test=args.min_size, max_size_test=args.max_size,
-            batch_size=args.batch_size, tta=args.tta, overrides=args.opts,
+            batch_size=args.batch_size, tta=args.tta, overrides=args.opts, precision=args.precision,
+            backend=args.backend,
         )  # fmt: skip
     except (ValueError, KeyError, OSError) as e:  # no images, unknown model / preset, bad override, unreadable weights
         print(f"error: {e}", file=sys.stderr)
