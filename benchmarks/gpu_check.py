@@ -17,10 +17,14 @@ import argparse
 import datetime
 import platform
 import statistics
+import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks.*` helpers, run from anywhere
 
 from maskformer.config import PRESETS, get_preset
 from maskformer.modeling import build_model
@@ -28,6 +32,7 @@ from maskformer.modeling import build_model
 MF = {"r50": "maskformer_r50_ade20k", "swin_t": "maskformer_swin_t_ade20k"}
 M2F = {"r50": "mask2former_r50_ade20k", "swin_t": "mask2former_swin_t_ade20k"}
 LINES: list[str] = []
+RUN = {"device": "cuda", "size": 512, "batches": (1, 8)}  # --smoke: a tiny CPU run that checks the script itself
 
 
 def emit(line: str = "") -> None:
@@ -37,21 +42,27 @@ def emit(line: str = "") -> None:
 
 def cuda_time(fn, repeats: int, warmup: int = 3) -> float:
     """Median seconds of fn() over `repeats` calls, CUDA-synchronized."""
+    sync = torch.cuda.synchronize if RUN["device"] == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
+def empty_cache() -> None:
+    if RUN["device"] == "cuda":
+        torch.cuda.empty_cache()
+
+
 def autocast(precision: str):
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast("cuda", dtype=dtype, enabled=dtype is not None)
+    return torch.autocast(RUN["device"], dtype=dtype, enabled=dtype is not None)
 
 
 def ours_and_hf(kind: str):
@@ -63,7 +74,7 @@ def ours_and_hf(kind: str):
     hf, _ = hf_model(kind)
     ours = build_model(get_preset(MF[kind]))
     load_hf_state_dict(ours, hf.state_dict())
-    return ours.cuda().eval(), hf.cuda().eval()
+    return ours.to(RUN["device"]).eval(), hf.to(RUN["device"]).eval()
 
 
 def hf_forward(hf, images: torch.Tensor):
@@ -83,8 +94,8 @@ def section_forward(repeats: int) -> None:
     emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind in MF:
         ours, hf = ours_and_hf(kind)
-        for batch in (1, 8):
-            x = torch.rand(batch, 3, 512, 512, device="cuda", generator=None) * 255
+        for batch in RUN["batches"]:
+            x = torch.rand(batch, 3, RUN["size"], RUN["size"], device=RUN["device"]) * 255
             t, out = {}, {}
             with torch.inference_mode():
                 for prec in ("fp32", "bf16", "fp16"):
@@ -105,7 +116,7 @@ def section_forward(repeats: int) -> None:
                  f"{ms['hf bf16']} | {t['hf fp32'] / t['ours fp32']:.2f}x | {t['hf bf16'] / t['ours bf16']:.2f}x | "
                  f"{parity:.1e} | {agree['bf16']:.5f} | {agree['fp16']:.5f} |")  # fmt: skip
         ours = hf = None
-        torch.cuda.empty_cache()
+        empty_cache()
 
 
 def section_train(repeats: int) -> None:
@@ -117,19 +128,20 @@ def section_train(repeats: int) -> None:
          "peak GiB (fp32/bf16/fp16) |")  # fmt: skip
     emit("|---|---:|---:|---:|---:|---:|---:|---|")
     for kind, preset in MF.items():
-        images, targets = make_inputs(8, 512, 150)
-        images = images.cuda()
+        images, targets = make_inputs(RUN["batches"][-1], RUN["size"], 150)
+        images = images.to(RUN["device"])
         row, peaks = {}, []
         for amp in ("none", "bf16", "fp16"):
             cfg = get_preset(preset, [f"train.amp={amp}"])
             torch.manual_seed(0)
-            model, criterion = build_model(cfg).cuda(), build_criterion(cfg)
-            step = TrainStep(model, criterion, cfg.train, torch.device("cuda"))
-            torch.cuda.reset_peak_memory_stats()
+            model, criterion = build_model(cfg).to(RUN["device"]), build_criterion(cfg)
+            step = TrainStep(model, criterion, cfg.train, torch.device(RUN["device"]))
+            if RUN["device"] == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             row[amp] = cuda_time(lambda: step([(images, targets)]), repeats, warmup=2)  # noqa: B023
-            peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+            peaks.append(torch.cuda.max_memory_allocated() / 2**30 if RUN["device"] == "cuda" else 0.0)
             model = criterion = step = None
-            torch.cuda.empty_cache()
+            empty_cache()
         emit(f"| {kind} | 8 | {row['none'] * 1000:.0f} ms | {row['bf16'] * 1000:.0f} ms | {row['fp16'] * 1000:.0f} ms "
              f"| {row['none'] / row['bf16']:.2f}x | {row['none'] / row['fp16']:.2f}x | "
              f"{' / '.join(f'{p:.1f}' for p in peaks)} |")  # fmt: skip
@@ -143,17 +155,18 @@ def section_predict(repeats: int) -> None:
     emit("| model | precision | batch | images/s (512x512 in, semantic labels out) |")
     emit("|---|---|---:|---:|")
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (512, 512, 3), dtype=np.uint8) for _ in range(8)]
+    n, size = RUN["batches"][-1], RUN["size"]
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
     for kind, preset in MF.items():
         cfg = get_preset(preset)
-        model = build_model(cfg).cuda().eval()
-        predictor = Predictor(model, task="semantic", config=cfg, device="cuda")
+        model = build_model(cfg).to(RUN["device"]).eval()
+        predictor = Predictor(model, task="semantic", config=cfg, device=RUN["device"])
         for prec in ("fp32", "bf16"):
             with autocast(prec):
                 dt = cuda_time(lambda: predictor.predict_arrays(images), repeats, warmup=2)  # noqa: B023
-            emit(f"| {kind} | {prec} | 8 | {8 / dt:.1f} |")
+            emit(f"| {kind} | {prec} | {n} | {n / dt:.1f} |")
         model = predictor = None
-        torch.cuda.empty_cache()
+        empty_cache()
 
 
 def section_mask2former(repeats: int) -> None:
@@ -167,9 +180,9 @@ def section_mask2former(repeats: int) -> None:
     emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind in M2F:
         hf, ours = hf_mask2former_and_ours(kind)
-        hf, ours = hf.cuda().eval(), ours.cuda().eval()
-        for batch in (1, 8):
-            x = torch.rand(batch, 3, 512, 512, device="cuda") * 255
+        hf, ours = hf.to(RUN["device"]).eval(), ours.to(RUN["device"]).eval()
+        for batch in RUN["batches"]:
+            x = torch.rand(batch, 3, RUN["size"], RUN["size"], device=RUN["device"]) * 255
             t = {}
             with torch.inference_mode():
                 for prec in ("fp32", "bf16"):
@@ -185,14 +198,18 @@ def section_mask2former(repeats: int) -> None:
                  f"{t['hf bf16'] * 1000:.1f} ms | "
                  f"{t['hf bf16'] / t['ours bf16']:.2f}x | {parity:.1e} |")  # fmt: skip
         hf = ours = None
-        torch.cuda.empty_cache()
+        empty_cache()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gpu_results.md")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run (64x64, batch 1-2) to check the script")
     args = parser.parse_args()
+    if args.smoke:
+        RUN.update(device="cpu", size=64, batches=(1, 2))
+        return run_sections(args.out, 1, "CPU smoke run")
     if not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible; this script is for a GPU machine only")
     import transformers
@@ -205,19 +222,23 @@ def main() -> None:
          f"median of {args.repeats} after warm-up, CUDA-synchronized wall time; random weights, the same in both "
          "implementations; 512x512 inputs.\n")  # fmt: skip
     torch.backends.cudnn.benchmark = True
+    run_sections(args.out, args.repeats, props.name)
+
+
+def run_sections(out: str, repeats: int, name: str) -> None:
+    """Run sections A-D; each one's failure is recorded, not fatal; the file is rewritten after each section."""
     sections = (("A. forward", section_forward), ("B. training step (AMP)", section_train),
                 ("C. predict throughput", section_predict), ("D. Mask2Former", section_mask2former))  # fmt: skip
     for title, fn in sections:
-        emit(f"\n### {title}\n")
+        emit(f"\n### {title} ({name})\n")
         t0 = time.perf_counter()
         try:
-            fn(args.repeats)
+            fn(repeats)
         except Exception:  # one section's failure must not lose the others' numbers
             emit(f"section failed:\n```\n{traceback.format_exc()[-1500:]}\n```")
         print(f"[{title}: {time.perf_counter() - t0:.0f} s]", flush=True)
-        with open(args.out, "w") as f:
+        with open(out, "w") as f:
             f.write("\n".join(LINES) + "\n")
-
 
 if __name__ == "__main__":
     main()
