@@ -142,9 +142,11 @@ def check_label_space(k: int, meta: DatasetMeta) -> None:
 
 
 def postprocess(
-    outputs: dict, batch: ImageBatch, sizes: Sequence[Size], *, task: str, meta: DatasetMeta, inference: InferenceConfig
-) -> list[Prediction]:
-    """Model outputs of `batch` -> a Prediction per image at its output size (maskformer.inference, on the CPU)."""
+    outputs: dict, batch: ImageBatch, sizes: Sequence[Size], *, task: str, meta: DatasetMeta,
+    inference: InferenceConfig, rule: str = "maskformer",
+) -> list[Prediction]:  # fmt: skip
+    """Model outputs of `batch` -> a Prediction per image at its output size (maskformer.inference, on the CPU).
+    rule: the model's cfg.model.arch, for the panoptic painting rule ("maskformer" | "mask2former")."""
     inf, preds, images = inference, [Prediction(image_size=tuple(s)) for s in sizes], batch.image_sizes
     kw = dict(padded_size=tuple(batch.tensor.shape[-2:]), fast=inf.fast)
     if task == "semantic":
@@ -154,7 +156,7 @@ def postprocess(
     elif task == "panoptic":
         res = panoptic_inference(
             outputs, images, sizes, thing_ids=meta.thing_ids, meta=meta,
-            object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold, **kw,
+            object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold, rule=rule, **kw,
         )  # fmt: skip
         for p, (ids, segments) in zip(preds, res):
             p.panoptic, p.segments = ids.cpu(), segments
@@ -180,6 +182,7 @@ def predict(
     tta: bool = False,
     names: Sequence[str] = (),
     precision: str = "fp32",
+    rule: str = "maskformer",
 ) -> list[Prediction]:
     """uint8 RGB [h, w, 3] images -> a Prediction each, at output_sizes (default: each image's own size).
 
@@ -204,7 +207,7 @@ def predict(
         outputs, batch = forward(model, [to_tensor(resize_image(a, run_size(*s, min_size, max_size)), device)
                                          for a, s in zip(images, sizes)])  # fmt: skip
         check_label_space(num_classes(outputs), meta)
-        preds = postprocess(outputs, batch, sizes, task=task, meta=meta, inference=inf)
+        preds = postprocess(outputs, batch, sizes, task=task, meta=meta, inference=inf, rule=rule)
     for p, n in zip(preds, names):
         p.source = n
     return preds

@@ -111,7 +111,7 @@ class Predictor:
         """uint8 RGB [h, w, 3] images (one padded batch) -> predictions at their original sizes."""
         return pipeline.predict(
             self.runner, arrays, task=self.task, meta=self.meta, inference=self.inference,
-            tta=self.tta and self.task == "semantic", names=names,
+            tta=self.tta and self.task == "semantic", names=names, rule=self.cfg.model.arch,
         )  # fmt: skip
 
     def pipeline_output(self, images, *, threshold: float = 0.5):

@@ -91,8 +91,9 @@ def evaluate_model(
             sizes = [_original_size(info, image) for image, _, info in items]
             names = [str(info.get("file_name", "")) for _, _, info in items]
             preds = predict(
-                runner, arrays, task=task, meta=meta, inference=cfg.inference, output_sizes=sizes, tta=tta, names=names
-            )
+                runner, arrays, task=task, meta=meta, inference=cfg.inference, output_sizes=sizes, tta=tta, names=names,
+                rule=cfg.model.arch,
+            )  # fmt: skip
             for (_, target, info), pred in zip(items, preds):
                 _update(evaluator, task, pred, target, info, meta)
             if progress:
