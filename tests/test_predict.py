@@ -282,3 +282,29 @@ def test_cli_empty_folder_is_an_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["predict", "--model", "x", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "holds no images" in capsys.readouterr().err
+
+
+def test_cli_outputs_name_their_input_when_stems_collide(model_dir, tmp_path):
+    for folder, seed in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rgb(30, 40, seed)).save(tmp_path / folder / "photo.png")
+    first, second = str(tmp_path / "a" / "photo.png"), str(tmp_path / "b" / "photo.png")
+    for task in ("semantic", "panoptic", "instance"):
+        out = tmp_path / task
+        assert main(["predict", "--model", str(model_dir), first, second, "--task", task, "--out", str(out)]) == 0
+        images = json.loads((out / "inputs.json").read_text())["images"]
+        assert [(i["input_file"], i["image_id"]) for i in images] == [(first, "photo"), (second, "photo_1")]
+        for image in images:
+            assert image["files"] and all((out / f).is_file() for f in image["files"])
+        assert images[1]["files"][-1] == "overlay/photo_1.png"
+        if task == "semantic":  # each label file is the prediction of the input it is named after
+            for image in images:
+                expected = Predictor(str(model_dir), task="semantic")(image["input_file"]).semantic.numpy()
+                np.testing.assert_array_equal(read_label(out / image["files"][0]), expected)
+        elif task == "panoptic":
+            anns = json.loads((out / "panoptic.json").read_text())["annotations"]
+            assert [(a["file_name"], a["input_file"]) for a in anns] == [("photo.png", first), ("photo_1.png", second)]
+        else:
+            results = json.loads((out / "instances.json").read_text())
+            pairs = {(r["image_id"], r["input_file"]) for r in results}
+            assert pairs == {("photo", first), ("photo_1", second)}

@@ -5,6 +5,7 @@ INPUTS are image files, folders (their images, sorted) or glob patterns. Writes 
   panoptic/<name>.png + panoptic.json   COCO panoptic format (dataset category ids)
   instances.json        COCO instance results with RLE masks
   overlay/<name>.png    colour overlays with outlines and a legend (unless --no-overlay)
+  inputs.json           which input file each <name> came from, and its files (stems that repeat: photo, photo_1)
   .parts/<name>.json    the image's JSON entries, written last: present == the image complete (--skip-existing
                         resumes; `torchrun --nproc_per_node N -m maskformer predict` shards the inputs)
 A missing or unreadable image is reported by name and skipped (exit status 1); an empty folder is an error (2).
@@ -26,7 +27,7 @@ from maskformer.commands.options import OptionError, check_args, cpu_threads, lo
 from maskformer.io import IMAGE_EXTS, list_files, save_json, write_image
 from maskformer.precision import PRECISIONS
 from maskformer.predict import ImageError, Prediction, Predictor, load_image
-from maskformer.sharding import finish, merged_parts, plan, process_group, write_part
+from maskformer.sharding import finish, merged_parts, part_path, plan, process_group, write_part
 from maskformer.structures import TASKS
 
 
@@ -89,7 +90,15 @@ class Writer:
         self.names.add(stem)
         return stem
 
-    def add(self, pred: Prediction, image, stem: str) -> None:
+    def files(self, stem: str) -> list[str]:
+        """The image files written for output `stem`, relative to --out."""
+        folders = {"semantic": ["semantic"], "panoptic": ["panoptic"]}.get(self.task, [])
+        if self.overlay:
+            folders.append("overlay")
+        return [f"{f}/{stem}.png" for f in folders]
+
+    def add(self, pred: Prediction, image, stem: str, source: Path) -> None:
+        """Write the image's files; its JSON entries name the input file they came from ("input_file")."""
         meta, out, name, entries = self.meta, self.out, f"{stem}.png", []
         if self.task == "semantic":
             fmt.write_semantic(out / "semantic" / name, pred.semantic, meta, dataset_ids=self.dataset_ids)
@@ -100,10 +109,16 @@ class Writer:
             entries = fmt.instance_results(pred.instances, image_id=stem, meta=meta)
         if self.overlay:
             write_image(out / "overlay" / name, vis.prediction_overlay(image, pred, meta, threshold=self.threshold))
+        entries = [{**e, "input_file": str(source)} for e in entries]
         write_part(out, stem, entries)  # last: the image's outputs are complete (maskformer.sharding)
 
-    def finish(self, stems: list[str]) -> None:
-        """The JSON files from the complete images' parts, in input order."""
+    def finish(self, jobs: list[tuple[Path, str]]) -> None:
+        """The JSON files from the complete images' parts, in input order, and inputs.json: for each complete
+        image, the input file, its output name (image_id) and its files."""
+        stems = [stem for _, stem in jobs]
+        done = [(path, stem) for path, stem in jobs if part_path(self.out, stem).is_file()]
+        images = [{"input_file": str(p), "image_id": s, "files": self.files(s)} for p, s in done]
+        save_json(self.out / "inputs.json", {"images": images}, indent=1)
         if self.task == "panoptic":
             fmt.write_panoptic_json(self.out / "panoptic.json", merged_parts(self.out, stems), self.meta)
         elif self.task == "instance":
@@ -138,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     jobs = [(path, writer.name_for(path)) for path in files]  # (input, output stem): alike in every process
     mine, note = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less complete images
     failed = _predict_all(mine, predictor, writer, max(1, args.batch_size))
-    finish(lambda: writer.finish([stem for _, stem in jobs]))
+    finish(lambda: writer.finish(jobs))
     done = len(mine) - len(failed)
     print(f"{done} of {len(mine)} images{note} -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
@@ -160,8 +175,8 @@ def _predict_all(jobs: list[tuple[Path, str]], predictor: Predictor, writer: Wri
                 failed.append(str(path))
         if images:
             preds = predictor.predict_arrays(images, [str(p) for p, _ in done])
-            for pred, image, (_, stem) in zip(preds, images, done):
-                writer.add(pred, image, stem)
+            for pred, image, (path, stem) in zip(preds, images, done):
+                writer.add(pred, image, stem, path)
         bar.update(len(jobs[b0 : b0 + batch_size]))
     bar.close()
     return failed
