@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import math
 import os
@@ -214,11 +215,22 @@ def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
+def image_bytes(arr: np.ndarray, fmt: str = "PNG", *, compress_level: int = 6, quality: int = 95) -> bytes:
+    """uint8 [H, W] / [H, W, 3] or uint16 [H, W] -> the bytes of an image file in Pillow format `fmt` (PNG, JPEG,
+    TIFF, ...): what every writer here writes, and what the server sends (maskformer.serve.encode)."""
+    options = {"PNG": {"compress_level": compress_level}, "JPEG": {"quality": quality}}.get(fmt, {})
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
 def _save_image(path: str | Path, arr: np.ndarray, compress_level: int = 6, quality: int = 95) -> None:
     """Array -> image file, atomically; the format (and its option) follows the extension."""
-    options = {".png": {"compress_level": compress_level}, ".jpg": {"quality": quality}, ".jpeg": {"quality": quality}}
-    kwargs = options.get(Path(path).suffix.lower(), {})
-    _atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, **kwargs))
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image file extension; use one of {', '.join(IMAGE_EXTS)}")
+    data = image_bytes(arr, fmt, compress_level=compress_level, quality=quality)
+    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_image(path: str | Path, image, quality: int = 95, compress_level: int = 6) -> None:
@@ -226,14 +238,20 @@ def write_image(path: str | Path, image, quality: int = 95, compress_level: int 
     _save_image(path, np.ascontiguousarray(to_numpy(image), dtype=np.uint8), compress_level, quality)
 
 
-def write_label(path: str | Path, label, compress_level: int = 6) -> None:
-    """Label map int [H, W] -> 8-bit PNG when values fit in 0..255, else 16-bit (PNG or TIFF by the extension)."""
+def label_pixels(label, name: str = "label map", *, wide: bool = False) -> np.ndarray:
+    """Label map int [H, W] -> uint8 when its values fit in 0..255 (and not `wide`), else uint16; values outside
+    0..65535 are a ValueError naming `name`."""
     label = to_numpy(label)
     lo, hi = int(label.min(initial=0)), int(label.max(initial=0))
     if lo < 0 or hi > 65535:
-        raise ValueError(f"{path}: label values must lie in 0..65535, got {lo}..{hi}")
-    wide = hi > 255 or str(path).lower().endswith((".tif", ".tiff"))
-    _save_image(path, np.ascontiguousarray(label, dtype=np.uint16 if wide else np.uint8), compress_level)
+        raise ValueError(f"{name}: label values must lie in 0..65535, got {lo}..{hi}")
+    return np.ascontiguousarray(label, dtype=np.uint16 if wide or hi > 255 else np.uint8)
+
+
+def write_label(path: str | Path, label, compress_level: int = 6) -> None:
+    """Label map int [H, W] -> 8-bit PNG when values fit in 0..255, else 16-bit (PNG or TIFF by the extension)."""
+    wide = str(path).lower().endswith((".tif", ".tiff"))
+    _save_image(path, label_pixels(label, str(path), wide=wide), compress_level)
 
 
 def write_semantic(path: str | Path, labels, meta: DatasetMeta | None = None, *, dataset_ids: bool = False) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 from maskformer.config import InferenceConfig
 from maskformer.data.transforms import resize_image, shortest_edge_size
 from maskformer.inference import Instances, instance_inference, panoptic_inference, semantic_inference, semantic_labels
-from maskformer.io import FormatError, open_image
+from maskformer.io import FormatError, open_image, to_numpy
 from maskformer.precision import with_precision
 from maskformer.structures import TASKS, DatasetMeta, ImageBatch
 
@@ -42,6 +42,31 @@ class Prediction:
     segments: list[dict] = field(default_factory=list)  # segments_info of `panoptic`
     instances: Instances | None = None  # masks bool [N, h, w], scores, labels
     source: str = ""
+
+
+@dataclass
+class Region:
+    """One region of a prediction: its value in the prediction's map (class id, panoptic segment id, or instance rank
+    + 1), its class, score (None for semantic: a label map has no per-class score) and mask bool [h, w]."""
+
+    id: int
+    label_id: int
+    score: float | None
+    mask: np.ndarray
+
+
+def regions(pred: Prediction, threshold: float = 0.5) -> list[Region]:
+    """The regions of a prediction in the order transformers' segmentation pipeline lists them: classes ascending
+    (semantic), segments in order (panoptic), instances best first with score >= threshold."""
+    if pred.semantic is not None:
+        labels = to_numpy(pred.semantic)
+        return [Region(int(c), int(c), None, labels == c) for c in np.unique(labels)]
+    if pred.panoptic is not None:
+        ids = to_numpy(pred.panoptic)
+        return [Region(int(s["id"]), int(s["category_id"]), float(s["score"]), ids == s["id"]) for s in pred.segments]
+    masks, scores, labels = (to_numpy(x) for x in (pred.instances.masks, pred.instances.scores, pred.instances.labels))
+    keep = [i for i, s in enumerate(scores) if s >= threshold]
+    return [Region(r + 1, int(labels[i]), float(scores[i]), masks[i].astype(bool)) for r, i in enumerate(keep)]
 
 
 # ------------------------------------------------------------------------------------------------ image input

@@ -39,7 +39,7 @@ class Predictor:
     it resolved to), backend, runner (what runs in place of the model: maskformer.backends.build_runner).
     meta: the label space (default: the model directory's, else placeholder names "class_0", ...).
     precision: "fp32" | "auto" | "bf16" | "fp16" | "int8" (maskformer.precision); backend: "torch" | "onnxruntime"
-    (the exported graph, cached in the model directory or $MASKFORMER_HOME/onnx; CPU only).
+    (the exported graph, cached in cache_dir: default the model directory, else $MASKFORMER_HOME/onnx; CPU only).
     """
 
     def __init__(
@@ -57,6 +57,7 @@ class Predictor:
         overrides: Sequence[str] = (),
         precision: str = "fp32",
         backend: str = "torch",
+        cache_dir: str | os.PathLike | None = None,
     ):
         self.precision, self.backend = resolve(backend, precision, device), backend  # checked before loading
         if isinstance(model_or_path, nn.Module):
@@ -78,8 +79,9 @@ class Predictor:
         self.inference = replace(cfg.inference, **{k: v for k, v in sizes.items() if v is not None})  # what runs
         self.batch_size = max(1, int(batch_size))
         self.tta = tta
-        cache = model_or_path if not isinstance(model_or_path, nn.Module) and os.path.isdir(model_or_path) else None
-        self.runner = build_runner(self.model, backend=backend, precision=self.precision, cache_dir=cache)
+        if cache_dir is None and not isinstance(model_or_path, nn.Module) and os.path.isdir(model_or_path):
+            cache_dir = model_or_path
+        self.runner = build_runner(self.model, backend=backend, precision=self.precision, cache_dir=cache_dir)
 
     def _num_classes(self, probe: bool) -> int:
         """The config's class count, or (a module given without config) the count its outputs have on a tiny image."""
@@ -121,21 +123,13 @@ class Predictor:
         with score >= threshold. One image -> a list; a list of images -> a list of lists.
         """
         single = not isinstance(images, list | tuple)
-        out = [self._pipeline_entries(p, threshold) for p in self.predict([images] if single else images)]
+        preds = self.predict([images] if single else images)
+        out = [[self._pipeline_entry(r) for r in pipeline.regions(p, threshold)] for p in preds]
         return out[0] if single else out
 
-    def _pipeline_entries(self, p: Prediction, threshold: float) -> list[dict]:
-        if p.semantic is not None:  # (score, class, bool mask [h, w]) per entry
-            found = [(None, c, p.semantic == c) for c in p.semantic.unique().tolist()]
-        elif p.panoptic is not None:
-            found = [(s["score"], s["category_id"], p.panoptic == s["id"]) for s in p.segments]
-        else:
-            inst = p.instances
-            found = [(float(s), int(c), m) for m, s, c in zip(inst.masks, inst.scores, inst.labels) if s >= threshold]
-        return [
-            {"score": s, "label": self.meta.class_names[c], "mask": Image.fromarray(m.numpy().astype(np.uint8) * 255)}
-            for s, c, m in found
-        ]
+    def _pipeline_entry(self, r: pipeline.Region) -> dict:
+        mask = Image.fromarray(r.mask.astype(np.uint8) * 255)  # mode L
+        return {"score": r.score, "label": self.meta.class_names[r.label_id], "mask": mask}
 
 
 def _generic_meta(k: int) -> DatasetMeta:

@@ -325,12 +325,32 @@ def wait_for(condition, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+# ---------------------------------------------------------------------------------------------------- precision
+def test_int8_server_answers_as_an_int8_predictor(files, client):
+    assert (client.get("/model").json()["precision"], client.get("/model").json()["backend"]) == ("fp32", "torch")
+    server = start_server(files["model"], precision="int8")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            info = c.get("/model").json()
+            answer = predict(c, files["photo"], task="semantic", format="png")
+        assert (info["precision"], info["backend"]) == ("int8", "torch")
+        runner = server.service.predictor.runner  # the quantized copy runs, not the float model
+        assert any("quantized" in type(m).__module__ for m in runner.modules())
+        expected = Predictor(str(files["model"]), task="semantic", precision="int8")(str(files["photo"])).semantic
+        assert answer.status_code == 200
+        np.testing.assert_array_equal(png_array(answer.content), expected.numpy())
+    finally:
+        server.stop()
+
+
 # ---------------------------------------------------------------------------------------------------- command line
 def test_serve_command_refuses_bad_options(capsys, tmp_path):
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
     assert main(["serve", "--model", "x", "--max-batch", "0"]) == 2
     assert "--max-batch must be positive" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--backend", "onnxruntime", "--precision", "bf16"]) == 2
+    assert "backend 'onnxruntime' runs precision fp32 or int8" in capsys.readouterr().err  # before loading the model
 
 
 def test_missing_extra_is_one_clear_line(monkeypatch):

@@ -1,4 +1,5 @@
-"""`maskformer serve --model REF [--host 127.0.0.1] [--port 8000] [--task ...] [--max-batch N] [--workers N]`.
+"""`maskformer serve --model REF [--host 127.0.0.1] [--port 8000] [--task ...] [--max-batch N] [--workers N]
+[--precision auto|fp32|bf16|fp16|int8] [--backend torch|onnxruntime]` (what runs is reported by GET /model).
 
 Serves POST /predict, GET /model, /health, /metrics and a web page at / (see maskformer/serve and the README).
 Binds to 127.0.0.1 unless --host says otherwise: there is no authentication, so expose it with care.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from maskformer.backends import BACKENDS
+from maskformer.precision import PRECISIONS
 from maskformer.structures import TASKS
 
 
@@ -18,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--task", choices=TASKS, default=None, help="default task (default: the model config's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="auto: bf16 where the hardware has it")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="onnxruntime: the exported graph (CPU)")
     p.add_argument("--max-batch", type=int, default=8, help="images per model call (micro-batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill up")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which the server answers 503")
@@ -41,13 +46,15 @@ def run(args: argparse.Namespace) -> int:
         from maskformer.serve.service import ModelService
 
         limits = dict(task=args.task, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,
-                      max_queue=args.max_queue, max_pixels=args.max_pixels)  # fmt: skip
+                      max_queue=args.max_queue, max_pixels=args.max_pixels, precision=args.precision,
+                      backend=args.backend)  # fmt: skip
         service = ModelService.load(args.model, device=args.device, overrides=args.opts, **limits)
-    except (ImportError, ValueError, KeyError, OSError) as e:  # missing extra, unknown model, bad override or task
+    except (ImportError, ValueError, KeyError, OSError) as e:  # missing extra, unknown model, bad override, task, ...
         print(f"error: {e}", file=sys.stderr)
         return 2
     max_body = int(args.max_body_mb * 1024 * 1024)
-    print(f"maskformer serve: {args.model} on http://{args.host}:{args.port}/ (task {service.task}; Ctrl-C stops)")
+    runs = f"task {service.task}, {service.predictor.precision} on {args.backend}"
+    print(f"maskformer serve: {args.model} on http://{args.host}:{args.port}/ ({runs}; Ctrl-C stops)")
     if args.workers == 1:
         serve_forever(service, host=args.host, port=args.port, max_body_bytes=max_body)
         return 0

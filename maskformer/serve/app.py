@@ -26,7 +26,8 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from maskformer.serve.encode import encode, png_bytes
+from maskformer.io import image_bytes
+from maskformer.serve.encode import encode
 from maskformer.serve.metrics import CONTENT_TYPE
 from maskformer.serve.service import BadInput, ModelService, QueueFull, decode_image
 
@@ -175,4 +176,4 @@ def example_png(i: int) -> bytes:
 
     cfg = SynthConfig(image_size=(240, 320), min_instances=2, max_instances=5)
     image, _, _ = render(cfg, np.random.default_rng(1000 + i))
-    return png_bytes(image)
+    return image_bytes(image)

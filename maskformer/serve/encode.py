@@ -14,92 +14,50 @@ Semantic segments have score null (the label map carries no per-class score); in
 from __future__ import annotations
 
 import base64
-import io as bytes_io
 import json
-from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-from maskformer.io import id2rgb, mask_bbox, rle_encode, to_numpy
-from maskformer.pipeline import Prediction
+from maskformer.io import id2rgb, image_bytes, label_pixels, mask_bbox, rle_encode
+from maskformer.pipeline import Prediction, regions
 from maskformer.structures import DatasetMeta
 
 FORMATS = ("segments", "pipeline", "png")
-
-
-@dataclass
-class Segment:
-    """One region of a prediction: mask bool [h, w]."""
-
-    id: int
-    label_id: int
-    score: float | None
-    mask: np.ndarray
-
-
-def segments_of(pred: Prediction, threshold: float) -> list[Segment]:
-    """The regions of a prediction in the order transformers' pipeline lists them (classes ascending, panoptic
-    segments in order, instances best first with score >= threshold)."""
-    if pred.semantic is not None:
-        labels = to_numpy(pred.semantic)
-        return [Segment(int(c), int(c), None, labels == c) for c in np.unique(labels)]
-    if pred.panoptic is not None:
-        ids = to_numpy(pred.panoptic)
-        return [Segment(int(s["id"]), int(s["category_id"]), float(s["score"]), ids == s["id"]) for s in pred.segments]
-    inst = pred.instances
-    keep = [i for i, s in enumerate(to_numpy(inst.scores)) if s >= threshold]
-    masks, scores, labels = to_numpy(inst.masks), to_numpy(inst.scores), to_numpy(inst.labels)
-    return [Segment(r + 1, int(labels[i]), float(scores[i]), masks[i].astype(bool)) for r, i in enumerate(keep)]
+FAST = 1  # PNG compression level of responses: they are sent, not stored
 
 
 def segments_json(pred: Prediction, task: str, meta: DatasetMeta, threshold: float) -> dict:
     h, w = pred.image_size
     segments = [
-        {
-            "id": s.id,
-            "label": meta.class_names[s.label_id],
-            "label_id": s.label_id,
-            "score": s.score,
-            "area": int(s.mask.sum()),
-            "bbox": mask_bbox(s.mask),
-            "rle": rle_encode(s.mask),
-        }
-        for s in segments_of(pred, threshold)
-    ]
+        {"id": r.id, "label": meta.class_names[r.label_id], "label_id": r.label_id, "score": r.score,
+         "area": int(r.mask.sum()), "bbox": mask_bbox(r.mask), "rle": rle_encode(r.mask)}
+        for r in regions(pred, threshold)
+    ]  # fmt: skip
     return {"task": task, "height": int(h), "width": int(w), "segments": segments}
 
 
 def pipeline_json(pred: Prediction, meta: DatasetMeta, threshold: float, masks: bool) -> list[dict]:
     out = []
-    for s in segments_of(pred, threshold):
-        entry = {"label": meta.class_names[s.label_id], "score": s.score}
+    for r in regions(pred, threshold):
+        entry = {"label": meta.class_names[r.label_id], "score": r.score}
         if masks:
-            entry["mask"] = base64.b64encode(png_bytes(s.mask.astype(np.uint8) * 255)).decode("ascii")
+            entry["mask"] = base64.b64encode(image_bytes(r.mask.astype(np.uint8) * 255, compress_level=FAST)).decode()
         out.append(entry)
     return out
 
 
 def prediction_png(pred: Prediction, threshold: float) -> tuple[bytes, list[dict]]:
     """(PNG bytes, [{id, label_id, score}]) of the "png" format."""
-    segments = segments_of(pred, threshold)
-    listed = [{"id": s.id, "label_id": s.label_id, "score": s.score} for s in segments]
+    found = regions(pred, threshold)
+    listed = [{"id": r.id, "label_id": r.label_id, "score": r.score} for r in found]
     if pred.semantic is not None:
-        labels = to_numpy(pred.semantic)
-        return png_bytes(labels.astype(np.uint16 if labels.max(initial=0) > 255 else np.uint8)), listed
+        return image_bytes(label_pixels(pred.semantic), compress_level=FAST), listed
     if pred.panoptic is not None:
-        return png_bytes(id2rgb(pred.panoptic)), listed
-    ids = np.zeros(pred.image_size, dtype=np.uint16 if len(segments) > 255 else np.uint8)
-    for s in reversed(segments):  # lowest score first, so better instances end up on top
-        ids[s.mask] = s.id
-    return png_bytes(ids), listed
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """uint8 [h, w] / [h, w, 3] or uint16 [h, w] -> PNG file bytes (fast compression: it is sent, not stored)."""
-    buf = bytes_io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+        return image_bytes(id2rgb(pred.panoptic), compress_level=FAST), listed
+    ids = np.zeros(pred.image_size, dtype=np.int32)
+    for r in reversed(found):  # lowest score first, so better instances end up on top
+        ids[r.mask] = r.id
+    return image_bytes(label_pixels(ids), compress_level=FAST), listed
 
 
 def encode(pred: Prediction, *, task: str, fmt: str, meta: DatasetMeta, threshold: float, masks: bool):

@@ -73,7 +73,7 @@ def run(service: ModelService, *, host: str = "127.0.0.1", port: int = 8000, max
 
 def run_workers(settings: dict, *, host: str, port: int, workers: int) -> None:
     """Serve with `workers` processes; each builds its app with `app_from_settings` from `settings` (JSON-able:
-    reference, device, overrides, task, max_batch, max_wait_s, max_queue, max_pixels, max_body_bytes)."""
+    reference, max_body_bytes and ModelService.load's keywords: device, overrides, task, max_batch, ...)."""
     import uvicorn
 
     os.environ[WORKER_SETTINGS_ENV] = json.dumps({**settings, "workers": workers})  # read by the spawned workers
@@ -88,9 +88,6 @@ def app_from_settings():
     from maskformer.serve.app import create_app
 
     s = json.loads(os.environ[WORKER_SETTINGS_ENV])
-    torch.set_num_threads(max(1, torch.get_num_threads() // s["workers"]))
-    service = ModelService.load(
-        s["reference"], device=s["device"], overrides=s["overrides"], task=s["task"], max_batch=s["max_batch"],
-        max_wait_s=s["max_wait_s"], max_queue=s["max_queue"], max_pixels=s["max_pixels"],
-    )  # fmt: skip
-    return create_app(service, max_body_bytes=s["max_body_bytes"])
+    torch.set_num_threads(max(1, torch.get_num_threads() // s.pop("workers")))
+    max_body = s.pop("max_body_bytes")
+    return create_app(ModelService.load(s.pop("reference"), **s), max_body_bytes=max_body)

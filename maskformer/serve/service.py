@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from maskformer.backends import resolve
 from maskformer.config import Config
 from maskformer.pipeline import ImageError, load_image, model_device, run_size
 from maskformer.predict import Predictor
@@ -113,7 +114,11 @@ class ModelService:
         max_wait_s: float = 0.005,
         max_queue: int = 64,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        precision: str = "fp32",
+        backend: str = "torch",
+        cache_dir=None,
     ):
+        """precision / backend / cache_dir: as Predictor's (maskformer.backends; what ran is in info())."""
         self.model, self.cfg, self.meta, self.reference = model.eval(), cfg, meta, reference
         self.device = model_device(model)
         self.task = task or cfg.inference.task
@@ -122,14 +127,18 @@ class ModelService:
             raise ValueError(f"task={self.task!r}; this model serves {', '.join(self.tasks)}")
         self.max_pixels = max_pixels
         self.metrics = Metrics()
-        self.predictor = Predictor(model, task=self.task, device=self.device, config=cfg, meta=meta)
+        self.predictor = Predictor(model, task=self.task, device=self.device, config=cfg, meta=meta,
+                                   precision=precision, backend=backend, cache_dir=cache_dir)  # fmt: skip
         self.inference = self.predictor.inference  # the model's settings; requests may change the thresholds
         self.batcher = MicroBatcher(self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue)
 
     @classmethod
     def load(cls, reference: str, *, device: str = "cpu", overrides: Iterable[str] = (), **kwargs) -> ModelService:
+        """The service of anything `--model` accepts; a bad precision / backend is refused before loading."""
+        resolve(kwargs.get("backend", "torch"), kwargs.get("precision", "fp32"), device)
         model, cfg, meta = load_reference(reference, device, overrides)
-        return cls(model, cfg, meta, reference=str(reference), **kwargs)
+        cache = reference if os.path.isdir(reference) else None  # the onnxruntime graph is cached with the model
+        return cls(model, cfg, meta, reference=str(reference), cache_dir=cache, **kwargs)
 
     def close(self) -> None:
         self.batcher.close()
@@ -208,6 +217,8 @@ class ModelService:
             "thresholds": {"object_mask_threshold": inf.object_mask_threshold,
                            "overlap_threshold": inf.overlap_threshold},  # fmt: skip
             "device": str(self.device),
+            "precision": self.predictor.precision,  # what it resolved to ("auto" -> fp32 | bf16 ...)
+            "backend": self.predictor.backend,
             "max_batch": self.batcher.max_batch,
             "max_queue": self.batcher.max_queue,
             "max_pixels": self.max_pixels,
