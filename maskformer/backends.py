@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from maskformer.io import atomic_file
 from maskformer.precision import resolve_precision, with_precision
 from maskformer.structures import ImageBatch
 
@@ -105,14 +105,8 @@ def quantize_onnx_int8(src: Path, dest: Path) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError:
         raise ImportError("int8 on onnxruntime needs onnxruntime and onnx: pip install 'maskformer[onnx]'") from None
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=".onnx", dir=dest.parent)
-    os.close(fd)
-    try:
-        quantize_dynamic(str(src), tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(dest) as tmp:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
     return dest
 
 

@@ -25,7 +25,6 @@ from maskformer.config import InferenceConfig
 from maskformer.data.transforms import resize_image, shortest_edge_size
 from maskformer.inference import Instances, instance_inference, panoptic_inference, semantic_inference, semantic_labels
 from maskformer.io import FormatError, open_image, to_numpy
-from maskformer.precision import with_precision
 from maskformer.structures import TASKS, DatasetMeta, ImageBatch
 
 Size = tuple[int, int]
@@ -146,14 +145,12 @@ def forward(model: nn.Module, images: Sequence[torch.Tensor]) -> tuple[dict, Ima
     return model(batch), batch
 
 
-def forward_scores(
-    model: nn.Module, images: Sequence[torch.Tensor], output_sizes: Sequence[Size], *, order: str = "official"
-) -> list[torch.Tensor]:
+def forward_scores(model: nn.Module, images: Sequence[torch.Tensor], output_sizes: Sequence[Size], *,
+                   order: str = "official") -> list[torch.Tensor]:  # fmt: skip
     """Run the model on float [3, h, w] images (one padded batch) -> semantic scores [K, H, W] per output size."""
     outputs, batch = forward(model, images)
-    return semantic_inference(
-        outputs, batch.image_sizes, output_sizes, order=order, padded_size=tuple(batch.tensor.shape[-2:])
-    )
+    padded = tuple(batch.tensor.shape[-2:])
+    return semantic_inference(outputs, batch.image_sizes, output_sizes, order=order, padded_size=padded)
 
 
 def num_classes(outputs: dict) -> int:
@@ -196,31 +193,17 @@ def postprocess(
 
 
 @torch.no_grad()
-def predict(
-    model: nn.Module,
-    images: Sequence[np.ndarray],
-    *,
-    task: str,
-    meta: DatasetMeta,
-    inference: InferenceConfig,
-    output_sizes: Sequence[Size] | None = None,
-    tta: bool = False,
-    names: Sequence[str] = (),
-    precision: str = "fp32",
-    rule: str = "maskformer",
-) -> list[Prediction]:
+def predict(model: nn.Module, images: Sequence[np.ndarray], *, task: str, meta: DatasetMeta, inference: InferenceConfig,
+            output_sizes: Sequence[Size] | None = None, tta: bool = False, names: Sequence[str] = (),
+            rule: str = "maskformer") -> list[Prediction]:  # fmt: skip
     """uint8 RGB [h, w, 3] images -> a Prediction each, at output_sizes (default: each image's own size).
 
-    model: an nn.Module or a runner of maskformer.backends (its outputs float32). precision: "fp32" runs `model` as
-    it is; "auto" | "bf16" | "fp16" | "int8" wrap it here (maskformer.precision.with_precision; int8 quantizes a copy
-    on every call, so callers that predict repeatedly wrap once, as Predictor and evaluate_model do).
-
-    Each image is resized to the test size (inference.min_size_test, max_size_test) of its output size (an image
-    a dataset already resized is left as it is) and all run as one padded batch. tta: semantic multi-scale + flip
-    (inference.tta_scales, tta_flip), one original-size image at a time.
+    model: an nn.Module, or what maskformer.backends.build_runner makes of it (another precision or backend). Each
+    image is resized to the test size (inference.min_size_test, max_size_test) of its output size (an image a dataset
+    already resized is left as it is) and all run as one padded batch. tta: semantic multi-scale + flip
+    (inference.tta_scales, tta_flip), one original-size image at a time. rule: as postprocess's.
     """
     inf, min_size, max_size = inference, inference.min_size_test, inference.max_size_test
-    model = model if precision == "fp32" else with_precision(model, precision)
     sizes = [tuple(s) for s in output_sizes] if output_sizes is not None else [a.shape[:2] for a in images]
     names = list(names) or [""] * len(images)
     if tta and task != "semantic":
@@ -254,20 +237,10 @@ def tta_sizes(min_size_test: int, scales: Sequence[float], max_size_test: int) -
 
 
 @torch.no_grad()
-def semantic_tta(
-    model: nn.Module,
-    image: np.ndarray,
-    *,
-    min_sizes: Sequence[int],
-    max_size: int,
-    flip: bool = True,
-    order: str = "official",
-    window: Size | None = None,
-) -> torch.Tensor:
+def semantic_tta(model: nn.Module, image: np.ndarray, *, min_sizes: Sequence[int], max_size: int, flip: bool = True,
+                 order: str = "official", window: Size | None = None) -> torch.Tensor:  # fmt: skip
     """Mean semantic scores [K, h, w] over short-side sizes x (flip), at the original size of uint8 [h, w, 3] image.
-
-    window: run each copy by sliding windows of this size when the copy is larger (None: whole image).
-    """
+    window: run each copy by sliding windows of this size when the copy is larger (None: whole image)."""
     if len(min_sizes) == 0:
         raise ValueError("semantic_tta needs at least one size in min_sizes")
     h, w = image.shape[:2]
@@ -294,16 +267,9 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def sliding_window_semantic(
-    model: nn.Module,
-    image: torch.Tensor,
-    *,
-    window: Size,
-    stride: Size | None = None,
-    output_size: Size | None = None,
-    batch_size: int = 4,
-    order: str = "official",
-) -> torch.Tensor:
+def sliding_window_semantic(model: nn.Module, image: torch.Tensor, *, window: Size, stride: Size | None = None,
+                            output_size: Size | None = None, batch_size: int = 4, order: str = "official",
+                            ) -> torch.Tensor:  # fmt: skip
     """Semantic scores [K, H, W] of float [3, h, w] image from overlapping windows (default stride 2/3 window).
 
     Each window's scores are computed at the window's size, summed into the full map and divided by the number of
@@ -311,11 +277,8 @@ def sliding_window_semantic(
     """
     h, w = image.shape[-2:]
     stride = stride or (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
-    boxes = [
-        (y, x, min(window[0], h), min(window[1], w))
-        for y in window_starts(h, window[0], stride[0])
-        for x in window_starts(w, window[1], stride[1])
-    ]
+    ys, xs = window_starts(h, window[0], stride[0]), window_starts(w, window[1], stride[1])
+    boxes = [(y, x, min(window[0], h), min(window[1], w)) for y in ys for x in xs]
     total, count = None, image.new_zeros(1, h, w)
     for b0 in range(0, len(boxes), batch_size):
         chunk = boxes[b0 : b0 + batch_size]

@@ -30,23 +30,25 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 KEEP_FLOAT = ("attn.qkv",)  # Linear layers whose parent reads .weight / .bias itself (Swin adds the qkv bias per token)
 
 
-def cpu_flags(path: str | None = None) -> frozenset[str]:
-    """The feature flags of the first processor in `path` (default CPUINFO; x86 "flags", ARM "Features"); empty when
-    unreadable. Read once per path."""
-    return _read_flags(path or CPUINFO)
-
-
 @functools.lru_cache(maxsize=8)
-def _read_flags(path: str) -> frozenset[str]:
+def _cpuinfo(path: str) -> dict[str, str]:
+    """The "key: value" fields of a /proc/cpuinfo file, the first value of each key (the first processor's); empty
+    when unreadable. Read once per path."""
+    fields: dict[str, str] = {}
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if sep and key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
+            for key, sep, value in (line.partition(":") for line in f):
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return frozenset()
+    return fields
+
+
+def cpu_flags(path: str | None = None) -> frozenset[str]:
+    """The feature flags of the first processor (x86 "flags", ARM "Features"); empty when unreadable."""
+    fields = _cpuinfo(path or CPUINFO)
+    return frozenset(fields.get("flags", fields.get("Features", "")).split())
 
 
 def native_bf16(flags: frozenset[str] | set[str]) -> bool:
@@ -122,16 +124,10 @@ def with_precision(model: nn.Module, precision: str) -> nn.Module:
 
 
 def cpu_model(path: str | None = None) -> str:
-    """The CPU's model name ("model name" in /proc/cpuinfo, else platform.processor())."""
-    try:
-        with open(path or CPUINFO, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name ("model name" in /proc/cpuinfo, ARM "Model" / "Hardware", else platform.processor())."""
+    fields = _cpuinfo(path or CPUINFO)
+    names = [fields[k] for k in ("model name", "Model", "Hardware") if fields.get(k)]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def system_info() -> dict:

@@ -42,23 +42,11 @@ class Predictor:
     (the exported graph, cached in cache_dir: default the model directory, else $MASKFORMER_HOME/onnx; CPU only).
     """
 
-    def __init__(
-        self,
-        model_or_path: nn.Module | str | os.PathLike,
-        *,
-        task: str | None = None,
-        device: str | torch.device = "cpu",
-        meta: DatasetMeta | None = None,
-        config: Config | None = None,
-        min_size_test: int | None = None,
-        max_size_test: int | None = None,
-        batch_size: int = 1,
-        tta: bool = False,
-        overrides: Sequence[str] = (),
-        precision: str = "fp32",
-        backend: str = "torch",
-        cache_dir: str | os.PathLike | None = None,
-    ):
+    def __init__(self, model_or_path: nn.Module | str | os.PathLike, *, task: str | None = None,
+                 device: str | torch.device = "cpu", meta: DatasetMeta | None = None, config: Config | None = None,
+                 min_size_test: int | None = None, max_size_test: int | None = None, batch_size: int = 1,
+                 tta: bool = False, overrides: Sequence[str] = (), precision: str = "fp32", backend: str = "torch",
+                 cache_dir: str | os.PathLike | None = None):  # fmt: skip
         self.precision, self.backend = resolve(backend, precision, device), backend  # checked before loading
         if isinstance(model_or_path, nn.Module):
             model, cfg, loaded_meta = model_or_path, config or Config(), None
@@ -67,18 +55,16 @@ class Predictor:
 
             model, cfg, loaded_meta = load_model(model_or_path, device, overrides=list(overrides))
             cfg = config or cfg
-        self.model = model.to(device).eval()
-        self.cfg = cfg
-        self.task = task or cfg.inference.task
+        self.model, self.cfg, self.task = model.to(device).eval(), cfg, task or cfg.inference.task
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}; choose one of {', '.join(TASKS)}")
         if self.task != "semantic" and cfg.model.arch.startswith("per_pixel"):
             raise ValueError(f"task={self.task!r} needs a mask-classification model, not arch={cfg.model.arch!r}")
-        self.meta = meta or loaded_meta or _generic_meta(self._num_classes(config is None and loaded_meta is None))
+        k = self._num_classes(probe=meta is None and config is None and loaded_meta is None)
+        self.meta = meta or loaded_meta or DatasetMeta(name="model", class_names=[f"class_{i}" for i in range(k)])
         sizes = {"min_size_test": min_size_test, "max_size_test": max_size_test}
         self.inference = replace(cfg.inference, **{k: v for k, v in sizes.items() if v is not None})  # what runs
-        self.batch_size = max(1, int(batch_size))
-        self.tta = tta
+        self.batch_size, self.tta = max(1, int(batch_size)), tta
         if cache_dir is None and not isinstance(model_or_path, nn.Module) and os.path.isdir(model_or_path):
             cache_dir = model_or_path
         self.runner = build_runner(self.model, backend=backend, precision=self.precision, cache_dir=cache_dir)
@@ -130,8 +116,3 @@ class Predictor:
     def _pipeline_entry(self, r: pipeline.Region) -> dict:
         mask = Image.fromarray(r.mask.astype(np.uint8) * 255)  # mode L
         return {"score": r.score, "label": self.meta.class_names[r.label_id], "mask": mask}
-
-
-def _generic_meta(k: int) -> DatasetMeta:
-    """Placeholder names "class_0", ... for a model given without its label space."""
-    return DatasetMeta(name="model", class_names=[f"class_{i}" for i in range(k)])

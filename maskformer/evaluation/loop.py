@@ -27,19 +27,15 @@ from maskformer.structures import TASKS, DatasetMeta
 
 def categories_from_meta(meta: DatasetMeta, things_only: bool = False) -> list[dict]:
     """COCO-style categories [{"id": dataset id, "isthing", "name"}] in contiguous order."""
-    return [
-        {"id": int(d), "isthing": int(t), "name": n}
-        for d, t, n in zip(meta.dataset_ids, meta.is_thing, meta.class_names)
-        if t or not things_only
-    ]
+    rows = zip(meta.dataset_ids, meta.is_thing, meta.class_names)
+    return [{"id": int(d), "isthing": int(t), "name": n} for d, t, n in rows if t or not things_only]
 
 
 def build_evaluator(task: str, meta: DatasetMeta, *, reduce_zero_label: bool = False):
     """The streaming evaluator of `task` for the label space `meta`."""
     if task == "semantic":
-        return SemSegEvaluator(
-            meta.num_classes, meta.ignore_label, meta.class_names, reduce_zero_label=reduce_zero_label
-        )
+        k, names = meta.num_classes, meta.class_names
+        return SemSegEvaluator(k, meta.ignore_label, names, reduce_zero_label=reduce_zero_label)
     if task == "panoptic":
         return PanopticEvaluator(categories_from_meta(meta))
     if task == "instance":
@@ -50,22 +46,10 @@ def build_evaluator(task: str, meta: DatasetMeta, *, reduce_zero_label: bool = F
 
 
 @torch.no_grad()
-def evaluate_model(
-    model: nn.Module,
-    dataset,
-    *,
-    task: str = "semantic",
-    tta: bool = False,
-    cfg: Config | None = None,
-    meta: DatasetMeta | None = None,
-    batch_size: int = 1,
-    num_workers: int = 0,
-    max_images: int | None = None,
-    progress: bool = False,
-    precision: str = "fp32",
-    backend: str = "torch",
-    cache_dir=None,
-) -> dict:
+def evaluate_model(model: nn.Module, dataset, *, task: str = "semantic", tta: bool = False, cfg: Config | None = None,
+                   meta: DatasetMeta | None = None, batch_size: int = 1, num_workers: int = 0,
+                   max_images: int | None = None, progress: bool = False, precision: str = "fp32",
+                   backend: str = "torch", cache_dir=None) -> dict:  # fmt: skip
     """Run `model` over `dataset` and evaluate `task` ("semantic" | "panoptic" | "instance").
 
     cfg: test-time settings (cfg.inference: test size, thresholds, TTA scales); meta: label space (default
@@ -90,10 +74,8 @@ def evaluate_model(
             arrays = [image.permute(1, 2, 0).numpy() for image, _, _ in items]  # uint8 [h, w, 3]
             sizes = [_original_size(info, image) for image, _, info in items]
             names = [str(info.get("file_name", "")) for _, _, info in items]
-            preds = predict(
-                runner, arrays, task=task, meta=meta, inference=cfg.inference, output_sizes=sizes, tta=tta, names=names,
-                rule=cfg.model.arch,
-            )  # fmt: skip
+            preds = predict(runner, arrays, task=task, meta=meta, inference=cfg.inference, output_sizes=sizes, tta=tta,
+                            names=names, rule=cfg.model.arch)  # fmt: skip
             for (_, target, info), pred in zip(items, preds):
                 _update(evaluator, task, pred, target, info, meta)
             if progress:
