@@ -1,10 +1,8 @@
 """The model-directory format: atomic safetensors I/O, and loading weights with a named report of every key.
 
 A model directory holds `config.json` ({"format", "version", "config": Config.to_dict(), "meta": DatasetMeta.to_dict()})
-and `model.safetensors` (the state dict, with a SHA-256 of the tensor bytes in its metadata so a damaged file is an
-error, not silently wrong weights). Every write goes to a temporary file in the same directory and is moved into place
-with `os.replace`, so a crash never leaves a half-written file under the final name. Foreign sources (detectron2,
-transformers, ImageNet backbones) are read and renamed in `maskformer.convert`, which builds on this module.
+and `model.safetensors` (with a SHA-256 of the tensor bytes in its metadata: a damaged file is an error, not wrong
+weights), each written atomically. Foreign sources are read and renamed in `maskformer.convert`, built on this module.
 """
 
 from __future__ import annotations
@@ -45,28 +43,28 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         os.fsync(f.fileno())
 
 
-def save_safetensors(
-    state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None
-) -> None:
+def save_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None):
     """Save a state dict to a `.safetensors` file atomically, with a SHA-256 of the tensor bytes in the metadata."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     blob = save(tensors, metadata={str(k): str(v) for k, v in (metadata or {}).items()})
-    header_len = struct.unpack("<Q", blob[:8])[0]
-    header = json.loads(blob[8 : 8 + header_len])
-    data = memoryview(blob)[8 + header_len :]
+    header, start = _header(blob)
+    data = memoryview(blob)[start:]
     header.setdefault("__metadata__", {})[_SHA_KEY] = hashlib.sha256(data).hexdigest()
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as safetensors writes it
     atomic_write(path, b"".join([struct.pack("<Q", len(text)), text, data]))
 
 
-def load_safetensors(path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
-    """Load a `.safetensors` file into CPU tensors; a truncated / corrupted file raises `CheckpointError` naming it.
+def _header(blob: bytes) -> tuple[dict | None, int]:
+    """(the JSON header of a safetensors blob, or None if cut short; offset of the tensor bytes)."""
+    header_len = struct.unpack("<Q", blob[:8])[0] if len(blob) >= 8 else 0
+    return (json.loads(blob[8 : 8 + header_len]) if 8 + header_len <= len(blob) else None), 8 + header_len
 
-    With `verify`, the SHA-256 stored by `save_safetensors` (if present) is checked against the tensor bytes.
-    """
+
+def load_safetensors(path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:
+    """CPU tensors of a `.safetensors` file, its stored SHA-256 checked (`verify`); damage is a `CheckpointError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -75,13 +73,12 @@ def load_safetensors(path: str | os.PathLike, verify: bool = True) -> dict[str, 
         raise CheckpointError(f"{path}: weights file does not exist")
     blob = path.read_bytes()
     try:
-        header_len = struct.unpack("<Q", blob[:8])[0] if len(blob) >= 8 else 0
-        header = json.loads(blob[8 : 8 + header_len]) if 8 + header_len <= len(blob) else None
+        header, start = _header(blob)
         tensors = load(blob)
     except (SafetensorError, ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not a valid safetensors file (truncated or corrupted?): {e}") from None
     stored = ((header or {}).get("__metadata__") or {}).get(_SHA_KEY)
-    if verify and stored and hashlib.sha256(blob[8 + header_len :]).hexdigest() != stored:
+    if verify and stored and hashlib.sha256(blob[start:]).hexdigest() != stored:
         raise CheckpointError(f"{path}: tensor data does not match its stored SHA-256 (the file is corrupted)")
     return tensors
 
@@ -106,8 +103,7 @@ class Renamed:
         """Every key through `rename(key) -> new key | None` (None: dropped on purpose)."""
         out = cls()
         for key, value in state_dict.items():
-            new = rename(key)
-            if new is None:
+            if (new := rename(key)) is None:
                 out.dropped.append(key)
             else:
                 out.add(new, value, key)
@@ -236,11 +232,9 @@ def read_model_config(path: str | os.PathLike) -> tuple[Config, DatasetMeta]:
 def is_model_dir(path: str | os.PathLike) -> bool:
     """True if `path` is a directory with a maskformer config.json (a damaged one too: reading it names the damage)."""
     file = Path(path) / CONFIG_NAME
-    if not file.is_file():
-        return False
     try:
-        return json.loads(file.read_text()).get("format") == FORMAT
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return file.is_file() and read_json(file).get("format") == FORMAT
+    except (CheckpointError, AttributeError):
         return True
 
 

@@ -3,10 +3,8 @@
 The graph takes `images` float [B, 3, H, W] (RGB 0..255, any H and W: the model normalizes and pads to a multiple of
 32 inside the graph) and returns `pred_logits` [B, Q, K+1] and `pred_masks` [B, Q, Hp/4, Wp/4] (per-pixel baselines:
 `sem_seg` [B, K, Hp/4, Wp/4]), with batch, height and width dynamic. Post-processing stays outside the graph: use
-`maskformer.inference` (torch) or `maskformer.numpy_postprocess` (numpy, for onnxruntime users).
-
-ONNX uses torch's TorchScript-based exporter (no extra dependency; it traces the shape arithmetic of the padding
-symbolically). Files are written to a temporary name in the target directory and moved into place.
+`maskformer.inference` (torch) or `maskformer.numpy_postprocess` (numpy, for onnxruntime users). ONNX uses torch's
+TorchScript-based exporter (no extra dependency; it traces the padding arithmetic symbolically). Writes are atomic.
 """
 
 from __future__ import annotations
@@ -80,16 +78,10 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def export_onnx(
-    model: nn.Module,
-    path: str | os.PathLike,
-    *,
-    opset: int = DEFAULT_OPSET,
-    sample_size: tuple[int, int, int] = (2, 96, 128),
+    model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, sample_size=(2, 96, 128)
 ) -> Path:
-    """Write an ONNX graph with input "images" [B, 3, H, W] and dynamic B, H, W. Returns the file path.
-
-    sample_size: (batch, height, width) of the tracing sample; any size works afterwards.
-    """
+    """Write an ONNX graph with input "images" [B, 3, H, W] and dynamic B, H, W; sample_size: (batch, height, width)
+    of the tracing sample (any size works afterwards). Returns the file path."""
     path = Path(path)
     sample = sample_images(*sample_size).to(_device(model))
     names = output_names(model, sample)
@@ -142,10 +134,8 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
 
 
 def compare(model: nn.Module, run, sizes: list[tuple[int, int, int]]) -> list[dict]:
-    """Run `run(images) -> list of arrays` against the torch model at each (batch, h, w).
-
-    Returns [{"size", "max_abs_diff", "max_abs_ref"}] (largest |difference| and largest |torch output| over outputs).
-    """
+    """Run `run(images) -> list of arrays` against the torch model at each (batch, h, w). Returns
+    [{"size", "max_abs_diff", "max_abs_ref"}] (largest |difference| and largest |torch output| over outputs)."""
     results = []
     for i, (b, h, w) in enumerate(sizes):
         images = sample_images(b, h, w, seed=100 + i)

@@ -27,12 +27,6 @@ def at_least(option: str, value: int | None, low: int = 1) -> None:
         raise OptionError(f"{option} must be an integer >= {low}, got {value}")
 
 
-def in_unit_range(option: str, value: float | None) -> None:
-    """`value` must be a number in [0, 1] (a score threshold)."""
-    if value is not None and not 0 <= value <= 1:
-        raise OptionError(f"{option} must be a number in [0, 1], got {value}")
-
-
 def check_device(device: str | None, option: str = "--device") -> None:
     """cpu, cuda[:N] or mps, and present on this machine."""
     if device is None:
@@ -42,7 +36,9 @@ def check_device(device: str | None, option: str = "--device") -> None:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise OptionError(f"{option} {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise OptionError(f"{option} {device!r} is not a device; use cpu, cuda, cuda:N or mps")
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -51,8 +47,6 @@ def check_device(device: str | None, option: str = "--device") -> None:
             raise OptionError(f"{option} {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise OptionError(f"{option} {device}: MPS is not available on this machine; use --device cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise OptionError(f"{option} {device}: use cpu, cuda, cuda:N or mps")
 
 
 def check_writable(folder: str | os.PathLike, option: str = "--out") -> None:
@@ -86,7 +80,8 @@ def check_args(args: argparse.Namespace, *, out_folder: str | None = None, out_f
     output folder (predict's --out) or the output file's folder (export's --out, eval's --json) can take files."""
     for attr, (option, low) in LOWEST.items():
         at_least(option, getattr(args, attr, None), low)
-    in_unit_range("--threshold", getattr(args, "threshold", None))
+    if getattr(args, "threshold", None) is not None and not 0 <= args.threshold <= 1:
+        raise OptionError(f"--threshold must be a number in [0, 1], got {args.threshold}")
     if getattr(args, "tolerance", None) is not None and not args.tolerance >= 0:
         raise OptionError(f"--tolerance must be a number >= 0, got {args.tolerance}")
     for side in getattr(args, "size", None) or ():

@@ -1,12 +1,6 @@
-"""Every foreign weight source -> this package, behind one entry point.
-
-- `detect_source(path)`: what a path holds ("model_dir" | "transformers" | "safetensors" | "pickle").
-- `convert_source(path, *, preset=None, num_classes=None, class_names=None) -> (model, cfg, meta, report)`: a
-  transformers MaskFormer directory or a detectron2 `.pkl` / `.pth` / `.safetensors` (architecture read from the
-  keys) as a model of this package in eval mode; `report` names every key, `report.notes` says what was decided.
-- `load_model(path_or_preset, device="cpu", *, overrides=()) -> (model, cfg, meta)`: a model directory, any source
-  `convert_source` reads (converted on the fly), or a preset name (random weights, with a warning).
-- `load_full_weights(model, path)` / `load_backbone_weights(model, path)`: weights of any source into a built model.
+"""Every foreign weight source -> this package: `detect_source`, `convert_source` (a transformers directory or a
+detectron2 `.pkl` / `.pth` / `.safetensors` as a model in eval mode, with a report naming every key), `load_model`
+(a model directory, any convertible source, or a preset name) and `load_full_weights` / `load_backbone_weights`.
 
 Modules: `sources` (reading files; pickles only through `safe_pickle`), `detectron2`, `hf` + `hf_backbone`
 (transformers), `backbones` (ImageNet backbone files; backbone names).
@@ -17,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -26,7 +20,6 @@ from torch import nn
 from maskformer.checkpoint import (
     CheckpointError,
     KeyReport,
-    Renamed,
     build_loaded,
     generic_meta,
     load_checked,
@@ -40,20 +33,15 @@ __all__ = ["convert_source", "detect_source", "load_backbone_weights", "load_ful
 
 
 def convert_source(
-    path: str | os.PathLike,
-    *,
-    preset: str | None = None,
-    num_classes: int | None = None,
-    class_names: Sequence[str] | None = None,
+    path: str | os.PathLike, *, preset: str | None = None, num_classes: int | None = None, class_names=None
 ) -> tuple[nn.Module, Config, DatasetMeta, KeyReport]:
     """(model in eval mode, cfg, meta, report) from a foreign checkpoint; every key must fit (else `CheckpointError`).
 
     preset: the preset for what weights cannot show (default: inferred from detectron2 keys; for a transformers
     model, the data / inference / train sections). num_classes (detectron2): a new class count, the class head
-    re-initialised. class_names: replaces the class names (same count; thing flags and ids are kept).
+    re-initialised. class_names (a sequence): replaces the class names (same count; thing flags and ids are kept).
     """
-    kind = detect_source(path)
-    if kind == "model_dir":
+    if (kind := detect_source(path)) == "model_dir":
         raise CheckpointError(f"{path}: already a maskformer model directory")
     if kind == "transformers":
         if num_classes is not None:
@@ -73,11 +61,10 @@ def convert_source(
 def convert_transformers(path: str | os.PathLike, *, preset: str | None = None):
     """(model, cfg, meta, report) from a transformers MaskFormer directory (config.json + weights), any backbone size
     (see `hf.hf_config_to_config`). Class names come from `id2label`."""
-    from maskformer.convert.hf import hf_config_to_config, map_hf
+    from maskformer.convert.hf import hf_config_to_config, hf_meta, map_hf
 
     sd, info = read_state_dict(path)
-    hf_config = info["hf_config"]
-    if hf_config.get("model_type") == "mask2former":
+    if (hf_config := info["hf_config"]).get("model_type") == "mask2former":
         from maskformer.convert.hf_mask2former import convert_hf_mask2former
 
         return convert_hf_mask2former(str(path), sd, hf_config, preset)
@@ -90,11 +77,8 @@ def convert_transformers(path: str | os.PathLike, *, preset: str | None = None):
         cfg = dataclasses.replace(get_preset(preset), model=cfg.model, loss=cfg.loss)
         notes.append(f"preset: {preset} (data, inference and train settings)")
     model, report = build_loaded(cfg, map_hf(sd), str(path))
-    id2label = hf_config.get("id2label") or {}
-    names = [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(cfg.model.num_classes)]
-    meta = DatasetMeta(name=hf_config.get("_name_or_path") or "transformers", class_names=names)
     report.notes = notes
-    return model.eval(), cfg, meta, report
+    return model.eval(), cfg, hf_meta(hf_config, cfg.model.num_classes), report
 
 
 def load_model(
@@ -128,19 +112,12 @@ def load_model(
 
 def load_full_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = False) -> KeyReport:
     """Load a whole-model checkpoint (any supported source) into `model`; returns the key report."""
-    sd, info = read_state_dict(path)
-    return load_checked(model, to_official(sd, info), source=str(path), strict=strict)
-
-
-def to_official(sd: dict[str, torch.Tensor], info: dict) -> Renamed:
-    """A whole-model state dict from any supported layout in our names (official v2)."""
-    if info["kind"] == "transformers":
-        from maskformer.convert.hf import map_hf
-
-        return map_hf(sd)
     from maskformer.convert.detectron2 import map_detectron2
+    from maskformer.convert.hf import map_hf
 
-    return map_detectron2(sd)
+    sd, info = read_state_dict(path)
+    renamed = map_hf(sd) if info["kind"] == "transformers" else map_detectron2(sd)
+    return load_checked(model, renamed, source=str(path), strict=strict)
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> KeyReport:
@@ -160,11 +137,6 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> KeyRepor
     else:
         heuristics = bool(info.get("matching_heuristics"))
         renamed, missing, unexpected = to_backbone_keys(sd, backbone.state_dict().keys(), heuristics)
-    return load_checked(
-        backbone,
-        renamed,
-        source=str(path),
-        # a BatchNorm backbone (CPU presets) initialised from a FrozenBN-format file: the step counter stays at 0
-        expected_missing=[*missing, "*.num_batches_tracked"],
-        expected_unexpected=unexpected,
-    )
+    # a BatchNorm backbone (CPU presets) initialised from a FrozenBN-format file: the step counter stays at 0
+    missing = [*missing, "*.num_batches_tracked"]
+    return load_checked(backbone, renamed, source=str(path), expected_missing=missing, expected_unexpected=unexpected)

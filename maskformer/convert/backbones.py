@@ -1,14 +1,12 @@
 """ImageNet backbone weights -> our backbone keys, and the names of the backbones of the BACKBONES table.
 
-- torchvision ResNet (`resnet50-0676ba61.pth`): conv1 / bn1 / layer{N}.{j}.conv{k} / bn{k} / downsample.{0,1} / fc ->
-  stem.conv1 / stem.conv1.norm / res{N+1}.{j}.conv{k} / conv{k}.norm / shortcut / shortcut.norm; the classifier `fc.*`
-  is an expected unexpected key, BatchNorm's `num_batches_tracked` is dropped (FrozenBN has no such buffer).
-- official Swin (`swin_tiny_patch4_window7_224.pth`, the 22K `..._384_22k.pth`, detectron2-wrapped `.pkl`): our Swin
-  keeps the official names, so only a `backbone.` prefix goes. The classification file lacks the per-stage output
-  norms `norm0..3` (expected missing, left at gamma=1, beta=0) and carries `norm.*` / `head.*` / `attn_mask`
-  (expected unexpected).
-- detectron2 (`R-50.pkl`, `R-103.pkl`, any checkpoint with `backbone.` keys): our names already; with detectron2's
-  "matching_heuristics" a key that is not ours is matched to the unique model key it is a dotted suffix of.
+- torchvision ResNet (`resnet50-*.pth`): layer{N}.{j}.conv{k} / bn{k} / downsample -> res{N+1}.{j}.conv{k} / .norm /
+  shortcut; `fc.*` is expected unexpected, `num_batches_tracked` dropped (FrozenBN has no such buffer).
+- official Swin (`swin_*_224.pth`, `..._384_22k.pth`, detectron2-wrapped `.pkl`): our names, less a `backbone.`
+  prefix; the per-stage norms `norm0..3` are expected missing (gamma=1, beta=0), `norm.*` / `head.*` / `attn_mask`
+  expected unexpected.
+- detectron2 (`R-50.pkl`, any checkpoint with `backbone.` keys): our names; with "matching_heuristics" a key that is
+  not ours is matched to the unique model key it is a dotted suffix of.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from maskformer.convert.detectron2_mask2former import rename_key as rename_mask2
 _HEAD = "sem_seg_head."
 _PD = "sem_seg_head.pixel_decoder."
 _PRED = "sem_seg_head.predictor."
-_SHORT = {"resnet18": "r18", "resnet34": "r34", "resnet50": "r50", "resnet101": "r101", "resnet101c": "r101c"}
 # K -> dataset preset suffix (semantic / panoptic); "+6 Enc" models are panoptic.
 _DATASETS = {150: "ade20k", 171: "coco_stuff", 847: "ade20k_full", 19: "cityscapes", 65: "mapillary"}
 _PANOPTIC = {133: "coco_panoptic", 150: "ade20k_panoptic"}
@@ -125,9 +124,8 @@ def infer_preset(fields: dict) -> str | None:
     """The preset name whose architecture matches `fields` (None if no preset does)."""
     if fields["arch"] == "mask2former":
         return infer_mask2former_preset(fields)
-    bb = fields["backbone"]
-    short = _SHORT.get(bb, bb)
-    k = fields["num_classes"]
+    bb, k = fields["backbone"], fields["num_classes"]
+    short = bb.replace("resnet", "r")  # resnet50 -> r50; Swin names stay
     if bb in ("resnet18", "resnet34"):
         ds = _CPU_DATASETS.get(k)
     elif fields["pixel_decoder"] == "transformer_encoder" or (bb.startswith("swin") and k == 133):
@@ -143,13 +141,9 @@ def build_config(
     sd: dict[str, torch.Tensor], preset: str | None = None, num_classes: int | None = None
 ) -> tuple[Config, list[str]]:
     """(Config, notes) for a v2-named state dict: `preset` (or the inferred one) with the inferred model fields.
-
-    `num_classes`, if given and different from the checkpoint's, replaces K (the class head is then re-initialised).
-    """
-    fields = infer_model_fields(sd)
-    notes = []
-    name = preset or infer_preset(fields)
-    if name is None:
+    `num_classes`, if given and different from the checkpoint's, replaces K (the class head is then re-initialised)."""
+    fields, notes = infer_model_fields(sd), []
+    if (name := preset or infer_preset(fields)) is None:
         cfg = Config()
         notes.append("no preset matches these weights: default settings with the model fields read from the weights")
     else:

@@ -1,9 +1,8 @@
-"""transformers' `MaskFormerForInstanceSegmentation` -> this package: state dict and config.
+"""transformers' `MaskFormerForInstanceSegmentation` -> this package: state dict and config (no transformers import).
 
-State dicts are accepted with transformers' in-memory names (`o_proj`, `layers.{l}.mlp.fc1`) and with the on-disk hub /
-`save_pretrained` names (`out_proj`, `layers.{l}.fc1`); a bare `MaskFormerModel` state dict (no `model.` prefix) works
-too. The backbone part is delegated to `maskformer.convert.hf_backbone.hf_backbone_to_official`. See
-transformers-oracle.md section 4 for the name table. No transformers import is needed here.
+State dicts may use transformers' in-memory names (`o_proj`, `mlp.fc1`) or the on-disk ones (`out_proj`, `fc1`), with
+or without the `model.` prefix; the backbone goes through `maskformer.convert.hf_backbone`. Name table:
+transformers-oracle.md section 4.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from maskformer.checkpoint import KeyReport, Renamed, load_checked
 from maskformer.config import Config, ModelConfig
 from maskformer.convert.backbones import backbone_name, depth_table
 from maskformer.convert.hf_backbone import add_fused, map_hf_backbone
+from maskformer.structures import DatasetMeta
 
 _M = r"(?:model\.)?"  # a bare MaskFormerModel state dict has no `model.` prefix
 HF_BACKBONE = re.compile(_M + r"pixel_level_module\.encoder\.")
@@ -55,11 +55,8 @@ _QKV = re.compile(_LAYER + r"(self_attn|encoder_attn)\.([qkv])_proj\.(weight|bia
 
 
 def hf_to_official(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers MaskFormer state dict -> official (v2) names of this package.
-
-    Keys that match no rule are kept under their original name (so loading reports them as unexpected); the keys in
-    `DROPPED`, Swin's final classification LayerNorm and BatchNorm step counters are removed.
-    """
+    """transformers MaskFormer state dict -> our (official v2) names. Keys no rule maps keep their name (reported as
+    unexpected when loaded); `DROPPED`, Swin's final LayerNorm and BatchNorm step counters are left out."""
     return map_hf(hf_sd).tensors
 
 
@@ -68,9 +65,9 @@ def map_hf(hf_sd: dict[str, torch.Tensor]) -> Renamed:
     out = map_hf_encoder(hf_sd, prefix="backbone.")
     qkv: dict[str, dict[str, str]] = {}
     for key, value in hf_sd.items():
-        m = _QKV.fullmatch(key)
         if HF_BACKBONE.match(key):
             continue
+        m = _QKV.fullmatch(key)
         if key in DROPPED:
             out.dropped.append(key)
         elif m:
@@ -91,11 +88,8 @@ def map_hf_encoder(hf_sd: dict[str, torch.Tensor], prefix: str = "") -> Renamed:
 
 
 def load_hf_state_dict(model: nn.Module, hf_state_dict: dict[str, torch.Tensor], *, strict: bool = True) -> KeyReport:
-    """Map `hf_state_dict` onto `model` (a MaskFormer of matching shape) and load it.
-
-    Raises `CheckpointError` (a ValueError) naming every key whose shape differs, and (strict) every missing or
-    unexpected key (by its transformers name). `report.dropped`: the source keys left out on purpose.
-    """
+    """Load `hf_state_dict` into `model` (a MaskFormer of matching shape). `CheckpointError` names every key whose
+    shape differs and (strict) every missing or unexpected key (by its transformers name)."""
     weights = map_hf(hf_state_dict)
     return load_checked(model, weights, source="transformers state dict", strict=strict, noun="checkpoint")
 
@@ -113,10 +107,7 @@ def _rename(key: str) -> str:
     return key
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Config
-
-
+# ------------------------------------------------------------------------------------------------ config
 def hf_backbone_args(backbone_config: dict) -> tuple[str, dict]:
     """("swin" | "resnet", the SwinTransformer / ResNet keywords) with exactly the architecture of a transformers
     backbone config dict (any width or depth, e.g. the tiny test configs)."""
@@ -150,14 +141,20 @@ def hf_backbone_name(backbone_config: dict) -> str:
     """This package's backbone name for a transformers backbone config dict (Swin-T/S/B/L, ResNet-18/34/50/101), read
     from the embedding width (Swin) or block type (ResNet) and the depths."""
     c = backbone_config
-    kind = {"swin": "swin", "maskformer-swin": "swin", "resnet": "resnet"}.get(c.get("model_type", ""))
-    if kind is None:
+    if (kind := {"swin": "swin", "maskformer-swin": "swin", "resnet": "resnet"}.get(c.get("model_type", ""))) is None:
         raise ValueError(f"transformers backbone model_type {c.get('model_type')!r} is not supported (swin, resnet)")
     width = int(c.get("embed_dim", 96)) if kind == "swin" else c.get("layer_type", "bottleneck")
     key, table = (width, tuple(int(d) for d in c.get("depths", ()))), depth_table(kind)
     if key not in table:
         raise ValueError(f"transformers {kind} backbone {key} matches no backbone of this package; known: {table}")
     return table[key]
+
+
+def hf_meta(hf_config: dict, num_classes: int) -> DatasetMeta:
+    """The label space of a transformers config dict: class names from `id2label` (class_i where absent)."""
+    id2label = hf_config.get("id2label") or {}
+    names = [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(num_classes)]
+    return DatasetMeta(name=hf_config.get("_name_or_path") or "transformers", class_names=names)
 
 
 def build_hf_model(hf_config: dict) -> nn.Module:
@@ -168,20 +165,15 @@ def build_hf_model(hf_config: dict) -> nn.Module:
 
 
 def hf_config_to_config(hf_config: dict) -> Config:
-    """A transformers MaskFormerConfig dict (config.json) -> a Config whose `build_model` matches that network.
-
-    A backbone equal to a named one (BACKBONES) gets its name; any other is "swin" / "resnet" with its structural
-    parameters in `model.backbone_args`, so a saved model directory rebuilds it. Data/train/inference sections keep
-    their defaults; loss weights come from the HF config. Deep supervision stays on (the official training setting)
-    whatever `use_auxiliary_loss` says.
-    """
+    """A transformers MaskFormerConfig dict -> a Config whose `build_model` is that network. A backbone of no BACKBONES
+    name is "swin" / "resnet" with `model.backbone_args` (so a saved directory rebuilds it). Loss weights come from
+    the HF config, other sections keep their defaults; deep supervision stays on whatever `use_auxiliary_loss` says."""
     for key in ("backbone_config", "decoder_config"):
         if not isinstance(hf_config.get(key), dict):
             raise ValueError(f"transformers MaskFormer config: {key!r} is missing or not a dict")
-    bb, dec = hf_config["backbone_config"], hf_config["decoder_config"]
+    bb, dec, id2label = hf_config["backbone_config"], hf_config["decoder_config"], hf_config.get("id2label") or {}
     kind, args = hf_backbone_args(bb)
     name = backbone_name(kind, args)
-    id2label = hf_config.get("id2label") or {}
     model = ModelConfig(
         backbone=name or kind,
         backbone_args={} if name else args,

@@ -49,8 +49,8 @@ _DROPPED = {"swin": re.compile(r"model\.layernorm\..+"), "resnet": re.compile(r"
 
 
 def hf_backbone_to_official(state_dict: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
-    """Map a transformers MaskFormer backbone state dict (`kind`: "swin" | "resnet") to our/official names.
-    A key no rule maps (or an incomplete q/k/v set) is a KeyError naming it."""
+    """A transformers backbone state dict (`kind`: "swin" | "resnet") in our names; a key no rule maps (or an
+    incomplete q/k/v set) is a KeyError naming it."""
     renamed, unknown = map_hf_backbone(state_dict, kind)
     if unknown:
         shown = ", ".join(unknown[:8]) + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else "")

@@ -34,32 +34,27 @@ def _load_tensor_bytes(data: bytes) -> Any:
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     """(module, name) -> object for every global a weight pickle may reference."""
+    import _codecs
+    import builtins
     import collections
 
     import numpy as np
 
     allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
         ("collections", "OrderedDict"): collections.OrderedDict,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
-        ("builtins", "bytearray"): bytearray,
-        ("builtins", "complex"): complex,
         ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
         ("torch.storage", "_load_from_bytes"): _load_tensor_bytes,
+        ("_codecs", "encode"): _codecs.encode,  # latin-1 str -> bytes: array buffers in protocol-2 pickles of Python 3
     }
-    # _codecs.encode turns a latin-1 str back into bytes (array buffers in protocol-2 pickles written by Python 3).
-    import _codecs
-
-    allowed[("_codecs", "encode")] = _codecs.encode
+    for name in ("set", "frozenset", "bytearray", "complex"):
+        allowed[("builtins", name)] = getattr(builtins, name)
     core = np._core if hasattr(np, "_core") else np.core
     for mod in ("numpy.core", "numpy._core"):  # pickles name the module of the numpy that wrote them
         allowed[(f"{mod}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
         allowed[(f"{mod}.multiarray", "scalar")] = core.multiarray.scalar
         allowed[(f"{mod}.numeric", "_frombuffer")] = core.numeric._frombuffer
-    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_"):
+    for name in "ndarray dtype float16 float32 float64 int8 int16 int32 int64 uint8 bool_".split():
         allowed[("numpy", name)] = getattr(np, name)
     return allowed
 
