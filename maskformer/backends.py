@@ -9,7 +9,8 @@ onnxruntime: the graph comes from maskformer.export.export_onnx and is cached as
 the torch version, so a changed model is exported again; files are written atomically. cache_dir: the model directory
 when it is writable, else `$MASKFORMER_HOME/onnx`. Swin graphs hold the window layout of one padded size, so a Swin
 model gets one graph per padded input size (exported on first use of that size: slow once, exact always). int8 on
-onnxruntime: onnxruntime's dynamic quantization of MatMul / Gemm (the graph's linear layers), as torch's int8 does.
+onnxruntime: onnxruntime's dynamic quantization of MatMul / Gemm (the graph's linear layers), as torch's int8 does,
+applied to the cached fp32 graph (exported once for both).
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class OnnxRuntimeModel:
         self.names = output_names(model)
         self.sessions: dict = {}
 
-    def graph_path(self, padded: tuple[int, int] | None) -> Path:
+    def graph_path(self, padded: tuple[int, int] | None, int8: bool | None = None) -> Path:
+        """The cached graph for inputs padded to `padded` (None: any size), int8 (default: this runner's) or fp32."""
         size = f"-{padded[0]}x{padded[1]}" if padded else ""
-        return self.cache_dir / f"model-{self.key[:16]}{size}{'-int8' if self.int8 else ''}.onnx"
+        quantized = "-int8" if (self.int8 if int8 is None else int8) else ""
+        return self.cache_dir / f"model-{self.key[:16]}{size}{quantized}.onnx"
 
     def session(self, padded: tuple[int, int]):
         """The session for inputs padded to `padded` (one for all sizes unless the graph is fixed to a size)."""
@@ -80,14 +83,12 @@ class OnnxRuntimeModel:
 
         size = padded if self.fixed_size else None
         if size not in self.sessions:
-            path = self.graph_path(size)
-            if not path.is_file():
-                fp32 = self.graph_path(size) if not self.int8 else self.cache_dir / f".fp32-{path.name}"
-                log.info("exporting %s (onnxruntime backend)", path)
+            path, fp32 = self.graph_path(size), self.graph_path(size, int8=False)
+            if not path.is_file() and not fp32.is_file():
+                log.info("exporting %s (onnxruntime backend)", fp32)
                 export_onnx(self.source, fp32, sample_size=(1, *size) if size else (2, 96, 128))
-                if self.int8:
-                    quantize_onnx_int8(fp32, path)
-                    fp32.unlink()
+            if not path.is_file():  # int8: quantized from the fp32 graph, which stays cached for the fp32 runner
+                quantize_onnx_int8(fp32, path)
             self.sessions[size] = onnx_session(path, threads=torch.get_num_threads())
         return self.sessions[size]
 
