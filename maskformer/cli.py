@@ -29,9 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="maskformer", description="MaskFormer: per-pixel classification is not all you need"
-    )
+    description = "MaskFormer: per-pixel classification is not all you need"
+    parser = argparse.ArgumentParser(prog="maskformer", description=description)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

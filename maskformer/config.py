@@ -192,37 +192,24 @@ def _one_of(*choices):
 _POSITIVE_INT, _COUNT = ("an integer >= 1", _at_least(1)), ("an integer >= 0", _at_least(0))
 # "section.key" -> (the allowed values in words, test of one value); a tuple's elements are tested one by one.
 LIMITS = {
-    "model.num_classes": _POSITIVE_INT,
-    "model.num_queries": _POSITIVE_INT,
-    "model.dec_layers": _POSITIVE_INT,
-    "model.hidden_dim": _POSITIVE_INT,
-    "model.nheads": _POSITIVE_INT,
-    "model.size_divisibility": _COUNT,
+    "model.num_classes": _POSITIVE_INT, "model.num_queries": _POSITIVE_INT, "model.dec_layers": _POSITIVE_INT,
+    "model.hidden_dim": _POSITIVE_INT, "model.nheads": _POSITIVE_INT, "model.size_divisibility": _COUNT,
     "model.dropout": ("a number in [0, 1)", lambda v: 0 <= v < 1),
-    "data.crop_size": _POSITIVE_INT,
-    "data.min_size_train": _POSITIVE_INT,
-    "data.max_size_train": _POSITIVE_INT,
+    "data.crop_size": _POSITIVE_INT, "data.min_size_train": _POSITIVE_INT, "data.max_size_train": _POSITIVE_INT,
     "data.pad_size": ("-1 (no padding) or an integer >= 1", lambda v: v == -1 or v >= 1),
-    "data.ignore_label": _COUNT,
-    "data.num_workers": _COUNT,
-    "data.reduce_zero_label": _one_of("auto", "true", "false"),
+    "data.ignore_label": _COUNT, "data.num_workers": _COUNT, "data.reduce_zero_label": _one_of("auto", "true", "false"),
     "inference.task": _one_of("semantic", "panoptic", "instance"),
-    "inference.min_size_test": _POSITIVE_INT,
-    "inference.max_size_test": _POSITIVE_INT,
-    "train.max_iter": _POSITIVE_INT,
-    "train.batch_size": _POSITIVE_INT,
-    "train.grad_accum": _POSITIVE_INT,
+    "inference.min_size_test": _POSITIVE_INT, "inference.max_size_test": _POSITIVE_INT,
+    "train.max_iter": _POSITIVE_INT, "train.batch_size": _POSITIVE_INT, "train.grad_accum": _POSITIVE_INT,
     "train.base_lr": ("a number > 0", lambda v: 0 < v < math.inf),
     "train.weight_decay": ("a number >= 0", _at_least(0)),
     "train.clip_grad_norm": ("a number >= 0 (0: no clipping)", _at_least(0)),
-    "train.scheduler": _one_of("poly", "multistep"),
-    "train.warmup_iters": _COUNT,
-    "train.amp": _one_of("none", "bf16", "fp16"),
-    "train.log_period": _POSITIVE_INT,
+    "train.scheduler": _one_of("poly", "multistep"), "train.warmup_iters": _COUNT,
+    "train.amp": _one_of("none", "bf16", "fp16"), "train.log_period": _POSITIVE_INT,
     "train.checkpoint_period": ("an integer >= 0 (0: only at the end)", _at_least(0)),
     "train.eval_period": ("an integer >= 0 (0: never)", _at_least(0)),
     "train.keep_last": ("an integer >= 0 (0: keep all)", _at_least(0)),
-}
+}  # fmt: skip
 
 
 def _from_dict(cls, d: dict, where: str):
@@ -278,7 +265,8 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         obj = getattr(cfg, section, None)
         if not dataclasses.is_dataclass(obj):
-            raise KeyError(f"override {item!r}: no config section {section!r}; valid: {_SECTIONS}")
+            valid = ", ".join(f.name for f in dataclasses.fields(Config))
+            raise KeyError(f"override {item!r}: no config section {section!r}; valid: {valid}")
         fields = typing.get_type_hints(type(obj))
         if key not in fields:
             raise KeyError(f"override {item!r}: unknown key {key!r}; valid: {sorted(fields)}")
@@ -286,24 +274,16 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
     return cfg.validate()
 
 
-_SECTIONS = "model, loss, inference, data, train"
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Presets. Each is a function of no arguments returning a fresh Config; PRESETS maps names to them.
 
-SWIN_BACKBONE_TRAIN = dict(
-    base_lr=6e-5, weight_decay=0.01, backbone_multiplier=1.0, warmup_iters=1500, warmup_factor=1e-6
-)
+SWIN_BACKBONE_TRAIN = dict(base_lr=6e-5, weight_decay=0.01, backbone_multiplier=1.0, warmup_iters=1500,
+                           warmup_factor=1e-6)  # fmt: skip
 
 
 def _cfg(model: dict, data: dict, train: dict, inference: dict | None = None) -> Config:
-    return Config(
-        model=ModelConfig(**model),
-        data=DataConfig(**data),
-        train=TrainConfig(**train),
-        inference=InferenceConfig(**(inference or {})),
-    )
+    model, data, train = ModelConfig(**model), DataConfig(**data), TrainConfig(**train)
+    return Config(model=model, data=data, train=train, inference=InferenceConfig(**(inference or {})))
 
 
 def _backbone_model(backbone: str) -> dict:
@@ -315,9 +295,7 @@ def _backbone_model(backbone: str) -> dict:
 
 
 def _train_for(backbone: str, **kw) -> dict:
-    base = dict(SWIN_BACKBONE_TRAIN) if backbone.startswith("swin") else {}
-    base.update(kw)
-    return base
+    return {**(SWIN_BACKBONE_TRAIN if backbone.startswith("swin") else {}), **kw}
 
 
 DATASETS = {
@@ -326,87 +304,45 @@ DATASETS = {
     "ade20k_640": (
         150,
         dict(format="ade20k", crop_size=(640, 640), min_size_train=ADE_640_SIZES, max_size_train=2560, pad_size=640),
-        dict(max_iter=160000),
-        dict(min_size_test=640, max_size_test=2560),
+        dict(max_iter=160000), dict(min_size_test=640, max_size_test=2560),
     ),
     "coco_stuff": (
         171,
-        dict(
-            format="coco_stuff",
-            train_split="train2014",
-            val_split="test2014",
-            crop_size=(640, 640),
-            min_size_train=COCO_STUFF_SIZES,
-            max_size_train=2560,
-            pad_size=640,
-        ),
-        dict(max_iter=60000, batch_size=32),
-        dict(min_size_test=640, max_size_test=2560),
+        dict(format="coco_stuff", train_split="train2014", val_split="test2014", crop_size=(640, 640),
+             min_size_train=COCO_STUFF_SIZES, max_size_train=2560, pad_size=640),
+        dict(max_iter=60000, batch_size=32), dict(min_size_test=640, max_size_test=2560),
     ),
     "ade20k_full": (
-        847,
-        dict(format="ade20k_full", ignore_label=65535),
-        dict(max_iter=200000),
+        847, dict(format="ade20k_full", ignore_label=65535), dict(max_iter=200000),
         dict(min_size_test=512, max_size_test=2048),
     ),
     "cityscapes": (
         19,
-        dict(
-            format="cityscapes",
-            train_split="train",
-            val_split="val",
-            crop_size=(512, 1024),
-            min_size_train=CITYSCAPES_SIZES,
-            max_size_train=4096,
-            pad_size=-1,
-        ),
-        dict(max_iter=90000),
-        dict(min_size_test=1024, max_size_test=2048),
+        dict(format="cityscapes", train_split="train", val_split="val", crop_size=(512, 1024),
+             min_size_train=CITYSCAPES_SIZES, max_size_train=4096, pad_size=-1),
+        dict(max_iter=90000), dict(min_size_test=1024, max_size_test=2048),
     ),
     "mapillary": (
         65,
-        dict(
-            format="mapillary",
-            train_split="training",
-            val_split="validation",
-            crop_size=(1280, 1280),
-            min_size_train=MAPILLARY_SIZES,
-            max_size_train=8192,
-            pad_size=1280,
-            ignore_label=65,
-        ),
-        dict(max_iter=300000),
-        dict(min_size_test=2048, max_size_test=2048),
+        dict(format="mapillary", train_split="training", val_split="validation", crop_size=(1280, 1280),
+             min_size_train=MAPILLARY_SIZES, max_size_train=8192, pad_size=1280, ignore_label=65),
+        dict(max_iter=300000), dict(min_size_test=2048, max_size_test=2048),
     ),
     "ade20k_panoptic": (
         150,
-        dict(
-            format="ade20k_panoptic",
-            recipe="panoptic",
-            crop_size=(640, 640),
-            min_size_train=ADE_640_SIZES,
-            max_size_train=2560,
-            pad_size=640,
-        ),
+        dict(format="ade20k_panoptic", recipe="panoptic", crop_size=(640, 640), min_size_train=ADE_640_SIZES,
+             max_size_train=2560, pad_size=640),
         dict(max_iter=720000),
         dict(task="panoptic", object_mask_threshold=0.7, min_size_test=640, max_size_test=2560),
     ),
     "coco_panoptic": (
         133,
-        dict(
-            format="coco_panoptic",
-            train_split="train2017",
-            val_split="val2017",
-            recipe="detr",
-            min_size_train=COCO_PANOPTIC_SIZES,
-            max_size_train=1333,
-            pad_size=-1,
-            color_aug_ssd=False,
-        ),
+        dict(format="coco_panoptic", train_split="train2017", val_split="val2017", recipe="detr",
+             min_size_train=COCO_PANOPTIC_SIZES, max_size_train=1333, pad_size=-1, color_aug_ssd=False),
         dict(max_iter=554400, batch_size=64, scheduler="multistep", steps=(369600,), warmup_iters=10),
         dict(task="panoptic", object_mask_threshold=0.8, min_size_test=800, max_size_test=1333),
     ),
-}
+}  # fmt: skip
 
 
 def maskformer_preset(backbone: str, dataset: str, *, six_enc: bool = False, arch: str = "maskformer") -> Config:
@@ -425,7 +361,6 @@ def maskformer_preset(backbone: str, dataset: str, *, six_enc: bool = False, arc
         model["pixel_decoder"] = "transformer_encoder"
     if arch == "per_pixel_baseline_plus":
         model["num_queries"] = k
-    data = dict(data, ignore_label=data.get("ignore_label", 255))
     return _cfg(model, data, train, inference)
 
 
@@ -439,52 +374,20 @@ def cpu_preset(backbone: str, dataset: str, arch: str = "maskformer") -> Config:
     """
     width = dict(conv_dim=128, mask_dim=128, hidden_dim=128, nheads=4, dim_feedforward=512, dropout=0.0)
     width["backbone_norm"] = "BN"
+    common_train = dict(batch_size=8, base_lr=4e-4, backbone_multiplier=1.0, log_period=10)
     if dataset == "synth":
         model = dict(arch=arch, num_classes=8, num_queries=20, **width, **_backbone_model(backbone))
-        data = dict(
-            format="synthetic",
-            train_split="train",
-            val_split="val",
-            crop_size=(128, 128),
-            min_size_train=(96, 112, 128, 144, 160),
-            max_size_train=320,
-            pad_size=128,
-            color_aug_ssd=False,
-            recipe="panoptic",
-            num_workers=1,
-        )
-        train = dict(
-            max_iter=200,
-            batch_size=8,
-            base_lr=4e-4,
-            backbone_multiplier=1.0,
-            weight_decay=1e-4,
-            checkpoint_period=100,
-            eval_period=50,
-            log_period=10,
-        )
+        data = dict(format="synthetic", train_split="train", val_split="val", crop_size=(128, 128),
+                    min_size_train=(96, 112, 128, 144, 160), max_size_train=320, pad_size=128, color_aug_ssd=False,
+                    recipe="panoptic", num_workers=1)  # fmt: skip
+        train = dict(common_train, max_iter=200, weight_decay=1e-4, checkpoint_period=100, eval_period=50)
         inference = dict(min_size_test=128, max_size_test=512, object_mask_threshold=0.6)
     elif dataset == "camvid":
         model = dict(arch=arch, num_classes=11, num_queries=50, **width, **_backbone_model(backbone))
-        data = dict(
-            format="camvid",
-            train_split="train",
-            val_split="val",
-            crop_size=(180, 240),
-            min_size_train=(144, 180, 216, 252, 288),  # 0.4-0.8 x the native 360
-            max_size_train=640,
-            pad_size=-1,
-            ignore_label=11,
-        )
-        train = dict(
-            max_iter=4000,
-            batch_size=8,
-            base_lr=4e-4,
-            backbone_multiplier=1.0,
-            checkpoint_period=500,
-            eval_period=500,
-            log_period=10,
-        )
+        data = dict(format="camvid", train_split="train", val_split="val", crop_size=(180, 240),
+                    min_size_train=(144, 180, 216, 252, 288),  # 0.4-0.8 x the native 360
+                    max_size_train=640, pad_size=-1, ignore_label=11)  # fmt: skip
+        train = dict(common_train, max_iter=4000, checkpoint_period=500, eval_period=500)
         inference = dict(min_size_test=270, max_size_test=640)  # predict at 0.75x, scored at the native 360x480
     else:
         raise KeyError(f"no CPU preset for dataset {dataset!r}")
@@ -601,10 +504,8 @@ def _paper_presets() -> dict[str, typing.Callable[[], Config]]:
         p[f"maskformer_{bb}_cityscapes"] = lambda bb=bb: maskformer_preset(bb, "cityscapes")
     p["maskformer_r50_mapillary"] = lambda: maskformer_preset("r50", "mapillary")
     for bb in ("r50", "r101"):
-        p[f"maskformer_{bb}_6enc_coco_panoptic"] = lambda bb=bb: maskformer_preset(bb, "coco_panoptic", six_enc=True)
-        p[f"maskformer_{bb}_6enc_ade20k_panoptic"] = lambda bb=bb: maskformer_preset(
-            bb, "ade20k_panoptic", six_enc=True
-        )
+        for ds in ("coco_panoptic", "ade20k_panoptic"):
+            p[f"maskformer_{bb}_6enc_{ds}"] = lambda bb=bb, ds=ds: maskformer_preset(bb, ds, six_enc=True)
     for bb in ("swin_t", "swin_s", "swin_b", "swin_l"):
         p[f"maskformer_{bb}_coco_panoptic"] = lambda bb=bb: maskformer_preset(bb, "coco_panoptic")
     for arch in ("per_pixel_baseline", "per_pixel_baseline_plus"):

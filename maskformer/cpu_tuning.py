@@ -1,15 +1,8 @@
 """The speed switches that stay, each worth >= 10% end to end in benchmarks/RESULTS.md; off, the results are the same.
-
-1. `keep_freed_memory()` (process-wide, so never applied by a library call; the `maskformer` command turns it on,
-   MASKFORMER_KEEP_FREED_MEMORY=0 turns it off): glibc returns freed multi-MB blocks to the kernel, so the next
-   tensor of that size page-faults on every 4 KiB (~16 000 faults per R50 forward at 512x512). Kept for reuse: R50
-   forward 0.85x the time (RESULTS "B: network forward", session 3). The process keeps its peak heap.
-2. `fold_bn` (attribute of every ResNet `ConvNorm`, default on): in eval, conv + FrozenBN run as one conv with
-   w' = w * scale, b' = shift. R50 backbone 2435 vs 4184 ms unfolded (RESULTS "A: backbones").
-3. `fuse_mask_conv` (attribute of the MaskFormer / PerPixelBaseline+ heads, default on): without aux outputs, the
-   mask-feature conv and the query einsum become one Q-channel conv, 12.5 of R50's 97.2 GFLOP removed (RESULTS "B",
-   official / executed GFLOP).
-`switched(model, False)` runs a block with 2 and 3 off (FLOP counting, tracing, parity tests).
+What each does and when it applies: README "CPU performance". Measured: `keep_freed_memory` R50 forward 0.85x the
+time (RESULTS "B: network forward"); `fold_bn` (ResNet `ConvNorm` attribute) R50 backbone 2435 vs 4184 ms (RESULTS
+"A: backbones"); `fuse_mask_conv` (head attribute) 12.5 of R50's 97.2 GFLOP removed (RESULTS "B").
+`switched(model, False)` runs a block with the two model switches off (FLOP counting, tracing, parity tests).
 """
 
 from __future__ import annotations

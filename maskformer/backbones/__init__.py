@@ -18,16 +18,9 @@ from maskformer.backbones.resnet import ResNet, resnet18, resnet34, resnet50, re
 from maskformer.backbones.swin import SwinTransformer, swin_b, swin_l, swin_s, swin_t
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "resnet101": resnet101,
-    "resnet101c": resnet101c,
-    "swin_t": swin_t,
-    "swin_s": swin_s,
-    "swin_b": swin_b,
-    "swin_l": swin_l,
-}
+    "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101, "resnet101c": resnet101c,
+    "swin_t": swin_t, "swin_s": swin_s, "swin_b": swin_b, "swin_l": swin_l,
+}  # fmt: skip
 # Any size, from constructor keywords (`model.backbone_args`), e.g. converted transformers models with tiny backbones.
 BACKBONE_CLASSES: dict[str, Callable[..., nn.Module]] = {"resnet": ResNet, "swin": SwinTransformer}
 
@@ -37,19 +30,12 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     builder = BACKBONES.get(name) or BACKBONE_CLASSES.get(name)
     if builder is None:
         raise KeyError(f"unknown backbone {name!r}; valid names: {', '.join([*BACKBONES, *BACKBONE_CLASSES])}")
-    accepted = [p for p in inspect.signature(builder).parameters]
+    accepted = list(inspect.signature(builder).parameters)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise TypeError(f"backbone {name!r} got unexpected keyword(s) {unknown}; it accepts: {accepted}")
     return builder(**kwargs)
 
 
-__all__ = [
-    "BACKBONES",
-    "Backbone",
-    "ResNet",
-    "SwinTransformer",
-    "build_backbone",
-    "check_image_input",
-    "num_parameters",
-]
+__all__ = ["BACKBONES", "Backbone", "ResNet", "SwinTransformer", "build_backbone", "check_image_input",
+           "num_parameters"]  # fmt: skip

@@ -28,17 +28,12 @@ class Backbone(nn.Module):
 
     def __init__(self, *, out_channels: dict[str, int]):
         super().__init__()
-        self.out_channels = dict(out_channels)
-        self.strides = dict(FEATURE_STRIDES)
+        self.out_channels, self.strides = dict(out_channels), dict(FEATURE_STRIDES)
 
     def optimize_for_inference(self) -> Backbone:
         """Eval mode plus any precomputation inference can reuse; the state dict is unchanged. Returns self."""
         self.eval()
         return self
-
-    def output_shape(self) -> dict[str, tuple[int, int]]:
-        """{name: (channels, stride)} for each output map."""
-        return {k: (self.out_channels[k], self.strides[k]) for k in FEATURE_NAMES}
 
 
 def check_image_input(x: torch.Tensor, who: str, min_side: int = 1) -> None:
@@ -55,10 +50,7 @@ def check_image_input(x: torch.Tensor, who: str, min_side: int = 1) -> None:
 
 def is_exporting() -> bool:
     """True while tracing/scripting/compiling, where Python-side caches must not be used."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
 def num_parameters(module: nn.Module, *, with_frozen_bn: bool = True) -> int:

@@ -13,7 +13,7 @@ each conv + FrozenBN pair runs as one conv (cpu_tuning.conv_frozen_bn_folded); t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,20 +23,8 @@ from maskformer.backbones.base import FEATURE_NAMES, Backbone, check_image_input
 from maskformer.cpu_tuning import conv_frozen_bn_folded
 from maskformer.layers import Conv2d, FrozenBatchNorm2d, c2_msra_fill, group_norm
 
-NORMS = ("FrozenBN", "BN", "SyncBN", "GN")
-
-
-def make_norm(norm: str, channels: int) -> nn.Module:
-    """detectron2's `get_norm` for the names used here."""
-    if norm == "FrozenBN":
-        return FrozenBatchNorm2d(channels)
-    if norm == "BN":
-        return nn.BatchNorm2d(channels)
-    if norm == "SyncBN":
-        return nn.SyncBatchNorm(channels)
-    if norm == "GN":
-        return group_norm(channels)
-    raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+# detectron2's `get_norm` names -> norm layer of `channels` (checked by ResNet before any layer is built)
+NORMS = {"FrozenBN": FrozenBatchNorm2d, "BN": nn.BatchNorm2d, "SyncBN": nn.SyncBatchNorm, "GN": group_norm}
 
 
 class ConvNorm(Conv2d):
@@ -47,7 +35,7 @@ class ConvNorm(Conv2d):
 
     def __init__(self, cin: int, cout: int, k: int, *, stride=1, padding=0, dilation=1, norm="FrozenBN", relu=False):
         conv = dict(stride=stride, padding=padding, dilation=dilation, bias=False)
-        super().__init__(cin, cout, k, **conv, norm=make_norm(norm, cout))
+        super().__init__(cin, cout, k, **conv, norm=NORMS[norm](cout))
         self.relu = relu
         self.fold_bn = True
         c2_msra_fill(self)
@@ -168,16 +156,14 @@ def _make_stage(
     in_ch: int, out_ch: int, depth: int, stride: int, mid: int | None, dilations: Sequence[int], norm: str
 ) -> nn.Sequential:
     """`depth` blocks; only block 0 strides (and may project the shortcut)."""
-    blocks = []
-    for j in range(depth):
+
+    def block(j: int) -> nn.Module:
         cin, s = (in_ch, stride) if j == 0 else (out_ch, 1)
         if mid is None:
-            blocks.append(BasicBlock(cin, out_ch, stride=s, norm=norm))
-        else:
-            blocks.append(
-                BottleneckBlock(cin, out_ch, bottleneck_channels=mid, stride=s, dilation=dilations[j], norm=norm)
-            )
-    return nn.Sequential(*blocks)
+            return BasicBlock(cin, out_ch, stride=s, norm=norm)
+        return BottleneckBlock(cin, out_ch, bottleneck_channels=mid, stride=s, dilation=dilations[j], norm=norm)
+
+    return nn.Sequential(*(block(j) for j in range(depth)))
 
 
 def _check_resnet_args(depths, stage_channels, bottleneck_channels, stem, res5_dilations, norm) -> None:
@@ -197,32 +183,24 @@ def _check_resnet_args(depths, stage_channels, bottleneck_channels, stem, res5_d
         raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
 
 
-def resnet18(*, norm: str = "FrozenBN") -> ResNet:
-    """ResNet-18 (basic blocks 2-2-2-2; 64..512 channels): a small model for CPU work."""
-    return ResNet(depths=(2, 2, 2, 2), stage_channels=(64, 128, 256, 512), norm=norm)
+_BASIC = dict(stage_channels=(64, 128, 256, 512))  # ResNet-18/34: basic blocks
+_BOTTLENECK = dict(stage_channels=(256, 512, 1024, 2048), bottleneck_channels=(64, 128, 256, 512))
+RESNET_VARIANTS = {
+    "resnet18": dict(_BASIC, depths=(2, 2, 2, 2)),
+    "resnet34": dict(_BASIC, depths=(3, 4, 6, 3)),
+    "resnet50": dict(_BOTTLENECK, depths=(3, 4, 6, 3)),  # the official R50
+    "resnet101": dict(_BOTTLENECK, depths=(3, 4, 23, 3)),
+    # R101c: the DeepLab stem (128 channels) and res5 dilations 1/2/4 at stride 32
+    "resnet101c": dict(_BOTTLENECK, depths=(3, 4, 23, 3), stem="deeplab", stem_channels=128, res5_dilations=(1, 2, 4)),
+}
 
 
-def resnet34(*, norm: str = "FrozenBN") -> ResNet:
-    """ResNet-34 (basic blocks 3-4-6-3; 64..512 channels)."""
-    return ResNet(depths=(3, 4, 6, 3), stage_channels=(64, 128, 256, 512), norm=norm)
+def _resnet_builder(name: str) -> Callable[..., ResNet]:
+    def build(*, norm: str = "FrozenBN") -> ResNet:
+        return ResNet(**RESNET_VARIANTS[name], norm=norm)
+
+    build.__name__ = build.__qualname__ = name
+    return build
 
 
-def _bottleneck(depths: Sequence[int], **kwargs) -> ResNet:
-    return ResNet(
-        depths=depths, stage_channels=(256, 512, 1024, 2048), bottleneck_channels=(64, 128, 256, 512), **kwargs
-    )
-
-
-def resnet50(*, norm: str = "FrozenBN") -> ResNet:
-    """ResNet-50 (bottleneck 3-4-6-3; 256..2048 channels), the official R50."""
-    return _bottleneck((3, 4, 6, 3), norm=norm)
-
-
-def resnet101(*, norm: str = "FrozenBN") -> ResNet:
-    """ResNet-101 (bottleneck 3-4-23-3), the official R101."""
-    return _bottleneck((3, 4, 23, 3), norm=norm)
-
-
-def resnet101c(*, norm: str = "FrozenBN") -> ResNet:
-    """R101c: ResNet-101 with the DeepLab stem (128 channels) and res5 dilations 1/2/4 at stride 32."""
-    return _bottleneck((3, 4, 23, 3), stem="deeplab", stem_channels=128, res5_dilations=(1, 2, 4), norm=norm)
+resnet18, resnet34, resnet50, resnet101, resnet101c = (_resnet_builder(n) for n in RESNET_VARIANTS)

@@ -16,7 +16,7 @@ Work removed without changing results (all exact identities):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -345,7 +345,7 @@ class SwinTransformer(Backbone):
         return result
 
 
-SWIN_VARIANTS = {
+SWIN_VARIANTS = {  # swin_t / swin_s: ImageNet-1K 224 weights; swin_b / swin_l: ImageNet-22K 384 weights
     "swin_t": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7),
     "swin_s": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7),
     "swin_b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
@@ -353,17 +353,12 @@ SWIN_VARIANTS = {
 }
 
 
-def swin_t(*, drop_path_rate: float = 0.3) -> SwinTransformer:  # ImageNet-1K 224 weights
-    return SwinTransformer(**SWIN_VARIANTS["swin_t"], drop_path_rate=drop_path_rate)
+def _swin_builder(name: str) -> Callable[..., SwinTransformer]:
+    def build(*, drop_path_rate: float = 0.3) -> SwinTransformer:
+        return SwinTransformer(**SWIN_VARIANTS[name], drop_path_rate=drop_path_rate)
+
+    build.__name__ = build.__qualname__ = name
+    return build
 
 
-def swin_s(*, drop_path_rate: float = 0.3) -> SwinTransformer:  # ImageNet-1K 224 weights
-    return SwinTransformer(**SWIN_VARIANTS["swin_s"], drop_path_rate=drop_path_rate)
-
-
-def swin_b(*, drop_path_rate: float = 0.3) -> SwinTransformer:  # ImageNet-22K 384 weights
-    return SwinTransformer(**SWIN_VARIANTS["swin_b"], drop_path_rate=drop_path_rate)
-
-
-def swin_l(*, drop_path_rate: float = 0.3) -> SwinTransformer:  # ImageNet-22K 384 weights
-    return SwinTransformer(**SWIN_VARIANTS["swin_l"], drop_path_rate=drop_path_rate)
+swin_t, swin_s, swin_b, swin_l = (_swin_builder(n) for n in SWIN_VARIANTS)

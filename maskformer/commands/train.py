@@ -25,21 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"model preset (see `maskformer models`; default {DEFAULT_PRESET})")
     parser.add_argument("--config", help="a config.json (e.g. from a previous run) instead of --preset")
     parser.add_argument("--data-root", help="dataset folder (sets data.root)")
-    parser.add_argument(
-        "--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.max_iter=1000"
-    )
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.max_iter=1000")  # fmt: skip
     parser.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, curves.png, model/")
     parser.add_argument(
         "--resume", nargs="?", const="latest", metavar="PATH",
         help="continue from the newest intact checkpoint in --out, or from PATH (a checkpoint directory)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --out (default: refuse)")
-    parser.add_argument(
-        "--init-weights",
-        metavar="REF",
-        help="initial weights: a backbone (file, URL or ImageNet name such as R-50) or a full model (file, model "
-        "directory, zoo name, hub id or URL)",
-    )
+    parser.add_argument("--init-weights", metavar="REF", help="initial weights: a backbone (file, URL or ImageNet name "
+                        "such as R-50) or a full model (file, model directory, zoo name, hub id or URL)")  # fmt: skip
     parser.add_argument("--init-kind", choices=("auto", "full", "backbone"), default="auto")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
@@ -57,10 +52,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     elif args.preset or args.data_root:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
     else:
-        raise SystemExit(
-            f"maskformer train: --preset NAME is required unless --data-root DIR is given (then {DEFAULT_PRESET} is "
-            "the default), or give --config FILE, or --resume with an existing --out"
-        )
+        raise SystemExit(f"maskformer train: --preset NAME is required unless --data-root DIR is given (then "
+                         f"{DEFAULT_PRESET} is the default), or give --config FILE, or --resume with an existing --out")
     opts = list(args.opts) + ([f"data.root={args.data_root}"] if args.data_root else [])
     cfg = apply_overrides(cfg, opts)
     if args.data_root:
@@ -80,15 +73,9 @@ def fit_to_folder(cfg: Config, root: Path, opts: list[str]) -> Config:
     k = len(spec["classes"])
     train_split = cfg.data.train_split if (root / "images" / cfg.data.train_split).is_dir() else "train"
     val_split = cfg.data.val_split if (root / "images" / cfg.data.val_split).is_dir() else "val"
-    fitted = {
-        "data.format": "folder",
-        "model.num_classes": k,
-        "data.ignore_label": spec.get("ignore_label", 255),
-        "data.recipe": "semantic",
-        "inference.task": "semantic",
-        "data.train_split": train_split,
-        "data.val_split": val_split,
-    }
+    fitted = {"data.format": "folder", "model.num_classes": k, "data.ignore_label": spec.get("ignore_label", 255),
+              "data.recipe": "semantic", "inference.task": "semantic", "data.train_split": train_split,
+              "data.val_split": val_split}  # fmt: skip
     if cfg.model.arch == "per_pixel_baseline_plus":
         fitted["model.num_queries"] = k
     given = {o.split("=", 1)[0].strip() for o in opts}

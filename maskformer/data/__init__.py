@@ -21,17 +21,10 @@ from .transforms import Sample
 
 # format name -> reader(root, split, **kw)
 FORMATS = {
-    "ade20k": ade20k,
-    "ade20k_full": ade20k_full,
-    "coco_stuff": coco_stuff,
-    "cityscapes": cityscapes,
-    "mapillary": mapillary,
-    "coco_panoptic": coco_panoptic,
-    "ade20k_panoptic": ade20k_panoptic,
-    "folder": folder,
-    "camvid": folder,
-    "synthetic": coco_panoptic,
-}
+    "ade20k": ade20k, "ade20k_full": ade20k_full, "coco_stuff": coco_stuff, "cityscapes": cityscapes,
+    "mapillary": mapillary, "coco_panoptic": coco_panoptic, "ade20k_panoptic": ade20k_panoptic, "folder": folder,
+    "camvid": folder, "synthetic": coco_panoptic,
+}  # fmt: skip
 _FOLDER_FORMATS = ("folder", "camvid")
 
 
@@ -63,10 +56,8 @@ def build_dataset(
     target = target or ("panoptic" if data_cfg.recipe in ("panoptic", "detr") else "semantic")
     kw = dict(target=target, train=train)
     if data_cfg.format in _FOLDER_FORMATS:
-        kw.update(
-            default_ignore_label=data_cfg.ignore_label,
-            reduce_zero_label=_reduce_zero_label(getattr(data_cfg, "reduce_zero_label", "auto")),
-        )
+        reduce = _reduce_zero_label(getattr(data_cfg, "reduce_zero_label", "auto"))
+        kw.update(default_ignore_label=data_cfg.ignore_label, reduce_zero_label=reduce)
     ds = FORMATS[data_cfg.format](root, split, **kw)
     if train:
         ds.transform = train_transform(data_cfg, ds.meta.ignore_label)

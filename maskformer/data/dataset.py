@@ -44,17 +44,10 @@ class SegDataset(Dataset):
     """
 
     def __init__(
-        self,
-        records: list[Record],
-        meta: DatasetMeta,
-        *,
-        source: str,
-        target: str = "semantic",
-        transform: Callable | None = None,
-        train: bool = False,
-        label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-        check_labels: bool = True,
-    ):
+        self, records: list[Record], meta: DatasetMeta, *, source: str, target: str = "semantic",
+        transform: Callable | None = None, train: bool = False,
+        label_fn: Callable[[np.ndarray], np.ndarray] | None = None, check_labels: bool = True,
+    ):  # fmt: skip
         if not records:
             raise DatasetError(f"{source}: the dataset is empty (no image/label pairs found)")
         if target not in TARGETS:
@@ -84,10 +77,8 @@ class SegDataset(Dataset):
             sem = sem_from_pan if sem is None else sem
         for path, lab in ((r.sem_seg, sem if r.sem_seg else None), (r.pan_seg, pan)):
             if lab is not None and lab.shape != image.shape[:2]:
-                raise DatasetError(
-                    f"{path}: size {lab.shape[0]}x{lab.shape[1]} does not match the image {r.image} "
-                    f"({image.shape[0]}x{image.shape[1]})"
-                )
+                raise DatasetError(f"{path}: size {lab.shape[0]}x{lab.shape[1]} does not match the image {r.image} "
+                                   f"({image.shape[0]}x{image.shape[1]})")  # fmt: skip
         return Sample(image, sem, pan), segs
 
     def _read_semantic(self, r: Record) -> np.ndarray:
@@ -106,10 +97,8 @@ class SegDataset(Dataset):
         classes = np.array([self.meta.contiguous_id(int(s["category_id"])) for s in r.segments], dtype=np.int64)
         sem, found, pos, sorted_ids = paint_semantic(ids, seg_ids, classes, self.meta.ignore_label)
         _check_panoptic_ids(ids, found, pos, sorted_ids, r)
-        segs = [
-            {"id": int(s["id"]), "category_id": int(c), "iscrowd": int(s.get("iscrowd", 0))}
-            for s, c in zip(r.segments, classes)
-        ]
+        segs = [{"id": int(s["id"]), "category_id": int(c), "iscrowd": int(s.get("iscrowd", 0))}
+                for s, c in zip(r.segments, classes)]  # fmt: skip
         return ids, segs, sem
 
     # ------------------------------------------------------------------------------------------------ items
@@ -140,10 +129,9 @@ class SegDataset(Dataset):
         return SegTarget.from_semantic(sample.sem_seg, self.meta.ignore_label)  # one mask per class present
 
     def _info(self, index: int, sample: Sample, segs: list[dict]) -> dict:
-        r = self.records[index]
-        h, w = sample.size
-        info = {"file_name": r.image, "image_id": r.image_id, "height": h, "width": w}
-        info.update(sem_seg_file_name=r.sem_seg, pan_seg_file_name=r.pan_seg)
+        r, (h, w) = self.records[index], sample.size
+        info = dict(file_name=r.image, image_id=r.image_id, height=h, width=w, sem_seg_file_name=r.sem_seg,
+                    pan_seg_file_name=r.pan_seg)  # fmt: skip
         if r.pan_seg:
             info["segments_info"] = [dict(s) for s in r.segments]
         return info
@@ -174,10 +162,8 @@ def check_label_values(lab: np.ndarray, meta: DatasetMeta, path: str) -> None:
     bad = (lab < 0) | ((lab >= k) & (lab != meta.ignore_label))
     if bad.any():
         vals = np.unique(lab[bad])[:8].tolist()
-        raise DatasetError(
-            f"{path}: label values {vals} are outside the {k} classes 0..{k - 1} of {meta.name!r} and are not the "
-            f"ignore value {meta.ignore_label}"
-        )
+        raise DatasetError(f"{path}: label values {vals} are outside the {k} classes 0..{k - 1} of {meta.name!r} and "
+                           f"are not the ignore value {meta.ignore_label}")  # fmt: skip
 
 
 def _check_panoptic_ids(ids: np.ndarray, found: np.ndarray, pos: np.ndarray, sorted_ids: np.ndarray, r: Record):
@@ -185,14 +171,10 @@ def _check_panoptic_ids(ids: np.ndarray, found: np.ndarray, pos: np.ndarray, sor
     stray = ~found & (ids != 0)
     if stray.any():
         vals = np.unique(ids[stray])[:8].tolist()
-        raise DatasetError(
-            f"{r.pan_seg}: segment ids {vals} appear in the PNG but not in segments_info of image {r.image_id!r} "
-            f"in {r.json_file}"
-        )
+        raise DatasetError(f"{r.pan_seg}: segment ids {vals} appear in the PNG but not in segments_info of image "
+                           f"{r.image_id!r} in {r.json_file}")  # fmt: skip
     counts = np.bincount(pos[found], minlength=len(sorted_ids))
     if (counts == 0).any():
         missing = sorted_ids[counts == 0][:8].tolist()
-        raise DatasetError(
-            f"{r.json_file}: segments {missing} of image {r.image_id!r} are listed in segments_info but absent from "
-            f"the PNG {r.pan_seg}"
-        )
+        raise DatasetError(f"{r.json_file}: segments {missing} of image {r.image_id!r} are listed in segments_info but "
+                           f"absent from the PNG {r.pan_seg}")  # fmt: skip

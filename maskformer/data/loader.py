@@ -1,9 +1,6 @@
-"""Batching and deterministic, exactly resumable loading.
-
-`ResumableSampler` yields `(index, seed)` keys: a seeded permutation per epoch, sharded by rank like
-DistributedSampler, and a per-sample augmentation seed tied to (seed, epoch, position), so a sample's augmentation
-does not depend on the number of workers or on where training was resumed. `ResumableLoader` counts delivered
-samples and reports/restores the position as {"epoch", "offset"}.
+"""Batching and deterministic, exactly resumable loading: `(index, seed)` keys with a per-sample augmentation seed
+tied to (seed, epoch, position), so a sample's augmentation does not depend on the number of workers or on where
+training was resumed.
 """
 
 from __future__ import annotations

@@ -133,9 +133,8 @@ CAMVID_PALETTE = _colors("808080 800000 c0c080 804080 3c28de 808000 c08080 40408
 
 def ade20k_150() -> DatasetMeta:
     """ADE20K SceneParse150: 150 classes, contiguous id = raw PNG value - 1, ignore 255."""
-    return DatasetMeta(
-        "ade20k", list(ADE20K_150_NAMES), ignore_label=255, dataset_ids=list(range(1, 151)), palette=ADE20K_PALETTE
-    )
+    ids = list(range(1, 151))
+    return DatasetMeta("ade20k", list(ADE20K_150_NAMES), ignore_label=255, dataset_ids=ids, palette=ADE20K_PALETTE)
 
 
 def ade20k_panoptic() -> DatasetMeta:
@@ -179,14 +178,9 @@ def mapillary_65() -> DatasetMeta:
 
 
 BUILTIN_META = {
-    "ade20k": ade20k_150,
-    "ade20k_panoptic": ade20k_panoptic,
-    "ade20k_full": ade20k_full,
-    "coco_stuff": coco_stuff_171,
-    "coco_panoptic": coco_panoptic_133,
-    "cityscapes": cityscapes_19,
-    "mapillary": mapillary_65,
-}
+    "ade20k": ade20k_150, "ade20k_panoptic": ade20k_panoptic, "ade20k_full": ade20k_full, "coco_stuff": coco_stuff_171,
+    "coco_panoptic": coco_panoptic_133, "cityscapes": cityscapes_19, "mapillary": mapillary_65,
+}  # fmt: skip
 
 
 def builtin_meta(dataset: str, num_classes: int) -> DatasetMeta | None:

@@ -1,29 +1,20 @@
 """The official augmentation recipes (reference section 6.3) assembled from transforms.py.
 
 - "semantic" (MaskFormerSemanticDatasetMapper) and "panoptic" (the ADE20K panoptic mapper, same augmentations):
-  ResizeShortestEdge(choice) -> RandomCrop (category-area constraint) -> ColorAugSSD -> flip -> pad to S x S with
+  T.ResizeShortestEdge(choice) -> T.RandomCrop (category-area constraint) -> ColorAugSSD -> flip -> pad to S x S with
   128 / ignore / 0.
 - "detr" (COCO panoptic): with p = 0.5 flip -> resize; otherwise flip -> resize(400/500/600) -> crop
   "absolute_range" (384, 600) -> resize. No padding.
 - "lsj" (Mask2Former COCO large-scale jitter): flip -> resize to scale 0.1-2.0 of crop_size -> crop to crop_size
   (FixedSizeCrop) -> pad to crop_size with 128 / ignore / 0.
-- test: ResizeShortestEdge to one short side with a max size.
+- test: T.ResizeShortestEdge to one short side with a max size.
 """
 
 from __future__ import annotations
 
 import sys
 
-from .transforms import (
-    ColorJitterSSD,
-    Compose,
-    PadTo,
-    RandomChoice,
-    RandomCrop,
-    RandomFlip,
-    ResizeScale,
-    ResizeShortestEdge,
-)
+from . import transforms as T
 
 RECIPES = ("semantic", "panoptic", "detr", "lsj")
 LSJ_SCALES = (0.1, 2.0)
@@ -31,47 +22,39 @@ DETR_CROP_RESIZE = (400, 500, 600)
 DETR_CROP_RANGE = (384, 600)
 
 
-def semantic_recipe(data_cfg, ignore_label: int) -> Compose:
+def semantic_recipe(data_cfg, ignore_label: int) -> T.Compose:
     """The semantic / ADE20K-panoptic training pipeline from a DataConfig."""
     crop = tuple(data_cfg.crop_size)
-    steps = [
-        ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train),
-        RandomCrop(
-            crop_size=crop, single_category_max_area=data_cfg.single_category_max_area, ignore_label=ignore_label
-        ),
-    ]
+    area = data_cfg.single_category_max_area
+    steps = [T.ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train),
+             T.RandomCrop(crop_size=crop, single_category_max_area=area, ignore_label=ignore_label)]  # fmt: skip
     if data_cfg.color_aug_ssd:
-        steps.append(ColorJitterSSD())
-    steps.append(RandomFlip(prob=0.5))
+        steps.append(T.ColorJitterSSD())
+    steps.append(T.RandomFlip(prob=0.5))
     if data_cfg.pad_size > 0:
         if max(crop) > data_cfg.pad_size:
             raise ValueError(f"data.crop_size {crop} is larger than data.pad_size {data_cfg.pad_size}")
-        steps.append(PadTo(size=(data_cfg.pad_size, data_cfg.pad_size), ignore_label=ignore_label))
-    return Compose(steps)
+        steps.append(T.PadTo(size=(data_cfg.pad_size, data_cfg.pad_size), ignore_label=ignore_label))
+    return T.Compose(steps)
 
 
-def detr_recipe(data_cfg) -> RandomChoice:
+def detr_recipe(data_cfg) -> T.RandomChoice:
     """DETR's COCO recipe (DETRPanopticDatasetMapper): two equally likely branches, both starting with a flip."""
-    resize = ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train)
-    extra = [ColorJitterSSD()] if data_cfg.color_aug_ssd else []
-    plain = Compose([RandomFlip(prob=0.5), resize, *extra])
-    cropped = Compose(
-        [
-            RandomFlip(prob=0.5),
-            ResizeShortestEdge(sizes=DETR_CROP_RESIZE, max_size=sys.maxsize),
-            RandomCrop(crop_size=DETR_CROP_RANGE, crop_type="absolute_range"),
-            resize,
-            *extra,
-        ]
-    )
-    return RandomChoice(plain, cropped, prob=0.5)
+    resize = T.ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train)
+    extra = [T.ColorJitterSSD()] if data_cfg.color_aug_ssd else []
+    plain = T.Compose([T.RandomFlip(prob=0.5), resize, *extra])
+    cropped = T.Compose([T.RandomFlip(prob=0.5), T.ResizeShortestEdge(sizes=DETR_CROP_RESIZE, max_size=sys.maxsize),
+                         T.RandomCrop(crop_size=DETR_CROP_RANGE, crop_type="absolute_range"), resize,
+                         *extra])  # fmt: skip
+    return T.RandomChoice(plain, cropped, prob=0.5)
 
 
-def lsj_recipe(data_cfg, ignore_label: int) -> Compose:
+def lsj_recipe(data_cfg, ignore_label: int) -> T.Compose:
     """Mask2Former's COCO large-scale jitter (COCO LSJ mappers): a fixed crop_size output."""
     crop = tuple(data_cfg.crop_size)
-    return Compose([RandomFlip(prob=0.5), ResizeScale(min_scale=LSJ_SCALES[0], max_scale=LSJ_SCALES[1], target=crop),
-                    RandomCrop(crop_size=crop), PadTo(size=crop, ignore_label=ignore_label)])  # fmt: skip
+    resize = T.ResizeScale(min_scale=LSJ_SCALES[0], max_scale=LSJ_SCALES[1], target=crop)
+    return T.Compose([T.RandomFlip(prob=0.5), resize, T.RandomCrop(crop_size=crop),
+                      T.PadTo(size=crop, ignore_label=ignore_label)])  # fmt: skip
 
 
 def train_transform(data_cfg, ignore_label: int):
@@ -85,6 +68,6 @@ def train_transform(data_cfg, ignore_label: int):
     raise KeyError(f"unknown data.recipe {data_cfg.recipe!r}; valid: {', '.join(RECIPES)}")
 
 
-def eval_transform(min_size: int, max_size: int) -> ResizeShortestEdge:
+def eval_transform(min_size: int, max_size: int) -> T.ResizeShortestEdge:
     """Test-time resize: short side to `min_size`, long side at most `max_size`."""
-    return ResizeShortestEdge(sizes=(min_size,), max_size=max_size)
+    return T.ResizeShortestEdge(sizes=(min_size,), max_size=max_size)

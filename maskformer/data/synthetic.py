@@ -113,9 +113,8 @@ def _stuff_layout(cfg: SynthConfig, yy, xx, rng) -> np.ndarray:
     h, w = yy.shape
     n = min(len(cfg.stuff), int(rng.integers(2, 4)))
     kinds = rng.choice(len(cfg.stuff), size=n, replace=False)
-    horizon = h * rng.uniform(0.3, 0.6) + h * 0.06 * np.sin(
-        2 * np.pi * xx / (w * rng.uniform(0.4, 1.0)) + rng.uniform(0, 6)
-    )
+    level, period = h * rng.uniform(0.3, 0.6), w * rng.uniform(0.4, 1.0)
+    horizon = level + h * 0.06 * np.sin(2 * np.pi * xx / period + rng.uniform(0, 6))
     layout = np.where(yy < horizon, kinds[0], kinds[1])
     if n == 3:
         split = w * rng.uniform(0.3, 0.7) + w * 0.08 * np.sin(2 * np.pi * yy / h + rng.uniform(0, 6))
@@ -184,10 +183,8 @@ def _write_split(out: Path, split: str, count: int, cfg: SynthConfig, split_inde
         image_id = split_index * 1_000_000 + i
         images.append({"id": image_id, "file_name": f"{name}.png", "height": ids.shape[0], "width": ids.shape[1]})
         annotations.append({"image_id": image_id, "file_name": f"{name}.png", "segments_info": info})
-    categories = [
-        {"id": d, "name": n, "isthing": int(t), "color": list(c), "supercategory": "shape" if t else "texture"}
-        for d, n, t, c in zip(meta.dataset_ids, meta.class_names, meta.is_thing, meta.palette)
-    ]
+    categories = [dict(id=d, name=n, isthing=int(t), color=list(c), supercategory="shape" if t else "texture")
+                  for d, n, t, c in zip(meta.dataset_ids, meta.class_names, meta.is_thing, meta.palette)]  # fmt: skip
     data = {"info": {"description": "maskformer synthetic"}, "images": images, "annotations": annotations}
     save_json(out / "annotations" / f"panoptic_{split}.json", dict(data, categories=categories))
 

@@ -68,8 +68,7 @@ class ResizeShortestEdge:
     def __init__(self, *, sizes: Sequence[int], max_size: int):
         if len(sizes) == 0:
             raise ValueError("ResizeShortestEdge needs at least one short-side size")
-        self.sizes = tuple(int(s) for s in sizes)
-        self.max_size = int(max_size)
+        self.sizes, self.max_size = tuple(int(s) for s in sizes), int(max_size)
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         short = self.sizes[0] if len(self.sizes) == 1 else self.sizes[int(rng.integers(len(self.sizes)))]
@@ -101,28 +100,18 @@ class RandomCrop:
     pixels; after 10 failed tries the last window is used (as detectron2).
     """
 
-    def __init__(
-        self,
-        *,
-        crop_size: tuple[int, int],
-        crop_type: str = "absolute",
-        single_category_max_area: float = 1.0,
-        ignore_label: int | None = None,
-    ):
+    def __init__(self, *, crop_size: tuple[int, int], crop_type: str = "absolute",
+                 single_category_max_area: float = 1.0, ignore_label: int | None = None):  # fmt: skip
         if crop_type not in ("absolute", "absolute_range"):
             raise ValueError(f"crop_type must be 'absolute' or 'absolute_range', got {crop_type!r}")
-        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
-        self.crop_type = crop_type
-        self.max_area = float(single_category_max_area)
-        self.ignore_label = ignore_label
+        self.crop_size, self.crop_type = (int(crop_size[0]), int(crop_size[1])), crop_type
+        self.max_area, self.ignore_label = float(single_category_max_area), ignore_label
 
     def _size(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
         a, b = self.crop_size
         if self.crop_type == "absolute":
             return min(a, h), min(b, w)
-        ch = int(rng.integers(min(h, a), min(h, b) + 1))
-        cw = int(rng.integers(min(w, a), min(w, b) + 1))
-        return ch, cw
+        return int(rng.integers(min(h, a), min(h, b) + 1)), int(rng.integers(min(w, a), min(w, b) + 1))
 
     def _window(self, sample: Sample, rng: np.random.Generator) -> tuple[int, int, int, int]:
         h, w = sample.size
@@ -175,10 +164,8 @@ class PadTo:
     """Pad bottom/right to exactly `size` (h, w): image with 128, sem_seg with the ignore label, pan_seg with 0."""
 
     def __init__(self, *, size: tuple[int, int], ignore_label: int, image_value: int = 128, pan_value: int = 0):
-        self.size = (int(size[0]), int(size[1]))
-        self.ignore_label = ignore_label
-        self.image_value = image_value
-        self.pan_value = pan_value
+        self.size, self.ignore_label = (int(size[0]), int(size[1])), ignore_label
+        self.image_value, self.pan_value = image_value, pan_value
 
     def _pad(self, x: np.ndarray, value: int) -> np.ndarray:
         h, w = x.shape[:2]

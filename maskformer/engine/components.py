@@ -1,4 +1,4 @@
-"""The training loop's links to the rest of the library: data loader, weights in and out, evaluation, seeding.
+"""The training loop's links to the rest of the library: data loader, initial weights, evaluation, seeding.
 
 Kept apart from loop.py so the loop itself only sees small functions with plain arguments.
 """
@@ -37,37 +37,7 @@ def build_train_loader(dataset, cfg: Config, micro_batch: int, dist: DistInfo):
     )
 
 
-def loader_state(loader) -> dict:
-    """The position (epoch + offset of the next undelivered sample) for exact resume."""
-    return loader.state_dict()
-
-
-def restore_loader(loader, state: dict) -> None:
-    loader.load_state_dict(state)
-
-
 # ---------------------------------------------------------------------------------------------------- weights
-def write_model_dir(model: nn.Module, cfg: Config, meta, path: Path) -> None:
-    """A model directory (config.json + model.safetensors) loadable by `maskformer eval/predict`."""
-    from maskformer.checkpoint import generic_meta, save_pretrained
-
-    save_pretrained(model, cfg, meta if meta is not None else generic_meta(cfg), path)
-
-
-def read_weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
-    """The weights of a training checkpoint's model directory, checksum-verified (CheckpointError if damaged)."""
-    from maskformer.checkpoint import WEIGHTS_NAME, load_safetensors
-
-    return load_safetensors(Path(ckpt_dir) / WEIGHTS_NAME)
-
-
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], ckpt_dir: Path) -> None:
-    """Exactly `weights` (read from `ckpt_dir`) into `model`: every key must match."""
-    from maskformer.checkpoint import WEIGHTS_NAME, load_checked
-
-    load_checked(model, weights, source=str(Path(ckpt_dir) / WEIGHTS_NAME), strict=True)
-
-
 def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
     """`--init-weights`: a full model (model dir, detectron2 / transformers checkpoint) or backbone-only weights.
 
@@ -80,12 +50,8 @@ def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
         path = str(backbone_weights(path) if path in BACKBONE_WEIGHTS or kind == "backbone" else resolve(path))
     if kind == "auto":
         sd, info = C.read_state_dict(path)
-        full_prefixes = (
-            "sem_seg_head.",
-            "module.sem_seg_head.",
-            "model.transformer_module.",
-            "model.pixel_level_module.decoder.",
-        )
+        full_prefixes = ("sem_seg_head.", "module.sem_seg_head.", "model.transformer_module.",
+                         "model.pixel_level_module.decoder.")  # fmt: skip
         kind = "full" if info["kind"] == "model_dir" or any(k.startswith(full_prefixes) for k in sd) else "backbone"
     if kind not in ("full", "backbone"):
         raise ValueError(f"init-weights kind must be auto, full or backbone, got {kind!r}")

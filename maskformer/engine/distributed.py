@@ -33,10 +33,8 @@ class DistInfo:
 
 
 def init_distributed(device: str | None = None) -> DistInfo:
-    """Join the process group described by torchrun's env vars; pick the device (cuda:LOCAL_RANK when available).
-
-    device: "cpu", "cuda" or None (cuda when available). gloo is used on the CPU, nccl on CUDA.
-    """
+    """Join the process group described by torchrun's env vars; pick the device: "cpu", "cuda" (cuda:LOCAL_RANK) or
+    None (cuda when available)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if device is not None and device != "cpu" and not device.startswith("cuda"):

@@ -4,10 +4,7 @@ DDP (torchrun), periodic evaluation with best-model tracking, exact resume, JSON
 Batch semantics: `cfg.train.batch_size` is the total batch of one optimizer step, over all processes and all
 accumulation steps (like detectron2's IMS_PER_BATCH), so each process loads micro-batches of
 batch_size / (world_size * grad_accum) images. The loss of each micro-batch is divided by grad_accum.
-
-Output folder:
-  metrics.jsonl, curves.png, config.json (resolved config), checkpoints/iter_*/ (see engine.state),
-  best/ (model directory with the best validation metric, best.json), model/ (final model directory).
+The output folder (engine.state.RUN_FILES) is described in docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -22,21 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskformer.checkpoint import CheckpointError
+from maskformer import checkpoint as CK
 from maskformer.config import Config, TrainConfig
+from maskformer.engine import components as C
 from maskformer.engine import distributed as D
 from maskformer.engine import state as S
-from maskformer.engine.components import (
-    build_train_loader,
-    default_evaluate,
-    load_init_weights,
-    load_weights,
-    loader_state,
-    read_weights,
-    restore_loader,
-    seed_everything,
-    write_model_dir,
-)
 from maskformer.engine.metrics import MetricsLogger, read_jsonl
 from maskformer.engine.plots import plot_training_curves
 from maskformer.engine.progress import Progress, WindowMeter
@@ -57,10 +44,8 @@ def micro_batch_size(train: TrainConfig, world_size: int) -> int:
     """Images per process per forward pass: batch_size / (world_size * grad_accum), which must divide exactly."""
     parts = world_size * max(train.grad_accum, 1)
     if train.batch_size % parts:
-        raise ValueError(
-            f"train.batch_size={train.batch_size} is not divisible by world_size ({world_size}) x "
-            f"train.grad_accum ({train.grad_accum}); the total batch must split evenly"
-        )
+        raise ValueError(f"train.batch_size={train.batch_size} is not divisible by world_size ({world_size}) x "
+                         f"train.grad_accum ({train.grad_accum}); the total batch must split evenly")  # fmt: skip
     return train.batch_size // parts
 
 
@@ -93,7 +78,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = model if model is not None else build_model(cfg)
         if init_weights:
-            load_init_weights(model, init_weights, init_kind)
+            C.load_init_weights(model, init_weights, init_kind)
         self.model = model.to(self.dist.device)
         if criterion is None:
             from maskformer.criterion import build_criterion
@@ -103,15 +88,13 @@ class Trainer:
         self.step = TrainStep(self.model, self.criterion, cfg.train, self.dist.device, net=self._wrap_ddp(self.model))
         self.train_set = train_set if train_set is not None else _build_split(cfg, cfg.data.train_split, True)
         if self.meta is not None and self.meta.num_classes != cfg.model.num_classes:
-            raise ValueError(
-                f"model.num_classes={cfg.model.num_classes} but the training set {self.meta.name!r} has "
-                f"{self.meta.num_classes} classes; set model.num_classes={self.meta.num_classes}"
-            )
-        self._val_set, self.evaluate_fn = val_set, evaluate_fn or default_evaluate(cfg)
+            raise ValueError(f"model.num_classes={cfg.model.num_classes} but the training set {self.meta.name!r} has "
+                             f"{self.meta.num_classes} classes; set model.num_classes={self.meta.num_classes}")
+        self._val_set, self.evaluate_fn = val_set, evaluate_fn or C.default_evaluate(cfg)
         if cfg.train.eval_period > 0 and self.dist.is_main:
             _ = self.val_set  # a missing validation split fails now, not after the first eval_period iterations
-        seed_everything(cfg.train.seed + self.dist.rank)  # different augmentation streams per rank
-        self.loader = build_train_loader(self.train_set, cfg, self.micro_batch, self.dist)
+        C.seed_everything(cfg.train.seed + self.dist.rank)  # different augmentation streams per rank
+        self.loader = C.build_train_loader(self.train_set, cfg, self.micro_batch, self.dist)
         self.iteration, self.best, self.last_eval = 0, None, {}
         self.logger: MetricsLogger | None = None  # opened once the output folder is claimed (run or resume)
         self.progress = progress and self.dist.is_main
@@ -147,25 +130,25 @@ class Trainer:
         fallback = S.resume_candidates(self.checkpoint_root)[1:] if str(path) in ("", "latest") else []
         while True:
             try:
-                state, weights = S.load_train_state(ckpt), read_weights(ckpt)
+                state, weights = S.load_train_state(ckpt), CK.load_safetensors(ckpt / CK.WEIGHTS_NAME)
                 break
-            except (RuntimeError, ValueError, OSError) as e:  # CheckpointError is a ValueError
+            except (RuntimeError, ValueError, OSError) as e:  # CheckpointError (checksums) is a ValueError
                 if not fallback:
-                    raise CheckpointError(f"{ckpt} is damaged and no intact checkpoint precedes it: {e}") from None
+                    raise CK.CheckpointError(f"{ckpt} is damaged and no intact checkpoint precedes it: {e}") from None
                 if self.dist.is_main:
                     warnings.warn(f"{ckpt} is damaged ({e}); set aside, resuming from {fallback[0]}", stacklevel=2)
                     S.set_aside(ckpt)
                 ckpt = fallback.pop(0)
         self._claim_out(resumed=True)
         _warn_config_changes(state.get("config", {}), self.cfg, ckpt)
-        load_weights(self.model, weights, ckpt)
+        CK.load_checked(self.model, weights, source=str(ckpt / CK.WEIGHTS_NAME), strict=True)
         self.step.load_state_dict(state["step"])
         self.iteration, self.best = int(state["iteration"]), state.get("best")
         rngs = state["rng"]
         S.restore_rng(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
         if len(rngs) != self.dist.world_size:
             warnings.warn(f"resuming {ckpt} with {self.dist.world_size} processes instead of {len(rngs)}", stacklevel=2)
-        restore_loader(self.loader, state["loader"])
+        self.loader.load_state_dict(state["loader"])  # exact data position
         self.logger.truncate_after(self.iteration)
         return ckpt
 
@@ -220,10 +203,8 @@ class Trainer:
         except NonFiniteLossError as e:
             last = S.latest_checkpoint(self.checkpoint_root)
             where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-            raise NonFiniteLossError(
-                f"{e}; the weights of this step were not updated and {where} "
-                "(try a lower train.base_lr, or train.amp=none)"
-            ) from None
+            hint = "(try a lower train.base_lr, or train.amp=none)"
+            raise NonFiniteLossError(f"{e}; the weights of this step were not updated and {where} {hint}") from None
 
     def _log(self, meter: WindowMeter) -> None:
         values = D.all_reduce_mean(meter.averages(), self.dist.device)
@@ -236,20 +217,17 @@ class Trainer:
         rngs = _gather(S.capture_rng())
         path = self.checkpoint_root / S.checkpoint_name(self.iteration)
         if self.dist.is_main:
-            state = {
-                "iteration": self.iteration,
-                "step": self.step.state_dict(),
-                "rng": rngs,
-                "loader": loader_state(self.loader),
-                "best": self.best,
-                "config": self.cfg.to_dict(),
-                "world_size": self.dist.world_size,
-            }
-            writer = lambda d: write_model_dir(self.model, self.cfg, self.meta, d)  # noqa: E731
-            S.save_checkpoint(self.checkpoint_root, path.name, writer, state)
+            state = dict(iteration=self.iteration, step=self.step.state_dict(), rng=rngs, best=self.best,
+                         loader=self.loader.state_dict(), config=self.cfg.to_dict(), world_size=self.dist.world_size)
+            S.save_checkpoint(self.checkpoint_root, path.name, self._write_model, state)
             S.prune_checkpoints(self.checkpoint_root, self.cfg.train.keep_last)
         D.barrier()
         return path
+
+    def _write_model(self, folder: Path) -> None:
+        """A model directory (config.json + model.safetensors) loadable by `maskformer eval/predict`."""
+        meta = self.meta if self.meta is not None else CK.generic_meta(self.cfg)
+        CK.save_pretrained(self.model, self.cfg, meta, folder)
 
     # ------------------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict:
@@ -264,7 +242,7 @@ class Trainer:
             self.model.train()
             S.restore_rng(rng)
             self._track_best(metrics)
-            self.logger.log(self.iteration, {f"val/{k}": v for k, v in metrics.items() if _is_scalar(v)})
+            self.logger.log(self.iteration, {f"val/{k}": v for k, v in _scalars(metrics).items()})
         D.barrier()
         self.last_eval = metrics
         return metrics
@@ -280,15 +258,13 @@ class Trainer:
         if key not in metrics or (self.best is not None and metrics[key] <= self.best["value"]):
             return
         self.best = {"metric": key, "value": float(metrics[key]), "iteration": self.iteration}
-        writer = lambda d: write_model_dir(self.model, self.cfg, self.meta, d)  # noqa: E731
-        S.save_checkpoint(self.out, "best", writer, None, mark_latest=False)
+        S.save_checkpoint(self.out, "best", self._write_model, None, mark_latest=False)
         S.write_text_atomic(self.out / "best" / "best.json", json.dumps({**self.best, "metrics": _scalars(metrics)}))
 
     def _finish(self) -> None:
         """Final model directory and curves (rank 0)."""
         if self.dist.is_main:
-            writer = lambda d: write_model_dir(self.model, self.cfg, self.meta, d)  # noqa: E731
-            S.save_checkpoint(self.out, "model", writer, None, mark_latest=False)
+            S.save_checkpoint(self.out, "model", self._write_model, None, mark_latest=False)
             plot_training_curves(read_jsonl(self.logger.path), self.out / "curves.png")
         self.logger.close()
 
@@ -303,12 +279,8 @@ def _due(iteration: int, period: int) -> bool:
     return period > 0 and iteration % period == 0
 
 
-def _is_scalar(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _scalars(d: dict) -> dict:
-    return {k: v for k, v in d.items() if _is_scalar(v)}
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _gather(obj) -> list:
@@ -323,12 +295,8 @@ def _gather(obj) -> list:
 def _warn_config_changes(saved: dict, cfg: Config, where: Path) -> None:
     """Name the config keys that differ from the checkpoint's (allowed, e.g. a longer max_iter, but worth seeing)."""
     now = cfg.to_dict()
-    diffs = [
-        f"{sec}.{k}: {saved[sec][k]!r} -> {v!r}"
-        for sec, fields in now.items()
-        for k, v in fields.items()
-        if sec in saved and k in saved[sec] and _norm(saved[sec][k]) != _norm(v)
-    ]
+    diffs = [f"{sec}.{k}: {saved[sec][k]!r} -> {v!r}" for sec, fields in now.items() for k, v in fields.items()
+             if sec in saved and k in saved[sec] and _norm(saved[sec][k]) != _norm(v)]  # fmt: skip
     if diffs:
         warnings.warn(f"resuming {where} with a changed config: {'; '.join(diffs)}", stacklevel=3)
 

@@ -17,13 +17,10 @@ class MetricsLogger:
     """Appends records to `<out>/metrics.jsonl`; TensorBoard events go to `<out>/tb` if `tensorboard` is importable."""
 
     def __init__(self, out_dir: Path, *, enabled: bool = True, tensorboard: bool = True):
-        self.path = Path(out_dir) / "metrics.jsonl"
-        self.enabled = enabled
-        self._tb = None
+        self.path, self.enabled = Path(out_dir) / "metrics.jsonl", enabled
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                self._tb = _tensorboard_writer(Path(out_dir) / "tb")
+        self._tb = _tensorboard_writer(Path(out_dir) / "tb") if enabled and tensorboard else None
 
     def log(self, iteration: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -51,9 +48,7 @@ class MetricsLogger:
 
 
 def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf
-    return v
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v  # JSON has no NaN/inf
 
 
 def _tensorboard_writer(path: Path):

@@ -8,12 +8,7 @@ Rules (official `train_net.py build_optimizer`, reference section 6.1), decided 
 
 The official code makes one group per parameter; AdamW is element-wise and clipping is global, so merging
 parameters with equal (lr, weight_decay) into one group is the same optimizer, with far fewer Python-level groups.
-
-Learning-rate scaling: the official recipes fix the total batch (16, COCO-Stuff 32, COCO panoptic 64) and the
-learning rate together, and the authors state it is unclear how to scale the AdamW learning rate with the batch.
-`train.batch_size` here is the total batch over all processes and accumulation steps, so the recipe is unchanged
-by the number of processes. When you change the total batch B, keep base_lr (AdamW is far less batch-sensitive
-than SGD) or, at most, scale it by sqrt(B / B_recipe); scale max_iter by B_recipe / B to keep the number of epochs.
+Learning-rate scaling with the total batch: README, "Training recipe and learning-rate scaling".
 """
 
 from __future__ import annotations
@@ -25,18 +20,8 @@ from torch import nn
 
 from maskformer.config import TrainConfig
 
-NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.GroupNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-)
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
+              nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)  # fmt: skip
 NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 

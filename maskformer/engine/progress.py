@@ -13,8 +13,7 @@ class WindowMeter:
 
     def reset(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
-        self.count = 0
-        self.data_time = self.step_time = 0.0
+        self.count, self.data_time, self.step_time = 0, 0.0, 0.0
 
     def add(self, values: dict[str, float], *, data_time: float, step_time: float) -> None:
         for k, v in values.items():
@@ -26,10 +25,8 @@ class WindowMeter:
     def averages(self) -> dict[str, float]:
         """Mean of each value over the window, plus "time" (s/iter) and "data_time" (s/iter)."""
         n = max(self.count, 1)
-        out = {k: v / n for k, v in self.sums.items()}
-        out["time"] = (self.data_time + self.step_time) / n
-        out["data_time"] = self.data_time / n
-        return out
+        return {**{k: v / n for k, v in self.sums.items()}, "time": (self.data_time + self.step_time) / n,
+                "data_time": self.data_time / n}
 
 
 def bar_terms(values: dict[str, float]) -> dict[str, str]:

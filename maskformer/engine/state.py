@@ -50,10 +50,8 @@ def prepare_out_dir(out: Path, *, resume: bool = False, overwrite: bool = False)
     old = [name for name in RUN_FILES[:5] if (out / name).exists()]
     if old and not resume:
         if not overwrite:
-            raise RunExistsError(
-                f"{out} already holds a training run ({', '.join(old)}); continue it with --resume, start over with "
-                "--overwrite, or choose another --out"
-            )
+            raise RunExistsError(f"{out} already holds a training run ({', '.join(old)}); continue it with --resume, "
+                                 "start over with --overwrite, or choose another --out")  # fmt: skip
         for path in (out / name for name in RUN_FILES):
             if path.is_dir():
                 shutil.rmtree(path)
@@ -64,11 +62,8 @@ def prepare_out_dir(out: Path, *, resume: bool = False, overwrite: bool = False)
 def capture_rng() -> dict:
     """RNG states of python, numpy, torch (CPU) and every CUDA device, in a form torch.load(weights_only) accepts."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
-        "torch": torch.get_rng_state(),
-    }
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -127,8 +122,7 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 def latest_checkpoint(root: Path) -> Path | None:
     """The checkpoint named by `root/latest`, else the highest complete `iter_*`, else None."""
-    candidates = resume_candidates(root)
-    return candidates[0] if candidates else None
+    return next(iter(resume_candidates(root)), None)
 
 
 def resume_candidates(root: Path) -> list[Path]:
@@ -149,8 +143,7 @@ def set_aside(ckpt: Path) -> Path:
 
 def prune_checkpoints(root: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` iteration checkpoints (keep_last <= 0 keeps all). Returns the deleted."""
-    found = list_checkpoints(root)
-    doomed = [p for _, p in found[:-keep_last]] if keep_last > 0 else []
+    doomed = [p for _, p in list_checkpoints(root)[:-keep_last]] if keep_last > 0 else []
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
     return doomed

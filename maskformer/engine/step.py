@@ -1,21 +1,43 @@
 """One optimizer step: forward (autocast) -> criterion (fp32) -> backward over accumulated micro-batches ->
 NaN/inf guard -> unscale -> global grad-norm clipping -> AdamW step -> scheduler step.
 
+Mixed precision, cfg.train.amp: "none" | "bf16" (CPU or CUDA autocast) | "fp16" (CUDA only, with a GradScaler against
+underflow; bf16 has fp32's exponent range and needs none). Outputs are cast to fp32 and the matcher and losses run with
+autocast off.
+
 Shared by the training loop and benchmarks/bench_train_step.py, so the benchmark times exactly what training runs.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import math
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
 
 from maskformer.config import TrainConfig
 from maskformer.engine import distributed as D
-from maskformer.engine.amp import autocast, check_amp, fp32_region, grad_scaler, to_float
 from maskformer.engine.optim import build_optimizer, clip_grad_norm
 from maskformer.engine.schedule import build_scheduler, lr_factor
+from maskformer.precision import to_float
+
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    if amp not in AMP_MODES:
+        raise ValueError(f"train.amp: unknown mode {amp!r}; valid: {', '.join(AMP_MODES)}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs CUDA (fp16 training on the CPU is unsupported); use train.amp=bf16")
+
+
+def autocast(amp: str, device: torch.device) -> AbstractContextManager:
+    """The autocast context for the forward pass (a no-op for amp="none")."""
+    check_amp(amp, device)
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,7 +56,7 @@ class TrainStep:
         self.net = net if net is not None else model
         self.optimizer = build_optimizer(model, train)
         self.scheduler = build_scheduler(self.optimizer, train)
-        self.scaler = grad_scaler(train.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=train.amp == "fp16")
         self.iteration = 0  # optimizer steps taken (kept in sync with the scheduler)
 
     def __call__(self, micro_batches: list) -> dict[str, float]:
@@ -44,7 +66,8 @@ class TrainStep:
         values = {k: float(v) for k, v in sums.items()}
         if not D.all_true(all(torch.isfinite(v).item() for v in sums.values()), self.device):
             self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1}: {_bad(values)}")
+            bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1}: {bad}")
         self.scaler.unscale_(self.optimizer)
         values["grad_norm"] = float(clip_grad_norm(self.model.parameters(), self.train.clip_grad_norm))
         self.scaler.step(self.optimizer)
@@ -64,7 +87,7 @@ class TrainStep:
             with nullcontext() if sync else self.net.no_sync():
                 with autocast(self.train.amp, dev):
                     outputs = self.net(images.to(dev))
-                with fp32_region(dev):
+                with torch.autocast(dev.type, enabled=False):  # matching and losses in fp32
                     losses = self.criterion(to_float(outputs), [t.to(dev) for t in targets])
                 self.scaler.scale(losses["loss"] / n).backward()
             for k, v in losses.items():
@@ -72,19 +95,11 @@ class TrainStep:
         return sums
 
     def state_dict(self) -> dict:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "iteration": self.iteration,
-        }
+        parts = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
+        return {**{k: v.state_dict() for k, v in parts.items()}, "iteration": self.iteration}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
-
-
-def _bad(values: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in values.items() if v != v or v in (float("inf"), float("-inf"))}
