@@ -1,19 +1,11 @@
 """Post-processing: model outputs -> class scores / label maps, panoptic segments, instances. The plain reference.
 
-The official rules (official-maskformer.md section 5, mask2former.md section 5) on a batch of model outputs:
-{"pred_logits" [B, Q, K+1], "pred_masks" [B, Q, h, w]} or, for per-pixel baselines, {"sem_seg" [B, K, h, w]}; h, w
-= 1/4 of the padded input (`padded_size`, default 4 x (h, w)); `image_sizes` [(h_i, w_i)] unpadded; `output_sizes`
-default to the image sizes. Every map goes through the official chain: bilinear upsample to the padded size, crop to
-the image, bilinear resize to the output size (align_corners=False).
-
-Rules by architecture (`rule`, the model's cfg.model.arch, for panoptic): "maskformer" paints every pixel with its
-assigned query's segment; "mask2former" paints a pixel only where its assigned query's sigmoid is >= 0.5 (others stay
-0 = void) and drops a query that would paint no pixel. Semantic (the marginal) and instance (Mask2Former's rule; the
-official MaskFormer has none) are the same for both; Mask2Former's panoptic/instance configs crop and resize before
-the semantic marginal (InferenceConfig.postprocess_before_inference, set by its presets).
-
-fast=True gives the same label maps, segments and instances (up to float rounding at near-ties) from
-`maskformer.fast_postprocess`: tile by tile, only where bounds leave the answer open; never Q or K full-size maps.
+The official rules (official-maskformer.md and mask2former.md, section 5) on a batch {"pred_logits" [B, Q, K+1],
+"pred_masks" [B, Q, h, w]} or, for per-pixel baselines, {"sem_seg" [B, K, h, w]}; h, w = 1/4 of the padded input
+(`padded_size`, default 4 x (h, w)); `image_sizes` unpadded; `output_sizes` default to the image sizes. Every map goes
+through the official chain: bilinear upsample to the padded size, crop to the image, resize to the output size.
+Panoptic painting differs by architecture (`rule`, see panoptic_inference); semantic and instance do not.
+fast=True gives the same results (up to float rounding at near-ties) from `maskformer.fast_postprocess`.
 """
 
 from __future__ import annotations
@@ -78,14 +70,9 @@ def class_probs(pred_logits: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ semantic
 def semantic_inference(
-    outputs: dict,
-    image_sizes: Sequence[Size],
-    output_sizes: Sequence[Size] | None = None,
-    *,
-    before_inference: bool = False,
-    order: str = "official",
-    padded_size: Size | None = None,
-) -> list[torch.Tensor]:
+    outputs: dict, image_sizes: Sequence[Size], output_sizes: Sequence[Size] | None = None, *,
+    before_inference: bool = False, order: str = "official", padded_size: Size | None = None,
+) -> list[torch.Tensor]:  # fmt: skip
     """Per image the class scores [K, H, W] (not normalized; the argmax is the label).
 
     order="official": upsample the Q mask logits, sigmoid, marginalize sum_q softmax(class)[:K] * sigmoid(mask)
@@ -126,15 +113,9 @@ def _fast_order(x: torch.Tensor, pad: Size, img: Size, out: Size) -> torch.Tenso
 
 
 def semantic_labels(
-    outputs: dict,
-    image_sizes: Sequence[Size],
-    output_sizes: Sequence[Size] | None = None,
-    *,
-    before_inference: bool = False,
-    order: str = "official",
-    padded_size: Size | None = None,
-    fast: bool = False,
-) -> list[torch.Tensor]:
+    outputs: dict, image_sizes: Sequence[Size], output_sizes: Sequence[Size] | None = None, *,
+    before_inference: bool = False, order: str = "official", padded_size: Size | None = None, fast: bool = False,
+) -> list[torch.Tensor]:  # fmt: skip
     """argmax over classes of `semantic_inference(...)`: int64 [H, W] per image (ties: the lowest class id)."""
     if not fast:
         kw = {"before_inference": before_inference, "order": order, "padded_size": padded_size}
@@ -148,19 +129,11 @@ def semantic_labels(
 
 # ------------------------------------------------------------------------------------------------ panoptic
 def panoptic_inference(
-    outputs: dict,
-    image_sizes: Sequence[Size],
-    output_sizes: Sequence[Size] | None = None,
-    *,
-    thing_ids: Iterable[int],
-    object_mask_threshold: float = 0.8,
-    overlap_threshold: float = 0.8,
-    meta: DatasetMeta | None = None,
-    padded_size: Size | None = None,
-    tile: int = 16,
-    fast: bool = False,
+    outputs: dict, image_sizes: Sequence[Size], output_sizes: Sequence[Size] | None = None, *,
+    thing_ids: Iterable[int], object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
+    meta: DatasetMeta | None = None, padded_size: Size | None = None, tile: int = 16, fast: bool = False,
     rule: str = "maskformer",
-) -> list[tuple[torch.Tensor, list[dict]]]:
+) -> list[tuple[torch.Tensor, list[dict]]]:  # fmt: skip
     """Official general/panoptic inference -> per image (ids int32 [H, W], segments_info).
 
     Mask logits are upsampled, cropped and resized to the output size before the sigmoid. Queries are kept when
@@ -170,8 +143,8 @@ def panoptic_inference(
     already emitted join that segment; others get the next id (from 1). segments_info: {"id", "isthing",
     "category_id" (contiguous), "dataset_category_id" (meta.dataset_ids, else the contiguous id), "area" (pixels in
     the final map), "score" (the probability of the query that opened the segment)}. tile: fast path only.
-    rule="mask2former" (mask2former.md 5.4): a segment covers only the pixels of its query with sigmoid >= 0.5
-    (the other assigned pixels stay 0), and a query with no such pixel is dropped before the overlap test.
+    rule="maskformer" (the model's cfg.model.arch) paints every assigned pixel; rule="mask2former" (mask2former.md 5.4)
+    only those where the query's sigmoid >= 0.5 (others stay 0), and drops a query with no such pixel.
     """
     if "pred_logits" not in outputs:
         raise ValueError("panoptic inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
@@ -197,9 +170,8 @@ def panoptic_inference(
             void = sig.gather(0, assign[None])[0] < 0.5 if m2f else None  # assigned query's sigmoid < 0.5
         area = torch.bincount(assign.flatten(), minlength=len(s))
         painted = area if void is None else torch.bincount(assign[~void], minlength=len(s))
-        lut, segments = _segments(
-            c.tolist(), s.tolist(), area.tolist(), orig_area.tolist(), painted.tolist(), things, overlap_threshold
-        )
+        counts = [t.tolist() for t in (c, s, area, orig_area, painted)]
+        lut, segments = _segments(*counts, things, overlap_threshold)
         ids = torch.tensor(lut, dtype=torch.int32, device=assign.device)[assign]
         if void is not None:
             ids.masked_fill_(void, 0)
@@ -212,10 +184,8 @@ def panoptic_inference(
 
 
 def _segments(classes, scores, areas, orig_areas, painted, things, overlap_threshold) -> tuple[list[int], list[dict]]:
-    """The official per-query loop on scalars: (segment id per kept query, 0 = dropped; segments_info).
-
-    areas: pixels assigned to the query; orig_areas: pixels with its sigmoid >= 0.5; painted: pixels it would paint
-    (MaskFormer: = areas; Mask2Former: assigned and sigmoid >= 0.5)."""
+    """The official per-query loop on scalars -> (segment id per kept query, 0 = dropped; segments_info). Per query:
+    areas assigned pixels, orig_areas sigmoid >= 0.5, painted what it would paint (Mask2Former: both, else = areas)."""
     lut, segments, stuff_seen = [0] * len(classes), [], {}
     for k, (c, score, area, orig, paint) in enumerate(zip(classes, scores, areas, orig_areas, painted)):
         if area == 0 or orig == 0 or paint == 0 or area / orig < overlap_threshold:
@@ -245,16 +215,10 @@ class Instances:
 
 
 def instance_inference(
-    outputs: dict,
-    image_sizes: Sequence[Size],
-    output_sizes: Sequence[Size] | None = None,
-    *,
-    thing_ids: Iterable[int] | None = None,
-    topk: int = 100,
-    padded_size: Size | None = None,
-    tile: int = 32,
+    outputs: dict, image_sizes: Sequence[Size], output_sizes: Sequence[Size] | None = None, *,
+    thing_ids: Iterable[int] | None = None, topk: int = 100, padded_size: Size | None = None, tile: int = 32,
     fast: bool = False,
-) -> list[Instances]:
+) -> list[Instances]:  # fmt: skip
     """Mask2Former's instance rule -> per image `Instances`, best first (stable sort by score).
 
     The top-k (query, class) pairs of the flattened Q x K class probabilities (no-object excluded); with thing_ids,

@@ -10,12 +10,13 @@ import torch
 
 from maskformer import inference
 
+Size = tuple[int, int]
 
-def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+
+def resize_bilinear(x: np.ndarray, size: Size) -> np.ndarray:
     """x [..., h, w] -> float32 [..., H, W], bilinear (align_corners=False) as F.interpolate, computed in float64."""
     t = torch.from_numpy(np.asarray(x, dtype=np.float64))
-    out = inference._resize(t.reshape(-1, *t.shape[-2:]), tuple(size)).reshape(*t.shape[:-2], *size)
-    return out.float().numpy()
+    return inference._resize(t.reshape(-1, *t.shape[-2:]), tuple(size)).reshape(*t.shape[:-2], *size).float().numpy()
 
 
 def _batch(pred_logits: np.ndarray, pred_masks: np.ndarray) -> dict:
@@ -25,39 +26,26 @@ def _batch(pred_logits: np.ndarray, pred_masks: np.ndarray) -> dict:
 
 
 def semantic_inference(
-    pred_logits: np.ndarray,
-    pred_masks: np.ndarray,
-    image_size: tuple[int, int],
-    output_size: tuple[int, int] | None = None,
-    padded_size: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """One image: pred_logits [Q, K+1], pred_masks [Q, h, w] -> official class scores [K, H, W] (argmax(0) = labels).
-
-    padded_size defaults to 4 x the mask size; output_size to image_size.
-    """
+    pred_logits: np.ndarray, pred_masks: np.ndarray, image_size: Size, output_size: Size | None = None,
+    padded_size: Size | None = None,
+) -> np.ndarray:  # fmt: skip
+    """One image -> official class scores [K, H, W] (argmax(0) = labels); padded_size defaults to 4 x the mask size,
+    output_size to image_size."""
     out = None if output_size is None else [output_size]
     batch = _batch(pred_logits, pred_masks)
     return inference.semantic_inference(batch, [image_size], out, padded_size=padded_size)[0].numpy()
 
 
 def panoptic_inference(
-    pred_logits: np.ndarray,
-    pred_masks: np.ndarray,
-    image_size: tuple[int, int],
-    is_thing: Sequence[bool],
-    *,
-    output_size: tuple[int, int] | None = None,
-    padded_size: tuple[int, int] | None = None,
-    object_mask_threshold: float = 0.8,
-    overlap_threshold: float = 0.8,
-    dataset_ids: Sequence[int] | None = None,
-    fast: bool = False,
+    pred_logits: np.ndarray, pred_masks: np.ndarray, image_size: Size, is_thing: Sequence[bool], *,
+    output_size: Size | None = None, padded_size: Size | None = None, object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8, dataset_ids: Sequence[int] | None = None, fast: bool = False,
     rule: str = "maskformer",
-) -> tuple[np.ndarray, list[dict]]:
+) -> tuple[np.ndarray, list[dict]]:  # fmt: skip
     """One image -> (segment id map int32 [H, W], 0 = void; segments_info as `maskformer.inference.panoptic_inference`).
 
     `is_thing[c]` says whether contiguous class c is a thing; "dataset_category_id" is `dataset_ids[c]`, else c.
-    rule: "maskformer" | "mask2former" (the exported model's architecture; see maskformer.inference).
+    rule: "maskformer" | "mask2former" (the exported model's architecture).
     """
     ids, segments = inference.panoptic_inference(
         _batch(pred_logits, pred_masks), [image_size], None if output_size is None else [output_size],
