@@ -25,10 +25,8 @@ MARGIN = 1e-5  # semantic: relative slack on comparisons of bounds (float32 sums
 
 # ------------------------------------------------------------------------------------------------ plans
 def linear_weights(n_in: int, n_out: int, scale: float | None = None) -> torch.Tensor:
-    """Weights [n_out, n_in] of 1-D linear resampling (align_corners=False), exactly as F.interpolate computes them.
-
-    scale: F.interpolate's scale_factor (the first n_out outputs are kept); None: size mode.
-    """
+    """Weights [n_out, n_in] of 1-D linear resampling (align_corners=False), exactly as F.interpolate computes them;
+    scale: its scale_factor (the first n_out outputs are kept), None: size mode."""
     eye = torch.eye(n_in, dtype=torch.float32)[None]  # [1, n_in channels, n_in length]
     kw = {"size": n_out} if scale is None else {"scale_factor": scale, "recompute_scale_factor": False}
     return F.interpolate(eye, mode="linear", align_corners=False, **kw)[0, :, :n_out].T.contiguous()
@@ -40,11 +38,8 @@ def fast_geometry(n_low: int, n_pad: int, n_crop: int, n_out: int) -> tuple[int,
 
 
 def axis_weights(kind: str, n_low: int, n_pad: int, n_crop: int, n_out: int):
-    """(stage A [n_mid, n_low], stage B [n_out, n_mid] or None) for one axis.
-
-    kind "linear": the official chain composed in float64; "two_stage": A = upsample + crop, B = resize;
-    "fast": one resampling from the low-res cells the image covers straight to the output.
-    """
+    """(stage A [n_mid, n_low], stage B [n_out, n_mid] or None) for one axis. kind "linear": the official chain
+    composed in float64; "two_stage": A = upsample + crop, B = resize; "fast": covered low-res cells to the output."""
     if kind == "fast" and n_crop != n_pad:
         keep, scale = fast_geometry(n_low, n_pad, n_crop, n_out)
         return F.pad(linear_weights(keep, n_out, scale), (0, n_low - keep)), None
@@ -101,13 +96,12 @@ def _plan(kind: str, n_low: int, n_pad: int, n_crop: int, n_out: int, tile: int,
         raise ValueError(f"image size {n_crop} must lie in 1..{n_pad} (the padded size)")
     stage_a, stage_b = axis_weights(kind, n_low, n_pad, n_crop, n_out)
     valid = _tiled_rows(torch.ones(n_out, 1), tile)[..., 0].bool()  # [n_t, tile]
-    mid_w = None
     if stage_b is None:
-        low_idx, low_w = _windows(_tiled_rows(stage_a, tile))
+        (low_idx, low_w), mid_w = _windows(_tiled_rows(stage_a, tile)), None
     else:
         mid_idx, mid_w = _windows(_tiled_rows(stage_b, tile))  # [n_t, wm], [n_t, tile, wm]
         low_idx, low_w = _windows(stage_a[mid_idx])  # stage-A rows of each tile's intermediate window
-        mid_w = mid_w.to(device, dtype)
+    mid_w = None if mid_w is None else mid_w.to(device, dtype)
     return AxisPlan(n_out, tile, low_idx.to(device), low_w.to(device, dtype), mid_w, valid.to(device))
 
 
@@ -123,12 +117,10 @@ def window_bounds(x: torch.Tensor, py: AxisPlan, px: AxisPlan, ops=(torch.minimu
 
 
 def _range_reduce(x: torch.Tensor, dim: int, plan: AxisPlan, op) -> torch.Tensor:
-    """op of x over each tile's index range [first, last] along `dim` (1 or 2) -> size n_tiles there.
-
-    Sparse-table style: with 2^k <= every width < 2^(k+1), k passes of op over neighbours give entries covering 2^k;
-    two overlapping entries cover a range (narrower ranges widened to 2^k: a superset, so still a bound). The last
-    dim goes through a transposed copy (row gathers are faster).
-    """
+    """op of x over each tile's index range [first, last] along `dim` (1 or 2) -> size n_tiles there. Sparse-table
+    style: with 2^k <= every width < 2^(k+1), k passes of op over neighbours give entries covering 2^k; two overlapping
+    entries cover a range (narrower ranges widened to 2^k: a superset, so still a bound). The last dim goes through a
+    transposed copy (row gathers are faster)."""
     if dim == 2:
         return _range_reduce(x.transpose(1, 2).contiguous(), 1, plan, op).transpose(1, 2)
     first, last = plan.low_idx[:, 0], plan.low_idx[:, -1]
@@ -181,13 +173,11 @@ def _slots(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
 
 
 def candidate_argmax(x, cand, py: AxisPlan, px: AxisPlan, value_fn: Callable | None = None, labels_of=None):
-    """Per output pixel the channel with the largest resampled value (one-stage plans): int64 [H, W].
-
-    x [C, h, w] low-res maps; cand [C, n_ty, n_tx] bool, every channel that can win in the tile (at least one);
-    value_fn(z [N, t, t], ch [N]) maps resampled values first; labels_of [C] int64: write labels_of[channel]
-    instead. Ties go to the lowest channel, as torch.argmax. Tiles are handled in buckets of similar candidate
-    counts (2, 3-4, 5-8, ...) so little is padded; tiles are held in int16 and the result written once as int64.
-    """
+    """Per output pixel the channel with the largest resampled value (one-stage plans): int64 [H, W]. x [C, h, w]; cand
+    [C, n_ty, n_tx] bool, every channel that can win in the tile (at least one); value_fn(z [N, t, t], ch [N]) maps
+    resampled values first; labels_of [C] int64: write labels_of[channel] instead. Ties go to the lowest channel, as
+    torch.argmax. Tiles are handled in buckets of similar candidate counts (2, 3-4, 5-8, ...) so little is padded; tiles
+    are held in int16 and the result written once as int64."""
     t = py.tile
     names = torch.arange(x.shape[0], device=x.device) if labels_of is None else labels_of
     names = names.to(_label_dtype(int(names.max()) + 1))
@@ -214,11 +204,8 @@ def candidate_argmax(x, cand, py: AxisPlan, px: AxisPlan, value_fn: Callable | N
 
 # ------------------------------------------------------------------------------------------------ semantic
 def semantic_labels(probs, masks, low: Size, pad: Size, img: Size, out: Size, *, order: str, before_inference: bool):
-    """argmax over classes of inference.semantic_inference for one image -> int64 [H, W], tile by tile.
-
-    probs [Q, K] with masks [Q, h, w] mask logits, or probs None with masks = per-pixel class logits [K, h, w].
-    Ties go to the lowest class; equal to the dense argmax up to float rounding (top two scores within ~1e-6).
-    """
+    """argmax over classes of inference.semantic_inference for one image -> int64 [H, W] (ties: lowest class; equal
+    up to float rounding). probs [Q, K] with mask logits masks [Q, h, w], or None with class logits masks [K, h, w]."""
     if probs is None:
         return _bounded_argmax(masks, "fast" if order == "fast" else "linear", low, pad, img, out)
     if order == "fast":
@@ -233,12 +220,10 @@ def semantic_labels(probs, masks, low: Size, pad: Size, img: Size, out: Size, *,
 
 
 def marginal_pruned(probs: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sum_q probs[q, k] sig[q] for the classes that can win somewhere: (classes [C'], maps [C', h, w]).
-
-    Resampling is a convex combination, so class k never exceeds its mass sum_q probs[q, k], while the best class at
-    a pixel is at least the mean over any class set S, hence at least min_pixels mean_S. Classes with less mass than
-    that bound are dropped before the (K x Q x h x w) marginalization.
-    """
+    """sum_q probs[q, k] sig[q] for the classes that can win somewhere: (classes [C'], maps [C', h, w]). Resampling is a
+    convex combination, so class k never exceeds its mass sum_q probs[q, k], while the best class at a pixel is at least
+    the mean over any class set S, hence at least min_pixels mean_S. Classes with less mass than that bound are dropped
+    before the (K x Q x h x w) marginalization."""
     mass = probs.sum(0)  # [K]
     dominant = (mass >= 0.5) | (mass == mass.max())
     sel = dominant.nonzero()[:, 0]  # S: classes holding at least half a query's probability
@@ -252,11 +237,9 @@ def marginal_pruned(probs: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tenso
 
 
 def _bounded_argmax(x: torch.Tensor, kind: str, low: Size, pad: Size, img: Size, out: Size, labels_of=None):
-    """argmax over channels of x [C, h, w] resampled by a one-stage plan -> int64 [H, W] (labels_of[channel]).
-
-    Lower bound of the winner per tile: the best window minimum, or the window minimum of the mean of the top-1..4
-    channels by window maximum (a mean of channels never exceeds their max; much tighter where the winner changes).
-    """
+    """argmax over channels of x [C, h, w] resampled by a one-stage plan -> int64 [H, W] (labels_of[channel]). Lower
+    bound of the winner per tile: the best window minimum, or the window minimum of the mean of the top-1..4 channels by
+    window maximum (a mean of channels never exceeds their max; much tighter where the winner changes)."""
     py, px = plans(kind, low, pad, img, out, x)
     lo, hi = window_bounds(x, py, px)  # [C, n_ty, n_tx]
     m = min(4, x.shape[0])
@@ -268,13 +251,11 @@ def _bounded_argmax(x: torch.Tensor, kind: str, low: Size, pad: Size, img: Size,
 
 
 def _official_labels(probs, masks, low: Size, pad: Size, img: Size, out: Size, before_inference: bool, tile=8):
-    """argmax_k of the official scores O_k = B(sum_q p_qk sigmoid(A(m_q))) for probs [Q, K], masks [Q, h, w].
-
-    A upsamples and crops, B resizes (before_inference: A = the whole chain, B = identity). Window bounds of A(m_q)
-    give class bounds per tile; classes that cannot win are skipped. Queries whose sigmoid barely moves in a tile
-    ("inactive") contribute a known interval; only the active ones are resampled. A pixel is decided when the
-    winner's lower value beats every rival's upper value; tiles with undecided pixels are redone with all queries.
-    """
+    """argmax_k of the official scores O_k = B(sum_q p_qk sigmoid(A(m_q))) for probs [Q, K], masks [Q, h, w]. A
+    upsamples and crops, B resizes (before_inference: A = the whole chain, B = identity). Window bounds of A(m_q) give
+    class bounds per tile; classes that cannot win are skipped. Queries whose sigmoid barely moves in a tile
+    ("inactive") contribute a known interval; only the active ones are resampled. A pixel is decided when the winner's
+    lower value beats every rival's upper value; tiles with undecided pixels are redone with all queries."""
     py, px = plans("linear" if before_inference else "two_stage", low, pad, img, out, masks, tile)
     lo, hi = window_bounds(masks, py, px)  # [Q, n_ty, n_tx]
     sl, sh = lo.sigmoid().flatten(1).T, hi.sigmoid().flatten(1).T  # [n_tiles, Q]
