@@ -15,6 +15,7 @@ applied to the cached fp32 graph (exported once for both).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -124,13 +125,10 @@ def weights_key(model: nn.Module) -> str:
 def writable_cache_dir(preferred: str | os.PathLike | None) -> Path:
     """`preferred` when it is (or can be made) a writable directory, else `$MASKFORMER_HOME/onnx`."""
     if preferred is not None:
-        path = Path(preferred)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            if os.access(path, os.W_OK):
-                return path
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            Path(preferred).mkdir(parents=True, exist_ok=True)
+        if Path(preferred).is_dir() and os.access(preferred, os.W_OK):
+            return Path(preferred)
     from maskformer.hub.cache import home
 
     path = home() / "onnx"

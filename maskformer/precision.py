@@ -137,18 +137,10 @@ def system_info() -> dict:
     gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
     cuda = [torch.cuda.get_device_name(i) for i in gpus]
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": cpu_model(),
-        "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
-        "native_bf16": native_bf16(flags),
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "auto_precision_cpu": resolve_precision("auto", "cpu"),
-        "cuda_devices": cuda,
-        "auto_precision_cuda": resolve_precision("auto", "cuda") if cuda else None,
-    }
+    return dict(cpu=cpu_model(), cpu_flags=[f for f in SPEED_FLAGS if f in flags], native_bf16=native_bf16(flags),
+                cores=os.cpu_count(), usable_cores=usable, torch=torch.__version__,
+                torch_threads=torch.get_num_threads(), auto_precision_cpu=resolve_precision("auto", "cpu"),
+                cuda_devices=cuda, auto_precision_cuda=resolve_precision("auto", "cuda") if cuda else None)  # fmt: skip
 
 
 def describe(info: dict) -> str:

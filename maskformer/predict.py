@@ -82,9 +82,7 @@ class Predictor:
 
     def __call__(self, images):
         """One image -> Prediction; a list -> list[Prediction]."""
-        if isinstance(images, list | tuple):
-            return self.predict(images)
-        return self.predict([images])[0]
+        return self.predict(images) if isinstance(images, list | tuple) else self.predict([images])[0]
 
     def predict(self, images: Sequence) -> list[Prediction]:
         """Images of any kind load_image takes -> predictions, run batch_size at a time."""

@@ -77,9 +77,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if not is_main():  # several processes (torchrun): the first one reports
         return 0
-    per_class = not args.no_per_class
     fmt = {"semantic": format_semantic, "panoptic": format_panoptic, "instance": format_instance}[task]
-    print(fmt(results, per_class=per_class))
+    print(fmt(results, per_class=not args.no_per_class))
     system = system_info()
     print(f"precision {results['precision']} (asked {args.precision}), backend {results['backend']}, device {device}; "
           f"CPU {system['cpu']}, native bf16 {'yes' if system['native_bf16'] else 'no'}, auto -> "

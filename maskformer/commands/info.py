@@ -48,20 +48,17 @@ def _text(d: dict) -> str:
         f"  GFLOPs      {d['gflops']:8.2f}     at {h}x{w}, multiply-adds"
         + (f"   paper {d['paper_gflops']}" if d["paper_gflops"] else ""),
     ]
-    for part in ("backbone", "pixel_decoder", "predictor", "inference"):
-        lines.append(f"    {part:<14}{d['gflops_' + part]:8.2f}")
-    lines.append(
-        f"  executed    {d['gflops_executed']:8.2f}     (this implementation in eval: fused mask conv, no Swin padding)"
-    )
-    return "\n".join(lines)
+    parts = ("backbone", "pixel_decoder", "predictor", "inference")
+    lines += [f"    {part:<14}{d['gflops_' + part]:8.2f}" for part in parts]
+    executed = "(this implementation in eval: fused mask conv, no Swin padding)"
+    return "\n".join([*lines, f"  executed    {d['gflops_executed']:8.2f}     {executed}"])
 
 
 def run(args: argparse.Namespace) -> int:
     if args.system:
         from maskformer.precision import describe, system_info
 
-        d = system_info()
-        print(json.dumps(d, indent=1) if args.json else describe(d))
+        print(json.dumps(system_info(), indent=1) if args.json else describe(system_info()))
         if not args.preset:
             return 0
     if not args.preset:

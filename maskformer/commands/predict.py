@@ -24,15 +24,11 @@ from maskformer import io as fmt
 from maskformer import visualize as vis
 from maskformer.backends import BACKENDS
 from maskformer.commands.options import OptionError, check_args, cpu_threads, loud_warnings
-from maskformer.io import IMAGE_EXTS, list_files, save_json, write_image
+from maskformer.io import IMAGE_EXTS, FormatError, list_files, save_json, write_image
 from maskformer.precision import PRECISIONS
 from maskformer.predict import ImageError, Prediction, Predictor, load_image
 from maskformer.sharding import finish, merged_parts, part_path, plan, process_group, write_part
 from maskformer.structures import TASKS
-
-
-class InputError(ValueError):
-    """Inputs that name no image at all (an empty folder)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,7 +60,7 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
         if path.is_dir():
             found = list_files(path, IMAGE_EXTS, recursive=recursive)
             if not found:
-                raise InputError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)})")
+                raise FormatError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTS)})")
             files.extend(found)
         elif not path.exists() and any(ch in item for ch in "*?["):
             matched = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
@@ -92,9 +88,7 @@ class Writer:
 
     def files(self, stem: str) -> list[str]:
         """The image files written for output `stem`, relative to --out."""
-        folders = {"semantic": ["semantic"], "panoptic": ["panoptic"]}.get(self.task, [])
-        if self.overlay:
-            folders.append("overlay")
+        folders = ([self.task] if self.task != "instance" else []) + (["overlay"] if self.overlay else [])
         return [f"{f}/{stem}.png" for f in folders]
 
     def add(self, pred: Prediction, image, stem: str, source: Path) -> None:
@@ -138,18 +132,15 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         files = expand_inputs(args.inputs, args.recursive)
-        predictor = Predictor(
-            args.model, task=args.task, device=args.device, min_size_test=args.min_size, max_size_test=args.max_size,
-            batch_size=args.batch_size, tta=args.tta, overrides=args.opts, precision=args.precision,
-            backend=args.backend,
-        )  # fmt: skip
+        predictor = Predictor(args.model, task=args.task, device=args.device, min_size_test=args.min_size,
+                              max_size_test=args.max_size, batch_size=args.batch_size, tta=args.tta,
+                              overrides=args.opts, precision=args.precision, backend=args.backend)  # fmt: skip
     except (ValueError, KeyError, OSError) as e:  # no images, unknown model / preset, bad override, unreadable weights
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    opts = dict(overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold)
-    writer = Writer(out, predictor, **opts)
+    writer = Writer(out, predictor, overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold)
     jobs = [(path, writer.name_for(path)) for path in files]  # (input, output stem): alike in every process
     mine, note = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less complete images
     failed = _predict_all(mine, predictor, writer, max(1, args.batch_size))

@@ -36,24 +36,15 @@ class Job:
 class MicroBatcher:
     """A bounded queue + one worker thread calling run_batch(list[Job]) on up to max_batch jobs at a time."""
 
-    def __init__(
-        self,
-        run_batch: Callable[[list[Job]], None],
-        *,
-        max_batch: int = 8,
-        max_wait_s: float = 0.005,
-        max_queue: int = 64,
-        name: str = "maskformer-batcher",
-    ):
+    def __init__(self, run_batch: Callable[[list[Job]], None], *, max_batch: int = 8, max_wait_s: float = 0.005,
+                 max_queue: int = 64, name: str = "maskformer-batcher"):  # fmt: skip
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch ({max_batch}) and max_queue ({max_queue}) must be >= 1")
         self.run_batch = run_batch
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self._jobs: deque[Job] = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self.busy = False  # True while run_batch runs
-        self.batches = 0  # batches run so far
+        self._cond, self._closed = threading.Condition(), False
+        self.busy, self.batches = False, 0  # True while run_batch runs; batches run so far
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 

@@ -102,31 +102,17 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
 class ModelService:
     """A loaded model + its label space + the micro-batcher that runs it (see the module docstring)."""
 
-    def __init__(
-        self,
-        model,
-        cfg: Config,
-        meta: DatasetMeta,
-        *,
-        task: str | None = None,
-        reference: str = "",
-        max_batch: int = 8,
-        max_wait_s: float = 0.005,
-        max_queue: int = 64,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        precision: str = "fp32",
-        backend: str = "torch",
-        cache_dir=None,
-    ):
-        """precision / backend / cache_dir: as Predictor's (maskformer.backends; what ran is in info())."""
+    def __init__(self, model, cfg: Config, meta: DatasetMeta, *, task: str | None = None, reference: str = "",
+                 max_batch: int = 8, max_wait_s: float = 0.005, max_queue: int = 64,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "fp32", backend: str = "torch",
+                 cache_dir=None):  # fmt: skip
+        """precision / backend / cache_dir: as Predictor's (maskformer.backends; what runs is in info())."""
         self.model, self.cfg, self.meta, self.reference = model.eval(), cfg, meta, reference
-        self.device = model_device(model)
-        self.task = task or cfg.inference.task
+        self.device, self.task = model_device(model), task or cfg.inference.task
         self.tasks = ("semantic",) if cfg.model.arch.startswith("per_pixel") else TASKS
         if self.task not in self.tasks:
             raise ValueError(f"task={self.task!r}; this model serves {', '.join(self.tasks)}")
-        self.max_pixels = max_pixels
-        self.metrics = Metrics()
+        self.max_pixels, self.metrics = max_pixels, Metrics()
         self.predictor = Predictor(model, task=self.task, device=self.device, config=cfg, meta=meta,
                                    precision=precision, backend=backend, cache_dir=cache_dir)  # fmt: skip
         self.inference = self.predictor.inference  # the model's settings; requests may change the thresholds
@@ -198,31 +184,17 @@ class ModelService:
         cfg, meta, inf = self.cfg, self.meta, self.inference
         from maskformer.config import PRESETS
 
-        classes = [
-            {"id": i, "name": n, "is_thing": bool(t), "color": list(c), "dataset_id": int(d)}
-            for i, (n, t, c, d) in enumerate(zip(meta.class_names, meta.is_thing, meta.palette, meta.dataset_ids))
-        ]
-        return {
-            "model": self.reference,
-            "preset": self.reference if self.reference in PRESETS else None,
-            "arch": cfg.model.arch,
-            "backbone": cfg.model.backbone,
-            "num_queries": cfg.model.num_queries,
-            "dataset": meta.name,
-            "classes": classes,
-            "tasks": list(self.tasks),
-            "default_task": self.task,
-            "formats": list(FORMATS),
-            "input_size": {"min_size_test": inf.min_size_test, "max_size_test": inf.max_size_test},
-            "thresholds": {"object_mask_threshold": inf.object_mask_threshold,
-                           "overlap_threshold": inf.overlap_threshold},  # fmt: skip
-            "device": str(self.device),
-            "precision": self.predictor.precision,  # what it resolved to ("auto" -> fp32 | bf16 ...)
-            "backend": self.predictor.backend,
-            "max_batch": self.batcher.max_batch,
-            "max_queue": self.batcher.max_queue,
-            "max_pixels": self.max_pixels,
-        }
+        rows = enumerate(zip(meta.class_names, meta.is_thing, meta.palette, meta.dataset_ids))
+        classes = [dict(id=i, name=n, is_thing=bool(t), color=list(c), dataset_id=int(d)) for i, (n, t, c, d) in rows]
+        return dict(
+            model=self.reference, preset=self.reference if self.reference in PRESETS else None, arch=cfg.model.arch,
+            backbone=cfg.model.backbone, num_queries=cfg.model.num_queries, dataset=meta.name, classes=classes,
+            tasks=list(self.tasks), default_task=self.task, formats=list(FORMATS),
+            input_size=dict(min_size_test=inf.min_size_test, max_size_test=inf.max_size_test),
+            thresholds=dict(object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold),
+            device=str(self.device), precision=self.predictor.precision, backend=self.predictor.backend,  # what runs
+            max_batch=self.batcher.max_batch, max_queue=self.batcher.max_queue, max_pixels=self.max_pixels,
+        )  # fmt: skip
 
 
 def _unit_float(name: str, text: str) -> float:
