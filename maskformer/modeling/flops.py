@@ -1,21 +1,16 @@
 """Parameter and FLOP counts of a model, computed on the meta device (no memory, no arithmetic; about a second).
 
-What "GFLOPs" means here (the paper's convention, fvcore's `FlopCountAnalysis` as used by detectron2's analyze_model):
-- one multiply-add = one FLOP for conv, linear, matmul/bmm, einsum and attention (q.k and attn.v products);
-  torch's FlopCounterMode counts 2 per multiply-add, so its numbers are halved;
-- fvcore's extra per-element terms, added the same way: GroupNorm/LayerNorm 5 per element, BatchNorm (unfolded)
-  2 per element, bilinear upsampling 4 per output element, nearest upsampling 1 per output element;
-- not counted (as in fvcore): activations, softmax/sigmoid, additions, padding, pooling.
-- work the official implementation does that this one skips because it cannot change the result: the official Swin
-  runs the qkv and output-projection Linears on the window-padding tokens too (4 C^2 multiply-adds per padded token
-  and block); this backbone computes them on real tokens only. The paper counted them (Swin-B at 640: 15.4 G of
-  195 G), so `gflops` adds them analytically and reports them as `gflops_skipped`.
-- `gflops_executed` is what this implementation runs in eval: no Swin padding work, and the mask-feature conv fused
-  with the mask einsum (one Q-channel conv, see TransformerPredictor.forward_fused): R50 at 512 runs ~6 G fewer.
-- the forward at the crop size (batch 1), plus semantic inference as the official eval forward does it: mask logits
-  upsampled bilinearly to the input size, softmax(class)[:, :K] x sigmoid(masks) marginalized by an einsum over the
-  queries (Q x K x H x W multiply-adds; 3.9 G for 100 queries, 150 classes at 512x512), then the (no-op-size) bilinear
-  resize of the K score maps to the output size. Per-pixel baselines: x4 bilinear upsampling of the K logits + resize.
+"GFLOPs" follow the paper (fvcore's `FlopCountAnalysis`, as detectron2's analyze_model): one multiply-add = one FLOP
+for conv, linear, matmul/bmm, einsum and attention (torch's FlopCounterMode counts 2, so its numbers are halved),
+plus fvcore's per-element terms: Group/LayerNorm 5, unfolded BatchNorm 2, bilinear upsampling 4 and nearest 1 per
+output element; activations, softmax/sigmoid, additions, padding and pooling are not counted.
+- `gflops` includes work the official Swin does on window-padding tokens (qkv + output projection, 4 C^2 multiply-adds
+  per padded token and block; Swin-B at 640: 15.4 G of 195 G) that this backbone skips; it is added analytically and
+  reported as `gflops_skipped`. `gflops_executed` is what this implementation runs in eval: no padding work and the
+  mask-feature conv fused with the mask einsum (TransformerPredictor.forward_fused; R50 at 512: ~6 G fewer).
+- Counted: the forward at the crop size (batch 1) plus the official semantic inference: mask logits upsampled to the
+  input, softmax(class)[:, :K] x sigmoid(masks) summed over queries (Q K H W multiply-adds; 3.9 G for 100 queries,
+  150 classes at 512x512), then the resize of the K score maps. Per-pixel baselines: x4 upsampling of the K logits.
 """
 
 from __future__ import annotations
@@ -34,20 +29,11 @@ from maskformer.cpu_tuning import switched
 aten = torch.ops.aten
 
 
-def _numel(shape) -> int:
-    return math.prod(shape)
+def _per_element(k: int, *, output: bool):
+    """fvcore's k FLOPs per output (else input) element, in FlopCounterMode's units (x2, halved at the end)."""
 
-
-def _per_output(k: int):
-    def formula(*args, out_shape=None, **kwargs) -> int:
-        return 2 * k * _numel(out_shape)  # x2: FlopCounterMode units (halved at the end)
-
-    return formula
-
-
-def _per_input(k: int):
     def formula(x_shape, *args, out_shape=None, **kwargs) -> int:
-        return 2 * k * _numel(x_shape)
+        return 2 * k * math.prod(out_shape if output else x_shape)
 
     return formula
 
@@ -60,11 +46,11 @@ def _cpu_attention(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -
 
 
 EXTRA_FORMULAS = {
-    aten.upsample_bilinear2d: _per_output(4),
-    aten.upsample_nearest2d: _per_output(1),
-    aten.native_group_norm: _per_input(5),
-    aten.native_layer_norm: _per_input(5),
-    aten._native_batch_norm_legit_no_training: _per_input(2),
+    aten.upsample_bilinear2d: _per_element(4, output=True),
+    aten.upsample_nearest2d: _per_element(1, output=True),
+    aten.native_group_norm: _per_element(5, output=False),
+    aten.native_layer_norm: _per_element(5, output=False),
+    aten._native_batch_norm_legit_no_training: _per_element(2, output=False),
     aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
 }
 
@@ -96,9 +82,7 @@ def count_parameters(model: nn.Module) -> int:
     return n + sum(m.weight.numel() + m.bias.numel() for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
 
 
-def semantic_inference_for_flops(
-    outputs: dict, padded_size: tuple[int, int], output_size: tuple[int, int]
-) -> torch.Tensor:
+def semantic_inference_for_flops(outputs: dict, padded_size: tuple[int, int], output_size: tuple[int, int]):
     """The official eval-time semantic inference: upsample to the padded input size, marginalize (mask
     classification), crop the padding, resize to the output size. -> [B, K, h, w] class scores."""
     if "sem_seg" in outputs:
@@ -111,9 +95,8 @@ def semantic_inference_for_flops(
     return F.interpolate(scores, size=output_size, mode="bilinear", align_corners=False)
 
 
-def model_stats(
-    cfg: Config, image_size: tuple[int, int] | None = None, *, semantic_inference: bool = True, executed: bool = True
-) -> ModelStats:
+def model_stats(cfg: Config, image_size: tuple[int, int] | None = None, *, semantic_inference: bool = True,
+                executed: bool = True) -> ModelStats:  # fmt: skip
     """Parameters and GFLOPs of `build_model(cfg)` at `image_size` (default: the config's crop size), on meta.
     executed=False skips the second count (`gflops_executed` is then nan)."""
     from maskformer.modeling import build_model
@@ -124,9 +107,8 @@ def model_stats(
     return measure(model, size, semantic_inference=semantic_inference, executed=executed)
 
 
-def measure(
-    model: nn.Module, image_size: tuple[int, int], *, semantic_inference: bool = True, executed: bool = True
-) -> ModelStats:
+def measure(model: nn.Module, image_size: tuple[int, int], *, semantic_inference: bool = True,
+            executed: bool = True) -> ModelStats:  # fmt: skip
     """Count `model` (a MaskFormer in eval mode, on any device incl. meta) on one [1, 3, H, W] input.
 
     Counted twice: as the official network computes it (mask-feature conv + einsum, Swin padding tokens) -> `gflops`
@@ -137,7 +119,18 @@ def measure(
     official = _count(model, x, image_size if semantic_inference else None, fuse=False)
     run = _count(model, x, image_size if semantic_inference else None, fuse=True) if executed else None
     skipped = swin_window_padding_macs(model.backbone, padded) / 1e9
-    return _stats(model, official, run, image_size, skipped)
+
+    def g(name: str, counts: dict = official) -> float:
+        return sum(counts.get(name, {}).values()) / 2e9
+
+    root = type(model).__name__
+    total, net = g("Global"), g(root)
+    return ModelStats(
+        params=count_parameters(model), params_backbone=count_parameters(model.backbone), gflops=total + skipped,
+        gflops_executed=g("Global", run) if run is not None else float("nan"), gflops_skipped=skipped,
+        gflops_backbone=g(f"{root}.backbone") + skipped, gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),
+        gflops_predictor=g(f"{root}.sem_seg_head.predictor"), gflops_inference=total - net, image_size=tuple(image_size)
+    )
 
 
 def _count(model: nn.Module, x: torch.Tensor, inference_size: tuple[int, int] | None, *, fuse: bool) -> dict:
@@ -177,19 +170,3 @@ def swin_window_padding_macs(backbone: nn.Module, size: tuple[int, int]) -> int:
         total += (padded - h * wd) * 4 * c * c * len(stage.blocks)
         h, wd = -(-h // 2), -(-wd // 2)
     return total
-
-
-def _stats(
-    model: nn.Module, counts: dict, executed: dict | None, image_size: tuple[int, int], skipped: float
-) -> ModelStats:
-    def g(name: str, c: dict = counts) -> float:
-        return sum(c.get(name, {}).values()) / 2e9
-
-    root = type(model).__name__
-    total, net = g("Global"), g(root)
-    return ModelStats(
-        params=count_parameters(model), params_backbone=count_parameters(model.backbone), gflops=total + skipped,
-        gflops_executed=g("Global", executed) if executed is not None else float("nan"), gflops_skipped=skipped,
-        gflops_backbone=g(f"{root}.backbone") + skipped, gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),
-        gflops_predictor=g(f"{root}.sem_seg_head.predictor"), gflops_inference=total - net, image_size=tuple(image_size)
-    )
