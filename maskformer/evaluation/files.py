@@ -21,14 +21,9 @@ from maskformer.evaluation.panoptic import PairCounter, PanopticEvaluator, segme
 from maskformer.evaluation.sem_seg import ConfusionCounter, SemSegEvaluator
 from maskformer.io import LABEL_EXTS, FormatError, fast_png, list_files, load_json, read_label, read_panoptic
 
-_WORKER_STATE: dict = {}  # per process: reusable counters (lookup tables and buffers)
-
-
-def _state(key, factory: Callable):
-    """This process's reusable object for `key` (built once per worker process)."""
-    if key not in _WORKER_STATE:
-        _WORKER_STATE[key] = factory()
-    return _WORKER_STATE[key]
+# this process's reusable counters (lookup tables and buffers), built once per worker process and arguments
+_pair_counter = functools.cache(PairCounter)
+_confusion_counter = functools.cache(ConfusionCounter)
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -80,10 +75,8 @@ def match_panoptic(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]:
         else:
             preds[image_id] = ann
     if unmatched:
-        raise FormatError(
-            f"{len(unmatched)} prediction(s) match no ground-truth image by image_id or file name: "
-            f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}"
-        )
+        raise FormatError(f"{len(unmatched)} prediction(s) match no ground-truth image by image_id or file name: "
+                          f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}")  # fmt: skip
     missing = [ann["image_id"] for ann in anns if ann["image_id"] not in preds]
     if missing:
         raise FormatError(f"no prediction for the ground-truth image(s) with image_id {missing[:10]}")
@@ -166,17 +159,11 @@ def _read_panoptic_pair(task) -> tuple[np.ndarray, np.ndarray]:
 def _count_panoptic_pair(task, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Joint histogram [2+n_gt, 2+n_pred] of a decoded pair (this process's reusable PairCounter)."""
     image_id, _, _, gt_seg, pred_seg = task
-    return _state("pairs", PairCounter).counts(*pair, gt_seg, pred_seg, image_id)
+    return _pair_counter().counts(*pair, gt_seg, pred_seg, image_id)
 
 
-def score_panoptic(
-    gt_json: str | Path,
-    pred_json: str | Path,
-    *,
-    gt_folder: str | Path | None = None,
-    pred_folder: str | Path | None = None,
-    workers: int | None = None,
-) -> dict:
+def score_panoptic(gt_json: str | Path, pred_json: str | Path, *, gt_folder: str | Path | None = None,
+                   pred_folder: str | Path | None = None, workers: int | None = None) -> dict:  # fmt: skip
     """PQ/SQ/RQ of COCO-format panoptic predictions, as panopticapi's pq_compute (see PanopticEvaluator.compute)."""
     gt, pred = load_json(gt_json), load_json(pred_json)
     check_panoptic_json(gt, gt_json, "ground-truth", ("annotations", "categories"))
@@ -186,16 +173,9 @@ def score_panoptic(
     _check_folders(gt_folder, pred_folder, "PNG ")
     evaluator = PanopticEvaluator(gt["categories"])
     pairs = match_panoptic(gt, pred)
-    tasks = [
-        (
-            g["image_id"],
-            gt_folder / g["file_name"],
-            pred_folder / p["file_name"],
-            segment_ids(g["segments_info"], "ground truth", g["image_id"]),
-            segment_ids(p["segments_info"], "prediction", g["image_id"]),
-        )
-        for g, p in pairs
-    ]
+    tasks = [(g["image_id"], gt_folder / g["file_name"], pred_folder / p["file_name"],
+              segment_ids(g["segments_info"], "ground truth", g["image_id"]),
+              segment_ids(p["segments_info"], "prediction", g["image_id"])) for g, p in pairs]  # fmt: skip
     hists = map_pairs(_read_panoptic_pair, _count_panoptic_pair, tasks, workers)
     for (g, p), hist in zip(pairs, hists):
         evaluator.update_counts(hist, p["segments_info"], g["segments_info"], image_id=g["image_id"])
@@ -211,24 +191,14 @@ def _read_semantic_pair(task) -> tuple[np.ndarray, np.ndarray]:
 def _count_semantic_pair(task, pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Non-zero confusion entries (flat index int32, count int64) of a decoded pair."""
     name, _, _, k, ignore, reduce_zero = task
-    counter = _state(
-        ("confusion", k, ignore, reduce_zero), lambda: ConfusionCounter(k, ignore, reduce_zero_label=reduce_zero)
-    )
-    counts = counter.counts(*pair, name).reshape(-1)
+    counts = _confusion_counter(k, ignore, reduce_zero_label=reduce_zero).counts(*pair, name).reshape(-1)
     idx = np.flatnonzero(counts)
     return idx.astype(np.int32), counts[idx]
 
 
-def score_semantic(
-    gt_dir: str | Path,
-    pred_dir: str | Path,
-    *,
-    num_classes: int,
-    ignore_label: int = 255,
-    reduce_zero_label: bool = False,
-    class_names: list[str] | None = None,
-    workers: int | None = None,
-) -> dict:
+def score_semantic(gt_dir: str | Path, pred_dir: str | Path, *, num_classes: int, ignore_label: int = 255,
+                   reduce_zero_label: bool = False, class_names: list[str] | None = None,
+                   workers: int | None = None) -> dict:  # fmt: skip
     """mIoU & co. of a folder of predicted label maps against a folder of GT label maps (SemSegEvaluator.compute)."""
     evaluator = SemSegEvaluator(num_classes, ignore_label, class_names, reduce_zero_label=reduce_zero_label)
     pairs = match_semantic(gt_dir, pred_dir)
