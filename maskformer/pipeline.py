@@ -212,13 +212,31 @@ def predict(model: nn.Module, images: Sequence[np.ndarray], *, task: str, meta: 
         preds = [_tta_prediction(model, *args, meta, inf) for args in zip(images, sizes, names)]
     else:
         device = model_device(model)
-        outputs, batch = forward(model, [to_tensor(resize_image(a, run_size(*s, min_size, max_size)), device)
-                                         for a, s in zip(images, sizes)])  # fmt: skip
-        check_label_space(num_classes(outputs), meta)
-        preds = postprocess(outputs, batch, sizes, task=task, meta=meta, inference=inf, rule=rule)
+        tensors = [to_tensor(resize_image(a, run_size(*s, min_size, max_size)), device) for a, s in zip(images, sizes)]
+        preds = [None] * len(tensors)
+        for group in padded_size_groups(tensors, getattr(model, "size_divisibility", 32)):
+            outputs, batch = forward(model, [tensors[i] for i in group])
+            check_label_space(num_classes(outputs), meta)
+            group_sizes = [sizes[i] for i in group]
+            for i, p in zip(group, postprocess(outputs, batch, group_sizes, task=task, meta=meta, inference=inf,
+                                               rule=rule)):  # fmt: skip
+                preds[i] = p
     for p, n in zip(preds, names):
         p.source = n
     return preds
+
+
+def padded_size_groups(tensors: Sequence[torch.Tensor], divisor: int) -> list[list[int]]:
+    """Indices of the images [3, h, w] grouped by the size they are padded to (a multiple of divisor), in order.
+
+    One forward per group keeps predictions batch-invariant: the official network (edge convolutions, GroupNorm
+    statistics, the sine encoding's normalization, attention without a padding mask) and the official upsampling
+    before the crop both see the padding, so an image padded beyond its own size would get other labels."""
+    divisor = max(1, int(divisor or 1))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((-(-t.shape[-2] // divisor), -(-t.shape[-1] // divisor)), []).append(i)
+    return list(groups.values())
 
 
 def _tta_prediction(model, image, size, name, meta, inf: InferenceConfig) -> Prediction:

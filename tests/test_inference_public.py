@@ -53,7 +53,6 @@ def images():
 NEAR_TIES = 1e-3  # fraction of pixels that batched float rounding may flip
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.predict pads all images to one size (one forward per padded size)")
 @pytest.mark.parametrize("task", ["semantic", "panoptic"])
 def test_labels_are_the_same_alone_and_in_a_padded_batch(random_model, task):
     model, cfg, meta = random_model
