@@ -54,12 +54,10 @@ def axis_weights(kind: str, n_low: int, n_pad: int, n_crop: int, n_out: int):
 
 @dataclass(frozen=True)
 class AxisPlan:
-    """One axis cut into output tiles of `tile` pixels.
-
-    low_idx [n_tiles, wl]: low-res indices each tile reads (a window, its last index repeated to a common width);
-    low_w [n_tiles, R, wl]: stage-A weights onto the tile's R rows (R = tile, or the stage-B window width);
-    mid_w [n_tiles, tile, wm]: stage-B weights or None; valid [n_tiles, tile]: pixels inside the output.
-    """
+    """One axis cut into output tiles of `tile` pixels. low_idx [n_tiles, wl]: low-res indices each tile reads (a
+    window, its last index repeated to a common width); low_w [n_tiles, R, wl]: stage-A weights onto the tile's R rows
+    (R = tile, or the stage-B window width); mid_w [n_tiles, tile, wm]: stage-B weights or None; valid [n_tiles, tile]:
+    pixels inside the output."""
 
     n_out: int
     tile: int

@@ -77,8 +77,7 @@ def semantic_inference(
 
     order="official": upsample the Q mask logits, sigmoid, marginalize sum_q softmax(class)[:K] * sigmoid(mask)
     (over chunks of queries, so memory stays bounded), crop, resize. before_inference=True resizes the mask logits
-    to the output first (official SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE). Per-pixel baselines: the logits
-    through the chain.
+    to the output first (official SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE). Per-pixel baselines: logits, chained.
     order="fast" (not the official numbers; what transformers does, with the padding cropped): marginalize at 1/4,
     then one bilinear resampling of the image's low-res cells straight to the output size.
     """
@@ -219,12 +218,11 @@ def instance_inference(
     thing_ids: Iterable[int] | None = None, topk: int = 100, padded_size: Size | None = None, tile: int = 32,
     fast: bool = False,
 ) -> list[Instances]:  # fmt: skip
-    """Mask2Former's instance rule -> per image `Instances`, best first (stable sort by score).
+    """Mask2Former's instance rule -> per image `Instances`, best first (stable sort by score); tile: fast path only.
 
     The top-k (query, class) pairs of the flattened Q x K class probabilities (no-object excluded); with thing_ids,
     pairs of other classes are then dropped (as in panoptic models). Mask = resampled logit > 0 (upsampled, cropped
     and resized bilinearly); score = class probability x mean sigmoid inside the mask (sum / (area + 1e-6)).
-    tile: fast path only.
     """
     if "pred_logits" not in outputs:
         raise ValueError("instance inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
