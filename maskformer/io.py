@@ -22,7 +22,7 @@ import math
 import os
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,10 +90,8 @@ def read_label(path: str | Path) -> np.ndarray:
     img = open_image(path, "label map")
     arr = np.asarray(img)
     if arr.ndim != 2 or arr.dtype.kind not in "biu":
-        raise FormatError(
-            f"{path}: a label map must have one channel of class ids, got mode {img.mode}; "
-            "expected one channel (8-bit L/P, 16-bit I;16 or 32-bit I)"
-        )
+        raise FormatError(f"{path}: a label map must have one channel of class ids, got mode {img.mode}; "
+                          "expected one channel (8-bit L/P, 16-bit I;16 or 32-bit I)")  # fmt: skip
     return arr.astype(np.int32, copy=False)
 
 
@@ -171,8 +169,7 @@ def load_json(path: str | Path):
     if not path.is_file():
         raise FormatError(f"{path}: JSON file not found")
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: invalid JSON ({e})") from None
 
@@ -209,12 +206,6 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """write(temp path) next to `path`, then rename (see atomic_file)."""
-    with atomic_file(path) as tmp:
-        write(tmp)
-
-
 def image_bytes(arr: np.ndarray, fmt: str = "PNG", *, compress_level: int = 6, quality: int = 95) -> bytes:
     """uint8 [H, W] / [H, W, 3] or uint16 [H, W] -> the bytes of an image file in Pillow format `fmt` (PNG, JPEG,
     TIFF, ...): what every writer here writes, and what the server sends (maskformer.serve.encode)."""
@@ -230,7 +221,8 @@ def _save_image(path: str | Path, arr: np.ndarray, compress_level: int = 6, qual
     if fmt is None:
         raise ValueError(f"{path}: unknown image file extension; use one of {', '.join(IMAGE_EXTS)}")
     data = image_bytes(arr, fmt, compress_level=compress_level, quality=quality)
-    _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_image(path: str | Path, image, quality: int = 95, compress_level: int = 6) -> None:
@@ -283,7 +275,8 @@ def _json_safe(x):
 def save_json(path: str | Path, obj, *, indent: int | None = None) -> None:
     """Write strict JSON (NaN -> null) atomically, creating the parent folder."""
     text = json.dumps(_json_safe(obj), indent=indent, allow_nan=False)
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 # ------------------------------------------------------------------------------------------------ COCO panoptic
@@ -317,10 +310,8 @@ def panoptic_annotation(ids, segments: list[dict], *, image_id, file_name: str) 
 
 def write_panoptic_json(path: str | Path, annotations: list[dict], meta: DatasetMeta) -> None:
     """COCO panoptic JSON: the annotations and the "categories" of `meta` (dataset ids)."""
-    categories = [
-        {"id": int(d), "name": name, "isthing": int(t), "color": list(c)}
-        for d, name, t, c in zip(meta.dataset_ids, meta.class_names, meta.is_thing, meta.palette)
-    ]
+    categories = [{"id": int(d), "name": n, "isthing": int(t), "color": list(c)}
+                  for d, n, t, c in zip(meta.dataset_ids, meta.class_names, meta.is_thing, meta.palette)]  # fmt: skip
     save_json(path, {"annotations": annotations, "categories": categories})
 
 

@@ -152,7 +152,9 @@ def test_writes_are_atomic_and_json_is_strict(tmp_path):
     with pytest.raises(ValueError, match="0..65535"):
         fmt.write_label(tmp_path / "l.png", np.full((3, 3), -1))
     with pytest.raises(ZeroDivisionError):  # a write failing half-way leaves the old file and no temporary behind
-        fmt._atomic_write(tmp_path / "sub" / "r.json", lambda tmp: (tmp.write_text("{half"), 1 / 0))
+        with fmt.atomic_file(tmp_path / "sub" / "r.json") as tmp:
+            tmp.write_text("{half")
+            raise ZeroDivisionError
     assert fmt.load_json(tmp_path / "sub" / "r.json")["3"] == 0.5
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["l.png", "r.json", "sub"]
     assert (read_label(tmp_path / "l.png") == 0).all()
