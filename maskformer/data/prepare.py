@@ -22,20 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..io import (
-    DatasetError,
-    image_size,
-    list_files,
-    load_json,
-    mask_bbox,
-    read_image,
-    read_label,
-    read_panoptic,
-    rgb2id,
-    save_json,
-    write_label,
-    write_panoptic,
-)
+from .. import io as fmt
+from ..io import DatasetError
 from . import meta as builtin
 from .dataset import paint_semantic
 from .semantic import find_dir
@@ -51,9 +39,10 @@ def prepare_ade20k(root: str | Path, log: Log = print) -> Path:
         src = base / "annotations" / split
         if not src.is_dir():
             continue
-        files = list_files(src, (".png",))
+        files = fmt.list_files(src, (".png",))
         for f in files:
-            write_label(base / "annotations_detectron2" / split / f.name, read_label(f).astype(np.uint8) - np.uint8(1))
+            labels = fmt.read_label(f).astype(np.uint8) - np.uint8(1)  # 0 (unlabelled) wraps to 255 = ignore
+            fmt.write_label(base / "annotations_detectron2" / split / f.name, labels)
         log(f"ade20k: {split}: {len(files)} label maps -> {base / 'annotations_detectron2' / split}")
     return base
 
@@ -87,10 +76,10 @@ def prepare_coco_stuff_10k(root: str | Path, log: Log = print) -> Path:
             img_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(image, img_dir / image.name)
             s = read_mat_labels(base / "annotations" / f"{name}.mat").astype(np.uint8) - np.uint8(2)
-            h, w = image_size(image)
+            h, w = fmt.image_size(image)
             if s.shape != (h, w):
                 raise DatasetError(f"{base / 'annotations' / (name + '.mat')}: labels {s.shape} vs image {(h, w)}")
-            write_label(base / "annotations_detectron2" / split / f"{name}.png", s)
+            fmt.write_label(base / "annotations_detectron2" / split / f"{name}.png", s)
         log(f"coco_stuff_10k: {split}: {len(names)} images")
     return base
 
@@ -98,7 +87,7 @@ def prepare_coco_stuff_10k(root: str | Path, log: Log = print) -> Path:
 # ---------------------------------------------------------------------------------------------------- ADE20K-Full
 def ade_full_class_mask(seg_png: Path) -> np.ndarray:
     """int32 [h, w] ADE20K class index (R // 10) * 256 + G of a *_seg.png."""
-    rgb = read_image(seg_png).astype(np.int32)
+    rgb = fmt.read_image(seg_png).astype(np.int32)
     return rgb[..., 0] // 10 * 256 + rgb[..., 1]
 
 
@@ -143,9 +132,8 @@ def prepare_ade20k_full(root: str | Path, categories: str | Path | None = None, 
     """ADE20K_2021_17_01 -> images_detectron2/{split}/*.jpg + annotations_detectron2/{split}/*.tif."""
     root = Path(root)
     base = find_dir([root / "ADE20K_2021_17_01", root], "ADE20K_2021_17_01 folder")
-    with open(base / "index_ade20k.pkl", "rb") as f:
-        index = pickle.load(f)
-    cats = load_json(categories) if categories else derive_ade_full_categories(index, base)
+    index = pickle.loads((base / "index_ade20k.pkl").read_bytes())
+    cats = fmt.load_json(categories) if categories else derive_ade_full_categories(index, base)
     if not cats:
         raise DatasetError(f"{base / 'index_ade20k.pkl'}: no classes found (none present in both splits?)")
     id_map = {int(c["id"]): int(c["trainId"]) for c in cats}
@@ -153,7 +141,7 @@ def prepare_ade20k_full(root: str | Path, categories: str | Path | None = None, 
     lut_train = np.array([id_map[i] for i in lut_ids], dtype=np.int64)
     for folder, name in zip(index["folder"], index["filename"]):
         split = "validation" if name.split("_")[1] == "val" else "training"
-        img = read_image(base.parent / folder / name)
+        img = fmt.read_image(base.parent / folder / name)
         lab = ade_full_class_mask(base.parent / folder / name.replace(".jpg", "_seg.png"))
         size = ade_full_size(*img.shape[:2])
         if size is not None:
@@ -162,54 +150,49 @@ def prepare_ade20k_full(root: str | Path, categories: str | Path | None = None, 
         out = np.where(lut_ids[pos] == lab, lut_train[pos], 65535).astype(np.uint16)
         (base / "images_detectron2" / split).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(base / "images_detectron2" / split / name)
-        write_label(base / "annotations_detectron2" / split / name.replace(".jpg", ".tif"), out)
-    save_json(base / "ade20k_full_categories.json", cats)
+        fmt.write_label(base / "annotations_detectron2" / split / name.replace(".jpg", ".tif"), out)
+    fmt.save_json(base / "ade20k_full_categories.json", cats)
     log(f"ade20k_full: {len(index['filename'])} images, {len(cats)} classes -> {base}")
     return base
 
 
 # ---------------------------------------------------------------------------------------------------- ADE panoptic
-class IdColors:
-    """Unique segment colours per image (panopticapi IdGenerator's rule): a stuff segment takes its category colour,
-    a thing instance a random jitter of it (seeded); id = R + 256 G + 256^2 B."""
+def new_segment_ids(palette: list[tuple[int, int, int]], seed: int) -> Callable[[int], int]:
+    """category -> a new segment id, unique in the image (panopticapi IdGenerator's rule): a category's colour while
+    free, else a random (seeded) jitter of it; id = R + 256 G + 256^2 B."""
+    rng, taken = np.random.default_rng(seed), set()
 
-    def __init__(self, palette: list[tuple[int, int, int]], is_thing: list[bool], seed: int):
-        self.palette, self.is_thing = palette, is_thing
-        self.rng = np.random.default_rng(seed)
-        self.taken: set[tuple[int, int, int]] = set()
+    def next_id(category: int) -> int:
+        color = tuple(int(v) for v in palette[category])
+        while color in taken:
+            color = tuple(int(v) for v in np.clip(np.array(palette[category]) + rng.integers(-30, 31, 3), 0, 255))
+        taken.add(color)
+        return int(fmt.rgb2id(np.array(color)))
 
-    def next(self, category: int) -> int:
-        color = tuple(int(v) for v in self.palette[category])
-        while color in self.taken:
-            jitter = self.rng.integers(-30, 31, 3)
-            color = tuple(int(v) for v in np.clip(np.array(self.palette[category]) + jitter, 0, 255))
-        self.taken.add(color)
-        return int(rgb2id(np.array(color)))
+    return next_id
 
 
 def ade_panoptic_image(sem: np.ndarray, ins: np.ndarray, meta, seed: int, path: Path):
     """(segment ids int32 [h, w], segments_info) from sem (class 0..149 / 255) and the instance PNG [h, w, 3]."""
     ids = np.zeros(sem.shape, np.int32)
-    colors = IdColors(meta.palette, meta.is_thing, seed)
+    new_id = new_segment_ids(meta.palette, seed)
     inst_to_sem = [t - 1 for t in builtin.ADE20K_PANOPTIC_THING_IDS]
     segments = []
     for c in np.unique(sem):
         if c != 255 and not meta.is_thing[c]:
-            segments.append({"id": colors.next(int(c)), "category_id": int(c), "iscrowd": 0})
+            segments.append({"id": new_id(int(c)), "category_id": int(c), "iscrowd": 0})
             ids[sem == c] = segments[-1]["id"]
     ins_cat, ins_id = ins[..., 0].astype(np.int32) - 1, ins[..., 1]
-    for k in np.unique(ins_id):
-        if k == 0:
-            continue
+    for k in np.setdiff1d(ins_id, 0):  # instance numbers, 0 = none
         m = ins_id == k
         cats = np.unique(ins_cat[m])
         if len(cats) != 1 or not 0 <= cats[0] < len(inst_to_sem):
             raise DatasetError(f"{path}: instance {k} has instance classes {cats.tolist()} (expected one of 1..100)")
         c = inst_to_sem[cats[0]]
-        segments.append({"id": colors.next(c), "category_id": c, "iscrowd": 0})
+        segments.append({"id": new_id(c), "category_id": c, "iscrowd": 0})
         ids[m] = segments[-1]["id"]
     area = {s["id"]: int((ids == s["id"]).sum()) for s in segments}
-    segments = [dict(s, area=area[s["id"]], bbox=mask_bbox(ids == s["id"])) for s in segments if area[s["id"]] > 0]
+    segments = [dict(s, area=area[s["id"]], bbox=fmt.mask_bbox(ids == s["id"])) for s in segments if area[s["id"]] > 0]
     return ids, segments
 
 
@@ -223,15 +206,15 @@ def prepare_ade20k_panoptic(root: str | Path, log: Log = print) -> Path:
         if not (base / "annotations_instance" / split).is_dir():
             continue
         images, annotations = [], []
-        for i, f in enumerate(list_files(base / "images" / split, (".jpg",))):
-            sem = read_label(base / "annotations_detectron2" / split / f"{f.stem}.png")
+        for i, f in enumerate(fmt.list_files(base / "images" / split, (".jpg",))):
+            sem = fmt.read_label(base / "annotations_detectron2" / split / f"{f.stem}.png")
             ins_path = base / "annotations_instance" / split / f"{f.stem}.png"
-            ids, segments = ade_panoptic_image(sem, read_image(ins_path), meta, seed=i, path=ins_path)
-            write_panoptic(base / f"ade20k_panoptic_{short}" / f"{f.stem}.png", ids)
+            ids, segments = ade_panoptic_image(sem, fmt.read_image(ins_path), meta, seed=i, path=ins_path)
+            fmt.write_panoptic(base / f"ade20k_panoptic_{short}" / f"{f.stem}.png", ids)
             images.append({"id": f.stem, "file_name": f.name, "height": sem.shape[0], "width": sem.shape[1]})
             annotations.append({"image_id": f.stem, "file_name": f"{f.stem}.png", "segments_info": segments})
         data = {"images": images, "annotations": annotations, "categories": cats}
-        save_json(base / f"ade20k_panoptic_{short}.json", data)
+        fmt.save_json(base / f"ade20k_panoptic_{short}.json", data)
         log(f"ade20k_panoptic: {split}: {len(images)} images -> {base / f'ade20k_panoptic_{short}'}")
     return base
 
@@ -245,14 +228,14 @@ def prepare_coco_panoptic_semantic(root: str | Path, splits=("train2017", "val20
         json_file = base / "annotations" / f"panoptic_{split}.json"
         if not json_file.is_file():
             continue
-        data = load_json(json_file)
+        data = fmt.load_json(json_file)
         contiguous = {int(c["id"]): i for i, c in enumerate(data["categories"])}
         for ann in data["annotations"]:
-            ids = read_panoptic(base / f"panoptic_{split}" / ann["file_name"])
+            ids = fmt.read_panoptic(base / f"panoptic_{split}" / ann["file_name"])
             seg_ids = np.array([s["id"] for s in ann["segments_info"]], dtype=np.int64)
             classes = np.array([contiguous[s["category_id"]] for s in ann["segments_info"]], dtype=np.int64)
             sem = paint_semantic(ids, seg_ids, classes, 255)[0]
-            write_label(base / f"panoptic_semseg_{split}" / ann["file_name"], sem.astype(np.uint8))
+            fmt.write_label(base / f"panoptic_semseg_{split}" / ann["file_name"], sem.astype(np.uint8))
         log(f"coco_panoptic_semantic: {split}: {len(data['annotations'])} label maps")
     return base
 
