@@ -124,7 +124,7 @@ def main() -> None:
     text = report(results, args, info, (before, after))
     print(text)
     if args.write:
-        write_section(text, Path(__file__).with_name("RESULTS.md"))
+        write_section(text, Path(__file__).with_name("RESULTS.md"), SECTION)
 
 
 if __name__ == "__main__":

@@ -202,14 +202,14 @@ def notes(results: list[dict]) -> list[str]:
     return out
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace (or append) only this benchmark's section of RESULTS.md."""
+def write_section(text: str, path: Path, section: str = SECTION) -> None:
+    """Replace (or append) only the section headed `section` (this benchmark's by default) of RESULTS.md."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION)
+    start = old.find(section)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = old.find("\n## ", start + len(SECTION))
+        end = old.find("\n## ", start + len(section))
         new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
     path.write_text(new)
 

@@ -165,9 +165,11 @@ def main(argv=None) -> dict:
     try:
         load(server.url, body, 1, requests=5)  # warm-up
         result["levels"] = [load(server.url, body, n, seconds=args.seconds) for n in levels]
-        rss_before = server.rss_mib()
-        load(server.url, body, 4, requests=args.rss_requests)
-        result["rss_mib"] = {"before": rss_before, "after": server.rss_mib(), "requests": args.rss_requests}
+        rss_before, steps = server.rss_mib(), []
+        for _ in range(4):  # RSS after each quarter: a leak keeps growing, allocator warm-up levels off
+            load(server.url, body, 4, requests=max(1, args.rss_requests // 4))
+            steps.append(round(server.rss_mib(), 1))
+        result["rss_mib"] = {"before": rss_before, "after": steps[-1], "requests": args.rss_requests, "steps": steps}
     finally:
         server.stop()
 
@@ -195,7 +197,8 @@ def markdown(r: dict) -> str:
              f"{x['errors']} |" for x in r["levels"]]  # fmt: skip
     m, rss = r["micro_batching"], r["rss_mib"]
     rows.append(f"\nmicro-batching (max-batch {r['max_batch']} vs 1, {m['clients']} clients): {m['gain']:.2f}x; "
-                f"server RSS {rss['before']:.0f} -> {rss['after']:.0f} MiB over {rss['requests']} requests; "
+                f"server RSS {rss['before']:.0f} -> {rss['after']:.0f} MiB over {rss['requests']} requests "
+                f"(after each quarter: {', '.join(f'{v:.0f}' for v in rss['steps'])}); "
                 f"overhead over Predictor in a loop at 1 client: {100 * r['overhead_at_1_client']:+.1f}% "
                 f"(p50 {r['levels'][0]['p50_ms']:.1f} vs {r['predictor_loop']['p50_ms']:.1f} ms)")  # fmt: skip
     return "\n".join(rows)

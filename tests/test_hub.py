@@ -432,3 +432,30 @@ def test_predict_with_a_zoo_name_end_to_end(env, server, official, monkeypatch, 
     assert main(["predict", "--model", ZOO_NAME, str(photo), "--out", str(tmp_path / "out")]) == 0
     label = np.array(Image.open(tmp_path / "out" / "semantic" / "photo.png"))
     assert label.shape == (48, 64) and label.max() < 19
+
+
+def test_train_init_weights_take_a_zoo_name_and_an_imagenet_weights_name(env, server, official, monkeypatch):
+    """`train --init-weights REF`: a zoo name loads the whole model; an ImageNet name (kind backbone) only the
+    backbone, through the same verified download."""
+    from maskformer.engine.components import load_init_weights
+
+    data, original = official
+    zoo_entry(monkeypatch, server, data)
+    torch.manual_seed(1)
+    model = build(get_preset("maskformer_r18_synth", [*TINY_HEADS, "model.num_classes=19"]))
+    load_init_weights(model, ZOO_NAME)
+    for k, v in original.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    url = server.add(f"/models/r18-test-{prefix}.pkl", data)
+    monkeypatch.setitem(BACKBONE_WEIGHTS, "r18-test", WeightsEntry("r18-test", url, "resnet18", prefix))
+    torch.manual_seed(2)
+    fresh = build(get_preset("maskformer_r18_synth", [*TINY_HEADS, "model.num_classes=19"]))
+    heads = {k: v.clone() for k, v in fresh.state_dict().items() if k.startswith("sem_seg_head.")}
+    load_init_weights(fresh, "r18-test", "backbone")
+    state = fresh.state_dict()
+    for k, v in original.state_dict().items():
+        if k.startswith("backbone.") and not k.endswith("num_batches_tracked"):
+            assert torch.equal(state[k], v), k
+    assert all(torch.equal(state[k], v) for k, v in heads.items())  # the heads keep their initialisation
