@@ -145,12 +145,12 @@ def forward(model: nn.Module, images: Sequence[torch.Tensor]) -> tuple[dict, Ima
     return model(batch), batch
 
 
-def forward_scores(model: nn.Module, images: Sequence[torch.Tensor], output_sizes: Sequence[Size], *,
-                   order: str = "official") -> list[torch.Tensor]:  # fmt: skip
+def forward_scores(model: nn.Module, images: Sequence[torch.Tensor],
+                   output_sizes: Sequence[Size]) -> list[torch.Tensor]:  # fmt: skip
     """Run the model on float [3, h, w] images (one padded batch) -> semantic scores [K, H, W] per output size."""
     outputs, batch = forward(model, images)
     padded = tuple(batch.tensor.shape[-2:])
-    return semantic_inference(outputs, batch.image_sizes, output_sizes, order=order, padded_size=padded)
+    return semantic_inference(outputs, batch.image_sizes, output_sizes, padded_size=padded)
 
 
 def num_classes(outputs: dict) -> int:
@@ -256,7 +256,7 @@ def tta_sizes(min_size_test: int, scales: Sequence[float], max_size_test: int) -
 
 @torch.no_grad()
 def semantic_tta(model: nn.Module, image: np.ndarray, *, min_sizes: Sequence[int], max_size: int, flip: bool = True,
-                 order: str = "official", window: Size | None = None) -> torch.Tensor:  # fmt: skip
+                 window: Size | None = None) -> torch.Tensor:  # fmt: skip
     """Mean semantic scores [K, h, w] over short-side sizes x (flip), at the original size of uint8 [h, w, 3] image.
     window: run each copy by sliding windows of this size when the copy is larger (None: whole image)."""
     if len(min_sizes) == 0:
@@ -268,9 +268,9 @@ def semantic_tta(model: nn.Module, image: np.ndarray, *, min_sizes: Sequence[int
         for flipped in (False, True) if flip else (False,):
             x = resized.flip(-1) if flipped else resized
             if window is not None and (x.shape[-2] > window[0] or x.shape[-1] > window[1]):
-                scores = sliding_window_semantic(model, x, window=window, output_size=(h, w), order=order)
+                scores = sliding_window_semantic(model, x, window=window, output_size=(h, w))
             else:
-                scores = forward_scores(model, [x], [(h, w)], order=order)[0]
+                scores = forward_scores(model, [x], [(h, w)])[0]
             scores = scores.flip(-1) if flipped else scores
             total = scores if total is None else total + scores
             n += 1
@@ -286,8 +286,7 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 @torch.no_grad()
 def sliding_window_semantic(model: nn.Module, image: torch.Tensor, *, window: Size, stride: Size | None = None,
-                            output_size: Size | None = None, batch_size: int = 4, order: str = "official",
-                            ) -> torch.Tensor:  # fmt: skip
+                            output_size: Size | None = None, batch_size: int = 4) -> torch.Tensor:  # fmt: skip
     """Semantic scores [K, H, W] of float [3, h, w] image from overlapping windows (default stride 2/3 window).
 
     Each window's scores are computed at the window's size, summed into the full map and divided by the number of
@@ -301,7 +300,7 @@ def sliding_window_semantic(model: nn.Module, image: torch.Tensor, *, window: Si
     for b0 in range(0, len(boxes), batch_size):
         chunk = boxes[b0 : b0 + batch_size]
         crops = [image[:, y : y + wh, x : x + ww] for y, x, wh, ww in chunk]
-        per_crop = forward_scores(model, crops, [c.shape[-2:] for c in crops], order=order)
+        per_crop = forward_scores(model, crops, [c.shape[-2:] for c in crops])
         for (y, x, wh, ww), scores in zip(chunk, per_crop):
             if total is None:
                 total = image.new_zeros(scores.shape[0], h, w)

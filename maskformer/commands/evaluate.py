@@ -1,10 +1,5 @@
 """`maskformer eval`: run a model over a dataset split and report mIoU (+ PQ^St), PQ or mask AP.
 
-Examples:
-  maskformer eval --model runs/r50/model --data datasets/ADEChallengeData2016
-  maskformer eval --model runs/r50/model --data datasets/ADEChallengeData2016 --tta --json ade_ms.json
-  maskformer eval --model runs/pan/model --data datasets/coco --task panoptic --max-images 500
-
 Prints the per-class table and the summary, and writes the full results as JSON (default eval_<task>.json).
 """
 

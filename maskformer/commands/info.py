@@ -5,11 +5,6 @@ documented in maskformer/modeling/flops.py.
 
 `maskformer info --system`: this machine as inference sees it (CPU model, the flags that matter, cores, torch
 version and threads, the precision `--precision auto` picks, CUDA devices).
-
-Examples:
-  maskformer info maskformer_r50_ade20k
-  maskformer info maskformer_swin_t_ade20k --size 640 640 --json
-  maskformer info --system
 """
 
 from __future__ import annotations

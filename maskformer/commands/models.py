@@ -1,10 +1,5 @@
 """`maskformer models`: the model presets, with the paper's parameter and GFLOP numbers where the paper gives them;
 `--zoo`: the pretrained models (model zoo) with the paper's metric and whether each is already cached.
-
-Examples:
-  maskformer models
-  maskformer models --filter swin --json
-  maskformer models --zoo
 """
 
 from __future__ import annotations

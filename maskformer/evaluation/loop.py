@@ -72,7 +72,7 @@ def evaluate_model(model: nn.Module, dataset, *, task: str = "semantic", tta: bo
         runner = build_runner(model, backend=backend, precision=resolved, cache_dir=cache_dir)
         for done, items in enumerate(loader):
             arrays = [image.permute(1, 2, 0).numpy() for image, _, _ in items]  # uint8 [h, w, 3]
-            sizes = [_original_size(info, image) for image, _, info in items]
+            sizes = [(int(i.get("height", x.shape[-2])), int(i.get("width", x.shape[-1]))) for x, _, i in items]
             names = [str(info.get("file_name", "")) for _, _, info in items]
             preds = predict(runner, arrays, task=task, meta=meta, inference=cfg.inference, output_sizes=sizes, tta=tta,
                             names=names, rule=cfg.model.arch)  # fmt: skip
@@ -86,10 +86,6 @@ def evaluate_model(model: nn.Module, dataset, *, task: str = "semantic", tta: bo
         print()
     reduce_evaluator(evaluator)  # all processes' counts, merged exactly
     return {**evaluator.compute(), "task": task, "precision": resolved, "backend": backend}
-
-
-def _original_size(info: dict, image: torch.Tensor) -> tuple[int, int]:
-    return int(info.get("height", image.shape[-2])), int(info.get("width", image.shape[-1]))
 
 
 def _update(evaluator, task: str, pred: Prediction, target, info: dict, meta: DatasetMeta) -> None:

@@ -63,10 +63,7 @@ class ConfusionCounter:
         np.add(key, pred_v, out=key, dtype=np.intp, casting="unsafe")  # key = row * K + pred
         hist = weighted_bincount(key, weights, (k + 2) * k)
         if hist[(k + 1) * k :].any():
-            bad = np.unique(gt[self._lut[np.clip(gt, 0, _LUT_SIZE)] > k * k])[:10].tolist()
-            raise ValueError(
-                f"image {name}: ground-truth values {bad} are neither classes 0..{k - 1} nor ignore {self.ignore_label}"
-            )
+            self._bad_gt(np.unique(gt[self._lut[np.clip(gt, 0, _LUT_SIZE)] > k * k]), name)
         return hist[: (k + 1) * k].reshape(k + 1, k)
 
     def _keys(self, gt: np.ndarray, name) -> np.ndarray:
@@ -86,11 +83,14 @@ class ConfusionCounter:
         outside = (gt < 0) | (gt >= _LUT_SIZE)
         bad = np.unique(gt[outside & (gt != self.ignore_label)])
         if bad.size:
-            raise ValueError(
-                f"image {name}: ground-truth values {bad[:10].tolist()} are neither classes "
-                f"0..{self.num_classes - 1} nor ignore {self.ignore_label}"
-            )
+            self._bad_gt(bad, name)
         return np.where(outside, _LUT_SIZE, gt)  # the extra last table entry is the ignore row
+
+    def _bad_gt(self, bad: np.ndarray, name) -> None:
+        raise ValueError(
+            f"image {name}: ground-truth values {bad[:10].tolist()} are neither classes 0..{self.num_classes - 1} "
+            f"nor ignore {self.ignore_label}"
+        )
 
 
 def _check_pred(pred: np.ndarray, k: int, name) -> None:
