@@ -16,7 +16,7 @@ from .dataset import Record, SegDataset
 from .folder import folder
 from .loader import ResumableLoader, ResumableSampler, build_loader, collate
 from .recipes import eval_transform, train_transform
-from .semantic import ade20k, ade20k_full, cityscapes, coco_stuff, mapillary, semantic_files
+from .semantic import ade20k, ade20k_full, cityscapes, coco_stuff, mapillary
 from .transforms import Sample
 
 # format name -> reader(root, split, **kw)
@@ -69,6 +69,6 @@ def build_dataset(
 __all__ = [  # fmt: skip
     "FORMATS", "DatasetError", "Record", "ResumableLoader", "ResumableSampler", "Sample", "SegDataset", "ade20k",
     "ade20k_full", "ade20k_panoptic", "build_dataset", "build_loader", "cityscapes", "coco_panoptic",
-    "coco_panoptic_files", "coco_stuff", "collate", "folder", "mapillary", "semantic_files", "eval_transform",
+    "coco_panoptic_files", "coco_stuff", "collate", "folder", "mapillary", "eval_transform",
     "train_transform"
 ]

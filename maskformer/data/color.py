@@ -7,6 +7,8 @@ float32 sector formula of OpenCV's vectorized path for the inverse. No OpenCV de
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 _SHIFT = 12
@@ -73,11 +75,7 @@ def bgr_to_hsv(bgr: np.ndarray) -> np.ndarray:
 
 
 def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
-    """uint8 [h, w, 3] HSV (H in 0..179) -> uint8 [h, w, 3] BGR, as cv2.cvtColor(COLOR_HSV2BGR).
-
-    Follows OpenCV 4.x's vectorized 8-bit path: float32 sector formula, 1 - s*f as a fused multiply-add,
-    truncation (not rounding) of value * 255; the (H, S) factors come from a precomputed table.
-    """
+    """uint8 [h, w, 3] HSV (H in 0..179) -> uint8 [h, w, 3] BGR, as cv2.cvtColor(COLOR_HSV2BGR), via _FACTORS."""
     hs = hsv[..., 0].astype(np.intp) * 256 + hsv[..., 1]  # [h, w] index into the flattened (H, S) table
     v = _V[hsv[..., 2]]
     out = np.empty(hsv.shape, np.uint8)
@@ -99,18 +97,15 @@ class ColorAugSSD:
     mod 180. All draws come from the passed numpy Generator.
     """
 
-    def __init__(
-        self,
-        *,
-        brightness_delta: float = 32,
-        contrast_range: tuple[float, float] = (0.5, 1.5),
-        saturation_range: tuple[float, float] = (0.5, 1.5),
-        hue_delta: int = 18,
-    ):
-        self.brightness_delta = brightness_delta
-        self.contrast_range = contrast_range
-        self.saturation_range = saturation_range
+    brightness_delta = 32
+    contrast_range = saturation_range = (0.5, 1.5)
+
+    def __init__(self, *, hue_delta: int = 18):
         self.hue_delta = hue_delta
+
+    def __call__(self, sample, rng: np.random.Generator):
+        """As a transform (maskformer.data.transforms): the image augmented, the label maps untouched."""
+        return replace(sample, image=self.apply(sample.image, rng))
 
     def apply(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """uint8 [h, w, 3] RGB -> augmented uint8 [h, w, 3] RGB."""

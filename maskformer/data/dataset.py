@@ -46,7 +46,7 @@ class SegDataset(Dataset):
     def __init__(
         self, records: list[Record], meta: DatasetMeta, *, source: str, target: str = "semantic",
         transform: Callable | None = None, train: bool = False,
-        label_fn: Callable[[np.ndarray], np.ndarray] | None = None, check_labels: bool = True,
+        label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ):  # fmt: skip
         if not records:
             raise DatasetError(f"{source}: the dataset is empty (no image/label pairs found)")
@@ -55,7 +55,7 @@ class SegDataset(Dataset):
         if target == "panoptic" and any(r.pan_seg is None for r in records):
             raise DatasetError(f"{source}: panoptic targets need panoptic PNGs, which this dataset does not have")
         self.records, self.meta, self.source, self.target = records, meta, source, target
-        self.transform, self.train, self.label_fn, self.check_labels = transform, train, label_fn, check_labels
+        self.transform, self.train, self.label_fn = transform, train, label_fn
         self._rng: np.random.Generator | None = None
 
     def __len__(self) -> int:
@@ -85,8 +85,7 @@ class SegDataset(Dataset):
         lab = read_label(r.sem_seg)
         if self.label_fn is not None:
             lab = self.label_fn(lab)
-        if self.check_labels:
-            check_label_values(lab, self.meta, r.sem_seg)
+        check_label_values(lab, self.meta, r.sem_seg)
         return lab
 
     def _read_panoptic(self, r: Record) -> tuple[np.ndarray, list[dict], np.ndarray]:

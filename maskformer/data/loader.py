@@ -6,7 +6,6 @@ training was resumed.
 from __future__ import annotations
 
 import functools
-import random
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -45,13 +44,6 @@ class ResumableSampler(Sampler):
             raise ValueError(f"offset {offset} is outside [0, {self.epoch_length}]")
         self.epoch, self.offset = int(epoch), int(offset)
 
-    def state_dict(self) -> dict:
-        """The position of the next key to deliver (advanced by ResumableLoader as batches are delivered)."""
-        return {"epoch": self.epoch, "offset": self.offset}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_position(state["epoch"], state["offset"])
-
     def epoch_keys(self, epoch: int) -> list[tuple[int, int]]:
         """This rank's (index, seed) keys of one epoch."""
         total = self.epoch_length * self.world_size
@@ -72,14 +64,6 @@ class ResumableSampler(Sampler):
 
     def __len__(self) -> int:
         return self.epoch_length - self.offset
-
-
-def seed_worker(worker_id: int) -> None:
-    """Seed python/numpy in a DataLoader worker from torch's per-worker seed (deterministic given the loader's
-    generator), for any incidental randomness outside the keyed augmentation."""
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
 
 
 def worker_message(error: Exception) -> Exception:
@@ -103,9 +87,9 @@ class ResumableLoader:
 
     def __init__(self, dataset, sampler: ResumableSampler, *, batch_size: int, num_workers: int, seed: int, **kw):
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
-        init = seed_worker if num_workers > 0 else None
+        # torch seeds python/numpy/torch in each worker from this generator; the augmentation itself is keyed
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                 worker_init_fn=init, generator=torch.Generator().manual_seed(seed), **kw)  # fmt: skip
+                                 generator=torch.Generator().manual_seed(seed), **kw)  # fmt: skip
 
     def __iter__(self):
         start_epoch = self.sampler.epoch
@@ -131,10 +115,10 @@ class ResumableLoader:
         return n // self.batch_size if self.loader.drop_last else -(-n // self.batch_size)
 
     def state_dict(self) -> dict:
-        return self.sampler.state_dict()
+        return {"epoch": self.sampler.epoch, "offset": self.sampler.offset}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
+        self.sampler.set_position(state["epoch"], state["offset"])
 
 
 def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, *, infinite=False, rank=0,

@@ -1,20 +1,12 @@
-"""The official augmentation recipes (reference section 6.3) assembled from transforms.py.
-
-- "semantic" (MaskFormerSemanticDatasetMapper) and "panoptic" (the ADE20K panoptic mapper, same augmentations):
-  T.ResizeShortestEdge(choice) -> T.RandomCrop (category-area constraint) -> ColorAugSSD -> flip -> pad to S x S with
-  128 / ignore / 0.
-- "detr" (COCO panoptic): with p = 0.5 flip -> resize; otherwise flip -> resize(400/500/600) -> crop
-  "absolute_range" (384, 600) -> resize. No padding.
-- "lsj" (Mask2Former COCO large-scale jitter): flip -> resize to scale 0.1-2.0 of crop_size -> crop to crop_size
-  (FixedSizeCrop) -> pad to crop_size with 128 / ignore / 0.
-- test: T.ResizeShortestEdge to one short side with a max size.
-"""
+"""The official augmentation recipes (reference section 6.3) assembled from transforms.py: "semantic" and "panoptic"
+(detectron2's semantic and ADE20K panoptic mappers), "detr" (COCO panoptic), "lsj" (Mask2Former's COCO jitter)."""
 
 from __future__ import annotations
 
 import sys
 
 from . import transforms as T
+from .color import ColorAugSSD
 
 RECIPES = ("semantic", "panoptic", "detr", "lsj")
 LSJ_SCALES = (0.1, 2.0)
@@ -29,7 +21,7 @@ def semantic_recipe(data_cfg, ignore_label: int) -> T.Compose:
     steps = [T.ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train),
              T.RandomCrop(crop_size=crop, single_category_max_area=area, ignore_label=ignore_label)]  # fmt: skip
     if data_cfg.color_aug_ssd:
-        steps.append(T.ColorJitterSSD())
+        steps.append(ColorAugSSD())
     steps.append(T.RandomFlip(prob=0.5))
     if data_cfg.pad_size > 0:
         if max(crop) > data_cfg.pad_size:
@@ -41,7 +33,7 @@ def semantic_recipe(data_cfg, ignore_label: int) -> T.Compose:
 def detr_recipe(data_cfg) -> T.RandomChoice:
     """DETR's COCO recipe (DETRPanopticDatasetMapper): two equally likely branches, both starting with a flip."""
     resize = T.ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train)
-    extra = [T.ColorJitterSSD()] if data_cfg.color_aug_ssd else []
+    extra = [ColorAugSSD()] if data_cfg.color_aug_ssd else []
     plain = T.Compose([T.RandomFlip(prob=0.5), resize, *extra])
     cropped = T.Compose([T.RandomFlip(prob=0.5), T.ResizeShortestEdge(sizes=DETR_CROP_RESIZE, max_size=sys.maxsize),
                          T.RandomCrop(crop_size=DETR_CROP_RANGE, crop_type="absolute_range"), resize,

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from ..io import IMAGE_EXTS, LABEL_EXTS, DatasetError, list_files, load_json
-from ..structures import DatasetMeta
 from . import meta as builtin
 from .dataset import Record, SegDataset
 
@@ -153,11 +152,3 @@ def mapillary(root: str | Path, split: str, **kw) -> SegDataset:
     image_dir = find_dir([base / split / "images"], f"Mapillary images of split {split!r}")
     label_dir = find_dir([base / split / "labels"], f"Mapillary labels of split {split!r}")
     return SegDataset(pair_by_name(image_dir, label_dir), builtin.mapillary_65(), source=str(base), **kw)
-
-
-def semantic_files(
-    image_dir: str | Path, label_dir: str | Path, meta: DatasetMeta, *, recursive: bool = False, **kw
-) -> SegDataset:
-    """Any image folder + label folder with a given meta (the building block of the folder reader)."""
-    records = pair_by_name(Path(image_dir), Path(label_dir), recursive=recursive)
-    return SegDataset(records, meta, source=str(image_dir), **kw)

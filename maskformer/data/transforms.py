@@ -1,4 +1,4 @@
-"""Geometric and photometric augmentations (reference section 6.3), in numpy/Pillow.
+"""Geometric augmentations (reference section 6.3) in numpy/Pillow; the photometric one is color.ColorAugSSD.
 
 A `Sample` carries the image and its label maps; every geometric transform moves them together (bilinear for the
 image, nearest for label and panoptic-id maps, so label values are never interpolated). Each transform is called as
@@ -13,8 +13,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
-
-from .color import ColorAugSSD
 
 
 @dataclass
@@ -150,22 +148,11 @@ class RandomFlip:
         return replace(sample.map_labels(flip), image=flip(sample.image))
 
 
-class ColorJitterSSD:
-    """The SSD colour augmentation on the image only (labels untouched)."""
-
-    def __init__(self):
-        self.aug = ColorAugSSD()
-
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        return replace(sample, image=self.aug.apply(sample.image, rng))
-
-
 class PadTo:
     """Pad bottom/right to exactly `size` (h, w): image with 128, sem_seg with the ignore label, pan_seg with 0."""
 
-    def __init__(self, *, size: tuple[int, int], ignore_label: int, image_value: int = 128, pan_value: int = 0):
+    def __init__(self, *, size: tuple[int, int], ignore_label: int):
         self.size, self.ignore_label = (int(size[0]), int(size[1])), ignore_label
-        self.image_value, self.pan_value = image_value, pan_value
 
     def _pad(self, x: np.ndarray, value: int) -> np.ndarray:
         h, w = x.shape[:2]
@@ -180,8 +167,8 @@ class PadTo:
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         sem = None if sample.sem_seg is None else self._pad(sample.sem_seg, self.ignore_label)
-        pan = None if sample.pan_seg is None else self._pad(sample.pan_seg, self.pan_value)
-        return Sample(self._pad(sample.image, self.image_value), sem, pan)
+        pan = None if sample.pan_seg is None else self._pad(sample.pan_seg, 0)
+        return Sample(self._pad(sample.image, 128), sem, pan)
 
 
 class Compose:
@@ -194,9 +181,6 @@ class Compose:
         for t in self.transforms:
             sample = t(sample, rng)
         return sample
-
-    def __repr__(self) -> str:
-        return f"Compose({[type(t).__name__ for t in self.transforms]})"
 
 
 class RandomChoice:
