@@ -6,8 +6,8 @@
       --maskformer.inference (fast path when cfg.inference.fast)--> a `Prediction` per image at its output size
 
 Test-time augmentation (semantic, reference section 5.5): `semantic_tta` averages the official semantic scores
-over short-side sizes x horizontal flip, each copy through the same batch + forward and back to the original size;
-copies larger than `window` run as overlapping windows (`sliding_window_semantic`).
+over short-side sizes x horizontal flip, each copy through the same batch + forward and back to the original size.
+`sliding_window_semantic` scores an image larger than the network's input by overlapping windows.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ class Prediction:
     panoptic: torch.Tensor | None = None  # int32 [h, w] segment ids, 0 = VOID
     segments: list[dict] = field(default_factory=list)  # segments_info of `panoptic`
     instances: Instances | None = None  # masks bool [N, h, w], scores, labels
-    source: str = ""
 
 
 @dataclass
@@ -221,8 +220,6 @@ def predict(model: nn.Module, images: Sequence[np.ndarray], *, task: str, meta: 
             for i, p in zip(group, postprocess(outputs, batch, group_sizes, task=task, meta=meta, inference=inf,
                                                rule=rule)):  # fmt: skip
                 preds[i] = p
-    for p, n in zip(preds, names):
-        p.source = n
     return preds
 
 
@@ -255,10 +252,9 @@ def tta_sizes(min_size_test: int, scales: Sequence[float], max_size_test: int) -
 
 
 @torch.no_grad()
-def semantic_tta(model: nn.Module, image: np.ndarray, *, min_sizes: Sequence[int], max_size: int, flip: bool = True,
-                 window: Size | None = None) -> torch.Tensor:  # fmt: skip
-    """Mean semantic scores [K, h, w] over short-side sizes x (flip), at the original size of uint8 [h, w, 3] image.
-    window: run each copy by sliding windows of this size when the copy is larger (None: whole image)."""
+def semantic_tta(model: nn.Module, image: np.ndarray, *, min_sizes: Sequence[int], max_size: int,
+                 flip: bool = True) -> torch.Tensor:  # fmt: skip
+    """Mean semantic scores [K, h, w] over short-side sizes x (flip), at the original size of uint8 [h, w, 3] image."""
     if len(min_sizes) == 0:
         raise ValueError("semantic_tta needs at least one size in min_sizes")
     h, w = image.shape[:2]
@@ -267,10 +263,7 @@ def semantic_tta(model: nn.Module, image: np.ndarray, *, min_sizes: Sequence[int
         resized = to_tensor(resize_image(image, shortest_edge_size(h, w, short, max_size)), device)
         for flipped in (False, True) if flip else (False,):
             x = resized.flip(-1) if flipped else resized
-            if window is not None and (x.shape[-2] > window[0] or x.shape[-1] > window[1]):
-                scores = sliding_window_semantic(model, x, window=window, output_size=(h, w))
-            else:
-                scores = forward_scores(model, [x], [(h, w)])[0]
+            scores = forward_scores(model, [x], [(h, w)])[0]
             scores = scores.flip(-1) if flipped else scores
             total = scores if total is None else total + scores
             n += 1

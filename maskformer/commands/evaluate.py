@@ -50,8 +50,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from maskformer.data import DatasetError, build_dataset
     from maskformer.evaluation.loop import evaluate_model
-    from maskformer.evaluation.report import format_instance, format_panoptic, format_semantic, write_json
+    from maskformer.evaluation.report import format_instance, format_panoptic, format_semantic
     from maskformer.hub import load_model
+    from maskformer.io import save_json
     from maskformer.sharding import is_main
 
     device = args.device or ("cuda" if torch.cuda.is_available() and args.backend == "torch" else "cpu")
@@ -80,6 +81,6 @@ def _run(args: argparse.Namespace) -> int:
           f"{system['auto_precision_cpu']}")  # fmt: skip
     out = args.json or f"eval_{task}.json"
     doc = {"model": str(args.model), "dataset": dataset.source, "tta": args.tta, **results, "device": str(device)}
-    write_json({**doc, "system": system}, out)
+    save_json(out, {**doc, "system": system}, indent=1)
     print(f"wrote {out}")
     return 0

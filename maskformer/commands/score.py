@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from maskformer.evaluation.files import score_panoptic, score_semantic
-    from maskformer.evaluation.report import format_panoptic, format_semantic, write_json
-    from maskformer.io import read_names
+    from maskformer.evaluation.report import format_panoptic, format_semantic
+    from maskformer.io import read_names, save_json
 
     task = args.task or ("panoptic" if args.gt.endswith(".json") else "semantic")
     try:
@@ -52,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(text)
     if args.json:
-        write_json({"task": task, "gt": args.gt, "pred": args.pred, **results}, args.json)
+        save_json(args.json, {"task": task, "gt": args.gt, "pred": args.pred, **results}, indent=1)  # NaN -> null
         print(f"wrote {args.json}")
     return 0

@@ -184,7 +184,6 @@ def score_panoptic(gt_json: str | Path, pred_json: str | Path, *, gt_folder: str
 
 # ---------------------------------------------------------------------------------------------------- semantic
 def _read_semantic_pair(task) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one prediction/GT label-map pair -> (pred, gt)."""
     return read_label(task[2]), read_label(task[1])
 
 

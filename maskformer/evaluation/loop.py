@@ -89,7 +89,6 @@ def evaluate_model(model: nn.Module, dataset, *, task: str = "semantic", tta: bo
 
 
 def _update(evaluator, task: str, pred: Prediction, target, info: dict, meta: DatasetMeta) -> None:
-    """Feed one image's prediction and ground truth to the evaluator."""
     name = info.get("image_id", info.get("file_name"))
     if task == "semantic":
         if target.sem_seg is None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
-from maskformer.io import save_json
 
 SEMANTIC_SUMMARY = ("mIoU", "mIoU_gt", "mACC", "pACC", "fwIoU", "PQ_St", "SQ_St", "RQ_St")
 
@@ -61,8 +58,3 @@ def format_instance(results: dict, per_class: bool = True) -> str:
     lines.append("  ".join(f"{k} {_pct(results[k], 0)}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")))
     lines.append(f"({results['num_images']} images)")
     return "\n".join(lines)
-
-
-def write_json(results: dict, path: str | Path) -> None:
-    """Write a results report as strict JSON (NaN -> null), one key a line (maskformer.io.save_json)."""
-    save_json(path, results, indent=1)
