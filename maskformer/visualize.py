@@ -136,11 +136,6 @@ def add_legend(image: np.ndarray, entries: Sequence[tuple[str, Color]], *, max_e
     return np.asarray(canvas)
 
 
-def _by_area(values: np.ndarray, ids: Sequence[int]) -> list[int]:
-    counts = np.bincount(values.ravel(), minlength=max(ids, default=0) + 1)
-    return sorted(ids, key=lambda i: -counts[i])
-
-
 def semantic_overlay(
     image, labels, meta: DatasetMeta, *, alpha: float = 0.5, legend: bool = True, ignore_label: int | None = None
 ) -> np.ndarray:
@@ -152,8 +147,9 @@ def semantic_overlay(
     if ignore_label is not None:
         safe = np.where(labels == ignore_label, meta.num_classes, safe)
     out = overlay(image, safe, palette, alpha=alpha, skip=skip)
-    present = [int(c) for c in np.unique(safe) if c < meta.num_classes]
-    entries = [(meta.class_names[c], colors[c]) for c in _by_area(safe, present)]
+    area = np.bincount(safe.ravel(), minlength=meta.num_classes + 1)
+    present = sorted((int(c) for c in np.unique(safe) if c < meta.num_classes), key=lambda c: -area[c])  # largest first
+    entries = [(meta.class_names[c], colors[c]) for c in present]
     return add_legend(out, entries) if legend else out
 
 
