@@ -14,13 +14,13 @@ from collections.abc import Callable
 from torch import nn
 
 from maskformer.backbones.base import Backbone, check_image_input, num_parameters
-from maskformer.backbones.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet101c
-from maskformer.backbones.swin import SwinTransformer, swin_b, swin_l, swin_s, swin_t
+from maskformer.backbones.resnet import RESNET_VARIANTS, ResNet, resnet_builder
+from maskformer.backbones.swin import SWIN_VARIANTS, SwinTransformer, swin_builder
 
+# the named presets: resnet18/34/50/101/101c, swin_t/s/b/l
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101, "resnet101c": resnet101c,
-    "swin_t": swin_t, "swin_s": swin_s, "swin_b": swin_b, "swin_l": swin_l,
-}  # fmt: skip
+    **{name: resnet_builder(name) for name in RESNET_VARIANTS}, **{name: swin_builder(name) for name in SWIN_VARIANTS}
+}
 # Any size, from constructor keywords (`model.backbone_args`), e.g. converted transformers models with tiny backbones.
 BACKBONE_CLASSES: dict[str, Callable[..., nn.Module]] = {"resnet": ResNet, "swin": SwinTransformer}
 

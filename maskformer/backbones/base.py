@@ -31,7 +31,7 @@ class Backbone(nn.Module):
         self.out_channels, self.strides = dict(out_channels), dict(FEATURE_STRIDES)
 
     def optimize_for_inference(self) -> Backbone:
-        """Eval mode plus any precomputation inference can reuse; the state dict is unchanged. Returns self."""
+        """Eval mode plus any precomputation inference can reuse; the state dict is unchanged."""
         self.eval()
         return self
 
@@ -53,15 +53,10 @@ def is_exporting() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
-def num_parameters(module: nn.Module, *, with_frozen_bn: bool = True) -> int:
-    """Trainable-size count: all parameters, plus FrozenBN affine buffers (weight, bias) when `with_frozen_bn`.
+def num_parameters(module: nn.Module) -> int:
+    """Trainable-size count: all parameters plus the FrozenBN affine buffers (weight, bias), so ResNet counts match
+    the usual published numbers (torchvision's ResNet-50 trunk = 23.5 M with BatchNorm parameters)."""
+    from maskformer.layers import FrozenBatchNorm2d
 
-    FrozenBN stores its affine terms as buffers; counting them makes ResNet counts comparable with the usual
-    published numbers (torchvision's ResNet-50 trunk = 23.5 M with BatchNorm parameters).
-    """
     n = sum(p.numel() for p in module.parameters())
-    if with_frozen_bn:
-        from maskformer.layers import FrozenBatchNorm2d
-
-        n += sum(m.weight.numel() + m.bias.numel() for m in module.modules() if isinstance(m, FrozenBatchNorm2d))
-    return n
+    return n + sum(m.weight.numel() + m.bias.numel() for m in module.modules() if isinstance(m, FrozenBatchNorm2d))

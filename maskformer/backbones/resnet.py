@@ -41,7 +41,6 @@ class ConvNorm(Conv2d):
         c2_msra_fill(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, C_in, H, W] -> [B, C_out, H', W']."""
         if self.fold_bn and not self.training and isinstance(self.norm, FrozenBatchNorm2d):
             x = conv_frozen_bn_folded(self, x)
         else:
@@ -54,7 +53,6 @@ class BasicStem(nn.Module):
 
     def __init__(self, *, out_channels: int = 64, norm: str = "FrozenBN"):
         super().__init__()
-        self.out_channels = out_channels
         self.conv1 = ConvNorm(3, out_channels, 7, stride=2, padding=3, norm=norm, relu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +64,6 @@ class DeepLabStem(nn.Module):
 
     def __init__(self, *, out_channels: int = 128, norm: str = "FrozenBN"):
         super().__init__()
-        self.out_channels = out_channels
         mid = out_channels // 2
         self.conv1 = ConvNorm(3, mid, 3, stride=2, padding=1, norm=norm, relu=True)
         self.conv2 = ConvNorm(mid, mid, 3, padding=1, norm=norm, relu=True)
@@ -167,7 +164,6 @@ def _make_stage(
 
 
 def _check_resnet_args(depths, stage_channels, bottleneck_channels, stem, res5_dilations, norm) -> None:
-    """Clear errors for inconsistent architecture arguments."""
     if len(depths) != 4 or len(stage_channels) != 4:
         raise ValueError(f"ResNet needs 4 stages: got depths={list(depths)}, stage_channels={list(stage_channels)}")
     if bottleneck_channels is not None and len(bottleneck_channels) != 4:
@@ -195,12 +191,9 @@ RESNET_VARIANTS = {
 }
 
 
-def _resnet_builder(name: str) -> Callable[..., ResNet]:
+def resnet_builder(name: str) -> Callable[..., ResNet]:
     def build(*, norm: str = "FrozenBN") -> ResNet:
         return ResNet(**RESNET_VARIANTS[name], norm=norm)
 
     build.__name__ = build.__qualname__ = name
     return build
-
-
-resnet18, resnet34, resnet50, resnet101, resnet101c = (_resnet_builder(n) for n in RESNET_VARIANTS)

@@ -133,7 +133,7 @@ class WindowAttention(nn.Module):
 
     use_sdpa: bool = True  # False: explicit softmax (same numbers; what FLOP counters see)
 
-    def __init__(self, dim: int, *, window_size: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, *, window_size: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Swin stage dim {dim} is not divisible by num_heads {num_heads}")
@@ -141,15 +141,9 @@ class WindowAttention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size))
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-
-    def relative_bias(self) -> torch.Tensor:
-        """[heads, N, N] bias gathered from the table."""
-        N = self.window_size**2
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # [N*N, heads]
-        return bias.view(N, N, -1).permute(2, 0, 1)
 
     def forward(self, qkv: torch.Tensor, layout: WindowLayout) -> torch.Tensor:
         B, nW, N, C = qkv.shape[0], layout.num_windows, self.window_size**2, self.dim
@@ -172,7 +166,7 @@ class WindowAttention(nn.Module):
         if layout.pad_slots is None:
             return qkv.index_select(1, layout.gather)
         B, C3 = qkv.shape[0], qkv.shape[-1]
-        bias = self.qkv.bias.to(qkv.dtype) if self.qkv.bias is not None else qkv.new_zeros(C3)
+        bias = self.qkv.bias.to(qkv.dtype)
         if is_exporting():
             extended = torch.cat([qkv, bias.view(1, 1, C3).expand(B, 1, C3)], dim=1)  # [B, H*W + 1, 3C]
             return extended.index_select(1, layout.gather_ext)
@@ -184,7 +178,9 @@ class WindowAttention(nn.Module):
 
     def _attn_mask(self, layout: WindowLayout, batch: int) -> torch.Tensor:
         """Relative bias (+ shift mask), broadcast over windows: [1, h, N, N] or [B*nW, h, N, N]."""
-        bias = self.relative_bias().unsqueeze(0)  # [1, h, N, N]
+        N = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # [N*N, h]
+        bias = bias.view(1, N, N, -1).permute(0, 3, 1, 2)  # [1, h, N, N]
         if layout.shift_mask is None:
             return bias.contiguous()
         mask = bias + layout.shift_mask.to(bias.dtype)  # [nW, h, N, N]
@@ -353,12 +349,9 @@ SWIN_VARIANTS = {  # swin_t / swin_s: ImageNet-1K 224 weights; swin_b / swin_l: 
 }
 
 
-def _swin_builder(name: str) -> Callable[..., SwinTransformer]:
+def swin_builder(name: str) -> Callable[..., SwinTransformer]:
     def build(*, drop_path_rate: float = 0.3) -> SwinTransformer:
         return SwinTransformer(**SWIN_VARIANTS[name], drop_path_rate=drop_path_rate)
 
     build.__name__ = build.__qualname__ = name
     return build
-
-
-swin_t, swin_s, swin_b, swin_l = (_swin_builder(n) for n in SWIN_VARIANTS)

@@ -1,11 +1,5 @@
-"""`maskformer train`: train a preset on a dataset; `torchrun --nproc_per_node N -m maskformer train ...` for DDP.
-
-Examples:
-  maskformer train --data-root mydata --out runs/mine       # your own folder (images/, labels/, classes.txt)
-  maskformer train --preset maskformer_r50_ade20k --data-root datasets/ADEChallengeData2016 --out runs/r50
-  maskformer train --out runs/r50 --resume                 # continue the newest checkpoint with its saved config
-  torchrun --nproc_per_node 8 -m maskformer train --preset maskformer_swin_t_ade20k --data-root ... --out runs/swin
-"""
+"""`maskformer train`: train a preset on a dataset; `torchrun --nproc_per_node N -m maskformer train ...` for DDP
+(examples: README "Data" and "Training recipe")."""
 
 from __future__ import annotations
 

@@ -16,11 +16,10 @@ import torch.distributed as dist
 
 @dataclass
 class DistInfo:
-    """Where this process stands: rank among world_size processes, local_rank on its node, its device."""
+    """Where this process stands: rank among world_size processes, and its device."""
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -50,7 +49,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
             if key not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world} but {key} is not set; launch with torchrun")
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+    return DistInfo(rank=rank, world_size=world, device=dev)
 
 
 def is_distributed() -> bool:

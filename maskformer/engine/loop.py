@@ -49,9 +49,7 @@ def micro_batch_size(train: TrainConfig, world_size: int) -> int:
     return train.batch_size // parts
 
 
-def best_metric_key(task: str) -> str:
-    """The validation metric that selects the best checkpoint: mIoU (semantic), PQ (panoptic), AP (instance)."""
-    return {"semantic": "mIoU", "panoptic": "PQ", "instance": "AP"}.get(task, "mIoU")
+BEST_METRIC = {"semantic": "mIoU", "panoptic": "PQ", "instance": "AP"}  # per task: selects the best checkpoint
 
 
 class Trainer:
@@ -185,7 +183,8 @@ class Trainer:
                 meter.add(values, data_time=t1 - t0, step_time=time.perf_counter() - t1)
                 bar.update(self.iteration, values, meter, images=t.batch_size)
                 if self.iteration % t.log_period == 0 or self.iteration == end:
-                    self._log(meter)
+                    self.logger.log(self.iteration, D.all_reduce_mean(meter.averages(), self.dist.device))
+                    meter.reset()
                 if _due(self.iteration, t.checkpoint_period) or self.iteration == end:
                     last_ckpt = self.save_checkpoint()
                 if _due(self.iteration, t.eval_period) or (self.iteration == t.max_iter and t.eval_period > 0):
@@ -205,11 +204,6 @@ class Trainer:
             where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
             hint = "(try a lower train.base_lr, or train.amp=none)"
             raise NonFiniteLossError(f"{e}; the weights of this step were not updated and {where} {hint}") from None
-
-    def _log(self, meter: WindowMeter) -> None:
-        values = D.all_reduce_mean(meter.averages(), self.dist.device)
-        meter.reset()
-        self.logger.log(self.iteration, values)
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -254,7 +248,7 @@ class Trainer:
         return self._val_set
 
     def _track_best(self, metrics: dict) -> None:
-        key = best_metric_key(self.cfg.inference.task)
+        key = BEST_METRIC.get(self.cfg.inference.task, "mIoU")
         if key not in metrics or (self.best is not None and metrics[key] <= self.best["value"]):
             return
         self.best = {"metric": key, "value": float(metrics[key]), "iteration": self.iteration}

@@ -34,11 +34,8 @@ class RunExistsError(FileExistsError):
 
 
 def prepare_out_dir(out: Path, *, resume: bool = False, overwrite: bool = False) -> None:
-    """Create `out` and make sure it is writable; refuse (RunExistsError) to start a new run over an old one.
-
-    overwrite: delete the old run's files (RUN_FILES only) first. Raises OSError with a one-line message for a folder
-    that cannot be created or written (read-only, full disk), before any work is done.
-    """
+    """Create `out` and make sure it is writable (else a one-line OSError); refuse (RunExistsError) to start a new
+    run over an old one unless `overwrite`, which deletes the old run's files (RUN_FILES only) first."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +67,6 @@ def capture_rng() -> dict:
 
 
 def restore_rng(state: dict) -> None:
-    """Inverse of `capture_rng`."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
@@ -92,11 +88,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 def save_checkpoint(
     root: Path, name: str, write_model: Callable[[Path], None], train_state: dict | None, *, mark_latest: bool = True
 ) -> Path:
-    """Write `root/name` atomically: `write_model(dir)` writes the model directory, then `train_state.pt`.
-
-    train_state: None to write a model directory only (e.g. the best model). An existing `root/name` is swapped out
-    only once the new one is complete. Returns the final path.
-    """
+    """Write `root/name` atomically: `write_model(dir)` writes the model directory, then `train_state.pt` (None: a
+    model directory only, e.g. the best model). An existing `root/name` is swapped out once the new one is complete."""
     root.mkdir(parents=True, exist_ok=True)
     final, tmp, old = root / name, root / f"{name}.tmp", root / f"{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -133,12 +126,11 @@ def resume_candidates(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p != named)  # stable: `latest` first, the rest newest first
 
 
-def set_aside(ckpt: Path) -> Path:
+def set_aside(ckpt: Path) -> None:
     """Rename a damaged checkpoint to `<name>.damaged` (kept for inspection, never resumed or pruned)."""
     target = ckpt.with_name(ckpt.name + ".damaged")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(ckpt, target)
-    return target
 
 
 def prune_checkpoints(root: Path, keep_last: int) -> list[Path]:
@@ -150,10 +142,8 @@ def prune_checkpoints(root: Path, keep_last: int) -> list[Path]:
 
 
 def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
-    """`--resume` value -> checkpoint directory. "" or "latest": newest under out_dir/checkpoints; else a path.
-
-    A path may name a checkpoint directory, its train_state.pt, or a run's output folder.
-    """
+    """`--resume` value -> checkpoint directory. "" or "latest": newest under out_dir/checkpoints; else a path to a
+    checkpoint directory, its train_state.pt, or a run's output folder."""
     if resume is None:
         return None
     if resume in ("", "latest"):
@@ -171,10 +161,10 @@ def resolve_resume(resume: str | None, out_dir: Path) -> Path | None:
     return path
 
 
-def load_train_state(path: Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read `path/train_state.pt` (tensors and plain Python values only)."""
+def load_train_state(path: Path) -> dict:
+    """Read `path/train_state.pt` onto the CPU (tensors and plain Python values only)."""
     file = path / TRAIN_STATE
     try:
-        return torch.load(file, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupted or foreign file: say which
         raise RuntimeError(f"cannot read training state {file}: {e}") from e
