@@ -3,9 +3,6 @@
     predictor = Predictor("path/to/model_dir", task="panoptic")
     result = predictor("photo.jpg")            # Prediction: .semantic / .panoptic + .segments / .instances
     predictor.pipeline_output("photo.jpg")     # [{"score", "label", "mask"}] as transformers' segmentation pipeline
-
-A thin, stateful front of maskformer.pipeline (load, resize to the test size, one padded batch, forward, the official
-post-processing back to the original size): it loads the model once and keeps the settings.
 """
 
 from __future__ import annotations
@@ -29,10 +26,10 @@ __all__ = ["ImageError", "Prediction", "Predictor", "load_image"]
 
 
 class Predictor:
-    """Load a model once, then predict on any number of images (see the module docstring).
+    """Load a model once, then predict on any number of images through maskformer.pipeline.
 
     model_or_path: an nn.Module (with `config`/`meta` given here or defaults) or a model directory / preset name
-    (maskformer.convert.load_model). task: "semantic" | "panoptic" | "instance" (default: the config's).
+    (maskformer.hub.load_model). task: "semantic" | "panoptic" | "instance" (default: the config's).
     min_size_test / max_size_test: test-time resize (default: the config's; min_size_test=0 keeps the size).
     tta: multi-scale + flip averaging (semantic only; the config's tta_scales and tta_flip). Attributes: model, cfg,
     meta, task, inference (cfg.inference with the test sizes given here: the settings that run), precision (what

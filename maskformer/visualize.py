@@ -4,8 +4,7 @@ All functions take and return uint8 RGB numpy arrays [H, W, 3]. Colours: the dat
 one (ADE20K, COCO panoptic, Cityscapes, CamVid; maskformer.data.meta.standard_palette), else `DatasetMeta.palette`.
 Things in panoptic/instance overlays get a per-segment shade of their class colour so instances of one class stay
 distinct; instance overlays caption each instance with its class and score. Text (legend, captions, notes) scales
-with the image, so it stays readable when a 4000x3000 photo is fitted to a screen. The training demo reuses
-`semantic_overlay` and `grid` (image / ground truth / prediction).
+with the image, so it stays readable when a 4000x3000 photo is fitted to a screen.
 """
 
 from __future__ import annotations
