@@ -282,6 +282,8 @@ SWIN_BACKBONE_TRAIN = dict(base_lr=6e-5, weight_decay=0.01, backbone_multiplier=
 
 
 def _cfg(model: dict, data: dict, train: dict, inference: dict | None = None) -> Config:
+    if model.get("arch") == "per_pixel_baseline_plus":  # one query per class
+        model = dict(model, num_queries=model["num_classes"])
     model, data, train = ModelConfig(**model), DataConfig(**data), TrainConfig(**train)
     return Config(model=model, data=data, train=train, inference=InferenceConfig(**(inference or {})))
 
@@ -292,10 +294,6 @@ def _backbone_model(backbone: str) -> dict:
     if backbone.startswith("swin"):
         return dict(backbone=backbone, drop_path_rate=0.3)
     return dict(backbone=names[backbone])
-
-
-def _train_for(backbone: str, **kw) -> dict:
-    return {**(SWIN_BACKBONE_TRAIN if backbone.startswith("swin") else {}), **kw}
 
 
 DATASETS = {
@@ -349,7 +347,7 @@ def maskformer_preset(backbone: str, dataset: str, *, six_enc: bool = False, arc
     """The official config for (backbone, dataset), e.g. ("r50", "ade20k")."""
     k, data, train, inference = DATASETS[dataset]
     model = dict(arch=arch, num_classes=k, **_backbone_model(backbone))
-    train = _train_for(backbone, **train)
+    train = {**(SWIN_BACKBONE_TRAIN if backbone.startswith("swin") else {}), **train}
     if dataset == "coco_panoptic":
         model["size_divisibility"] = 0
         if backbone.startswith("swin"):
@@ -359,8 +357,6 @@ def maskformer_preset(backbone: str, dataset: str, *, six_enc: bool = False, arc
             data = dict(data, max_size_train=1000)
     if six_enc:
         model["pixel_decoder"] = "transformer_encoder"
-    if arch == "per_pixel_baseline_plus":
-        model["num_queries"] = k
     return _cfg(model, data, train, inference)
 
 
@@ -391,15 +387,10 @@ def cpu_preset(backbone: str, dataset: str, arch: str = "maskformer") -> Config:
         inference = dict(min_size_test=270, max_size_test=640)  # predict at 0.75x, scored at the native 360x480
     else:
         raise KeyError(f"no CPU preset for dataset {dataset!r}")
-    if arch == "per_pixel_baseline_plus":
-        model["num_queries"] = model["num_classes"]
     return _cfg(model, data, train, inference)
 
 
-# Mask2Former (mask2former.md sections 1, 7, 8): loss 2/5/5 with point-sampled BCE + dice, AdamW lr 1e-4 with
-# weight decay 0.05 and a 0.1 backbone multiplier (Swin too), AMP on, no dropout, 100 queries (200 for Swin-L on
-# panoptic/instance data), inputs padded to 32. COCO trains with large-scale jitter (recipe "lsj": scale 0.1-2.0 of
-# 1024, fixed 1024 crop, maskformer.data.recipes.lsj_recipe).
+# Mask2Former (mask2former.md sections 1, 7, 8); COCO trains with large-scale jitter (data.recipes.lsj_recipe).
 M2F_MODEL = dict(arch="mask2former", pixel_decoder="msdeformattn", dropout=0.0, dec_layers=10, size_divisibility=32)
 M2F_LOSS = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1, point_sampling=True)
 M2F_TRAIN = dict(base_lr=1e-4, weight_decay=0.05, backbone_multiplier=0.1, warmup_iters=0, amp="fp16")

@@ -1,9 +1,5 @@
-"""Data layer: readers of the standard on-disk formats, the official augmentation recipes, loaders.
-
-`build_dataset(data_cfg, split, train)` picks the reader named by `data_cfg.format` from the explicit FORMATS table
-and attaches the training recipe (`data_cfg.recipe`) or the test-time resize. Items are
-`(image uint8 [3, h, w], SegTarget, info)`; `collate` batches them into `(ImageBatch, [SegTarget], [info])`.
-This package never imports maskformer.modeling.
+"""Data layer: readers of the standard on-disk formats (the FORMATS table), the official augmentation recipes,
+resumable loaders. This package never imports maskformer.modeling.
 """
 
 from __future__ import annotations
@@ -28,13 +24,6 @@ FORMATS = {
 _FOLDER_FORMATS = ("folder", "camvid")
 
 
-def _reduce_zero_label(value: str) -> bool | None:
-    v = str(value).lower()
-    if v not in ("auto", "true", "false", "1", "0"):
-        raise ValueError(f"data.reduce_zero_label must be auto, true or false, got {value!r}")
-    return None if v == "auto" else v in ("true", "1")
-
-
 def build_dataset(
     data_cfg, split: str, train: bool, root: str | Path | None = None, *, test_size: tuple[int, int] | None = None,
     target: str | None = None
@@ -56,7 +45,7 @@ def build_dataset(
     target = target or ("panoptic" if data_cfg.recipe in ("panoptic", "detr") else "semantic")
     kw = dict(target=target, train=train)
     if data_cfg.format in _FOLDER_FORMATS:
-        reduce = _reduce_zero_label(getattr(data_cfg, "reduce_zero_label", "auto"))
+        reduce = {"auto": None, "true": True, "false": False}[data_cfg.reduce_zero_label]  # validated by Config
         kw.update(default_ignore_label=data_cfg.ignore_label, reduce_zero_label=reduce)
     ds = FORMATS[data_cfg.format](root, split, **kw)
     if train:

@@ -1,9 +1,7 @@
 """The map-style dataset every reader returns: records (file paths + panoptic segments) + meta + transforms.
 
-Items are `(image uint8 [3, h, w], SegTarget, info)`. In training the image and its label maps go through the
-recipe together and the target is built from the transformed maps. At test time only the image is resized and the
-target stays at the original resolution (what the evaluators compare against); `info` keeps the original size, the
-file names and, for panoptic data, the JSON segments (dataset category ids, iscrowd, area).
+Items are `(image uint8 [3, h, w], SegTarget, info)`. At test time the target stays at the original resolution
+(what the evaluators compare against); `info` keeps the original size, the file names and the JSON segments.
 """
 
 from __future__ import annotations
