@@ -109,11 +109,11 @@ class SegTarget:
         return SegTarget(self.labels.to(device), self.masks.to(device), sem)
 
 
-def default_palette(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+def default_palette(n: int) -> list[tuple[int, int, int]]:
     """`n` distinct, saturated RGB colours (golden-ratio hue walk), deterministic."""
     out = []
     for i in range(n):
-        h = (0.61803398875 * i + 0.11 * seed) % 1.0
+        h = (0.61803398875 * i) % 1.0
         s, v = 0.55 + 0.4 * ((i * 7) % 5) / 4, 0.65 + 0.35 * ((i * 3) % 4) / 3
         r, g, b = colorsys.hsv_to_rgb(h, s, v)
         out.append((int(r * 255), int(g * 255), int(b * 255)))

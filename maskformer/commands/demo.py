@@ -28,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = Path(args.out)
-    data_root, data_s = _synthetic_data(out / "data")
+    data_root = out / "data"
+    data_s = _synthetic_data(data_root)
     print(f"[1/4] synthetic dataset in {data_root} ({data_s:.1f} s)")
-    cfg, trainer, train_s = _train(args, data_root, out / "run")
+    trainer, train_s = _train(args, data_root, out / "run")
     print(f"[2/4] trained {trainer.iteration} iterations in {train_s / 60:.1f} min")
     metrics = _final_metrics(trainer)
     print(f"[3/4] validation ({metrics['num_val_images']} images): mIoU {metrics['mIoU']:.3f}, PQ {metrics['PQ']:.3f}")
@@ -40,15 +41,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synthetic_data(root: Path) -> tuple[Path, float]:
-    """The default synthetic dataset under `root` (kept if already written)."""
+def _synthetic_data(root: Path) -> float:
+    """Write the default synthetic dataset under `root` (kept if already written); returns the seconds taken."""
     from maskformer.data.synthetic import write_synthetic
 
     t0 = time.perf_counter()
     if not (root / "meta.json").is_file():
         shutil.rmtree(root, ignore_errors=True)
         write_synthetic(root)
-    return root, time.perf_counter() - t0
+    return time.perf_counter() - t0
 
 
 def _train(args: argparse.Namespace, data_root: Path, out: Path):
@@ -59,13 +60,13 @@ def _train(args: argparse.Namespace, data_root: Path, out: Path):
     cfg = get_preset(args.preset, [f"data.root={data_root}", *args.opts])
     shutil.rmtree(out, ignore_errors=True)  # the demo always trains from scratch
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, out, evaluate_fn=_semantic_and_panoptic(cfg), device=args.device,
+    trainer = Trainer(cfg, out, evaluate_fn=_semantic_and_panoptic(cfg), device=args.device, threads=args.threads,
                       progress=not args.no_progress)  # fmt: skip
     try:
         trainer.run()
     finally:
         cleanup()
-    return cfg, trainer, time.perf_counter() - t0
+    return trainer, time.perf_counter() - t0
 
 
 def _semantic_and_panoptic(cfg):
