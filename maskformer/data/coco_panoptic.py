@@ -1,9 +1,5 @@
 """Readers of the COCO panoptic format (JSON + PNG, id = R + 256 G + 256^2 B): COCO, ADE20K panoptic, users'
-own panoptic data and the built-in synthetic dataset.
-
-Categories come from the JSON: contiguous id = position in its `categories` list (so COCO's 80 things come first,
-as in detectron2). The semantic map used for crop guidance, per-pixel losses and mIoU is the dataset's semantic PNG
-when it has one (ADE20K), otherwise painted from the panoptic PNG by Mask2Former's rule.
+own panoptic data and the built-in synthetic dataset. Contiguous class id = position in the JSON `categories`.
 """
 
 from __future__ import annotations
@@ -76,7 +72,6 @@ def coco_panoptic_files(
     *,
     sem_dir: str | Path | None = None,
     name: str = "coco_panoptic",
-    meta: DatasetMeta | None = None,
     target: str = "panoptic",
     **kw,
 ) -> SegDataset:
@@ -86,11 +81,11 @@ def coco_panoptic_files(
     sem_dir: optional semantic PNGs with the same stems (otherwise painted from the panoptic PNG).
     """
     data = load_json(json_file)
-    for key in ("images", "annotations") + (() if meta else ("categories",)):
+    for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DatasetError(f"{json_file}: missing key {key!r} (a COCO panoptic JSON has images, annotations, "
                                "categories)")  # fmt: skip
-    meta = meta or meta_from_categories(data["categories"], name=name, source=str(json_file))
+    meta = meta_from_categories(data["categories"], name=name, source=str(json_file))
     sem_dir = Path(sem_dir) if sem_dir else None
     records = _records(data, meta, Path(image_dir), Path(pan_dir), sem_dir, str(json_file))
     return SegDataset(records, meta, source=str(json_file), target=target, **kw)
@@ -108,7 +103,7 @@ def coco_panoptic(root: str | Path, split: str, **kw) -> SegDataset:
     json_file = find_dir(
         [base / "annotations" / f"panoptic_{split}.json", base / f"panoptic_{split}.json"], "panoptic JSON", file=True
     )
-    name = kw.pop("name", "coco_panoptic")
+    name = "coco_panoptic"
     meta_file = base / "meta.json"
     if meta_file.is_file():
         name = str(load_json(meta_file).get("name", name))

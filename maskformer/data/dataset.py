@@ -109,11 +109,9 @@ class SegDataset(Dataset):
         info = self._info(index, sample, segs)
         if self.train and self.transform is not None:
             sample = self.transform(sample, rng)
-            target = self._target(sample, segs)
-            image = sample.image
-        else:
-            target = self._target(sample, segs)
-            image = sample.image if self.transform is None else self.transform(Sample(sample.image), rng).image
+        target, image = self._target(sample, segs), sample.image
+        if not self.train and self.transform is not None:  # test time: the image alone is resized
+            image = self.transform(Sample(image), rng).image
         info["image_size"] = (int(image.shape[0]), int(image.shape[1]))
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), target, info
 

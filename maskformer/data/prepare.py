@@ -1,14 +1,4 @@
-"""`maskformer prepare DATASET --root ...`: convert raw downloads into the training formats (reference section 7).
-
-- ade20k: annotations/{split}/*.png -> annotations_detectron2/{split}/*.png, uint8(value - 1) (0 -> 255 = ignore).
-- coco_stuff_10k: annotations/*.mat (key S; MATLAB v5 via scipy, v7.3 via h5py + transpose) -> uint8(S - 2)
-  (1 = unlabeled -> 255), images copied to images_detectron2/{train,test}, from imageLists/{train,test}.txt.
-- ade20k_full: index_ade20k.pkl + *_seg.png, class = (R // 10) * 256 + G -> trainIds (uint16 TIFF, 65535 ignore),
-  short side > 512 resized to 512 (bilinear image, nearest label); split from the file name (*_val_*).
-- ade20k_panoptic: semantic + annotations_instance PNGs -> ade20k_panoptic_{train,val} PNGs + JSON (stuff pasted
-  first, one segment per class, then thing instances on top).
-- coco_panoptic_semantic: panoptic PNGs -> panoptic_semseg_{split}/*.png (Mask2Former's rule, crowd included).
-"""
+"""`maskformer prepare DATASET --root ...`: convert raw downloads into the training formats (reference section 7)."""
 
 from __future__ import annotations
 
@@ -65,7 +55,8 @@ def read_mat_labels(path: Path) -> np.ndarray:
 
 
 def prepare_coco_stuff_10k(root: str | Path, log: Log = print) -> Path:
-    """coco_stuff_10k/{imageLists,images,annotations} -> images_detectron2 + annotations_detectron2."""
+    """coco_stuff_10k/{imageLists,images,annotations} -> images_detectron2 + annotations_detectron2 with labels
+    uint8(S - 2) (1 = unlabeled -> 255)."""
     root = Path(root)
     base = find_dir([root / "coco" / "coco_stuff_10k", root / "coco_stuff_10k", root], "coco_stuff_10k folder")
     for split in ("train", "test"):
@@ -129,7 +120,8 @@ def derive_ade_full_categories(index: dict, base: Path) -> list[dict]:
 
 
 def prepare_ade20k_full(root: str | Path, categories: str | Path | None = None, log: Log = print) -> Path:
-    """ADE20K_2021_17_01 -> images_detectron2/{split}/*.jpg + annotations_detectron2/{split}/*.tif."""
+    """ADE20K_2021_17_01 -> images_detectron2/{split}/*.jpg + annotations_detectron2/{split}/*.tif (uint16 trainIds,
+    65535 = ignore), short side capped at 512; the split comes from the file name (*_val_*)."""
     root = Path(root)
     base = find_dir([root / "ADE20K_2021_17_01", root], "ADE20K_2021_17_01 folder")
     index = pickle.loads((base / "index_ade20k.pkl").read_bytes())
@@ -173,7 +165,8 @@ def new_segment_ids(palette: list[tuple[int, int, int]], seed: int) -> Callable[
 
 
 def ade_panoptic_image(sem: np.ndarray, ins: np.ndarray, meta, seed: int, path: Path):
-    """(segment ids int32 [h, w], segments_info) from sem (class 0..149 / 255) and the instance PNG [h, w, 3]."""
+    """(segment ids int32 [h, w], segments_info) from sem (class 0..149 / 255) and the instance PNG [h, w, 3]:
+    one segment per stuff class, then the thing instances on top."""
     ids = np.zeros(sem.shape, np.int32)
     new_id = new_segment_ids(meta.palette, seed)
     inst_to_sem = [t - 1 for t in builtin.ADE20K_PANOPTIC_THING_IDS]

@@ -1,8 +1,4 @@
-"""Readers of the standard semantic-segmentation layouts (reference section 7), each taking a root folder.
-
-ADE20K-150 (raw ADEChallengeData2016 or the prepared annotations_detectron2), ADE20K-Full-847 (uint16 TIFF),
-COCO-Stuff-10k (prepared PNGs), Cityscapes (*_gtFine_labelTrainIds.png) and Mapillary Vistas (ignore 65).
-"""
+"""Readers of the standard semantic-segmentation layouts (reference section 7), each taking a root folder."""
 
 from __future__ import annotations
 
