@@ -159,7 +159,6 @@ class DatasetMeta:
 
     @property
     def thing_ids(self) -> list[int]:
-        """Contiguous ids of thing classes."""
         return [i for i, t in enumerate(self.is_thing) if t]
 
     def contiguous_id(self, dataset_id: int) -> int:

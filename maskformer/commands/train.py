@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             ckpt = trainer.resume(args.resume)
             if trainer.dist.is_main:
                 print(f"resumed from {ckpt} at iteration {trainer.iteration}")
-        result = trainer.run()
+        trainer.run()
     except NonFiniteLossError as e:
         print(f"maskformer train: {e}", file=sys.stderr)
         return 1
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         D.cleanup()
     if trainer.dist.is_main:
-        print(f"finished {result.iteration} iterations; outputs in {result.out_dir}")
-        if result.best:
-            print(f"best {result.best['metric']} = {result.best['value']:.4f} at iteration {result.best['iteration']}")
+        print(f"finished {trainer.iteration} iterations; outputs in {trainer.out}")
+        if best := trainer.best:
+            print(f"best {best['metric']} = {best['value']:.4f} at iteration {best['iteration']}")
     return 0

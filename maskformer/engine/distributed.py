@@ -89,6 +89,5 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Leave the process group (if this process joined one)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -13,7 +13,6 @@ import inspect
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,15 +28,6 @@ from maskformer.engine.plots import plot_training_curves
 from maskformer.engine.progress import Progress, WindowMeter
 from maskformer.engine.step import NonFiniteLossError, TrainStep
 from maskformer.modeling import build_model
-
-
-@dataclass
-class TrainResult:
-    out_dir: Path
-    iteration: int
-    last_checkpoint: Path | None
-    best: dict | None = None
-    last_eval: dict = field(default_factory=dict)
 
 
 def micro_batch_size(train: TrainConfig, world_size: int) -> int:
@@ -158,8 +148,9 @@ class Trainer:
             self.logger = MetricsLogger(self.out, enabled=self.dist.is_main)
 
     # ------------------------------------------------------------------------------------------------ run
-    def run(self, stop_at: int | None = None) -> TrainResult:
-        """Train until cfg.train.max_iter (or stop after iteration `stop_at`, checkpointing there).
+    def run(self, stop_at: int | None = None) -> None:
+        """Train until cfg.train.max_iter (or stop after iteration `stop_at`, checkpointing there); the outcome is in
+        `iteration`, `best` and `last_eval`.
 
         max_iter is re-read every iteration, so a caller may move the end (and with it the schedule) while running,
         e.g. to fit a wall-clock budget (benchmarks/camvid.py)."""
@@ -170,7 +161,7 @@ class Trainer:
         meter = WindowMeter()
         bar = Progress(total=t.max_iter, initial=self.iteration, enabled=self.progress)
         data = iter(self.loader)
-        last_ckpt, threads = None, torch.get_num_threads()
+        threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
@@ -186,7 +177,7 @@ class Trainer:
                     self.logger.log(self.iteration, D.all_reduce_mean(meter.averages(), self.dist.device))
                     meter.reset()
                 if _due(self.iteration, t.checkpoint_period) or self.iteration == end:
-                    last_ckpt = self.save_checkpoint()
+                    self.save_checkpoint()
                 if _due(self.iteration, t.eval_period) or (self.iteration == t.max_iter and t.eval_period > 0):
                     self.evaluate()
         finally:
@@ -194,7 +185,6 @@ class Trainer:
             torch.set_num_threads(threads)
         if self.iteration >= t.max_iter:
             self._finish()
-        return TrainResult(self.out, self.iteration, last_ckpt, self.best, self.last_eval)
 
     def _step(self, batches: list) -> dict[str, float]:
         try:
