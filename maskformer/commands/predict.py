@@ -86,11 +86,6 @@ class Writer:
         self.names.add(stem)
         return stem
 
-    def files(self, stem: str) -> list[str]:
-        """The image files written for output `stem`, relative to --out."""
-        folders = ([self.task] if self.task != "instance" else []) + (["overlay"] if self.overlay else [])
-        return [f"{f}/{stem}.png" for f in folders]
-
     def add(self, pred: Prediction, image, stem: str, source: Path) -> None:
         """Write the image's files; its JSON entries name the input file they came from ("input_file")."""
         meta, out, name, entries = self.meta, self.out, f"{stem}.png", []
@@ -111,7 +106,8 @@ class Writer:
         image, the input file, its output name (image_id) and its files."""
         stems = [stem for _, stem in jobs]
         done = [(path, stem) for path, stem in jobs if part_path(self.out, stem).is_file()]
-        images = [{"input_file": str(p), "image_id": s, "files": self.files(s)} for p, s in done]
+        folders = ([self.task] if self.task != "instance" else []) + (["overlay"] if self.overlay else [])
+        images = [{"input_file": str(p), "image_id": s, "files": [f"{f}/{s}.png" for f in folders]} for p, s in done]
         save_json(self.out / "inputs.json", {"images": images}, indent=1)
         if self.task == "panoptic":
             fmt.write_panoptic_json(self.out / "panoptic.json", merged_parts(self.out, stems), self.meta)

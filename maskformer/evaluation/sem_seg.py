@@ -58,7 +58,9 @@ class ConfusionCounter:
             if x.dtype.kind not in "iu":
                 raise ValueError(f"image {name}: {what} must be integer, got dtype {x.dtype}")
         gt_v, pred_v, weights = self._runs(gt.reshape(-1), pred.reshape(-1))  # one entry per run, weights = lengths
-        _check_pred(pred_v, k, name)
+        if pred_v.size and (int(pred_v.max()) >= k or (pred_v.dtype.kind == "i" and int(pred_v.min()) < 0)):
+            lo, hi = int(pred_v.min()), int(pred_v.max())
+            raise ValueError(f"image {name}: predicted labels span [{lo}, {hi}], outside the classes [0, {k})")
         key = self._keys(gt_v, name)
         np.add(key, pred_v, out=key, dtype=np.intp, casting="unsafe")  # key = row * K + pred
         hist = weighted_bincount(key, weights, (k + 2) * k)
@@ -91,12 +93,6 @@ class ConfusionCounter:
             f"image {name}: ground-truth values {bad[:10].tolist()} are neither classes 0..{self.num_classes - 1} "
             f"nor ignore {self.ignore_label}"
         )
-
-
-def _check_pred(pred: np.ndarray, k: int, name) -> None:
-    if pred.size and (int(pred.max()) >= k or (pred.dtype.kind == "i" and int(pred.min()) < 0)):
-        lo, hi = int(pred.min()), int(pred.max())
-        raise ValueError(f"image {name}: predicted labels span [{lo}, {hi}], outside the classes [0, {k})")
 
 
 class SemSegEvaluator(MergeableCounts):
