@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ atomic file I/O
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` to `path` atomically (maskformer.io.atomic_file), fsynced before the rename."""
+    """Write `data` to `path` atomically, fsynced before the rename."""
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
@@ -158,13 +158,9 @@ def load_checked(
     expected_unexpected: Iterable[str] = (),
     noun: str = "file",
 ) -> KeyReport:
-    """Copy `weights` (in the module's names) into `module`. A shape mismatch is a `CheckpointError` naming the key and
-    both shapes (`noun` names the source in that message).
-
-    `expected_*` are fnmatch patterns (e.g. "norm[0-3].*") on our names for keys known to be absent / extra in this
-    kind of file; they are reported separately. With `strict`, any other missing or unexpected key is an error that
-    names them and nothing is loaded.
-    """
+    """Copy `weights` (in the module's names) into `module`; a shape mismatch is a `CheckpointError` naming the key
+    and both shapes. `expected_*`: fnmatch patterns (e.g. "norm[0-3].*") on our names for keys known to be absent /
+    extra in this kind of file, reported separately. `strict`: any other missing or unexpected key is an error."""
     weights = weights if isinstance(weights, Renamed) else Renamed(dict(weights))
     sd, own = weights.tensors, module.state_dict()
     bad = [

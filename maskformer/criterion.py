@@ -1,9 +1,8 @@
-"""Training objectives (reference sections 4 and 3.5), separate from the network: `SetCriterion` (mask
-classification), `PerPixelCriterion` (per-pixel baselines) and `build_criterion(cfg)`, which picks one.
+"""Training objectives (reference sections 4 and 3.5), separate from the network.
 
-Both return every weighted term by name plus "loss" = their sum, computed in float32 (or float64) even under autocast.
-Target masks come at the unpadded image size and are zero-padded bottom/right to the padded input size, 4 x the
-prediction size; padding and ignore pixels are negatives of every mask (the official rule).
+Both criteria return every weighted term by name plus "loss" = their sum, in float32 (or float64) even under autocast.
+Target masks are zero-padded bottom/right to the padded input size (4 x the prediction size): padding and ignore
+pixels are negatives of every mask (the official rule).
 """
 
 from __future__ import annotations
@@ -36,10 +35,7 @@ def average_num_masks(num_masks: int, device: torch.device) -> float:
 def prepare_targets(
     targets: list[SegTarget], size: tuple[int, int], num_classes: int, device: torch.device
 ) -> tuple[list[Tensor], Tensor]:
-    """Validate targets and zero-pad their masks to `size` = (H, W).
-
-    Returns per-image labels [T_i] int64 and all images' masks concatenated, bool [sum T_i, H, W].
-    """
+    """Validated targets -> (per-image labels [T_i] int64, all masks zero-padded to `size`, bool [sum T_i, H, W])."""
     labels, masks = [], []
     for i, tgt in enumerate(targets):
         lab, m = tgt.labels.reshape(-1), tgt.masks
@@ -66,12 +62,8 @@ def _check_outputs(outputs: dict, keys: tuple[str, ...], where: str) -> None:
 
 class SetCriterion(nn.Module):
     """MaskFormer's loss: matching + CE (all queries, no-object weight 0.1) + focal and dice (matched pairs, summed
-    / the average number of target masks per process); deep supervision repeats matching and losses per aux layer.
-
-    Terms: loss_ce, loss_mask, loss_dice for the final layer and loss_ce_i, loss_mask_i, loss_dice_i for aux layer i,
-    each multiplied by its weight (class_weight, mask_weight, dice_weight); "loss" is the sum.
-    With point_sampling=True the mask term follows Mask2Former: sigmoid BCE (mean over `num_points`
-    importance-sampled points, no focal weighting) + dice on the same points, from the 1/4-resolution logits.
+    / the average number of target masks per process); deep supervision repeats matching and losses per aux layer
+    (terms suffixed _i). point_sampling=True: Mask2Former's point-sampled BCE + dice (`mask_losses`).
     """
 
     def __init__(
@@ -122,10 +114,7 @@ class SetCriterion(nn.Module):
     def layer_losses(
         self, logits: Tensor, masks: Tensor, labels: list[Tensor], all_masks: Tensor, num_masks: float
     ) -> dict[str, Tensor]:
-        """Unweighted loss_ce, loss_mask, loss_dice of one decoder layer (matching redone for this layer).
-
-        labels: per image [T_i]; all_masks: bool [sum T_i, H, W] padded targets of all images, in order.
-        """
+        """Unweighted loss_ce, loss_mask, loss_dice of one decoder layer (matching redone for this layer)."""
         logits, masks = _fp32(logits), _fp32(masks)
         indices = self.matcher(logits, masks, labels, list(all_masks.split([len(lb) for lb in labels])))
         batch = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)]).to(masks.device)  # [M]

@@ -40,12 +40,8 @@ class ExportModule(nn.Module):
 
 @contextlib.contextmanager
 def traceable(model: nn.Module):
-    """Switch off eval shortcuts that are not shape-generic while exporting; afterwards restore them and the
-    train/eval mode of every module.
-
-    `fuse_mask_conv` (MaskFormerHead) computes the mask logits with a Python loop over the batch, which a tracer would
-    unroll for the sample's batch size; the plain einsum path is batch-generic.
-    """
+    """Switch off `fuse_mask_conv` while exporting (its Python loop over the batch would be unrolled by a tracer);
+    afterwards restore it and the train/eval mode of every module."""
     saved = [(m, m.fuse_mask_conv) for m in model.modules() if hasattr(m, "fuse_mask_conv")]
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -159,11 +155,8 @@ def check_export(
     fmt: str,
     sizes: list[tuple[int, int, int]] = ((2, 64, 96), (1, 100, 75)),
 ) -> list[dict]:
-    """Compare the exported file with the eager model at several (batch, height, width) sizes (see `compare`).
-
-    A graph that cannot run at a size raises RuntimeError naming the size (Swin backbones trace their window layout
-    for the sample's padded size, so their graphs take any batch but only H, W padding to that same size).
-    """
+    """`compare` the exported file with the eager model at (batch, height, width) sizes. A graph that cannot run at a
+    size raises RuntimeError naming it (Swin graphs take only H, W padding to the traced sample's padded size)."""
     if _exporter(fmt) is export_torch:
         program = torch.export.load(str(path)).module()
         return compare(model, lambda x: [t.cpu() for t in program(x.to(_device(model)))], list(sizes))
@@ -183,7 +176,6 @@ def check_export(
 
 
 def export(model: nn.Module, path: str | os.PathLike, fmt: str, **kwargs) -> Path:
-    """Dispatch to `export_onnx` / `export_torch` by format name."""
     return _exporter(fmt)(model, path, **kwargs)
 
 

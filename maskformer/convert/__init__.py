@@ -1,9 +1,5 @@
-"""Every foreign weight source -> this package: `detect_source`, `convert_source` (a transformers directory or a
-detectron2 `.pkl` / `.pth` / `.safetensors` as a model in eval mode, with a report naming every key), `load_model`
-(a model directory, any convertible source, or a preset name) and `load_full_weights` / `load_backbone_weights`.
-
-Modules: `sources` (reading files; pickles only through `safe_pickle`), `detectron2`, `hf` + `hf_backbone`
-(transformers), `backbones` (ImageNet backbone files; backbone names).
+"""Every foreign weight source (transformers directory, detectron2 `.pkl` / `.pth` / `.safetensors`, ImageNet
+backbone files) -> this package, with a report naming every key. Pickles are read only through `safe_pickle`.
 """
 
 from __future__ import annotations
@@ -59,8 +55,7 @@ def convert_source(
 
 
 def convert_transformers(path: str | os.PathLike, *, preset: str | None = None):
-    """(model, cfg, meta, report) from a transformers MaskFormer directory (config.json + weights), any backbone size
-    (see `hf.hf_config_to_config`). Class names come from `id2label`."""
+    """(model, cfg, meta, report) from a transformers directory; class names from `id2label`."""
     from maskformer.convert.hf import hf_config_to_config, hf_meta, map_hf
 
     sd, info = read_state_dict(path)
@@ -121,12 +116,8 @@ def load_full_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> KeyReport:
-    """Load ImageNet backbone weights (torchvision ResNet, detectron2 R-50 / R-103 .pkl, official Swin .pth, or any
-    checkpoint with `backbone.` keys) into `model.backbone` (or `model` itself if it has no `.backbone`).
-
-    Missing / unexpected keys are reported by name; those known for the format (Swin norm0..3, head, attn_mask, the
-    classifier, BatchNorm's num_batches_tracked) are reported as expected.
-    """
+    """Load ImageNet backbone weights (layouts: `convert.backbones`) into `model.backbone` (or `model` itself if it
+    has no `.backbone`); keys known to be absent / extra for the format are reported as expected."""
     from maskformer.convert.backbones import to_backbone_keys
     from maskformer.convert.hf import map_hf_encoder
 

@@ -1,10 +1,7 @@
 """Official detectron2 MaskFormer checkpoints (model-zoo `.pkl`, training `.pth`) -> a model of this library.
 
-Our parameter names are the official v2 names, so the key map is only the v1 -> v2 head rename
-(`sem_seg_head.<x>` -> `sem_seg_head.pixel_decoder.<x>` unless under `sem_seg_head.predictor`) plus dropping
-`criterion.empty_weight`. The architecture (backbone kind and depth, R101c stem, "+6 Enc" pixel decoder, per-pixel
-baselines, K, Q, widths) is read from the keys and shapes, and the closest preset supplies what weights cannot show
-(attention heads, dataset settings).
+Our parameter names are the official v2 names, so the key map is only the v1 -> v2 head rename. The architecture is
+read from the keys and shapes; the closest preset supplies what weights cannot show (attention heads, dataset settings).
 """
 
 from __future__ import annotations
@@ -30,7 +27,8 @@ _CPU_DATASETS = {8: "synth", 11: "camvid"}
 
 
 def upgrade_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """v1 head names -> v2 (see module doc); drops `criterion.empty_weight` and a DDP `module.` prefix."""
+    """v1 head names (`sem_seg_head.<x>` outside the predictor) -> v2 (`sem_seg_head.pixel_decoder.<x>`); drops
+    `criterion.empty_weight` and a DDP `module.` prefix."""
     return map_detectron2(sd).tensors
 
 
@@ -169,9 +167,7 @@ def class_head_keys(cfg: Config) -> tuple[str, ...]:
 
 
 def convert_detectron2(path: str | os.PathLike, preset: str | None = None, num_classes: int | None = None):
-    """(model, cfg, meta, report) from an official `.pkl` / `.pth` (`report.notes`: the preset and class names used).
-    Raises `CheckpointError` if any key of the model is missing from the file or any key of the file is not used
-    (other than a re-initialised class head)."""
+    """(model, cfg, meta, report) from an official `.pkl` / `.pth`; every key must fit, but a new class head."""
     from maskformer.checkpoint import CheckpointError, build_loaded, generic_meta
     from maskformer.convert.sources import read_state_dict
     from maskformer.data.meta import builtin_meta

@@ -138,8 +138,7 @@ def hf_backbone_args(backbone_config: dict) -> tuple[str, dict]:
 
 
 def hf_backbone_name(backbone_config: dict) -> str:
-    """This package's backbone name for a transformers backbone config dict (Swin-T/S/B/L, ResNet-18/34/50/101), read
-    from the embedding width (Swin) or block type (ResNet) and the depths."""
+    """This package's backbone name for a transformers backbone config dict (Swin-T/S/B/L, ResNet-18/34/50/101)."""
     c = backbone_config
     if (kind := {"swin": "swin", "maskformer-swin": "swin", "resnet": "resnet"}.get(c.get("model_type", ""))) is None:
         raise ValueError(f"transformers backbone model_type {c.get('model_type')!r} is not supported (swin, resnet)")
@@ -166,8 +165,7 @@ def build_hf_model(hf_config: dict) -> nn.Module:
 
 def hf_config_to_config(hf_config: dict) -> Config:
     """A transformers MaskFormerConfig dict -> a Config whose `build_model` is that network. A backbone of no BACKBONES
-    name is "swin" / "resnet" with `model.backbone_args` (so a saved directory rebuilds it). Loss weights come from
-    the HF config, other sections keep their defaults; deep supervision stays on whatever `use_auxiliary_loss` says."""
+    name is "swin" / "resnet" with `model.backbone_args` (so a saved directory rebuilds it)."""
     for key in ("backbone_config", "decoder_config"):
         if not isinstance(hf_config.get(key), dict):
             raise ValueError(f"transformers MaskFormer config: {key!r} is missing or not a dict")

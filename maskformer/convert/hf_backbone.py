@@ -1,9 +1,7 @@
 """transformers' MaskFormer backbone state dict -> the official (detectron2 / D2SwinTransformer) names used here.
 
-Keys may carry the prefix `[model.]pixel_level_module.encoder.`. Swin: `model.*` + `hidden_states_norms.{i}` (our
-`norm{i}`), separate q/k/v fused into `attn.qkv` (q, k, v stacked along dim 0), the unused final `model.layernorm`
-dropped. ResNet: `embedder.*` / `encoder.stages.*`; BatchNorm2d -> FrozenBN buffers (eval-mode equivalent, same eps
-1e-5), `num_batches_tracked` dropped. Table: transformers-oracle.md section 4.
+Keys may carry the prefix `[model.]pixel_level_module.encoder.`. Swin q/k/v are fused into `attn.qkv`; ResNet
+BatchNorm2d maps onto FrozenBN buffers (eval-mode equivalent, same eps 1e-5). Table: transformers-oracle.md section 4.
 """
 
 from __future__ import annotations
@@ -59,8 +57,8 @@ def hf_backbone_to_official(state_dict: dict[str, torch.Tensor], kind: str) -> d
 
 
 def map_hf_backbone(state_dict: dict[str, torch.Tensor], kind: str, prefix: str = "") -> tuple[Renamed, list[str]]:
-    """(the weights in our names with `prefix`, the source keys no rule maps). Unmapped keys (including incomplete
-    q/k/v sets) stay in the result under their source names, so loading reports them as unexpected."""
+    """(the weights in our names with `prefix`, the source keys no rule maps, incomplete q/k/v sets included; they
+    stay in the result under their source names, so loading reports them as unexpected)."""
     if kind not in _DROPPED:
         raise ValueError(f"hf_backbone_to_official: kind must be 'swin' or 'resnet', got {kind!r}")
     rules = _SWIN_RULES if kind == "swin" else _RESNET_RULES

@@ -92,11 +92,8 @@ class TransformerPredictor(nn.Module):
 
 class MaskFormerHead(nn.Module):
     """`sem_seg_head` of MaskFormer: pixel decoder -> (mask features, transformer input) -> TransformerPredictor.
-
-    fuse_mask_conv: a switch in maskformer.cpu_tuning (same outputs up to float rounding, fewer multiply-adds): in eval,
-    with fewer queries than mask channels, the predictor folds the pixel decoder's `mask_features` conv into its mask
-    logits (`forward_fused`).
-    """
+    fuse_mask_conv (a maskformer.cpu_tuning switch): without aux outputs and with fewer queries than mask channels,
+    fold the `mask_features` conv into the mask logits (`forward_fused`)."""
 
     def __init__(self, *, pixel_decoder: nn.Module, predictor: TransformerPredictor, fuse_mask_conv: bool = True):
         super().__init__()
@@ -129,10 +126,8 @@ class PerPixelBaselineHead(nn.Module):
 
 
 class PerPixelBaselinePlusHead(MaskFormerHead):
-    """PerPixelBaseline+: TransformerPredictor without class head, Q = K queries; each query's mask logits are the
-    per-pixel logits of one class. -> {"sem_seg": [B, K, H/4, W/4]} (+ "aux_outputs": [{"sem_seg"}] * (L-1) when
-    training).
-    """
+    """PerPixelBaseline+: TransformerPredictor without class head, Q = K queries, each query's mask logits the
+    per-pixel logits of one class. -> {"sem_seg": [B, K, H/4, W/4]} (+ "aux_outputs" in training)."""
 
     def __init__(self, *, pixel_decoder: nn.Module, predictor: TransformerPredictor, fuse_mask_conv: bool = True):
         if predictor.mask_classification:

@@ -69,11 +69,8 @@ class MaskFormer(nn.Module):
 
     @torch.no_grad()
     def optimize_for_inference(self, *, channels_last: bool = True) -> MaskFormer:
-        """Eval mode plus CPU-friendly layouts, keeping the state dict (names, shapes and values) unchanged.
-
-        Calls the backbone's own `optimize_for_inference()` when it has one (e.g. FrozenBN folded into the convs) and
-        moves 4-d weights to channels-last. Returns self.
-        """
+        """Eval mode, the backbone's own `optimize_for_inference()` if any, and channels-last 4-d weights; the state
+        dict is unchanged. Returns self."""
         self.eval()
         hook = getattr(self.backbone, "optimize_for_inference", None)
         if callable(hook):

@@ -1,9 +1,5 @@
-"""DETR transformer pieces (post-norm) with `nn.MultiheadAttention`-compatible parameter names.
-
-Reference notes 3.2 and 3.3. Everything here is batch-first: tokens are [B, L, C]. Attention runs through
-`F.scaled_dot_product_attention` over the packed `in_proj_weight` / `in_proj_bias` / `out_proj` parameters, so official
-checkpoints (which store nn.MultiheadAttention weights) load without any renaming. `Transformer` is the predictor's
-decoder, `TransformerEncoderOnly` the "+6 Enc" pixel decoder's encoder.
+"""DETR transformer pieces (post-norm, batch-first [B, L, C]; reference notes 3.2 and 3.3) with
+`nn.MultiheadAttention`'s parameter names, so official checkpoints load without renaming.
 """
 
 from __future__ import annotations
@@ -14,10 +10,8 @@ from torch import nn
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head attention with nn.MultiheadAttention's parameters (in_proj_weight [3C, C], in_proj_bias, out_proj).
-
-    Dropout `dropout` is applied to the attention weights in training, as nn.MultiheadAttention does.
-    """
+    """Multi-head attention through F.scaled_dot_product_attention with nn.MultiheadAttention's parameters
+    (in_proj_weight [3C, C], in_proj_bias, out_proj) and its dropout on the attention weights in training."""
 
     def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0):
         super().__init__()
