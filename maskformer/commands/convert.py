@@ -1,9 +1,6 @@
 """`maskformer convert SRC OUT_DIR`: official detectron2 (.pkl / .pth) or transformers checkpoints -> a model directory.
 
-The architecture of a detectron2 file is read from its keys and shapes (backbone, R101c stem, "+6 Enc", per-pixel
-baselines, K, Q); a transformers directory's from its config.json (any Swin / ResNet size). `--preset` names the
-preset to take the remaining settings from. The report names every key left out on purpose; a missing, unexpected
-(named as in the source file) or mis-shaped key is an error and nothing is written.
+The report names every key left out on purpose; a key that does not fit is an error and nothing is written.
 """
 
 from __future__ import annotations

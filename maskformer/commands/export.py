@@ -1,7 +1,4 @@
-"""`maskformer export --model DIR --format onnx|torch-export --out FILE [--check]`: the tensor graph with dynamic batch,
-height and width (images [B, 3, H, W] raw RGB 0..255 -> pred_logits, pred_masks). Post-processing stays outside:
-`maskformer.numpy_postprocess` implements it in numpy for onnxruntime users.
-"""
+"""`maskformer export --model DIR --format onnx|torch-export --out FILE [--check]`: see maskformer.export."""
 
 from __future__ import annotations
 

@@ -38,7 +38,10 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
     if m.arch not in ARCHS:
         raise ValueError(f"model.arch={m.arch!r} is unknown; valid: {', '.join(ARCHS)}")
     if backbone is None:
-        backbone = _build_backbone(m)
+        from maskformer.backbones import build_backbone
+
+        kw = {"drop_path_rate": m.drop_path_rate} if m.backbone.startswith("swin") else {"norm": m.backbone_norm}
+        backbone = build_backbone(m.backbone, **kw, **m.backbone_args)  # norm: FrozenBN (official) or BN/GN (scratch)
     channels = _backbone_channels(backbone)
     if (m.arch == "mask2former") != (m.pixel_decoder == "msdeformattn"):
         raise ValueError(
@@ -47,13 +50,30 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
         )
     pixel_decoder = build_pixel_decoder(m, channels)
     if m.arch == "mask2former":
-        predictor = _build_masked_decoder(m, cfg.loss.deep_supervision)
+        predictor = MultiScaleMaskedTransformerDecoder(
+            in_channels=m.conv_dim,
+            num_classes=m.num_classes,
+            hidden_dim=m.hidden_dim,
+            num_queries=m.num_queries,
+            nheads=m.nheads,
+            dim_feedforward=m.dim_feedforward,
+            dec_layers=m.dec_layers,
+            mask_dim=m.mask_dim,
+            dropout=m.dropout,
+            enforce_input_proj=m.enforce_input_proj,
+            deep_supervision=cfg.loss.deep_supervision,
+        )
         head = Mask2FormerHead(pixel_decoder=pixel_decoder, predictor=predictor)
     elif m.arch == "per_pixel_baseline":
         head = PerPixelBaselineHead(pixel_decoder=pixel_decoder, num_classes=m.num_classes, mask_dim=m.mask_dim)
     else:
         classify = m.arch == "maskformer"
-        predictor = _build_predictor(m, pixel_decoder.transformer_in_channels, classify, cfg.loss.deep_supervision)
+        predictor = TransformerPredictor(
+            in_channels=pixel_decoder.transformer_in_channels, num_classes=m.num_classes, mask_classification=classify,
+            hidden_dim=m.hidden_dim, num_queries=m.num_queries if classify else m.num_classes, nheads=m.nheads,
+            dropout=m.dropout, dim_feedforward=m.dim_feedforward, dec_layers=m.dec_layers, mask_dim=m.mask_dim,
+            enforce_input_proj=m.enforce_input_proj, deep_supervision=cfg.loss.deep_supervision,
+        )
         head_cls = MaskFormerHead if classify else PerPixelBaselinePlusHead
         head = head_cls(pixel_decoder=pixel_decoder, predictor=predictor)
     return MaskFormer(
@@ -83,39 +103,6 @@ def build_pixel_decoder(m: ModelConfig, in_channels: dict[str, int]) -> nn.Modul
             dim_feedforward=m.dim_feedforward, dropout=m.dropout, enc_layers=m.enc_layers,
         )
     raise ValueError(f"model.pixel_decoder={m.pixel_decoder!r} is unknown; valid: {', '.join(PIXEL_DECODERS)}")
-
-
-def _build_predictor(m: ModelConfig, in_channels: int, classify: bool, deep_supervision: bool) -> TransformerPredictor:
-    return TransformerPredictor(
-        in_channels=in_channels, num_classes=m.num_classes, mask_classification=classify, hidden_dim=m.hidden_dim,
-        num_queries=m.num_queries if classify else m.num_classes, nheads=m.nheads, dropout=m.dropout,
-        dim_feedforward=m.dim_feedforward, dec_layers=m.dec_layers, mask_dim=m.mask_dim,
-        enforce_input_proj=m.enforce_input_proj, deep_supervision=deep_supervision,
-    )
-
-
-def _build_masked_decoder(m: ModelConfig, deep_supervision: bool) -> MultiScaleMaskedTransformerDecoder:
-    return MultiScaleMaskedTransformerDecoder(
-        in_channels=m.conv_dim,
-        num_classes=m.num_classes,
-        hidden_dim=m.hidden_dim,
-        num_queries=m.num_queries,
-        nheads=m.nheads,
-        dim_feedforward=m.dim_feedforward,
-        dec_layers=m.dec_layers,
-        mask_dim=m.mask_dim,
-        dropout=m.dropout,
-        enforce_input_proj=m.enforce_input_proj,
-        deep_supervision=deep_supervision,
-    )
-
-
-def _build_backbone(m: ModelConfig) -> nn.Module:
-    from maskformer.backbones import build_backbone
-
-    if m.backbone.startswith("swin"):
-        return build_backbone(m.backbone, drop_path_rate=m.drop_path_rate, **m.backbone_args)
-    return build_backbone(m.backbone, norm=m.backbone_norm, **m.backbone_args)  # FrozenBN (official) or BN/GN (scratch)
 
 
 def _backbone_channels(backbone: nn.Module) -> dict[str, int]:

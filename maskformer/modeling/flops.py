@@ -109,11 +109,8 @@ def model_stats(cfg: Config, image_size: tuple[int, int] | None = None, *, seman
 
 def measure(model: nn.Module, image_size: tuple[int, int], *, semantic_inference: bool = True,
             executed: bool = True) -> ModelStats:  # fmt: skip
-    """Count `model` (a MaskFormer in eval mode, on any device incl. meta) on one [1, 3, H, W] input.
-
-    Counted twice: as the official network computes it (mask-feature conv + einsum, Swin padding tokens) -> `gflops`
-    and its breakdown; and as this implementation runs in eval (fused mask conv) -> `gflops_executed`.
-    """
+    """Count `model` (a MaskFormer in eval mode, on any device incl. meta) on one [1, 3, H, W] input, twice: as the
+    official network computes it (`gflops` and its breakdown) and as this implementation runs (`gflops_executed`)."""
     x = torch.zeros(1, 3, *image_size, device=next(model.parameters()).device)
     padded = tuple(model.preprocess(x).shape[-2:])
     official = _count(model, x, image_size if semantic_inference else None, fuse=False)
@@ -153,11 +150,8 @@ def _count(model: nn.Module, x: torch.Tensor, inference_size: tuple[int, int] | 
 
 
 def swin_window_padding_macs(backbone: nn.Module, size: tuple[int, int]) -> int:
-    """Multiply-adds of the official Swin's qkv + proj Linears on window-padding tokens (0 for other backbones).
-
-    Stage maps: ceil(H/4) x ceil(W/4) after the patch embedding, then ceil halves; each block pads to a multiple of the
-    window and projects (3C + C) x C per padded token.
-    """
+    """Multiply-adds of the official Swin's qkv + proj Linears ((3C + C) x C per token) on window-padding tokens
+    (0 for other backbones). Stage maps: ceil(H/4) x ceil(W/4), then ceil halves."""
     from maskformer.backbones.swin import SwinTransformer
 
     if not isinstance(backbone, SwinTransformer):

@@ -18,14 +18,11 @@ class PositionEmbeddingSine(nn.Module):
     No parameters or buffers (so no state-dict keys). Computed in float32, then cast to the input's dtype.
     """
 
-    def __init__(
-        self, *, num_pos_feats: int = 128, temperature: float = 10000.0, scale: float = 2 * math.pi, eps: float = 1e-6
-    ):
+    temperature, scale, eps = 10000.0, 2 * math.pi, 1e-6
+
+    def __init__(self, *, num_pos_feats: int = 128):
         super().__init__()
         self.num_pos_feats = num_pos_feats
-        self.temperature = temperature
-        self.scale = scale
-        self.eps = eps
 
     def _axis(self, n: int, device: torch.device) -> torch.Tensor:
         """Encoding of positions 1..n along one axis: [n, num_pos_feats], interleaved (sin, cos) pairs."""
