@@ -23,22 +23,16 @@ CHUNK_POINTS = 1 << 17  # oversampled points per chunk of the point-sampled loss
 
 
 def bilinear_taps(scale: int) -> tuple[list[float], int]:
-    """1-D weights of bilinear x`scale` upsampling (align_corners False) as a transposed convolution.
-
-    Output pixel i = scale * k + o reads low-res pixel k with weight 1 - |(o + 0.5) / scale - 0.5| for the offsets
-    o where that is positive. Returns (weights in increasing o, -min o).
-    """
+    """1-D taps of bilinear x`scale` upsampling (align_corners False) as a transposed convolution: output pixel
+    scale * k + o reads low-res pixel k with weight 1 - |(o + 0.5) / scale - 0.5| > 0. -> (weights by o, -min o)."""
     offsets = [o for o in range(-scale, 2 * scale) if abs((o + 0.5) / scale - 0.5) < 1]
     return [1 - abs((o + 0.5) / scale - 0.5) for o in offsets], -offsets[0]
 
 
 def upsample_adjoint(grad: Tensor, size: tuple[int, int]) -> Tensor:
-    """Adjoint (backward) of bilinear upsampling [m, h, w] -> [m, H, W], align_corners False, integer H/h and W/w.
-
-    grad [m, H, W] -> [m, h, w]. Upsampling equals replicate-padding the input by one pixel followed by a transposed
-    convolution with the bilinear taps; its adjoint is the stride-s convolution onto the padded grid, with the padding
-    ring folded back onto the border. Equal to autograd through F.interpolate, and much faster on CPU.
-    """
+    """Adjoint of bilinear upsampling [m, h, w] -> [m, H, W] (align_corners False, integer H/h, W/w): grad [m, H, W]
+    -> [m, h, w]. Upsampling = replicate-pad by one pixel + transposed conv with the bilinear taps, so its adjoint is
+    the stride-s conv onto the padded grid, the ring folded back onto the border; much faster than autograd on CPU."""
     (h, w), (H, W) = size, grad.shape[-2:]
     (ky, py), (kx, px) = bilinear_taps(H // h), bilinear_taps(W // w)
     kernel = torch.outer(grad.new_tensor(ky), grad.new_tensor(kx))[None, None]  # [1, 1, Ly, Lx]
@@ -49,11 +43,6 @@ def upsample_adjoint(grad: Tensor, size: tuple[int, int]) -> Tensor:
     r[:, :, 1] += r[:, :, 0]
     r[:, :, -2] += r[:, :, -1]
     return r[:, 1:-1, 1:-1]
-
-
-def _upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """[m, h, w] -> [m, H*W], bilinear, align_corners False."""
-    return F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False).flatten(1)
 
 
 def _chunk_terms(x: Tensor, tf: Tensor, grads: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -93,7 +82,8 @@ def _full_res_terms(logits: Tensor, targets: Tensor, with_grad: bool) -> tuple[T
     for sl in _chunks(m, H * W, CHUNK_PIXELS):
         tf = targets[sl].reshape(-1, H * W).view(torch.uint8).to(logits.dtype)  # [c, N] 0/1
         full = logits.new_empty(2, tf.shape[0], H * W) if with_grad else None  # full-resolution gradients
-        focal[sl], dice[sl] = _chunk_terms(_upsample(logits[sl], (H, W)), tf, full)
+        x = F.interpolate(logits[sl, None], size=(H, W), mode="bilinear", align_corners=False).flatten(1)  # [c, N]
+        focal[sl], dice[sl] = _chunk_terms(x, tf, full)
         if with_grad:
             grads[:, sl] = upsample_adjoint(full.view(-1, H, W), (h, w)).view(2, -1, h, w)
     return focal, dice, grads
@@ -128,11 +118,8 @@ class _MaskPairLoss(torch.autograd.Function):
 
 
 def full_res_mask_losses(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Focal (mean over pixels) and dice loss per matched pair at the target resolution.
-
-    logits: float [M, h, w] matched mask logits (1/4 resolution); targets: bool [M, H, W] padded target masks with
-    H/h and W/w integers (4 in the model). Returns (focal [M], dice [M]), differentiable w.r.t. logits.
-    """
+    """(focal mean over pixels [M], dice [M]) of logits [M, h, w] at the resolution of bool targets [M, H, W]
+    (integer H/h and W/w: 4 in the model), differentiable w.r.t. logits."""
     _check_targets("full_res_mask_losses", logits, targets)
     (h, w), (H, W) = logits.shape[-2:], targets.shape[-2:]
     if H % h or W % w:
@@ -170,11 +157,8 @@ def point_sampled_mask_losses(
     logits: Tensor, targets: Tensor, *, num_points: int = 12544, oversample_ratio: float = 3.0,
     importance_sample_ratio: float = 0.75,
 ) -> tuple[Tensor, Tensor]:
-    """Mask2Former's mask losses on `num_points` importance-sampled points per pair.
-
-    logits: float [M, h, w] (not upsampled); targets: bool [M, H, W] padded target masks (read bilinearly at the same
-    points, giving soft labels at mask edges). Returns (sigmoid BCE mean over points [M], dice [M]).
-    """
+    """Mask2Former's (sigmoid BCE mean over points [M], dice [M]) on `num_points` importance-sampled points per pair
+    of logits [M, h, w] and bool targets [M, H, W] (read bilinearly at the same points: soft labels at mask edges)."""
     _check_targets("point_sampled_mask_losses", logits, targets)
     sampling = dict(
         num_points=num_points, oversample_ratio=oversample_ratio, importance_sample_ratio=importance_sample_ratio

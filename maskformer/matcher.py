@@ -85,9 +85,7 @@ class HungarianMatcher(nn.Module):
     def cost_matrices(
         self, pred_logits: Tensor, pred_masks: Tensor, labels: list[Tensor], masks: list[Tensor]
     ) -> list[Tensor]:
-        """The weighted cost matrices, one float [Q, T_i] per image (NaN/inf replaced by the largest float).
-
-        Point mode draws one set of uniform points per image, [B, num_points, 2], before any cost is computed."""
+        """The weighted cost matrices, one float [Q, T_i] per image (NaN/inf replaced by the largest float)."""
         B = pred_logits.shape[0]
         if len(labels) != B or len(masks) != B:
             raise ValueError(f"HungarianMatcher: {B} predictions but {len(labels)} labels and {len(masks)} masks")

@@ -22,12 +22,8 @@ def point_sample(features: Tensor, coords: Tensor) -> Tensor:
 
 
 def point_sample_binary(masks: Tensor, coords: Tensor) -> Tensor:
-    """Bilinear values of binary masks at points, without a float copy of the masks.
-
-    masks: bool [N, H, W]; coords: [N, P, 2] ((x, y) in [0, 1]). Returns [N, P] in coords' dtype, equal to
-    `point_sample(masks.float()[:, None], coords)[:, 0]`: the masks get a one-pixel zero border (so every neighbour
-    index is valid and out-of-frame neighbours read 0), then the 4 neighbours are gathered at once and interpolated.
-    """
+    """`point_sample(masks.float()[:, None], coords)[:, 0]` for bool masks [N, H, W] -> [N, P] in coords' dtype,
+    without a float copy: a one-pixel zero border makes every neighbour index valid, then 4 gathers and lerps."""
     n, H, W = masks.shape
     border = F.pad(masks, (1, 1, 1, 1)).reshape(n, (H + 2) * (W + 2))  # [N, (H+2)*(W+2)]
     pos = coords * coords.new_tensor([W, H]) - 0.5  # [N, P, 2] pixel coordinates (align_corners False)
@@ -51,11 +47,8 @@ def uncertainty(logits: Tensor) -> Tensor:
 def uncertain_point_coords(
     logits: Tensor, *, num_points: int, oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75
 ) -> Tensor:
-    """PointRend importance sampling: [N, P, 2] points for mask logits [N, 1, h, w].
-
-    Draw int(P * oversample_ratio) uniform points, keep the int(importance_sample_ratio * P) most uncertain ones,
-    and add P - that many fresh uniform points. Not differentiable (call under no_grad).
-    """
+    """PointRend importance sampling: [N, P, 2] points for mask logits [N, 1, h, w], the int(importance_sample_ratio
+    * P) most uncertain of int(P * oversample_ratio) uniform points plus fresh uniform ones. Not differentiable."""
     if oversample_ratio < 1 or not 0 <= importance_sample_ratio <= 1:
         raise ValueError(
             f"point sampling needs oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1, got "
@@ -73,10 +66,8 @@ def uncertain_point_coords(
 
 
 def _top_indices(scores: Tensor, k: int) -> Tensor:
-    """Indices [N, k] of the k largest scores per row (any order; the set topk selects, up to ties).
-
-    On the CPU numpy's linear-time partition, many times faster than torch.topk on long rows.
-    """
+    """Indices [N, k] of the k largest scores per row (any order); on the CPU numpy's linear-time partition, many
+    times faster than torch.topk on long rows."""
     if scores.device.type != "cpu" or k == 0 or k >= scores.shape[1]:
         return scores.topk(k, dim=1, sorted=False).indices
     part = np.argpartition(scores.detach().numpy(), scores.shape[1] - k, axis=1)[:, scores.shape[1] - k :]
