@@ -174,8 +174,7 @@ def candidate_argmax(x, cand, py: AxisPlan, px: AxisPlan, value_fn: Callable | N
     """Per output pixel the channel with the largest resampled value (one-stage plans): int64 [H, W]. x [C, h, w]; cand
     [C, n_ty, n_tx] bool, every channel that can win in the tile (at least one); value_fn(z [N, t, t], ch [N]) maps
     resampled values first; labels_of [C] int64: write labels_of[channel] instead. Ties go to the lowest channel, as
-    torch.argmax. Tiles are handled in buckets of similar candidate counts (2, 3-4, 5-8, ...) so little is padded; tiles
-    are held in int16 and the result written once as int64."""
+    torch.argmax. Tiles are handled in buckets of similar candidate counts (2, 3-4, 5-8, ...) so little is padded."""
     t = py.tile
     names = torch.arange(x.shape[0], device=x.device) if labels_of is None else labels_of
     names = names.to(_label_dtype(int(names.max()) + 1))

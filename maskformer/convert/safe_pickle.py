@@ -80,11 +80,6 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self._source}: persistent ids are not allowed in a plain pickle ({pid!r})")
 
 
-def _is_zip(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04" and zipfile.is_zipfile(path)
-
-
 def _torch_load(path: str) -> Any:
     """`torch.load(weights_only=True)`, with its refusal turned into an `UnsafePickleError` naming the file."""
     try:
@@ -98,18 +93,15 @@ def _torch_load(path: str) -> Any:
 
 
 def load_weights_pickle(path: str | os.PathLike) -> Any:
-    """Load a `.pkl` / `.pth` / `.bin` weight file safely and return the unpickled object.
-
-    Zip files and torch's legacy format go through `torch.load(weights_only=True)`; plain pickles through
-    `RestrictedUnpickler`. Raises `UnsafePickleError` for a forbidden global and `ValueError` for a file that is
-    not a pickle at all or is truncated, each naming the file.
-    """
+    """The unpickled object of a `.pkl` / `.pth` / `.bin` weight file (see the module doc); `UnsafePickleError` for a
+    forbidden global, `ValueError` for a file that is not a readable pickle, each naming the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    if _is_zip(path):
-        return _torch_load(path)
     with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04" and zipfile.is_zipfile(path):
+            return _torch_load(path)
+        f.seek(0)
         unpickler = RestrictedUnpickler(f, source=path)
         try:
             obj = unpickler.load()

@@ -1,9 +1,4 @@
-"""Weight sources on disk: what a path holds, and its tensors with the names they have there.
-
-Sources: a model directory (ours), a transformers directory (config.json with `model_type` + model.safetensors or
-pytorch_model.bin), a `.safetensors` file, a pickle (detectron2 `.pkl` / `.pth`, torchvision / Swin ImageNet `.pth`,
-read only through `maskformer.convert.safe_pickle`).
-"""
+"""Weight sources on disk: what a path holds, and its tensors with the names they have there."""
 
 from __future__ import annotations
 
