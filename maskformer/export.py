@@ -1,10 +1,7 @@
-"""Export the tensor graph (raw image batch -> class logits, mask logits) to ONNX or torch.export.
-
-The graph takes `images` float [B, 3, H, W] (RGB 0..255, any H and W: the model normalizes and pads to a multiple of
-32 inside the graph) and returns `pred_logits` [B, Q, K+1] and `pred_masks` [B, Q, Hp/4, Wp/4] (per-pixel baselines:
-`sem_seg` [B, K, Hp/4, Wp/4]), with batch, height and width dynamic. Post-processing stays outside the graph: use
-`maskformer.inference` (torch) or `maskformer.numpy_postprocess` (numpy, for onnxruntime users). ONNX uses torch's
-TorchScript-based exporter (no extra dependency; it traces the padding arithmetic symbolically). Writes are atomic.
+"""Export the tensor graph to ONNX or torch.export: `images` float [B, 3, H, W] (raw RGB 0..255; normalized and padded
+inside the graph) -> `pred_logits` [B, Q, K+1], `pred_masks` [B, Q, Hp/4, Wp/4] (per-pixel baselines: `sem_seg`), with
+dynamic batch, height and width. Post-processing stays outside (`inference`, or `numpy_postprocess` for onnxruntime).
+ONNX uses torch's TorchScript-based exporter (no extra dependency; it traces the padding arithmetic symbolically).
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Parameter and FLOP counts of a model, computed on the meta device (no memory, no arithmetic; about a second).
 
-"GFLOPs" follow the paper (fvcore's `FlopCountAnalysis`, as detectron2's analyze_model): one multiply-add = one FLOP
-for conv, linear, matmul/bmm, einsum and attention (torch's FlopCounterMode counts 2, so its numbers are halved),
-plus fvcore's per-element terms: Group/LayerNorm 5, unfolded BatchNorm 2, bilinear upsampling 4 and nearest 1 per
-output element; activations, softmax/sigmoid, additions, padding and pooling are not counted.
-- `gflops` includes work the official Swin does on window-padding tokens (qkv + output projection, 4 C^2 multiply-adds
-  per padded token and block; Swin-B at 640: 15.4 G of 195 G) that this backbone skips; it is added analytically and
-  reported as `gflops_skipped`. `gflops_executed` is what this implementation runs in eval: no padding work and the
-  mask-feature conv fused with the mask einsum (TransformerPredictor.forward_fused; R50 at 512: ~6 G fewer).
-- Counted: the forward at the crop size (batch 1) plus the official semantic inference: mask logits upsampled to the
-  input, softmax(class)[:, :K] x sigmoid(masks) summed over queries (Q K H W multiply-adds; 3.9 G for 100 queries,
-  150 classes at 512x512), then the resize of the K score maps. Per-pixel baselines: x4 upsampling of the K logits.
+"GFLOPs" follow the paper's fvcore convention (README, "What the GFLOPs count"); torch's FlopCounterMode counts 2 per
+multiply-add, so its numbers are halved. `gflops` includes the official Swin's window-padding work that this backbone
+skips (`gflops_skipped`, Swin-B at 640: 15.4 G of 195 G); `gflops_executed` is what this implementation runs in eval
+(no padding work, the mask-feature conv fused with the mask einsum; R50 at 512: ~6 G fewer).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """`MaskFormer`: normalization + padding, backbone, `sem_seg_head`. Wiring only: no loss, no post-processing.
 
-Reference notes section 1. Images are raw RGB 0..255; they are normalized with the pixel mean/std and padded
-bottom/right with 0 *after* normalization to a multiple of `size_divisibility` (identical to padding raw images with the
-mean, which is what `ImageBatch.from_images` does).
+Reference notes section 1. Padding with 0 *after* normalization equals padding raw images with the mean, which is what
+`ImageBatch.from_images` does.
 """
 
 from __future__ import annotations

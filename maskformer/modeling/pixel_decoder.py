@@ -81,10 +81,8 @@ class BasePixelDecoder(nn.Module):
 
 
 class TransformerEncoderPixelDecoder(BasePixelDecoder):
-    """FPN whose top is a 6-layer DETR encoder on input_proj(res5) (with sine positions); `layer_4` is 256 -> 256.
-
-    The encoder output [B, conv_dim, H/32, W/32] is also the transformer predictor's input.
-    """
+    """FPN whose top is a 6-layer DETR encoder on input_proj(res5) (with sine positions); its output [B, conv_dim,
+    H/32, W/32] is also the transformer predictor's input."""
 
     def __init__(
         self, *, in_channels: dict[str, int], conv_dim: int = 256, mask_dim: int = 256, nheads: int = 8,

@@ -1,8 +1,4 @@
-"""Sine positional encoding of a feature map (DETR / official MaskFormer, no padding mask; reference notes 3.4).
-
-Without a mask the cumulative sums are 1..H and 1..W, each divided by (last + 1e-6) and scaled by 2*pi: the encoding
-is normalized over the full padded map.
-"""
+"""Sine positional encoding of a feature map (DETR / official MaskFormer, no padding mask; reference notes 3.4)."""
 
 from __future__ import annotations
 
@@ -25,7 +21,8 @@ class PositionEmbeddingSine(nn.Module):
         self.num_pos_feats = num_pos_feats
 
     def _axis(self, n: int, device: torch.device) -> torch.Tensor:
-        """Encoding of positions 1..n along one axis: [n, num_pos_feats], interleaved (sin, cos) pairs."""
+        """Encoding of positions 1..n along one axis (normalized over the full padded map, without a mask the
+        official cumulative sums): [n, num_pos_feats], interleaved (sin, cos) pairs."""
         v = torch.arange(1, n + 1, dtype=torch.float32, device=device) / (n + self.eps) * self.scale  # [n]
         i = torch.arange(self.num_pos_feats, dtype=torch.float32, device=device)
         dim_t = self.temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / self.num_pos_feats)  # [F]
