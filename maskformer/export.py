@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from maskformer.io import atomic_file
+from maskformer.pipeline import model_device
 
 FORMATS = ("onnx", "torch-export")
 DEFAULT_OPSET = 17
@@ -56,7 +57,7 @@ def output_names(model: nn.Module, sample: torch.Tensor | None = None) -> list[s
     """Names of the exported outputs, from one forward on a tiny sample."""
     sample = sample if sample is not None else sample_images(1, 64, 64)
     with torch.no_grad(), traceable(model):
-        out = ExportModule(model)(sample.to(_device(model)))
+        out = ExportModule(model)(sample.to(model_device(model)))
     return ["pred_logits", "pred_masks"] if len(out) == 2 else ["sem_seg"]
 
 
@@ -66,17 +67,13 @@ def sample_images(batch: int, height: int, width: int, seed: int = 0) -> torch.T
     return torch.rand(batch, 3, height, width, generator=g) * 255
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, sample_size=(2, 96, 128)
 ) -> Path:
     """Write an ONNX graph with input "images" [B, 3, H, W] and dynamic B, H, W; sample_size: (batch, height, width)
     of the tracing sample (any size works afterwards). Returns the file path."""
     path = Path(path)
-    sample = sample_images(*sample_size).to(_device(model))
+    sample = sample_images(*sample_size).to(model_device(model))
     names = output_names(model, sample)
     maps = {0: "batch", 2: "mask_height", 3: "mask_width"}
     dynamic = {"images": {0: "batch", 2: "height", 3: "width"}, **{n: maps for n in names}}
@@ -103,7 +100,7 @@ def export_torch(
 ) -> Path:
     """Save a `torch.export` program (.pt2) with dynamic batch, height and width; load with torch.export.load."""
     path = Path(path)
-    sample = sample_images(*sample_size).to(_device(model))
+    sample = sample_images(*sample_size).to(model_device(model))
     dyn = torch.export.Dim.DYNAMIC
     with torch.no_grad(), traceable(model):
         program = torch.export.export(
@@ -133,7 +130,7 @@ def compare(model: nn.Module, run, sizes: list[tuple[int, int, int]]) -> list[di
     for i, (b, h, w) in enumerate(sizes):
         images = sample_images(b, h, w, seed=100 + i)
         with torch.no_grad(), traceable(model):
-            ref = ExportModule(model)(images.to(_device(model)))
+            ref = ExportModule(model)(images.to(model_device(model)))
             got = run(images)
         diffs, mags = [], []
         for r, o in zip(ref, got):
@@ -156,7 +153,7 @@ def check_export(
     size raises RuntimeError naming it (Swin graphs take only H, W padding to the traced sample's padded size)."""
     if _exporter(fmt) is export_torch:
         program = torch.export.load(str(path)).module()
-        return compare(model, lambda x: [t.cpu() for t in program(x.to(_device(model)))], list(sizes))
+        return compare(model, lambda x: [t.cpu() for t in program(x.to(model_device(model)))], list(sizes))
     session = onnx_session(path)
 
     def run(x: torch.Tensor) -> list:

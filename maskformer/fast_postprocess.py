@@ -328,9 +328,11 @@ def panoptic_assign(m, s, low: Size, pad: Size, img: Size, out: Size, tile: int 
     assign = candidate_argmax(m, cand, py, px, value_fn=lambda z, ch: s[ch][:, None, None] * z.sigmoid())
     full = lo > 1e-6  # the whole tile is >= 0.5
     area = (full * (py.valid.sum(1)[:, None] * px.valid.sum(1)[None, :])).sum((1, 2))
-    tiles = _retile(assign, py, px) if find_void else None  # [n_tiles, t, t], -1 outside the output
-    void = torch.zeros(tiles.shape, dtype=torch.bool, device=m.device) if find_void else None
+    void = None
     if find_void:  # candidates wholly below 0.5 in a tile: void wherever they are assigned there
+        padded = F.pad(assign, (0, px.n_tiles * tile - out[1], 0, py.n_tiles * tile - out[0]), value=-1)
+        tiles = padded.view(py.n_tiles, tile, px.n_tiles, tile).transpose(1, 2).reshape(-1, tile, tile)  # -1 outside
+        void = torch.zeros(tiles.shape, dtype=torch.bool, device=m.device)
         ch, ty, tx = (cand & (hi < -1e-6)).nonzero(as_tuple=True)
         for sl in _chunks(len(ch), tile * tile):
             _mark_void(void, tiles, ch[sl], ty[sl], tx[sl], px, below=None)
@@ -341,13 +343,6 @@ def panoptic_assign(m, s, low: Size, pad: Size, img: Size, out: Size, tile: int 
         if find_void:
             _mark_void(void, tiles, ch[sl], ty[sl], tx[sl], px, below=~above)
     return assign, area, None if void is None else _untile(void, py, px)
-
-
-def _retile(img: torch.Tensor, py: AxisPlan, px: AxisPlan) -> torch.Tensor:
-    """[H, W] -> [n_ty * n_tx, tile, tile] (the inverse of _untile), -1 outside the output."""
-    t = py.tile
-    padded = F.pad(img, (0, px.n_tiles * t - img.shape[1], 0, py.n_tiles * t - img.shape[0]), value=-1)
-    return padded.view(py.n_tiles, t, px.n_tiles, t).transpose(1, 2).reshape(-1, t, t)
 
 
 def _mark_void(void, tiles, ch, ty, tx, px: AxisPlan, below: torch.Tensor | None) -> None:

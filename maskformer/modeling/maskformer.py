@@ -42,10 +42,6 @@ class MaskFormer(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.channels_last = False
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
     def preprocess(self, images: torch.Tensor | ImageBatch) -> torch.Tensor:
         """Raw [B, 3, H, W] (or an ImageBatch) -> normalized float [B, 3, Hp, Wp], zero-padded bottom/right."""
         x = images.tensor if isinstance(images, ImageBatch) else images
