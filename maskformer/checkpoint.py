@@ -34,7 +34,6 @@ class CheckpointError(ValueError):
     """A checkpoint file or directory is missing, damaged, or does not fit the model (message names file / key)."""
 
 
-# ------------------------------------------------------------------------------------------------ atomic file I/O
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write `data` to `path` atomically, fsynced before the rename."""
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
@@ -83,7 +82,6 @@ def load_safetensors(path: str | os.PathLike, verify: bool = True) -> dict[str, 
     return tensors
 
 
-# ------------------------------------------------------------------------------------------------ key reports
 @dataclass
 class Renamed:
     """A state dict in this package's names (`tensors`) that remembers, for the key report, the name each key has in
@@ -184,7 +182,6 @@ def load_checked(
     return report
 
 
-# ------------------------------------------------------------------------------------------------ model directories
 def save_pretrained(model: nn.Module, cfg: Config, meta: DatasetMeta, path: str | os.PathLike) -> Path:
     """Write `path/model.safetensors` then `path/config.json` (each atomically). Returns the directory."""
     path = Path(path)

@@ -186,7 +186,11 @@ class PerPixelCriterion(nn.Module):
         masks (pixels in no mask are ignored)."""
         out = torch.full((len(targets), *size), self.ignore_label, dtype=torch.long, device=device)
         for i, tgt in enumerate(targets):
-            sem = tgt.sem_seg if tgt.sem_seg is not None else self._from_masks(tgt)
+            sem = tgt.sem_seg
+            if sem is None:
+                sem = torch.full(tgt.masks.shape[-2:], self.ignore_label, dtype=torch.long, device=tgt.masks.device)
+                for lab, m in zip(tgt.labels.tolist(), tgt.masks):
+                    sem[m.bool()] = lab
             if sem.ndim != 2 or sem.shape[0] > size[0] or sem.shape[1] > size[1]:
                 raise ValueError(f"targets[{i}].sem_seg {tuple(sem.shape)} does not fit the padded input size {size}")
             sem = sem.to(device=device, dtype=torch.long)
@@ -198,12 +202,6 @@ class PerPixelCriterion(nn.Module):
                 )
             out[i, : sem.shape[0], : sem.shape[1]] = sem
         return out
-
-    def _from_masks(self, tgt: SegTarget) -> Tensor:
-        sem = torch.full(tgt.masks.shape[-2:], self.ignore_label, dtype=torch.long, device=tgt.masks.device)
-        for lab, m in zip(tgt.labels.tolist(), tgt.masks):
-            sem[m.bool()] = lab
-        return sem
 
 
 def build_criterion(cfg: Config) -> nn.Module:

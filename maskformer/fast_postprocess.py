@@ -23,7 +23,6 @@ DELTA = 1e-5  # semantic: a query moving a class score by at most this much insi
 MARGIN = 1e-5  # semantic: relative slack on comparisons of bounds (float32 sums of up to Q terms)
 
 
-# ------------------------------------------------------------------------------------------------ plans
 def linear_weights(n_in: int, n_out: int, scale: float | None = None) -> torch.Tensor:
     """Weights [n_out, n_in] of 1-D linear resampling (align_corners=False), exactly as F.interpolate computes them;
     scale: its scale_factor (the first n_out outputs are kept), None: size mode."""
@@ -108,7 +107,6 @@ def plans(kind: str, low: Size, pad: Size, crop: Size, out: Size, ref: torch.Ten
     return tuple(_plan(kind, low[a], pad[a], crop[a], out[a], tile, ref.device, ref.dtype) for a in (0, 1))
 
 
-# ------------------------------------------------------------------------------------------------ tile operations
 def window_bounds(x: torch.Tensor, py: AxisPlan, px: AxisPlan, ops=(torch.minimum, torch.maximum)):
     """Per op (min, max), each channel reduced over each tile's window: x [C, h, w] -> ([C, n_ty, n_tx], ...)."""
     return tuple(_range_reduce(_range_reduce(x, 1, py, op), 2, px, op) for op in ops)
@@ -199,7 +197,6 @@ def candidate_argmax(x, cand, py: AxisPlan, px: AxisPlan, value_fn: Callable | N
     return _untile(out, py, px, torch.int64)
 
 
-# ------------------------------------------------------------------------------------------------ semantic
 def semantic_labels(probs, masks, low: Size, pad: Size, img: Size, out: Size, *, order: str, before_inference: bool):
     """argmax over classes of inference.semantic_inference for one image -> int64 [H, W] (ties: lowest class; equal
     up to float rounding). probs [Q, K] with mask logits masks [Q, h, w], or None with class logits masks [K, h, w]."""
@@ -315,7 +312,6 @@ def _active_scores(probs, masks, py, px, ty, tx, kmat, active) -> torch.Tensor:
     return mid if py.mid_w is None else torch.einsum("gyr,gcrs,gxs->gcyx", py.mid_w[ty], mid, px.mid_w[tx])
 
 
-# ------------------------------------------------------------------------------------------------ panoptic
 def panoptic_assign(m, s, low: Size, pad: Size, img: Size, out: Size, tile: int = 16, find_void: bool = False):
     """For kept queries' mask logits m [Qk, h, w] and scores s [Qk], with V = the resampled logits:
     (argmax_q s_q * sigmoid(V_q) int64 [H, W] (ties: lowest q), #pixels with sigmoid(V_q) >= 0.5 int64 [Qk],
@@ -353,7 +349,6 @@ def _mark_void(void, tiles, ch, ty, tx, px: AxisPlan, below: torch.Tensor | None
     void[flat[n], y, x] = True
 
 
-# ------------------------------------------------------------------------------------------------ instance
 def instance_masks(m, low: Size, pad: Size, img: Size, out: Size, tile: int = 32):
     """For mask logits m [C, h, w] with V = the resampled logits: (mean sigmoid(V) over V > 0 per channel [C],
     paint(ch [N]) -> bool [N, H, W] masks V_ch > 0). Only tiles where V can be positive are resampled."""

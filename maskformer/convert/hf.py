@@ -107,7 +107,6 @@ def _rename(key: str) -> str:
     return key
 
 
-# ------------------------------------------------------------------------------------------------ config
 def hf_backbone_args(backbone_config: dict) -> tuple[str, dict]:
     """("swin" | "resnet", the SwinTransformer / ResNet keywords) with exactly the architecture of a transformers
     backbone config dict (any width or depth, e.g. the tiny test configs)."""
