@@ -205,11 +205,8 @@ class PerPixelCriterion(nn.Module):
 
 
 def build_criterion(cfg: Config) -> nn.Module:
-    """SetCriterion for arch "maskformer", PerPixelCriterion for the per-pixel baselines, from cfg.loss/cfg.model.
-
-    The matcher's class cost weight is 1 as in the official MaskFormer (which ignores CLASS_WEIGHT there); with
-    point sampling it is cfg.loss.class_weight, as in Mask2Former.
-    """
+    """The criterion of cfg.model.arch. The matcher's class cost weight is 1 as in the official MaskFormer (which
+    ignores CLASS_WEIGHT there); with point sampling it is cfg.loss.class_weight, as in Mask2Former."""
     arch, lc = cfg.model.arch, cfg.loss
     if arch in PER_PIXEL_ARCHS:
         return PerPixelCriterion(

@@ -68,7 +68,6 @@ def class_probs(pred_logits: torch.Tensor) -> torch.Tensor:
     return pred_logits.softmax(-1)[..., :-1]
 
 
-# ------------------------------------------------------------------------------------------------ semantic
 def semantic_inference(
     outputs: dict, image_sizes: Sequence[Size], output_sizes: Sequence[Size] | None = None, *,
     before_inference: bool = False, order: str = "official", padded_size: Size | None = None,
@@ -126,7 +125,6 @@ def semantic_labels(
     return [fp.semantic_labels(p, m, low, pad, img, out, **kw) for p, m, img, out in zip(probs, maps, images, outs)]
 
 
-# ------------------------------------------------------------------------------------------------ panoptic
 def panoptic_inference(
     outputs: dict, image_sizes: Sequence[Size], output_sizes: Sequence[Size] | None = None, *,
     thing_ids: Iterable[int], object_mask_threshold: float = 0.8, overlap_threshold: float = 0.8,
@@ -200,7 +198,6 @@ def _segments(classes, scores, areas, orig_areas, painted, things, overlap_thres
     return lut, segments
 
 
-# ------------------------------------------------------------------------------------------------ instance
 @dataclass
 class Instances:
     """Instances of one image, best first: masks bool [N, H, W], scores float [N], labels int64 [N] (contiguous)."""

@@ -42,11 +42,8 @@ def panoptic_inference(
     overlap_threshold: float = 0.8, dataset_ids: Sequence[int] | None = None, fast: bool = False,
     rule: str = "maskformer",
 ) -> tuple[np.ndarray, list[dict]]:  # fmt: skip
-    """One image -> (segment id map int32 [H, W], 0 = void; segments_info as `maskformer.inference.panoptic_inference`).
-
-    `is_thing[c]` says whether contiguous class c is a thing; "dataset_category_id" is `dataset_ids[c]`, else c.
-    rule: "maskformer" | "mask2former" (the exported model's architecture).
-    """
+    """One image -> (segment id map int32 [H, W], 0 = void; segments_info as `maskformer.inference.panoptic_inference`
+    with "dataset_category_id" = `dataset_ids[c]`, else c). rule: the exported model's architecture."""
     ids, segments = inference.panoptic_inference(
         _batch(pred_logits, pred_masks), [image_size], None if output_size is None else [output_size],
         thing_ids=[c for c, thing in enumerate(is_thing) if thing], object_mask_threshold=object_mask_threshold,

@@ -32,11 +32,8 @@ def convert_source(
     path: str | os.PathLike, *, preset: str | None = None, num_classes: int | None = None, class_names=None
 ) -> tuple[nn.Module, Config, DatasetMeta, KeyReport]:
     """(model in eval mode, cfg, meta, report) from a foreign checkpoint; every key must fit (else `CheckpointError`).
-
-    preset: the preset for what weights cannot show (default: inferred from detectron2 keys; for a transformers
-    model, the data / inference / train sections). num_classes (detectron2): a new class count, the class head
-    re-initialised. class_names (a sequence): replaces the class names (same count; thing flags and ids are kept).
-    """
+    preset: for what weights cannot show (default: inferred from detectron2 keys). num_classes (detectron2): a new
+    class count, the class head re-initialised. class_names: replaces the names (same count; thing flags kept)."""
     if (kind := detect_source(path)) == "model_dir":
         raise CheckpointError(f"{path}: already a maskformer model directory")
     if kind == "transformers":
@@ -79,11 +76,8 @@ def convert_transformers(path: str | os.PathLike, *, preset: str | None = None):
 def load_model(
     path_or_preset: str | os.PathLike, device: str | torch.device = "cpu", *, overrides: Iterable[str] = ()
 ) -> tuple[nn.Module, Config, DatasetMeta]:
-    """(model in eval mode on `device`, cfg, meta) from a model directory, a checkpoint file or transformers
-    directory (converted on the fly), or a preset name (random weights: a warning says so).
-
-    `overrides` ("a.b=c") apply to the config; one that changes the architecture of saved weights makes loading fail
-    with the mismatching keys named."""
+    """(model in eval mode on `device`, cfg, meta) from a model directory, a convertible source (converted on the
+    fly) or a preset name (random weights: a warning says so); `overrides` as in `load_model_dir`."""
     ref, overrides = str(path_or_preset), list(overrides)
     if Path(ref).exists() and detect_source(ref) == "model_dir":
         return load_model_dir(ref, device, overrides=overrides)

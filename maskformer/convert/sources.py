@@ -27,11 +27,8 @@ def detect_source(path: str | os.PathLike) -> str:
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict of tensors, info) from a weight file or directory, keys as stored (not yet renamed).
-
-    info has "kind" (see `detect_source`), for transformers directories "hf_config" (the config.json dict), and for
-    pickles the top-level entries other than the weights (e.g. "__author__", "matching_heuristics").
-    """
+    """(state dict of tensors, info) from a weight file or directory, keys as stored (not yet renamed). info: "kind"
+    (see `detect_source`), "hf_config" (transformers) or a pickle's other top-level entries ("matching_heuristics")."""
     path = Path(path)
     kind = detect_source(path)
     if kind == "model_dir":

@@ -34,7 +34,7 @@ class TransformerPredictor(nn.Module):
 
     forward(x [B, Cin, h, w], mask_features [B, mask_dim, H, W]) -> {"pred_logits": [B, Q, K+1] (only when
     mask_classification), "pred_masks": [B, Q, H, W], "aux_outputs": the same for layers 1..L-1 (training with
-    deep_supervision only)}. Mask logits are the dot product of mask_embed(query) with each pixel embedding.
+    deep_supervision only)}.
     """
 
     def __init__(
