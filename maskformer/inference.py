@@ -24,8 +24,11 @@ RULES = ("maskformer", "mask2former")  # panoptic painting rule, by architecture
 CHUNK_ELEMS = 1 << 25  # full-size mask values held at once while marginalizing
 
 
-def _sizes(outputs: dict, image_sizes, output_sizes, padded_size, order="official"):
-    """Validated (image_sizes, output_sizes, low-res size, padded size); errors name the argument and the problem."""
+def _sizes(outputs: dict, image_sizes, output_sizes, padded_size, order="official", task=None):
+    """Validated (image_sizes, output_sizes, low-res size, padded size); errors name the argument and the problem.
+    task: the inference ("panoptic", "instance") that needs mask-classification outputs."""
+    if task is not None and "pred_logits" not in outputs:
+        raise ValueError(f"{task} inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
     if order not in ("official", "fast"):
         raise ValueError(f"order={order!r}; choose 'official' or 'fast'")
     if not isinstance(outputs, dict) or not ({"pred_logits", "pred_masks"} <= outputs.keys() or "sem_seg" in outputs):
@@ -143,11 +146,9 @@ def panoptic_inference(
     rule="maskformer" (the model's cfg.model.arch) paints every assigned pixel; rule="mask2former" (mask2former.md 5.4)
     only those where the query's sigmoid >= 0.5 (others stay 0), and drops a query with no such pixel.
     """
-    if "pred_logits" not in outputs:
-        raise ValueError("panoptic inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}; choose one of {', '.join(RULES)} (the model's architecture)")
-    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size)
+    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size, task="panoptic")
     things = {int(t) for t in thing_ids}
     results = []
     for i, (img, out) in enumerate(zip(images, outs)):
@@ -221,9 +222,7 @@ def instance_inference(
     pairs of other classes are then dropped (as in panoptic models). Mask = resampled logit > 0 (upsampled, cropped
     and resized bilinearly); score = class probability x mean sigmoid inside the mask (sum / (area + 1e-6)).
     """
-    if "pred_logits" not in outputs:
-        raise ValueError("instance inference needs mask-classification outputs ('pred_logits', 'pred_masks')")
-    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size)
+    images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size, task="instance")
     results = []
     for i, (img, out) in enumerate(zip(images, outs)):
         probs = class_probs(outputs["pred_logits"][i])  # [Q, K]

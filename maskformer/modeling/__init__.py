@@ -1,9 +1,7 @@
 """The MaskFormer network. `build_model(cfg)` is the only code that reads the config; modules take keyword arguments.
 
-Architectures (cfg.model.arch): "maskformer" (mask classification), "mask2former" (masked attention over a multi-scale
-deformable-attention pixel decoder), "per_pixel_baseline", "per_pixel_baseline_plus".
 Pixel decoders (cfg.model.pixel_decoder): "fpn" (light-weight FPN), "transformer_encoder" ("+6 Enc") or "msdeformattn"
-(Mask2Former's; the only one its masked-attention decoder takes).
+(Mask2Former's, the only one its masked-attention decoder takes).
 """
 
 from __future__ import annotations
