@@ -1,10 +1,8 @@
 """ImageNet backbone weights -> our backbone keys, and the names of the backbones of the BACKBONES table.
 
-- torchvision ResNet (`resnet50-*.pth`): layer{N}.{j}.conv{k} / bn{k} / downsample -> res{N+1}.{j}.conv{k} / .norm /
-  shortcut; `fc.*` is expected unexpected, `num_batches_tracked` dropped (FrozenBN has no such buffer).
+- torchvision ResNet (`resnet50-*.pth`): renamed by `torchvision_name`; `fc.*` is expected unexpected.
 - official Swin (`swin_*_224.pth`, `..._384_22k.pth`, detectron2-wrapped `.pkl`): our names, less a `backbone.`
-  prefix; the per-stage norms `norm0..3` are expected missing (gamma=1, beta=0), `norm.*` / `head.*` / `attn_mask`
-  expected unexpected.
+  prefix; the per-stage norms `norm0..3` (gamma=1, beta=0) are expected missing, the classifier expected unexpected.
 - detectron2 (`R-50.pkl`, any checkpoint with `backbone.` keys): our names; with "matching_heuristics" a key that is
   not ours is matched to the unique model key it is a dotted suffix of.
 """

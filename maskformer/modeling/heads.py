@@ -33,8 +33,7 @@ class TransformerPredictor(nn.Module):
     """DETR decoder over the transformer input map, then class and mask heads shared by all decoder layers.
 
     forward(x [B, Cin, h, w], mask_features [B, mask_dim, H, W]) -> {"pred_logits": [B, Q, K+1] (only when
-    mask_classification), "pred_masks": [B, Q, H, W], "aux_outputs": the same for layers 1..L-1 (training with
-    deep_supervision only)}.
+    mask_classification), "pred_masks": [B, Q, H, W], "aux_outputs": layers 1..L-1 (deep supervision, training)}.
     """
 
     def __init__(
