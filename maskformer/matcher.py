@@ -3,8 +3,8 @@
 Cost C[q, t] = cost_class * (-softmax(logits)[q, label_t]) + cost_mask * focal(q, t) + cost_dice * dice(q, t), at the
 prediction resolution (1/4) against nearest-downsampled targets, solved per image by `linear_sum_assignment`. Every
 pairwise term is linear in the target, sum_n f(x_qn) t_tn + g(x_qn) (1 - t_tn), so each cost is one matrix product
-against the image's [T, N] target rows. With `num_points > 0` it follows Mask2Former: sigmoid BCE instead of focal, both mask costs at `num_points` uniform
-random points per image (shared by that image's predictions and targets).
+against the image's [T, N] target rows. With `num_points > 0` it follows Mask2Former: sigmoid BCE instead of focal,
+both mask costs at `num_points` uniform random points per image (shared by that image's predictions and targets).
 """
 
 from __future__ import annotations
