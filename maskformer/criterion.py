@@ -143,9 +143,8 @@ class SetCriterion(nn.Module):
 
 
 class PerPixelCriterion(nn.Module):
-    """PerPixelBaseline/+ loss: softmax CE over K classes, mean over non-ignored pixels, after upsampling the
-    [B, K, h, w] logits x4 bilinearly (align_corners False) to the padded input; targets' sem_seg padded with
-    `ignore_label`. With aux outputs (PerPixelBaseline+) the same loss on every aux layer (loss_sem_seg_i)."""
+    """PerPixelBaseline/+ loss: softmax CE of the [B, K, h, w] logits upsampled x4 (bilinear) to the padded input; with
+    aux outputs (PerPixelBaseline+) the same loss on every aux layer (loss_sem_seg_i)."""
 
     def __init__(
         self, *, num_classes: int, ignore_label: int = 255, loss_weight: float = 1.0, deep_supervision: bool = True

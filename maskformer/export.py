@@ -112,7 +112,6 @@ def export_torch(
 
 
 def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
-    """An onnxruntime CPU InferenceSession (lazy import with a clear message)."""
     try:
         import onnxruntime as ort
     except ImportError:

@@ -1,6 +1,5 @@
-"""Opt-in fast post-processing: the rules of `maskformer.inference`, evaluated tile by tile and only where needed.
+"""Opt-in fast post-processing (`maskformer.inference` with fast=True): its rules, tile by tile and only where needed.
 
-`maskformer.inference` calls these per image with fast=True; tests/test_inference.py holds them to its reference.
 Every output pixel of the official chain (upsample, crop, resize; bilinear) is a convex combination of a small
 window of low-res values, so the window's min/max bound a whole output tile. With trained masks most tiles are
 decided by the bounds alone; only the (tile, channel) pairs left are resampled, as small batched matrix products.

@@ -96,9 +96,8 @@ def _check_targets(where: str, logits: Tensor, targets: Tensor) -> None:
 
 
 class _MaskPairLoss(torch.autograd.Function):
-    """Two per-mask losses [M] of logits [M, h, w] whose gradients are computed together with their values by
-    `terms(logits, *args, with_grad) -> (first [M], second [M], grads [2, M, h, w] | None)`. Only the 1/4-resolution
-    gradients are kept for backward (two [M, h, w] tensors), nothing at full resolution or per point."""
+    """Two per-mask losses [M] of logits [M, h, w], values and gradients from `terms(logits, *args, with_grad) ->
+    (first [M], second [M], grads [2, M, h, w] | None)`; only these 1/4-resolution gradients are kept for backward."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, terms, with_grad: bool, *args) -> tuple[Tensor, Tensor]:

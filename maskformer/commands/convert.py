@@ -38,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
     except (UnsafePickleError, OSError, ValueError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for line in report.lines():
-        print(line)
+    print(report)
     print(f"wrote {out} ({cfg.model.arch}, {cfg.model.backbone}, {cfg.model.num_classes} classes)")
     return 0

@@ -1,8 +1,7 @@
 """transformers' `MaskFormerForInstanceSegmentation` -> this package: state dict and config (no transformers import).
 
 State dicts may use transformers' in-memory names (`o_proj`, `mlp.fc1`) or the on-disk ones (`out_proj`, `fc1`), with
-or without the `model.` prefix; the backbone goes through `maskformer.convert.hf_backbone`. Name table:
-transformers-oracle.md section 4.
+or without the `model.` prefix. Name table: transformers-oracle.md section 4.
 """
 
 from __future__ import annotations
@@ -108,8 +107,7 @@ def _rename(key: str) -> str:
 
 
 def hf_backbone_args(backbone_config: dict) -> tuple[str, dict]:
-    """("swin" | "resnet", the SwinTransformer / ResNet keywords) with exactly the architecture of a transformers
-    backbone config dict (any width or depth, e.g. the tiny test configs)."""
+    """("swin" | "resnet", SwinTransformer / ResNet keywords) of a transformers backbone config, any width or depth."""
     c, kind = backbone_config, backbone_config.get("model_type", "")
     if kind in ("swin", "maskformer-swin"):
         if not c.get("qkv_bias", True) or c.get("use_absolute_embeddings", False):

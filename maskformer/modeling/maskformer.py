@@ -16,12 +16,9 @@ from maskformer.structures import PIXEL_MEAN, PIXEL_STD, ImageBatch
 
 
 class MaskFormer(nn.Module):
-    """forward(images: Tensor [B, 3, H, W] raw 0..255 | ImageBatch) -> dict.
-
-    mask classification: {"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, Hp/4, Wp/4]} + "aux_outputs" (5 dicts) in
-    training; per-pixel baselines: {"sem_seg": [B, K, Hp/4, Wp/4]} (+ "aux_outputs" for the "+" variant in training).
-    Hp, Wp = H, W rounded up to `size_divisibility` (0 or 1: no extra padding).
-    """
+    """forward(images: Tensor [B, 3, H, W] raw 0..255 | ImageBatch) -> mask classification: {"pred_logits": [B, Q, K+1],
+    "pred_masks": [B, Q, Hp/4, Wp/4]} (+ "aux_outputs" in training); per-pixel baselines: {"sem_seg": [B, K, Hp/4,
+    Wp/4]} (+ "aux_outputs" for the "+" variant in training). Hp, Wp = H, W rounded up to `size_divisibility`."""
 
     def __init__(
         self,

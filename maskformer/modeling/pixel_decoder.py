@@ -1,8 +1,7 @@
 """Pixel decoders: backbone features {res2..res5} -> per-pixel embeddings at 1/4 plus the transformer's input map.
 
-Reference notes 3.1 (light-weight FPN, `BasePixelDecoder`) and 3.2 (`TransformerEncoderPixelDecoder`, "+6 Enc").
-Module names follow the official code: index 1 = res2 ... 4 = res5; `adapter_i` lateral 1x1 + GN (no activation),
-`layer_i` 3x3 + GN + ReLU, `layer_4` on the top map (no lateral), `mask_features` 3x3 with bias.
+Reference notes 3.1 (light-weight FPN) and 3.2 ("+6 Enc"). Module names follow the official code: index 1 = res2 ... 4
+= res5; `adapter_i` lateral 1x1 + GN (no activation), `layer_i` output 3x3 + GN + ReLU, `layer_4` on the top map.
 """
 
 from __future__ import annotations
