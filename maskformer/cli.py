@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from maskformer.commands.options import OptionError
+
 # name -> (module under maskformer.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "list the model presets"),
@@ -56,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()  # no page faults on re-allocated tensors; MASKFORMER_KEEP_FREED_MEMORY=0: off
     try:
         return int(module.run(args) or 0)
+    except OptionError as e:  # a bad option value (maskformer.commands.options): one line, before any work
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `maskformer models | head`: the reader left; stop quietly, no traceback at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from maskformer.backends import BACKENDS, resolve
-from maskformer.commands.options import OptionError, check_args, loud_warnings
+from maskformer.commands.options import check_args, loud_warnings
 from maskformer.precision import PRECISIONS, system_info
 from maskformer.structures import TASKS
 
@@ -36,11 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from maskformer.sharding import process_group
 
-    try:  # bad values, a --json folder that cannot take the file: one line before any work
-        check_args(args, out_folder=str(Path(args.json).parent) if args.json else ".")
-    except OptionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_args(args, out_folder=str(Path(args.json).parent) if args.json else ".")  # before any work
     with process_group(args.device or (None if args.backend == "torch" else "cpu")), loud_warnings():  # sharded
         return _run(args)
 
@@ -76,9 +72,11 @@ def _run(args: argparse.Namespace) -> int:
     fmt = {"semantic": format_semantic, "panoptic": format_panoptic, "instance": format_instance}[task]
     print(fmt(results, per_class=not args.no_per_class))
     system = system_info()
-    print(f"precision {results['precision']} (asked {args.precision}), backend {results['backend']}, device {device}; "
-          f"CPU {system['cpu']}, native bf16 {'yes' if system['native_bf16'] else 'no'}, auto -> "
-          f"{system['auto_precision_cpu']}")  # fmt: skip
+    print(
+        f"precision {results['precision']} (asked {args.precision}), backend {results['backend']}, device {device}; "
+        f"CPU {system['cpu']}, native bf16 {'yes' if system['native_bf16'] else 'no'}, auto -> "
+        f"{system['auto_precision_cpu']}"
+    )
     out = args.json or f"eval_{task}.json"
     doc = {"model": str(args.model), "dataset": dataset.source, "tta": args.tta, **results, "device": str(device)}
     save_json(out, {**doc, "system": system}, indent=1)

@@ -23,13 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskformer.commands.options import OptionError, check_args, loud_warnings
+    from maskformer.commands.options import check_args, loud_warnings
 
-    try:  # bad values, an --out that cannot be written: one line before loading and tracing
-        check_args(args, out_file=args.out)
-    except OptionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_args(args, out_file=args.out)  # bad values, an --out that cannot be written: before loading and tracing
     with loud_warnings():
         return _run(args)
 

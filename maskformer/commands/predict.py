@@ -23,7 +23,7 @@ from tqdm import tqdm
 from maskformer import io as fmt
 from maskformer import visualize as vis
 from maskformer.backends import BACKENDS
-from maskformer.commands.options import OptionError, check_args, cpu_threads, loud_warnings
+from maskformer.commands.options import check_args, cpu_threads, loud_warnings
 from maskformer.io import IMAGE_EXTS, FormatError, list_files, save_json, write_image
 from maskformer.precision import PRECISIONS
 from maskformer.predict import ImageError, Prediction, Predictor, load_image
@@ -116,11 +116,7 @@ class Writer:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        check_args(args, out_folder=args.out)  # bad values, unwritable --out: one line before any work
-    except OptionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    check_args(args, out_folder=args.out)  # bad values, unwritable --out: one line before any work
     with cpu_threads(args.threads), process_group(args.device), loud_warnings():  # torchrun: a block of the inputs
         return _run(args)
 
@@ -128,9 +124,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         files = expand_inputs(args.inputs, args.recursive)
-        predictor = Predictor(args.model, task=args.task, device=args.device, min_size_test=args.min_size,
-                              max_size_test=args.max_size, batch_size=args.batch_size, tta=args.tta,
-                              overrides=args.opts, precision=args.precision, backend=args.backend)  # fmt: skip
+        predictor = Predictor(
+            args.model, task=args.task, device=args.device, min_size_test=args.min_size, max_size_test=args.max_size,
+            batch_size=args.batch_size, tta=args.tta, overrides=args.opts, precision=args.precision,
+            backend=args.backend,
+        )  # fmt: skip
     except (ValueError, KeyError, OSError) as e:  # no images, unknown model / preset, bad override, unreadable weights
         print(f"error: {e}", file=sys.stderr)
         return 2
