@@ -437,7 +437,7 @@ def test_predict_with_a_zoo_name_end_to_end(env, server, official, monkeypatch, 
 def test_train_init_weights_take_a_zoo_name_and_an_imagenet_weights_name(env, server, official, monkeypatch):
     """`train --init-weights REF`: a zoo name loads the whole model; an ImageNet name (kind backbone) only the
     backbone, through the same verified download."""
-    from maskformer.engine.components import load_init_weights
+    from maskformer.engine.loop import load_init_weights
 
     data, original = official
     zoo_entry(monkeypatch, server, data)

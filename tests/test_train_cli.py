@@ -10,8 +10,7 @@ from train_helpers import tiny_config, tiny_model, write_tiny_synth
 
 from maskformer.checkpoint import load_safetensors, save_safetensors
 from maskformer.cli import main
-from maskformer.engine.components import load_init_weights
-from maskformer.engine.loop import Trainer
+from maskformer.engine.loop import Trainer, load_init_weights
 
 
 @pytest.fixture(autouse=True)

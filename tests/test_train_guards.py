@@ -166,7 +166,7 @@ def test_written_files_follow_the_umask(tmp_path):
         save_safetensors({"w": torch.zeros(2)}, tmp_path / "m.safetensors")
         atomic_write(tmp_path / "c.json", "{}")
         save_json(tmp_path / "r.json", {"a": 1})
-        S.write_text_atomic(tmp_path / "latest", "x")
+        atomic_write(tmp_path / "latest", "x")  # the checkpoints' `latest` marker
     finally:
         os.umask(old)
     for name in ("m.safetensors", "c.json", "r.json", "latest"):

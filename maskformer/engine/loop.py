@@ -11,23 +11,54 @@ from __future__ import annotations
 
 import inspect
 import json
+import random
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from maskformer import checkpoint as CK
 from maskformer.config import Config, TrainConfig
-from maskformer.engine import components as C
+from maskformer.convert import load_backbone_weights, load_full_weights, read_state_dict
+from maskformer.criterion import build_criterion
+from maskformer.data import build_dataset, build_loader
 from maskformer.engine import distributed as D
 from maskformer.engine import state as S
 from maskformer.engine.metrics import MetricsLogger, read_jsonl
 from maskformer.engine.plots import plot_training_curves
 from maskformer.engine.progress import Progress, WindowMeter
 from maskformer.engine.step import NonFiniteLossError, TrainStep
+from maskformer.evaluation.loop import evaluate_model
+from maskformer.hub import BACKBONE_WEIGHTS, backbone_weights, resolve
 from maskformer.modeling import build_model
+
+# key prefixes that only a full model's weights have (detectron2, transformers): --init-weights auto -> "full"
+HEAD_PREFIXES = (
+    "sem_seg_head.",
+    "module.sem_seg_head.",
+    "model.transformer_module.",
+    "model.pixel_level_module.decoder.",
+)
+
+
+def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
+    """`--init-weights`: a full model (model dir, detectron2 / transformers checkpoint) or backbone-only weights.
+
+    kind: "auto" (full when the file holds head weights, else backbone), "full" or "backbone". Prints the key report.
+    """
+    if not Path(path).exists():  # a zoo name, hub id or URL (full model), or an ImageNet weights name (backbone)
+        path = str(backbone_weights(path) if path in BACKBONE_WEIGHTS or kind == "backbone" else resolve(path))
+    if kind == "auto":
+        sd, info = read_state_dict(path)
+        kind = "full" if info["kind"] == "model_dir" or any(k.startswith(HEAD_PREFIXES) for k in sd) else "backbone"
+    if kind not in ("full", "backbone"):
+        raise ValueError(f"init-weights kind must be auto, full or backbone, got {kind!r}")
+    report = load_full_weights(model, path) if kind == "full" else load_backbone_weights(model, path)
+    print(f"--init-weights ({kind}): {report}")
+    return report
 
 
 def micro_batch_size(train: TrainConfig, world_size: int) -> int:
@@ -66,23 +97,31 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         model = model if model is not None else build_model(cfg)
         if init_weights:
-            C.load_init_weights(model, init_weights, init_kind)
+            load_init_weights(model, init_weights, init_kind)
         self.model = model.to(self.dist.device)
-        if criterion is None:
-            from maskformer.criterion import build_criterion
-
-            criterion = build_criterion(cfg)
-        self.criterion = criterion.to(self.dist.device)
+        self.criterion = (criterion if criterion is not None else build_criterion(cfg)).to(self.dist.device)
         self.step = TrainStep(self.model, self.criterion, cfg.train, self.dist.device, net=self._wrap_ddp(self.model))
-        self.train_set = train_set if train_set is not None else _build_split(cfg, cfg.data.train_split, True)
+        self.train_set = train_set if train_set is not None else build_dataset(cfg.data, cfg.data.train_split, True)
         if self.meta is not None and self.meta.num_classes != cfg.model.num_classes:
             raise ValueError(f"model.num_classes={cfg.model.num_classes} but the training set {self.meta.name!r} has "
                              f"{self.meta.num_classes} classes; set model.num_classes={self.meta.num_classes}")
-        self._val_set, self.evaluate_fn = val_set, evaluate_fn or C.default_evaluate(cfg)
+        self._val_set, self.evaluate_fn = val_set, evaluate_fn or self._evaluate
         if cfg.train.eval_period > 0 and self.dist.is_main:
             _ = self.val_set  # a missing validation split fails now, not after the first eval_period iterations
-        C.seed_everything(cfg.train.seed + self.dist.rank)  # different augmentation streams per rank
-        self.loader = C.build_train_loader(self.train_set, cfg, self.micro_batch, self.dist)
+        seed = cfg.train.seed + self.dist.rank  # different augmentation streams per rank
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        if len(self.train_set) < self.dist.world_size:
+            raise ValueError(
+                f"the training set has {len(self.train_set)} images, fewer than {self.dist.world_size} processes"
+            )
+        # infinite, sharded by rank (one shared permutation per epoch), per-sample augmentation seeds: exact resume
+        self.loader = build_loader(
+            self.train_set, batch_size=self.micro_batch, shuffle=True, num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed, infinite=True, rank=self.dist.rank, world_size=self.dist.world_size,
+            size_divisibility=max(cfg.model.size_divisibility, 1)
+        )
         self.iteration, self.best, self.last_eval = 0, None, {}
         self.logger: MetricsLogger | None = None  # opened once the output folder is claimed (run or resume)
         self.progress = progress and self.dist.is_main
@@ -157,7 +196,7 @@ class Trainer:
         t = self.cfg.train
         self._claim_out(resumed=False)
         if self.dist.is_main:
-            S.write_text_atomic(self.out / "config.json", self.cfg.to_json())
+            CK.atomic_write(self.out / "config.json", self.cfg.to_json())
         meter = WindowMeter()
         bar = Progress(total=t.max_iter, initial=self.iteration, enabled=self.progress)
         data = iter(self.loader)
@@ -234,8 +273,12 @@ class Trainer:
     @property
     def val_set(self):
         if self._val_set is None:
-            self._val_set = _build_split(self.cfg, self.cfg.data.val_split, False)
+            self._val_set = build_dataset(self.cfg.data, self.cfg.data.val_split, False)
         return self._val_set
+
+    def _evaluate(self, model: nn.Module, dataset) -> dict:
+        """The default evaluate_fn: maskformer.evaluation's metrics for cfg.inference.task."""
+        return evaluate_model(model, dataset, task=self.cfg.inference.task, cfg=self.cfg, batch_size=4)
 
     def _track_best(self, metrics: dict) -> None:
         key = BEST_METRIC.get(self.cfg.inference.task, "mIoU")
@@ -243,7 +286,7 @@ class Trainer:
             return
         self.best = {"metric": key, "value": float(metrics[key]), "iteration": self.iteration}
         S.save_checkpoint(self.out, "best", self._write_model, None, mark_latest=False)
-        S.write_text_atomic(self.out / "best" / "best.json", json.dumps({**self.best, "metrics": _scalars(metrics)}))
+        CK.atomic_write(self.out / "best" / "best.json", json.dumps({**self.best, "metrics": _scalars(metrics)}))
 
     def _finish(self) -> None:
         """Final model directory and curves (rank 0)."""
@@ -251,12 +294,6 @@ class Trainer:
             S.save_checkpoint(self.out, "model", self._write_model, None, mark_latest=False)
             plot_training_curves(read_jsonl(self.logger.path), self.out / "curves.png")
         self.logger.close()
-
-
-def _build_split(cfg: Config, split: str, train: bool):
-    from maskformer.data import build_dataset
-
-    return build_dataset(cfg.data, split, train=train)
 
 
 def _due(iteration: int, period: int) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskformer.checkpoint import atomic_write
 from maskformer.io import atomic_file
 
 TRAIN_STATE = "train_state.pt"
@@ -80,11 +81,6 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
-
-
 def save_checkpoint(
     root: Path, name: str, write_model: Callable[[Path], None], train_state: dict | None, *, mark_latest: bool = True
 ) -> Path:
@@ -103,7 +99,7 @@ def save_checkpoint(
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     if mark_latest:
-        write_text_atomic(root / LATEST, name + "\n")
+        atomic_write(root / LATEST, name + "\n")
     return final
 
 
