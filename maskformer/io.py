@@ -84,58 +84,61 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_label(path: str | Path) -> np.ndarray:
     """A one-channel label map (PNG L/P/I;16/I or TIFF) -> int32 [H, W]; a colour image is an error."""
-    fast = _fast_png(path, _GRAY_PNG, None)  # 8-bit: [H, W] uint8; 16-bit: grey + alpha uint16
+    fast = _fast_png(path, _GRAY_PNG)  # 8-bit grey: uint8 [H, W]
     if fast is not None:
-        return (fast if fast.ndim == 2 else fast[..., 0]).astype(np.int32)
+        return fast.astype(np.int32)
     img = open_image(path, "label map")
     arr = np.asarray(img)
     if arr.ndim != 2 or arr.dtype.kind not in "biu":
-        raise FormatError(f"{path}: a label map must have one channel of class ids, got mode {img.mode}; "
-                          "expected one channel (8-bit L/P, 16-bit I;16 or 32-bit I)")  # fmt: skip
+        raise FormatError(
+            f"{path}: a label map must have one channel of class ids, got mode {img.mode}; "
+            "expected one channel (8-bit L/P, 16-bit I;16 or 32-bit I)"
+        )
     return arr.astype(np.int32, copy=False)
 
 
 def read_panoptic(path: str | Path) -> np.ndarray:
     """A COCO panoptic PNG -> segment ids int32 [H, W] (0 = VOID)."""
-    rgba = _fast_png(path, _COLOUR_PNG, "RGBA")
-    if rgba is not None:  # little-endian (R, G, B, A) as one uint32, alpha cleared: the id (in place, no new array)
-        ids = rgba.view("<u4")[..., 0]
-        return np.bitwise_and(ids, np.uint32(0xFFFFFF), out=ids).view(np.int32)
-    img = open_image(path, "panoptic PNG")
-    if img.mode not in ("RGB", "RGBA", "P"):
-        raise FormatError(f"{path}: panoptic PNG has mode {img.mode}; expected RGB (id = R + 256 G + 256^2 B)")
-    img = img if img.mode == "RGB" else img.convert("RGB")
-    w, h = img.size
-    # little-endian (R, G, B, pad) read as one uint32 is the id once the pad byte is cleared: one pass, no casts
-    rgbx = np.frombuffer(img.tobytes("raw", "RGBX"), dtype="<u4").reshape(h, w)
-    return np.bitwise_and(rgbx, np.uint32(0xFFFFFF)).view(np.int32)
+    rgb = _fast_png(path, _COLOUR_PNG)
+    if rgb is None:
+        img = open_image(path, "panoptic PNG")
+        if img.mode not in ("RGB", "RGBA", "P"):
+            raise FormatError(f"{path}: panoptic PNG has mode {img.mode}; expected RGB (id = R + 256 G + 256^2 B)")
+        rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    h, w, c = rgb.shape  # c = 3 (RGB) or 4 (RGBA)
+    flat, ids = rgb.reshape(-1), np.empty(h * w, dtype="<u4")
+    # each pixel's bytes (R, G, B, next byte) read as one little-endian uint32 and cut to 24 bits: the id, in one
+    # pass and no casts; the last pixel's read would pass the end, so it is assembled on its own
+    np.bitwise_and(np.ndarray((h * w - 1,), "<u4", flat, strides=(c,)), np.uint32(0xFFFFFF), out=ids[:-1])
+    ids[-1] = int.from_bytes(flat[-c:][:3].tobytes(), "little")
+    return ids.view(np.int32).reshape(h, w)
 
 
 # PNG (colour type, bit depth) the fast decoder takes; anything else (and every error path) goes through Pillow
-_GRAY_PNG = {(0, 8), (0, 16)}
+_GRAY_PNG = {(0, 8)}
 _COLOUR_PNG = {(2, 8), (6, 8), (3, 1), (3, 2), (3, 4), (3, 8)}
 
 
 @functools.cache
-def _pyspng():
-    """pyspng (the "fast-png" extra: ~0.4x Pillow's CPU time, but it holds the GIL) or None."""
+def _spng():
+    """imagecodecs (the "fast-png" extra: libspng, ~0.6x Pillow's CPU time, GIL released) or None."""
     try:
-        import pyspng
+        import imagecodecs
     except ImportError:
         return None
-    return pyspng
+    return imagecodecs
 
 
 def fast_png() -> bool:
-    """True when PNGs are decoded by pyspng (GIL held: threads do not overlap decoding), False for Pillow."""
-    return _pyspng() is not None
+    """True when PNGs are decoded by libspng (imagecodecs), False for Pillow; both release the GIL."""
+    return _spng() is not None
 
 
-def _fast_png(path: str | Path, kinds: set, fmt: str | None) -> np.ndarray | None:
-    """Decode a PNG with pyspng into `fmt` ("RGBA": uint8 [H, W, 4]; None: the file's own), or None to use Pillow:
-    pyspng missing, not a .png, a (colour type, bit depth) outside `kinds`, or more pixels than Pillow's bomb limit.
-    The same pixels as Pillow (tests/test_io.py); a file pyspng cannot decode is a FormatError naming it."""
-    spng = _pyspng()
+def _fast_png(path: str | Path, kinds: set) -> np.ndarray | None:
+    """Decode a PNG with libspng (grey: uint8 [H, W]; colour: uint8 [H, W, 3 or 4]), or None to use Pillow:
+    imagecodecs missing, not a .png, a (colour type, bit depth) outside `kinds`, or more pixels than Pillow's bomb
+    limit. The same pixels as Pillow (tests/test_io.py); a file libspng cannot decode is a FormatError naming it."""
+    spng = _spng()
     path = Path(path)
     if spng is None or path.suffix.lower() != ".png" or not path.is_file():
         return None
@@ -146,9 +149,9 @@ def _fast_png(path: str | Path, kinds: set, fmt: str | None) -> np.ndarray | Non
     if (colour, depth) not in kinds or not 0 < w * h <= (Image.MAX_IMAGE_PIXELS or 1 << 62):
         return None
     try:
-        return spng.load(data, fmt)
+        return spng.spng_decode(data)
     except (RuntimeError, ValueError) as e:
-        raise FormatError(f"{path}: cannot read the image (pyspng: {e}); the file is corrupt or truncated") from None
+        raise FormatError(f"{path}: cannot read the image (libspng: {e}); the file is corrupt or truncated") from None
 
 
 def rgb2id(rgb) -> np.ndarray:

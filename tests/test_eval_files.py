@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from _eval_data import panopticapi_stats, same_results, write_panoptic
+from _eval_data import CATEGORIES, panopticapi_stats, random_panoptic_image, same_results, write_panoptic
 from PIL import Image
 
 from maskformer.cli import main
@@ -173,6 +173,27 @@ def test_pixel_reading_equals_pillow_arrays(mode, tmp_path):
         got = read_label(tmp_path / "x.png")
     assert got.dtype == np.int32
     assert np.array_equal(got, expected)
+
+
+def test_panoptic_scores_equal_with_threads_and_either_decoder(tmp_path, monkeypatch):
+    """workers=0 decodes in threads: with libspng or Pillow, and with the reads done one by one in this thread, the
+    results equal the in-memory evaluator's to the last digit."""
+    import maskformer.evaluation.files as files
+    from maskformer import io as fmt
+
+    rng = np.random.default_rng(3)
+    images = [random_panoptic_image(rng, i, 40, 56) for i in range(16)]
+    ev = PanopticEvaluator(CATEGORIES)
+    for image_id, g, gs, p, ps in images:
+        ev.update(p, ps, g, gs, image_id=image_id)
+    gt_json = write_panoptic(tmp_path, "gt", [(i, g, gs) for i, g, gs, _, _ in images])
+    pred_json = write_panoptic(tmp_path, "pred", [(i, p, ps) for i, _, _, p, ps in images])
+    expected = ev.compute()
+    assert score_panoptic(gt_json, pred_json, workers=0) == expected
+    monkeypatch.setattr(fmt, "_spng", lambda: None)
+    assert score_panoptic(gt_json, pred_json, workers=0) == expected
+    monkeypatch.setattr(files, "threaded_reads", lambda read, tasks: ((t, read(t)) for t in tasks))
+    assert score_panoptic(gt_json, pred_json, workers=0) == expected
 
 
 def test_threaded_reads_keep_order_and_raise_the_first_error_in_order():

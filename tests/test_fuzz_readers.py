@@ -77,13 +77,13 @@ def valid_pngs() -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(params=["pyspng", "pillow"])
+@pytest.fixture(params=["libspng", "pillow"])
 def decoder(request, monkeypatch):
-    """Both PNG decoding paths (pyspng when installed; Pillow alone)."""
-    if request.param == "pyspng":
-        pytest.importorskip("pyspng")
+    """Both PNG decoding paths (libspng through imagecodecs when installed; Pillow alone)."""
+    if request.param == "libspng":
+        pytest.importorskip("imagecodecs")
     else:
-        monkeypatch.setattr(fmt, "_pyspng", lambda: None)
+        monkeypatch.setattr(fmt, "_spng", lambda: None)
     return request.param
 
 

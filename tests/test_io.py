@@ -178,9 +178,9 @@ def _png_with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
 
 
 def test_fast_png_decoder_gives_pillows_pixels(tmp_path, monkeypatch):
-    """pyspng (the fast-png extra) and Pillow decode every PNG kind the readers take to the same arrays; kinds pyspng
-    is not used for (1-bit grey, TIFF) and corrupt files behave as with Pillow alone."""
-    pytest.importorskip("pyspng")
+    """libspng (imagecodecs, the fast-png extra) and Pillow decode every PNG kind the readers take to the same
+    arrays; kinds libspng is not used for (1-bit grey, 16-bit grey, TIFF) and corrupt files behave as with Pillow."""
+    pytest.importorskip("imagecodecs")
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     grey = rng.integers(0, 256, (37, 53), dtype=np.uint8)
@@ -212,9 +212,39 @@ def test_fast_png_decoder_gives_pillows_pixels(tmp_path, monkeypatch):
 
     assert fmt.fast_png()
     fast = decode_all()
-    monkeypatch.setattr(fmt, "_pyspng", lambda: None)
+    monkeypatch.setattr(fmt, "_spng", lambda: None)
     assert not fmt.fast_png()
     slow = decode_all()
     for name in fast:
         assert fast[name].dtype == slow[name].dtype == np.int32 and np.array_equal(fast[name], slow[name]), name
     assert np.array_equal(slow["rgb.png"], fmt.rgb2id(rgb)) and np.array_equal(slow["l16.png"], labels["l16.png"])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (3, 4)])
+def test_panoptic_ids_of_tiny_images_including_the_last_pixel(shape, tmp_path, monkeypatch):
+    """The id pass reads each pixel's 3 bytes as part of a 4-byte word; the last pixel (no byte after it) is
+    assembled on its own: ids equal R + 256 G + 65536 B (float64 formula) with both decoders, RGB and RGBA."""
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (*shape, 4), dtype=np.uint8)
+    expected = rgba[..., 0] + 256.0 * rgba[..., 1] + 65536.0 * rgba[..., 2]
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.png")
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    for spng in ([fmt._spng] if fmt.fast_png() else []) + [lambda: None]:
+        monkeypatch.setattr(fmt, "_spng", spng)
+        for name in ("rgb.png", "rgba.png"):
+            assert np.array_equal(read_panoptic(tmp_path / name), expected), (name, fmt.fast_png())
+
+
+def test_fast_png_decoder_equals_pillow_on_real_pngs(shared_data, monkeypatch):
+    """Real COCO panoptic PNGs, ADE20K and CamVid label maps decode to Pillow's arrays with libspng."""
+    pytest.importorskip("imagecodecs")
+    panoptic = sorted((shared_data / "coco-panoptic-sample").rglob("*.png"))[:12]
+    labels = sorted((shared_data / "ade20k-sample").rglob("annotations/**/*.png"))[:6]
+    labels += sorted(p for p in (shared_data / "camvid").rglob("*.png") if "label" in str(p).lower())[:6]
+    files = [(read_panoptic, p) for p in panoptic] + [(read_label, p) for p in labels]
+    assert len(panoptic) >= 2 and len(labels) >= 6
+    fast = [fn(p) for fn, p in files]
+    monkeypatch.setattr(fmt, "_spng", lambda: None)
+    for (fn, p), got in zip(files, fast):
+        expected = fn(p)
+        assert got.dtype == expected.dtype == np.int32 and np.array_equal(got, expected), p

@@ -19,7 +19,7 @@ import numpy as np
 
 from maskformer.evaluation.panoptic import PairCounter, PanopticEvaluator, segment_ids
 from maskformer.evaluation.sem_seg import ConfusionCounter, SemSegEvaluator
-from maskformer.io import LABEL_EXTS, FormatError, fast_png, list_files, load_json, read_label, read_panoptic
+from maskformer.io import LABEL_EXTS, FormatError, list_files, load_json, read_label, read_panoptic
 
 # this process's reusable counters (lookup tables and buffers), built once per worker process and arguments
 _pair_counter = functools.cache(PairCounter)
@@ -106,15 +106,11 @@ def match_semantic(gt_dir: str | Path, pred_dir: str | Path) -> list[tuple[str, 
 def map_pairs(read: Callable, count: Callable, tasks: Iterable, workers: int | None) -> Iterator:
     """count(task, read(task)) over tasks, in order. `workers` > 0 (None: one a CPU, at most 8): that many worker
     processes (fork where available) each decode and count; otherwise this process counts while 2 threads decode
-    ahead (threaded_reads), or decodes itself when pyspng decodes (it holds the GIL: threads would only add
-    contention and page faults)."""
+    ahead (threaded_reads)."""
     tasks = list(tasks)
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if workers <= 0 or len(tasks) <= 1:
-        if fast_png():
-            yield from (count(task, read(task)) for task in tasks)
-        else:
-            yield from (count(task, pair) for task, pair in threaded_reads(read, tasks))
+        yield from (count(task, pair) for task, pair in threaded_reads(read, tasks))
         return
     import multiprocessing as mp  # imported here: start-up of the in-process path stays short
 
@@ -127,8 +123,9 @@ def map_pairs(read: Callable, count: Callable, tasks: Iterable, workers: int | N
 def threaded_reads(read: Callable, tasks: Iterable, threads: int = 2, ahead: int = 4) -> Iterator[tuple]:
     """(task, read(task)) in order, `read` running up to `ahead` tasks ahead in `threads` threads of this process.
 
-    Pillow's PNG decoding releases the GIL, so decoding overlaps itself and the caller's counting without worker
-    processes (no fork, no pickling); at most `ahead` decoded pairs are held. A read's error is raised in order."""
+    PNG decoding (libspng or Pillow) releases the GIL, so decoding overlaps itself and the caller's counting without
+    worker processes (no fork, no pickling); at most `ahead` decoded pairs are held. A read's error is raised in
+    order."""
     from concurrent.futures import ThreadPoolExecutor
 
     it, pending = iter(tasks), deque()
