@@ -9,8 +9,14 @@ import torch
 from torch import nn
 
 from maskformer.config import TrainConfig, get_preset
-from maskformer.engine.optim import build_optimizer, clip_grad_norm, param_groups, param_hyperparams
-from maskformer.engine.schedule import build_scheduler, lr_factor
+from maskformer.engine.optim import (
+    build_optimizer,
+    build_scheduler,
+    clip_grad_norm,
+    lr_factor,
+    param_groups,
+    param_hyperparams,
+)
 
 
 class _Attn(nn.Module):

@@ -1,18 +1,24 @@
-"""AdamW with the official MaskFormer parameter groups, and global gradient-norm clipping.
+"""AdamW with the official MaskFormer parameter groups, its learning-rate schedules, global gradient-norm clipping.
 
-Rules (official `train_net.py build_optimizer`, reference section 6.1), decided per parameter:
+Parameter groups (official `train_net.py build_optimizer`, reference section 6.1), decided per parameter:
 - lr = base_lr x backbone_multiplier when the owning module's name contains "backbone" (0.1 ResNet, 1.0 Swin);
 - weight decay = weight_decay, except 0 for `relative_position_bias_table` / `absolute_pos_embed`,
   `weight_decay_norm` (0.0) for parameters of norm modules (BN, SyncBN, GN, IN, LN, LRN) and `weight_decay_embed`
   (0.0) for `nn.Embedding` (the queries). Biases keep the normal weight decay. Frozen parameters are skipped.
-
 The official code makes one group per parameter; AdamW is element-wise and clipping is global, so merging
 parameters with equal (lr, weight_decay) into one group is the same optimizer, with far fewer Python-level groups.
 Learning-rate scaling with the total batch: README, "Training recipe and learning-rate scaling".
+
+Schedules, a multiplicative factor of each group's base lr at optimizer step `it` (0-based, the step about to be
+taken: detectron2 steps the scheduler once after every optimizer step):
+- "poly" (semantic, ADE panoptic; MaskFormer's `WarmupPolyLR`): factor(it) = warmup(it) * (1 - it / max_iter) ** power.
+- "multistep" (COCO panoptic; detectron2's `WarmupMultiStepLR`): warmup(it) * gamma ** #{s in steps: s <= it}.
+- warmup(it) (linear): warmup_factor * (1 - it / warmup_iters) + it / warmup_iters for it < warmup_iters, else 1.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 
 import torch
@@ -81,3 +87,28 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
         norms = [p.grad.detach().float().norm() for p in params]
         return torch.stack(norms).norm() if norms else torch.zeros(())
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def warmup_factor(it: int, warmup_iters: int, factor: float) -> float:
+    """Linear warm-up from `factor` at it=0 to 1 at it=warmup_iters."""
+    if it >= warmup_iters:
+        return 1.0
+    alpha = it / warmup_iters
+    return factor * (1.0 - alpha) + alpha
+
+
+def lr_factor(it: int, train: TrainConfig) -> float:
+    """Multiplier of the base learning rate at optimizer step `it` (see the module docstring)."""
+    warm = warmup_factor(it, train.warmup_iters, train.warmup_factor)
+    if train.scheduler == "poly":
+        return warm * max(0.0, 1.0 - it / train.max_iter) ** train.poly_power
+    if train.scheduler == "multistep":
+        steps = sorted(s for s in train.steps if s <= train.max_iter)
+        return warm * train.gamma ** bisect.bisect_right(steps, it)
+    raise ValueError(f"train.scheduler: unknown scheduler {train.scheduler!r}; valid: poly, multistep")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR applying `lr_factor` to every group (its state_dict is the step count, so resume is exact)."""
+    lr_factor(0, train)  # an unknown scheduler name fails here, before training starts
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, train))

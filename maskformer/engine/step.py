@@ -11,32 +11,17 @@ Shared by the training loop and benchmarks/bench_train_step.py, so the benchmark
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from maskformer.config import TrainConfig
 from maskformer.engine import distributed as D
-from maskformer.engine.optim import build_optimizer, clip_grad_norm
-from maskformer.engine.schedule import build_scheduler, lr_factor
+from maskformer.engine.optim import build_optimizer, build_scheduler, clip_grad_norm, lr_factor
 from maskformer.precision import to_float
 
-AMP_MODES = ("none", "bf16", "fp16")
-
-
-def check_amp(amp: str, device: torch.device) -> None:
-    if amp not in AMP_MODES:
-        raise ValueError(f"train.amp: unknown mode {amp!r}; valid: {', '.join(AMP_MODES)}")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs CUDA (fp16 training on the CPU is unsupported); use train.amp=bf16")
-
-
-def autocast(amp: str, device: torch.device) -> AbstractContextManager:
-    """The autocast context for the forward pass (a no-op for amp="none"); `amp` passed `check_amp`."""
-    if amp == "none":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp (Config-validated); "none": fp32
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -50,7 +35,8 @@ class TrainStep:
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, train: TrainConfig, device: torch.device, net=None):
-        check_amp(train.amp, device)
+        if train.amp == "fp16" and device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs CUDA (fp16 training on the CPU is unsupported); use train.amp=bf16")
         self.model, self.criterion, self.train, self.device = model, criterion, train, device
         self.net = net if net is not None else model
         self.optimizer = build_optimizer(model, train)
@@ -78,13 +64,13 @@ class TrainStep:
 
     def _forward_backward(self, micro_batches: list) -> dict[str, torch.Tensor]:
         """Gradients of mean_i(loss_i) over the micro-batches (DDP all-reduces only on the last one)."""
-        n, dev = len(micro_batches), self.device
+        n, dev, dtype = len(micro_batches), self.device, AUTOCAST_DTYPES.get(self.train.amp)
         sums: dict[str, torch.Tensor] = {}
         distributed = isinstance(self.net, nn.parallel.DistributedDataParallel)
         for i, (images, targets, *_) in enumerate(micro_batches):
             sync = i == n - 1 or not distributed
             with nullcontext() if sync else self.net.no_sync():
-                with autocast(self.train.amp, dev):
+                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                     outputs = self.net(images.to(dev))
                 with torch.autocast(dev.type, enabled=False):  # matching and losses in fp32
                     losses = self.criterion(to_float(outputs), [t.to(dev) for t in targets])
