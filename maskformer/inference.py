@@ -90,11 +90,13 @@ def semantic_inference(
             resample = _fast_order if order == "fast" else postprocess_maps
             results.append(resample(outputs["sem_seg"][i], pad, img, out))
             continue
-        probs, masks = class_probs(outputs["pred_logits"][i]), outputs["pred_masks"][i]
+        probs = class_probs(outputs["pred_logits"][i])
+        masks = outputs["pred_masks"][i]
         if order == "fast":
             results.append(_fast_order(torch.einsum("qk,qhw->khw", probs, masks.sigmoid()), pad, img, out))
             continue
-        sem, step = 0, max(1, CHUNK_ELEMS // (pad[0] * pad[1]))
+        sem = 0
+        step = max(1, CHUNK_ELEMS // (pad[0] * pad[1]))
         for q in range(0, masks.shape[0], step):
             m = masks[q : q + step]
             m = postprocess_maps(m, pad, img, out) if before_inference else _resize(m, pad)[:, : img[0], : img[1]]
@@ -122,9 +124,10 @@ def semantic_labels(
         kw = {"before_inference": before_inference, "order": order, "padded_size": padded_size}
         return [scores.argmax(0) for scores in semantic_inference(outputs, image_sizes, output_sizes, **kw)]
     images, outs, low, pad = _sizes(outputs, image_sizes, output_sizes, padded_size, order)
-    per_pixel, kw = "sem_seg" in outputs, {"order": order, "before_inference": before_inference}
+    per_pixel = "sem_seg" in outputs
     maps = outputs["sem_seg" if per_pixel else "pred_masks"]
     probs = [None] * len(maps) if per_pixel else class_probs(outputs["pred_logits"])
+    kw = {"order": order, "before_inference": before_inference}
     return [fp.semantic_labels(p, m, low, pad, img, out, **kw) for p, m, img, out in zip(probs, maps, images, outs)]
 
 
@@ -164,7 +167,8 @@ def panoptic_inference(
             assign, orig_area, void = fp.panoptic_assign(m, s, low, pad, img, out, tile, find_void=m2f)
         else:
             sig = postprocess_maps(m, pad, img, out).sigmoid()  # [Qk, H, W]
-            assign, orig_area = (s[:, None, None] * sig).argmax(0), (sig >= 0.5).sum((1, 2))
+            assign = (s[:, None, None] * sig).argmax(0)
+            orig_area = (sig >= 0.5).sum((1, 2))
             void = sig.gather(0, assign[None])[0] < 0.5 if m2f else None  # assigned query's sigmoid < 0.5
         area = torch.bincount(assign.flatten(), minlength=len(s))
         painted = area if void is None else torch.bincount(assign[~void], minlength=len(s))

@@ -5,9 +5,7 @@
       --ImageBatch.from_images--> one padded batch [B, 3, H, W] --model--> {"pred_logits", "pred_masks"} | {"sem_seg"}
       --maskformer.inference (fast path when cfg.inference.fast)--> a `Prediction` per image at its output size
 
-Test-time augmentation (semantic, reference section 5.5): `semantic_tta` averages the official semantic scores
-over short-side sizes x horizontal flip, each copy through the same batch + forward and back to the original size.
-`sliding_window_semantic` scores an image larger than the network's input by overlapping windows.
+plus test-time augmentation (`semantic_tta`) and overlapping windows (`sliding_window_semantic`) for semantic scores.
 """
 
 from __future__ import annotations
@@ -144,8 +142,9 @@ def forward(model: nn.Module, images: Sequence[torch.Tensor]) -> tuple[dict, Ima
     return model(batch), batch
 
 
-def forward_scores(model: nn.Module, images: Sequence[torch.Tensor],
-                   output_sizes: Sequence[Size]) -> list[torch.Tensor]:  # fmt: skip
+def forward_scores(
+    model: nn.Module, images: Sequence[torch.Tensor], output_sizes: Sequence[Size]
+) -> list[torch.Tensor]:
     """Run the model on float [3, h, w] images (one padded batch) -> semantic scores [K, H, W] per output size."""
     outputs, batch = forward(model, images)
     padded = tuple(batch.tensor.shape[-2:])
@@ -168,17 +167,17 @@ def postprocess(
 ) -> list[Prediction]:  # fmt: skip
     """Model outputs of `batch` -> a Prediction per image at its output size (maskformer.inference, on the CPU).
     rule: the model's cfg.model.arch, for the panoptic painting rule ("maskformer" | "mask2former")."""
-    inf, preds, images = inference, [Prediction(image_size=tuple(s)) for s in sizes], batch.image_sizes
+    inf = inference
+    images = batch.image_sizes
+    preds = [Prediction(image_size=tuple(s)) for s in sizes]
     kw = dict(padded_size=tuple(batch.tensor.shape[-2:]), fast=inf.fast)
     if task == "semantic":
         kw["before_inference"] = inf.postprocess_before_inference
         for p, labels in zip(preds, semantic_labels(outputs, images, sizes, **kw)):
             p.semantic = labels.cpu()
     elif task == "panoptic":
-        res = panoptic_inference(
-            outputs, images, sizes, thing_ids=meta.thing_ids, meta=meta,
-            object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold, rule=rule, **kw,
-        )  # fmt: skip
+        rules = dict(object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold)
+        res = panoptic_inference(outputs, images, sizes, thing_ids=meta.thing_ids, meta=meta, rule=rule, **rules, **kw)
         for p, (ids, segments) in zip(preds, res):
             p.panoptic, p.segments = ids.cpu(), segments
     elif task == "instance":
@@ -192,9 +191,10 @@ def postprocess(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: Sequence[np.ndarray], *, task: str, meta: DatasetMeta, inference: InferenceConfig,
-            output_sizes: Sequence[Size] | None = None, tta: bool = False, names: Sequence[str] = (),
-            rule: str = "maskformer") -> list[Prediction]:  # fmt: skip
+def predict(
+    model: nn.Module, images: Sequence[np.ndarray], *, task: str, meta: DatasetMeta, inference: InferenceConfig,
+    output_sizes: Sequence[Size] | None = None, tta: bool = False, names: Sequence[str] = (), rule: str = "maskformer",
+) -> list[Prediction]:  # fmt: skip
     """uint8 RGB [h, w, 3] images -> a Prediction each, at output_sizes (default: each image's own size).
 
     model: an nn.Module, or what maskformer.backends.build_runner makes of it (another precision or backend). Each
@@ -202,24 +202,23 @@ def predict(model: nn.Module, images: Sequence[np.ndarray], *, task: str, meta: 
     already resized is left as it is) and all run as one padded batch. tta: semantic multi-scale + flip
     (inference.tta_scales, tta_flip), one original-size image at a time. rule: as postprocess's.
     """
-    inf, min_size, max_size = inference, inference.min_size_test, inference.max_size_test
     sizes = [tuple(s) for s in output_sizes] if output_sizes is not None else [a.shape[:2] for a in images]
-    names = list(names) or [""] * len(images)
     if tta and task != "semantic":
         raise ValueError(f"test-time augmentation is defined for semantic segmentation only, not task={task!r}")
     if tta:
-        preds = [_tta_prediction(model, *args, meta, inf) for args in zip(images, sizes, names)]
-    else:
-        device = model_device(model)
-        tensors = [to_tensor(resize_image(a, run_size(*s, min_size, max_size)), device) for a, s in zip(images, sizes)]
-        preds = [None] * len(tensors)
-        for group in padded_size_groups(tensors, getattr(model, "size_divisibility", 32)):
-            outputs, batch = forward(model, [tensors[i] for i in group])
-            check_label_space(num_classes(outputs), meta)
-            group_sizes = [sizes[i] for i in group]
-            for i, p in zip(group, postprocess(outputs, batch, group_sizes, task=task, meta=meta, inference=inf,
-                                               rule=rule)):  # fmt: skip
-                preds[i] = p
+        names = list(names) or [""] * len(images)
+        return [_tta_prediction(model, *args, meta, inference) for args in zip(images, sizes, names)]
+    device = model_device(model)
+    run_sizes = [run_size(*s, inference.min_size_test, inference.max_size_test) for s in sizes]
+    tensors = [to_tensor(resize_image(a, size), device) for a, size in zip(images, run_sizes)]
+    preds = [None] * len(tensors)
+    for group in padded_size_groups(tensors, getattr(model, "size_divisibility", 32)):
+        outputs, batch = forward(model, [tensors[i] for i in group])
+        check_label_space(num_classes(outputs), meta)
+        group_sizes = [sizes[i] for i in group]
+        kw = dict(task=task, meta=meta, inference=inference, rule=rule)
+        for i, p in zip(group, postprocess(outputs, batch, group_sizes, **kw)):
+            preds[i] = p
     return preds
 
 
@@ -252,9 +251,11 @@ def tta_sizes(min_size_test: int, scales: Sequence[float], max_size_test: int) -
 
 
 @torch.no_grad()
-def semantic_tta(model: nn.Module, image: np.ndarray, *, min_sizes: Sequence[int], max_size: int,
-                 flip: bool = True) -> torch.Tensor:  # fmt: skip
-    """Mean semantic scores [K, h, w] over short-side sizes x (flip), at the original size of uint8 [h, w, 3] image."""
+def semantic_tta(
+    model: nn.Module, image: np.ndarray, *, min_sizes: Sequence[int], max_size: int, flip: bool = True
+) -> torch.Tensor:
+    """Official TTA (reference section 5.5): mean semantic scores [K, h, w] over short-side sizes x (flip), each copy
+    through a forward and back to the original size of uint8 [h, w, 3] image."""
     if len(min_sizes) == 0:
         raise ValueError("semantic_tta needs at least one size in min_sizes")
     h, w = image.shape[:2]
@@ -278,8 +279,10 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def sliding_window_semantic(model: nn.Module, image: torch.Tensor, *, window: Size, stride: Size | None = None,
-                            output_size: Size | None = None, batch_size: int = 4) -> torch.Tensor:  # fmt: skip
+def sliding_window_semantic(
+    model: nn.Module, image: torch.Tensor, *, window: Size, stride: Size | None = None, output_size: Size | None = None,
+    batch_size: int = 4,
+) -> torch.Tensor:  # fmt: skip
     """Semantic scores [K, H, W] of float [3, h, w] image from overlapping windows (default stride 2/3 window).
 
     Each window's scores are computed at the window's size, summed into the full map and divided by the number of

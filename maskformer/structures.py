@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -146,10 +146,9 @@ class DatasetMeta:
             self.dataset_ids = list(range(k))
         self.palette = [tuple(int(v) for v in c) for c in self.palette]
         for key in ("is_thing", "palette", "dataset_ids"):
-            if len(getattr(self, key)) != k:
-                raise ValueError(
-                    f"DatasetMeta {self.name!r}: {key} has {len(getattr(self, key))} entries, expected {k}"
-                )
+            n = len(getattr(self, key))
+            if n != k:
+                raise ValueError(f"DatasetMeta {self.name!r}: {key} has {n} entries, expected {k}")
         if len(set(self.dataset_ids)) != k:
             raise ValueError(f"DatasetMeta {self.name!r}: dataset_ids are not unique")
 
@@ -163,19 +162,14 @@ class DatasetMeta:
 
     def contiguous_id(self, dataset_id: int) -> int:
         """Dataset id -> contiguous id; a clear KeyError for an unknown id."""
-        lut = self._lut()
+        lut = {d: i for i, d in enumerate(self.dataset_ids)}
         if dataset_id not in lut:
             raise KeyError(f"{self.name}: unknown category id {dataset_id} (known: {sorted(lut)[:10]}...)")
         return lut[dataset_id]
-
-    def _lut(self) -> dict[int, int]:
-        return {d: i for i, d in enumerate(self.dataset_ids)}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> DatasetMeta:
-        return cls(
-            **{k: d[k] for k in ("name", "class_names", "is_thing", "ignore_label", "palette", "dataset_ids") if k in d}
-        )
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
