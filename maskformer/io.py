@@ -390,8 +390,8 @@ def instance_results(instances: Instances, *, image_id, meta: DatasetMeta | None
     ids = to_numpy(instances.labels).astype(np.int64)
     if meta is not None:
         ids = np.asarray(meta.dataset_ids, dtype=np.int64)[ids]
-    return [
-        dict(image_id=image_id, category_id=int(c), segmentation=rle_encode(m), score=float(s), bbox=mask_bbox(m),
-             area=int(m.sum()))  # fmt: skip
-        for m, s, c in zip(to_numpy(instances.masks), to_numpy(instances.scores), ids)
-    ]
+    results = []
+    for m, s, c in zip(to_numpy(instances.masks), to_numpy(instances.scores), ids):
+        result = {"image_id": image_id, "category_id": int(c), "segmentation": rle_encode(m), "score": float(s)}
+        results.append({**result, "bbox": mask_bbox(m), "area": int(m.sum())})
+    return results

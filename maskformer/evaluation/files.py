@@ -75,8 +75,9 @@ def match_panoptic(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]:
         else:
             preds[image_id] = ann
     if unmatched:
-        raise FormatError(f"{len(unmatched)} prediction(s) match no ground-truth image by image_id or file name: "
-                          f"{', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}")  # fmt: skip
+        shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        what = "prediction(s) match no ground-truth image by image_id or file name"
+        raise FormatError(f"{len(unmatched)} {what}: {shown}")
     missing = [ann["image_id"] for ann in anns if ann["image_id"] not in preds]
     if missing:
         raise FormatError(f"no prediction for the ground-truth image(s) with image_id {missing[:10]}")
@@ -170,9 +171,11 @@ def score_panoptic(gt_json: str | Path, pred_json: str | Path, *, gt_folder: str
     _check_folders(gt_folder, pred_folder, "PNG ")
     evaluator = PanopticEvaluator(gt["categories"])
     pairs = match_panoptic(gt, pred)
-    tasks = [(g["image_id"], gt_folder / g["file_name"], pred_folder / p["file_name"],
-              segment_ids(g["segments_info"], "ground truth", g["image_id"]),
-              segment_ids(p["segments_info"], "prediction", g["image_id"])) for g, p in pairs]  # fmt: skip
+    tasks = []
+    for g, p in pairs:
+        gt_seg = segment_ids(g["segments_info"], "ground truth", g["image_id"])
+        pred_seg = segment_ids(p["segments_info"], "prediction", g["image_id"])
+        tasks.append((g["image_id"], gt_folder / g["file_name"], pred_folder / p["file_name"], gt_seg, pred_seg))
     hists = map_pairs(_read_panoptic_pair, _count_panoptic_pair, tasks, workers)
     for (g, p), hist in zip(pairs, hists):
         evaluator.update_counts(hist, p["segments_info"], g["segments_info"], image_id=g["image_id"])

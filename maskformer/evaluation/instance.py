@@ -101,9 +101,7 @@ class InstanceEvaluator:
 
     def compute(self) -> dict:
         """{"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {cat_id: {name, ap}}} as fractions."""
-        gt = self._dataset(self._gts)
-        dt = self._dataset(self._dets)
-        ev = self._cocoeval.COCOeval(gt, dt, iouType="segm")
+        ev = self._cocoeval.COCOeval(self._dataset(self._gts), self._dataset(self._dets), iouType="segm")
         with contextlib.redirect_stdout(io.StringIO()):
             ev.evaluate()
             ev.accumulate()

@@ -48,9 +48,10 @@ class PairCounter:
 
     def counts(self, gt_ids, pred_ids, gt_seg_ids: np.ndarray, pred_seg_ids: np.ndarray, image_id=None) -> np.ndarray:
         """gt_ids, pred_ids: int [h, w] id maps; *_seg_ids: int64 [n] listed segment ids -> int64 [2+n_gt, 2+n_pred]."""
-        gt, pred = _flat_ids(gt_ids, "ground-truth", image_id), _flat_ids(pred_ids, "prediction", image_id)
-        if gt.size != pred.size:
-            raise FormatError(f"image {image_id}: ground truth has {gt.size} pixels, the prediction {pred.size}")
+        gt, pred = to_numpy(gt_ids), to_numpy(pred_ids)
+        if pred.shape != gt.shape:
+            raise FormatError(f"image {image_id}: prediction size {pred.shape} != ground-truth size {gt.shape}")
+        gt, pred = _flat_ids(gt, "ground-truth", image_id), _flat_ids(pred, "prediction", image_id)
         nrows, ncols = len(gt_seg_ids) + 2, len(pred_seg_ids) + 2
         if nrows * ncols >= 1 << 31:
             raise FormatError(f"image {image_id}: too many segments ({nrows - 2} x {ncols - 2})")
@@ -86,8 +87,8 @@ class PairCounter:
         return out
 
 
-def _flat_ids(ids, what: str, image_id) -> np.ndarray:
-    flat = to_numpy(ids).reshape(-1)
+def _flat_ids(ids: np.ndarray, what: str, image_id) -> np.ndarray:
+    flat = ids.reshape(-1)
     if flat.dtype.kind not in "iu":
         raise FormatError(f"image {image_id}: {what} id map must be integer, got dtype {flat.dtype}")
     return flat
@@ -135,9 +136,6 @@ class PanopticEvaluator(MergeableCounts):
 
     def update(self, pred_ids, pred_segments: Sequence[dict], gt_ids, gt_segments: Sequence[dict], *, image_id=None):
         """Add one image. pred_ids/gt_ids: int [h, w] (numpy or torch); image_id names the image in errors."""
-        pred_ids, gt_ids = to_numpy(pred_ids), to_numpy(gt_ids)
-        if pred_ids.shape != gt_ids.shape:
-            raise FormatError(f"image {image_id}: prediction size {pred_ids.shape} != ground-truth size {gt_ids.shape}")
         gt_seg = segment_ids(gt_segments, "ground truth", image_id)
         pred_seg = segment_ids(pred_segments, "prediction", image_id)
         hist = self._counter.counts(gt_ids, pred_ids, gt_seg, pred_seg, image_id)
