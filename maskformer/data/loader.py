@@ -85,11 +85,8 @@ class ResumableLoader:
     of its epoch and the next iteration starts the following epoch.
     """
 
-    def __init__(self, dataset, sampler: ResumableSampler, *, batch_size: int, num_workers: int, seed: int, **kw):
-        self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
-        # torch seeds python/numpy/torch in each worker from this generator; the augmentation itself is keyed
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                 generator=torch.Generator().manual_seed(seed), **kw)  # fmt: skip
+    def __init__(self, loader: DataLoader, sampler: ResumableSampler):
+        self.loader, self.sampler = loader, sampler
 
     def __iter__(self):
         start_epoch = self.sampler.epoch
@@ -111,8 +108,7 @@ class ResumableLoader:
         self.sampler.epoch, self.sampler.offset = epoch, offset
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.loader.drop_last else -(-n // self.batch_size)
+        return -(-len(self.sampler) // self.loader.batch_size)
 
     def state_dict(self) -> dict:
         return {"epoch": self.sampler.epoch, "offset": self.sampler.offset}
@@ -121,12 +117,23 @@ class ResumableLoader:
         self.sampler.set_position(state["epoch"], state["offset"])
 
 
-def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, *, infinite=False, rank=0,
-                 world_size=1, size_divisibility=32, drop_last=False) -> ResumableLoader:  # fmt: skip
+def build_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    *,
+    infinite: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    size_divisibility: int = 32,
+) -> ResumableLoader:
     """A `ResumableLoader` yielding (ImageBatch, list[SegTarget], list[info]): seeded keys, sharded by
     rank/world_size, state_dict/load_state_dict."""
-    coll = functools.partial(collate, size_divisibility=size_divisibility)
     rs = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, infinite=infinite)
-    return ResumableLoader(
-        dataset, rs, batch_size=batch_size, num_workers=num_workers, seed=seed, collate_fn=coll, drop_last=drop_last
-    )
+    coll = functools.partial(collate, size_divisibility=size_divisibility)
+    # torch seeds python/numpy/torch in each worker from this generator; the augmentation itself is keyed
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size, sampler=rs, num_workers=num_workers, collate_fn=coll, generator=gen)
+    return ResumableLoader(loader, rs)
