@@ -27,16 +27,11 @@ class ImageBatch:
     image_sizes: list[tuple[int, int]]
 
     @classmethod
-    def from_images(
-        cls,
-        images: Sequence[torch.Tensor],
-        size_divisibility: int = 32,
-        pad_value: float | Sequence[float] = PIXEL_MEAN,
-    ) -> ImageBatch:
+    def from_images(cls, images: Sequence[torch.Tensor], size_divisibility: int = 32) -> ImageBatch:
         """Pad [3, h_i, w_i] images to a common [B, 3, H, W], H and W rounded up to `size_divisibility`.
 
-        The default pad value is the pixel mean, so after the model's normalization padded pixels are exactly 0,
-        as in the official eval-time batching (pad after normalization with 0).
+        Padding is the pixel mean, so after the model's normalization padded pixels are exactly 0, as in the
+        official eval-time batching (pad after normalization with 0).
         """
         if len(images) == 0:
             raise ValueError("ImageBatch.from_images needs at least one image")
@@ -46,7 +41,7 @@ class ImageBatch:
             H, W = (-(-v // size_divisibility) * size_divisibility for v in (H, W))
         first = images[0]
         out = torch.empty((len(images), 3, H, W), dtype=torch.float32, device=first.device)
-        out[:] = torch.as_tensor(pad_value, dtype=torch.float32, device=first.device).reshape(-1, 1, 1)
+        out[:] = torch.as_tensor(PIXEL_MEAN, dtype=torch.float32, device=first.device).reshape(-1, 1, 1)
         for i, im in enumerate(images):
             out[i, :, : im.shape[-2], : im.shape[-1]] = im
         return cls(out, sizes)
@@ -86,10 +81,7 @@ class SegTarget:
 
     @classmethod
     def from_panoptic(
-        cls,
-        segment_ids: torch.Tensor | np.ndarray,
-        segments: Sequence[dict],
-        sem_seg: torch.Tensor | None = None,
+        cls, segment_ids: torch.Tensor | np.ndarray, segments: Sequence[dict], sem_seg: torch.Tensor | None = None
     ) -> SegTarget:
         """One target per non-crowd segment.
 
@@ -97,7 +89,7 @@ class SegTarget:
         segments: dicts with "id", "category_id" (contiguous) and optionally "iscrowd". Crowd segments are dropped
         (their pixels are not marked ignore, as in the official mapper).
         """
-        ids = torch.as_tensor(np.asarray(segment_ids) if not torch.is_tensor(segment_ids) else segment_ids).long()
+        ids = torch.as_tensor(segment_ids).long()
         kept = [s for s in segments if not s.get("iscrowd", 0)]
         seg_ids = torch.tensor([int(s["id"]) for s in kept], dtype=torch.long)
         labels = torch.tensor([int(s["category_id"]) for s in kept], dtype=torch.long)

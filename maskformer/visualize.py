@@ -1,11 +1,5 @@
 """Pictures people can look at: colour overlays with outlines and a legend, and side-by-side grids.
-
-All functions take and return uint8 RGB numpy arrays [H, W, 3]. Colours: the dataset's standard palette where it has
-one (ADE20K, COCO panoptic, Cityscapes, CamVid; maskformer.data.meta.standard_palette), else `DatasetMeta.palette`.
-Things in panoptic/instance overlays get a per-segment shade of their class colour so instances of one class stay
-distinct; instance overlays caption each instance with its class and score. Text (legend, captions, notes) scales
-with the image, so it stays readable when a 4000x3000 photo is fitted to a screen.
-"""
+All functions take and return uint8 RGB numpy arrays [H, W, 3]."""
 
 from __future__ import annotations
 
@@ -139,7 +133,8 @@ def semantic_overlay(
     image, labels, meta: DatasetMeta, *, alpha: float = 0.5, legend: bool = True, ignore_label: int | None = None
 ) -> np.ndarray:
     """Class colours over the photo; `ignore_label` pixels (e.g. ground-truth void) are left as they are."""
-    labels, colors = to_numpy(labels).astype(np.int64), palette_of(meta)
+    labels = to_numpy(labels).astype(np.int64)
+    colors = palette_of(meta)
     palette = np.asarray(colors + [(0, 0, 0)], dtype=np.uint8)  # last: for ids outside the classes
     safe = np.where((labels >= 0) & (labels < meta.num_classes), labels, meta.num_classes)
     skip = meta.num_classes if ignore_label is not None else None
@@ -171,7 +166,8 @@ def panoptic_overlay(
     """One colour per segment (stuff: the class colour; things: shades of it); VOID (0) pixels untouched.
 
     captions: {segment id: text} drawn at each segment's top left (instance overlays: class and score)."""
-    ids, palette = to_numpy(ids).astype(np.int64), palette_of(meta)
+    ids = to_numpy(ids).astype(np.int64)
+    palette = palette_of(meta)
     colors = np.zeros((max([int(ids.max(initial=0))] + [s["id"] for s in segments]) + 1, 3), dtype=np.uint8)
     things = [s["category_id"] for s in segments if s.get("isthing")]
     variants = {c: shades(palette[c], things.count(c)) for c in set(things)}
@@ -184,7 +180,8 @@ def panoptic_overlay(
     if not segments:
         return add_note(out, "nothing segmented")
     if captions:
-        canvas, size = Image.fromarray(out), max(12, round(text_size(out.shape) * 0.8))
+        canvas = Image.fromarray(out)
+        size = max(12, round(text_size(out.shape) * 0.8))
         for seg_id, text in captions.items():
             ys, xs = np.nonzero(ids == seg_id)
             if len(ys):
