@@ -206,7 +206,7 @@ def test_random_json_text(panoptic_files, tmp_path, text):
     label_kind=st.sampled_from(["grey", "rgb", "garbage", "big"]),
 )
 def test_folder_layouts(tmp_path_factory, spec, spec_text, layout, n_images, n_labels, label_kind):
-    from maskformer.data.folder import folder
+    from maskformer.data.semantic import folder
 
     root = tmp_path_factory.mktemp("folder")
     if spec:

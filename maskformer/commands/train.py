@@ -56,12 +56,12 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def fit_to_folder(cfg: Config, root: Path, opts: list[str]) -> Config:
-    """A folder dataset (ROOT/labels/ and a class-names file, see maskformer.data.folder) sets data.format,
+    """A folder dataset (ROOT/labels/ and a class-names file, see maskformer.data.semantic.folder) sets data.format,
     model.num_classes, data.ignore_label, the splits, the semantic recipe and task, unless --opts sets them."""
     folder_format = cfg.data.format in ("folder", "camvid")
     if not (folder_format or (root / "labels").is_dir()) or not any((root / n).is_file() for n in CLASS_FILES):
         return cfg
-    from maskformer.data.folder import read_class_spec
+    from maskformer.data.semantic import read_class_spec
 
     spec = read_class_spec(root)
     k = len(spec["classes"])

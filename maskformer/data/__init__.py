@@ -9,10 +9,9 @@ from pathlib import Path
 from ..io import DatasetError
 from .coco_panoptic import ade20k_panoptic, coco_panoptic, coco_panoptic_files
 from .dataset import Record, SegDataset
-from .folder import folder
 from .loader import ResumableLoader, ResumableSampler, build_loader, collate
 from .recipes import eval_transform, train_transform
-from .semantic import ade20k, ade20k_full, cityscapes, coco_stuff, mapillary
+from .semantic import ade20k, ade20k_full, cityscapes, coco_stuff, folder, mapillary
 from .transforms import Sample
 
 # format name -> reader(root, split, **kw)

@@ -1,7 +1,7 @@
 """Built-in `DatasetMeta` of the standard datasets (class names, thing flags, ignore label, dataset ids).
 
 Datasets whose files carry their own categories (COCO panoptic JSON, a folder's classes file) build their meta
-from those files instead; see coco_panoptic.py and folder.py.
+from those files instead; see coco_panoptic.py and semantic.folder.
 """
 
 from __future__ import annotations
