@@ -42,10 +42,16 @@ class SegDataset(Dataset):
     """
 
     def __init__(
-        self, records: list[Record], meta: DatasetMeta, *, source: str, target: str = "semantic",
-        transform: Callable | None = None, train: bool = False,
+        self,
+        records: list[Record],
+        meta: DatasetMeta,
+        *,
+        source: str,
+        target: str = "semantic",
+        transform: Callable | None = None,
+        train: bool = False,
         label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
-    ):  # fmt: skip
+    ):
         if not records:
             raise DatasetError(f"{source}: the dataset is empty (no image/label pairs found)")
         if target not in TARGETS:
@@ -68,23 +74,21 @@ class SegDataset(Dataset):
         """Decode record `index` (no augmentation): the Sample and its segments with contiguous category ids."""
         r = self.records[index]
         image = read_image(r.image)
-        sem = self._read_semantic(r) if r.sem_seg else None
-        pan, segs = None, []
+        sem, pan, segs = None, None, []
+        if r.sem_seg:
+            sem = read_label(r.sem_seg)
+            sem = sem if self.label_fn is None else self.label_fn(sem)
+            check_label_values(sem, self.meta, r.sem_seg)
         if r.pan_seg:
-            pan, segs, sem_from_pan = self._read_panoptic(r)
-            sem = sem_from_pan if sem is None else sem
-        for path, lab in ((r.sem_seg, sem if r.sem_seg else None), (r.pan_seg, pan)):
-            if lab is not None and lab.shape != image.shape[:2]:
-                raise DatasetError(f"{path}: size {lab.shape[0]}x{lab.shape[1]} does not match the image {r.image} "
-                                   f"({image.shape[0]}x{image.shape[1]})")  # fmt: skip
+            pan, segs, painted = self._read_panoptic(r)
+            sem = painted if sem is None else sem
+        for path, lab in ((r.sem_seg, sem), (r.pan_seg, pan)):
+            if path and lab.shape != image.shape[:2]:
+                h, w = image.shape[:2]
+                raise DatasetError(
+                    f"{path}: size {lab.shape[0]}x{lab.shape[1]} does not match the image {r.image} ({h}x{w})"
+                )
         return Sample(image, sem, pan), segs
-
-    def _read_semantic(self, r: Record) -> np.ndarray:
-        lab = read_label(r.sem_seg)
-        if self.label_fn is not None:
-            lab = self.label_fn(lab)
-        check_label_values(lab, self.meta, r.sem_seg)
-        return lab
 
     def _read_panoptic(self, r: Record) -> tuple[np.ndarray, list[dict], np.ndarray]:
         """Panoptic ids int32 [h, w], segments (contiguous ids), and the semantic map painted from them
@@ -93,9 +97,24 @@ class SegDataset(Dataset):
         seg_ids = np.array([int(s["id"]) for s in r.segments], dtype=np.int64)
         classes = np.array([self.meta.contiguous_id(int(s["category_id"])) for s in r.segments], dtype=np.int64)
         sem, found, pos, sorted_ids = paint_semantic(ids, seg_ids, classes, self.meta.ignore_label)
-        _check_panoptic_ids(ids, found, pos, sorted_ids, r)
-        segs = [{"id": int(s["id"]), "category_id": int(c), "iscrowd": int(s.get("iscrowd", 0))}
-                for s, c in zip(r.segments, classes)]  # fmt: skip
+        stray = ~found & (ids != 0)  # every PNG id must be listed in segments_info ...
+        if stray.any():
+            vals = np.unique(ids[stray])[:8].tolist()
+            raise DatasetError(
+                f"{r.pan_seg}: segment ids {vals} appear in the PNG but not in segments_info of image "
+                f"{r.image_id!r} in {r.json_file}"
+            )
+        counts = np.bincount(pos[found], minlength=len(sorted_ids))  # ... and every listed segment appear in the PNG
+        if (counts == 0).any():
+            missing = sorted_ids[counts == 0][:8].tolist()
+            raise DatasetError(
+                f"{r.json_file}: segments {missing} of image {r.image_id!r} are listed in segments_info but "
+                f"absent from the PNG {r.pan_seg}"
+            )
+        segs = [
+            {"id": int(s["id"]), "category_id": int(c), "iscrowd": int(s.get("iscrowd", 0))}
+            for s, c in zip(r.segments, classes)
+        ]
         return ids, segs, sem
 
     # ------------------------------------------------------------------------------------------------ items
@@ -106,7 +125,11 @@ class SegDataset(Dataset):
         else:
             index, rng = int(key), self._default_rng()
         sample, segs = self.load(index)
-        info = self._info(index, sample, segs)
+        r, (h, w) = self.records[index], sample.size
+        info = dict(file_name=r.image, image_id=r.image_id, height=h, width=w)
+        info.update(sem_seg_file_name=r.sem_seg, pan_seg_file_name=r.pan_seg)
+        if r.pan_seg:
+            info["segments_info"] = [dict(s) for s in r.segments]
         if self.train and self.transform is not None:
             sample = self.transform(sample, rng)
         target, image = self._target(sample, segs), sample.image
@@ -122,14 +145,6 @@ class SegDataset(Dataset):
         if sem is None:
             raise DatasetError(f"{self.source}: semantic targets need label maps, which this dataset does not have")
         return SegTarget.from_semantic(sample.sem_seg, self.meta.ignore_label)  # one mask per class present
-
-    def _info(self, index: int, sample: Sample, segs: list[dict]) -> dict:
-        r, (h, w) = self.records[index], sample.size
-        info = dict(file_name=r.image, image_id=r.image_id, height=h, width=w, sem_seg_file_name=r.sem_seg,
-                    pan_seg_file_name=r.pan_seg)  # fmt: skip
-        if r.pan_seg:
-            info["segments_info"] = [dict(s) for s in r.segments]
-        return info
 
     def _default_rng(self) -> np.random.Generator:
         """Per-process generator for plain integer keys, seeded from torch's (per-worker) seed."""
@@ -157,19 +172,8 @@ def check_label_values(lab: np.ndarray, meta: DatasetMeta, path: str) -> None:
     bad = (lab < 0) | ((lab >= k) & (lab != meta.ignore_label))
     if bad.any():
         vals = np.unique(lab[bad])[:8].tolist()
-        raise DatasetError(f"{path}: label values {vals} are outside the {k} classes 0..{k - 1} of {meta.name!r} and "
-                           f"are not the ignore value {meta.ignore_label}")  # fmt: skip
+        raise DatasetError(
+            f"{path}: label values {vals} are outside the {k} classes 0..{k - 1} of {meta.name!r} and "
+            f"are not the ignore value {meta.ignore_label}"
+        )
 
-
-def _check_panoptic_ids(ids: np.ndarray, found: np.ndarray, pos: np.ndarray, sorted_ids: np.ndarray, r: Record):
-    """PNG ids must all be listed in segments_info and every listed segment must appear in the PNG."""
-    stray = ~found & (ids != 0)
-    if stray.any():
-        vals = np.unique(ids[stray])[:8].tolist()
-        raise DatasetError(f"{r.pan_seg}: segment ids {vals} appear in the PNG but not in segments_info of image "
-                           f"{r.image_id!r} in {r.json_file}")  # fmt: skip
-    counts = np.bincount(pos[found], minlength=len(sorted_ids))
-    if (counts == 0).any():
-        missing = sorted_ids[counts == 0][:8].tolist()
-        raise DatasetError(f"{r.json_file}: segments {missing} of image {r.image_id!r} are listed in segments_info but "
-                           f"absent from the PNG {r.pan_seg}")  # fmt: skip
