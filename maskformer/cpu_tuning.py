@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-MMAP_THRESHOLD = 32 << 20  # blocks up to this size come from the reusable heap (glibc's maximum: HEAP_MAX_SIZE / 2)
-TRIM_THRESHOLD = 1 << 30  # free memory at the top of the heap kept up to this amount
-TOP_PAD = 64 << 20  # extra heap requested per growth (fewer brk calls)
+# glibc mallopt (parameter number from malloc.h, value)
+MALLOPT_SETTINGS = (
+    (-3, 32 << 20),  # M_MMAP_THRESHOLD: blocks up to 32 MiB come from the reusable heap (glibc's maximum)
+    (-1, 1 << 30),  # M_TRIM_THRESHOLD: free memory at the top of the heap kept up to 1 GiB
+    (-2, 64 << 20),  # M_TOP_PAD: extra heap requested per growth (fewer brk calls)
+)
 SWITCHES = ("fold_bn", "fuse_mask_conv")  # per-module attributes read by the forward passes
 
 
@@ -37,9 +38,9 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    settings = ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in MALLOPT_SETTINGS)
 
 
 def conv_frozen_bn_folded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -67,9 +68,9 @@ def fused_mask_logits(emb: torch.Tensor, y: torch.Tensor, mask_conv: nn.Conv2d) 
 
 
 @contextlib.contextmanager
-def switched(model: nn.Module, on: bool):
-    """Within the block every module of `model` with a switch in SWITCHES has it set to `on`; restored after."""
-    saved = [(m, name, getattr(m, name)) for m in model.modules() for name in SWITCHES if hasattr(m, name)]
+def switched(model: nn.Module, on: bool, names: tuple[str, ...] = SWITCHES):
+    """Within the block every module of `model` with a switch in `names` has it set to `on`; restored after."""
+    saved = [(m, name, getattr(m, name)) for m in model.modules() for name in names if hasattr(m, name)]
     try:
         for m, name, _ in saved:
             setattr(m, name, on)

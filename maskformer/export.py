@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from maskformer.cpu_tuning import switched
 from maskformer.io import atomic_file
 from maskformer.pipeline import model_device
 
@@ -40,15 +41,11 @@ class ExportModule(nn.Module):
 def traceable(model: nn.Module):
     """Switch off `fuse_mask_conv` while exporting (its Python loop over the batch would be unrolled by a tracer);
     afterwards restore it and the train/eval mode of every module."""
-    saved = [(m, m.fuse_mask_conv) for m in model.modules() if hasattr(m, "fuse_mask_conv")]
     modes = [(m, m.training) for m in model.modules()]
     try:
-        for m, _ in saved:
-            m.fuse_mask_conv = False
-        yield model
+        with switched(model, False, ("fuse_mask_conv",)):
+            yield model
     finally:
-        for m, value in saved:
-            m.fuse_mask_conv = value
         for m, training in modes:  # exactly the modes the caller had
             m.training = training
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import partial
 
 from torch import nn
 
 from maskformer.backbones.base import Backbone, check_image_input, num_parameters
-from maskformer.backbones.resnet import RESNET_VARIANTS, ResNet, resnet_builder
-from maskformer.backbones.swin import SWIN_VARIANTS, SwinTransformer, swin_builder
+from maskformer.backbones.resnet import RESNET_VARIANTS, ResNet
+from maskformer.backbones.swin import SWIN_VARIANTS, SwinTransformer
 
-# the named presets: resnet18/34/50/101/101c, swin_t/s/b/l
+# the named presets: resnet18/34/50/101/101c, swin_t/s/b/l (Swins train with drop_path_rate 0.3)
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    **{name: resnet_builder(name) for name in RESNET_VARIANTS}, **{name: swin_builder(name) for name in SWIN_VARIANTS}
+    **{name: partial(ResNet, **args) for name, args in RESNET_VARIANTS.items()},
+    **{name: partial(SwinTransformer, **args, drop_path_rate=0.3) for name, args in SWIN_VARIANTS.items()},
 }
 # Any size, from constructor keywords (`model.backbone_args`), e.g. converted transformers models with tiny backbones.
 BACKBONE_CLASSES: dict[str, Callable[..., nn.Module]] = {"resnet": ResNet, "swin": SwinTransformer}
@@ -37,5 +39,12 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return builder(**kwargs)
 
 
-__all__ = ["BACKBONES", "Backbone", "ResNet", "SwinTransformer", "build_backbone", "check_image_input",
-           "num_parameters"]  # fmt: skip
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "ResNet",
+    "SwinTransformer",
+    "build_backbone",
+    "check_image_input",
+    "num_parameters",
+]

@@ -28,7 +28,8 @@ class Backbone(nn.Module):
 
     def __init__(self, *, out_channels: dict[str, int]):
         super().__init__()
-        self.out_channels, self.strides = dict(out_channels), dict(FEATURE_STRIDES)
+        self.out_channels = dict(out_channels)
+        self.strides = dict(FEATURE_STRIDES)
 
     def optimize_for_inference(self) -> Backbone:
         """Eval mode plus any precomputation inference can reuse; the state dict is unchanged."""
@@ -54,8 +55,8 @@ def is_exporting() -> bool:
 
 
 def num_parameters(module: nn.Module) -> int:
-    """Trainable-size count: all parameters plus the FrozenBN affine buffers (weight, bias), so ResNet counts match
-    the usual published numbers (torchvision's ResNet-50 trunk = 23.5 M with BatchNorm parameters)."""
+    """Trainable-size count (also `flops.count_parameters`): all parameters plus the FrozenBN affine buffers, so
+    counts match the published numbers (torchvision's ResNet-50 trunk = 23.5 M with BatchNorm parameters)."""
     from maskformer.layers import FrozenBatchNorm2d
 
     n = sum(p.numel() for p in module.parameters())

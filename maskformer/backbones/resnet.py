@@ -13,7 +13,7 @@ each conv + FrozenBN pair runs as one conv (cpu_tuning.conv_frozen_bn_folded); t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,29 +48,23 @@ class ConvNorm(Conv2d):
         return F.relu_(x) if self.relu else x
 
 
-class BasicStem(nn.Module):
-    """7x7/2 conv (`conv1`, pad 3) + norm + ReLU, then 3x3/2 max-pool: [B, 3, H, W] -> [B, C, H/4, W/4]."""
+class Stem(nn.Module):
+    """Conv(s) + norm + ReLU, then 3x3/2 max-pool: [B, 3, H, W] -> [B, C, H/4, W/4]. "basic": one 7x7/2 `conv1`
+    (pad 3); "deeplab" (R101c): three 3x3 `conv1..3` (3->C/2 s2, C/2->C/2, C/2->C)."""
 
-    def __init__(self, *, out_channels: int = 64, norm: str = "FrozenBN"):
+    def __init__(self, kind: str, out_channels: int, norm: str):
         super().__init__()
-        self.conv1 = ConvNorm(3, out_channels, 7, stride=2, padding=3, norm=norm, relu=True)
+        if kind == "basic":
+            self.conv1 = ConvNorm(3, out_channels, 7, stride=2, padding=3, norm=norm, relu=True)
+        else:
+            mid = out_channels // 2
+            self.conv1 = ConvNorm(3, mid, 3, stride=2, padding=1, norm=norm, relu=True)
+            self.conv2 = ConvNorm(mid, mid, 3, padding=1, norm=norm, relu=True)
+            self.conv3 = ConvNorm(mid, out_channels, 3, padding=1, norm=norm, relu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
-
-
-class DeepLabStem(nn.Module):
-    """Three 3x3 convs (3->C/2 s2, C/2->C/2, C/2->C), each + norm + ReLU, then 3x3/2 max-pool (R101c)."""
-
-    def __init__(self, *, out_channels: int = 128, norm: str = "FrozenBN"):
-        super().__init__()
-        mid = out_channels // 2
-        self.conv1 = ConvNorm(3, mid, 3, stride=2, padding=1, norm=norm, relu=True)
-        self.conv2 = ConvNorm(mid, mid, 3, padding=1, norm=norm, relu=True)
-        self.conv3 = ConvNorm(mid, out_channels, 3, padding=1, norm=norm, relu=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv3(self.conv2(self.conv1(x)))
+        for conv in self.children():
+            x = conv(x)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
@@ -122,13 +116,22 @@ class ResNet(Backbone):
     forward(x [B, 3, H, W] normalized) -> {"res2".."res5"}: [B, C_i, ceil(H/s_i), ceil(W/s_i)], s = 4, 8, 16, 32.
     """
 
-    def __init__(self, *, depths: Sequence[int], stage_channels: Sequence[int], bottleneck_channels=None,
-                 stem="basic", stem_channels=64, res5_dilations=None, norm="FrozenBN", channels_last=True):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        depths: Sequence[int],
+        stage_channels: Sequence[int],
+        bottleneck_channels=None,
+        stem="basic",
+        stem_channels=64,
+        res5_dilations=None,
+        norm="FrozenBN",
+        channels_last=True,
+    ):
         _check_resnet_args(depths, stage_channels, bottleneck_channels, stem, res5_dilations, norm)
         super().__init__(out_channels=dict(zip(FEATURE_NAMES, stage_channels)))
         self.channels_last = channels_last
-        stems = {"basic": BasicStem, "deeplab": DeepLabStem}
-        self.stem = stems[stem](out_channels=stem_channels, norm=norm)
+        self.stem = Stem(stem, stem_channels, norm)
         in_ch = stem_channels
         for i, name in enumerate(FEATURE_NAMES):
             dilations = res5_dilations if (name == "res5" and res5_dilations) else [1] * depths[i]
@@ -189,11 +192,3 @@ RESNET_VARIANTS = {
     # R101c: the DeepLab stem (128 channels) and res5 dilations 1/2/4 at stride 32
     "resnet101c": dict(_BOTTLENECK, depths=(3, 4, 23, 3), stem="deeplab", stem_channels=128, res5_dilations=(1, 2, 4)),
 }
-
-
-def resnet_builder(name: str) -> Callable[..., ResNet]:
-    def build(*, norm: str = "FrozenBN") -> ResNet:
-        return ResNet(**RESNET_VARIANTS[name], norm=norm)
-
-    build.__name__ = build.__qualname__ = name
-    return build

@@ -16,7 +16,7 @@ Work removed without changing results (all exact identities):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,9 +99,12 @@ def window_layout(H: int, W: int, window: int, shift: int, device: torch.device)
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     return WindowLayout(
-        num_windows=(Hp // window) * (Wp // window), gather=tensor(np.maximum(slots, 0)),
-        gather_ext=tensor(np.where(real, slots, H * W)), pad_slots=tensor(pad) if pad.size else None,
-        scatter=tensor(scatter), shift_mask=tensor(_shift_mask(Hp, Wp, window, shift)) if shift > 0 else None
+        num_windows=(Hp // window) * (Wp // window),
+        gather=tensor(np.maximum(slots, 0)),
+        gather_ext=tensor(np.where(real, slots, H * W)),
+        pad_slots=tensor(pad) if pad.size else None,
+        scatter=tensor(scatter),
+        shift_mask=tensor(_shift_mask(Hp, Wp, window, shift)) if shift > 0 else None,
     )
 
 
@@ -137,7 +140,9 @@ class WindowAttention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Swin stage dim {dim} is not divisible by num_heads {num_heads}")
-        self.dim, self.window_size, self.num_heads = dim, window_size, num_heads
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size))
@@ -260,15 +265,17 @@ class PatchEmbed(nn.Module):
 
 
 class SwinStage(nn.Module):
-    """`blocks` (even: regular windows, odd: shifted by window//2) then optional `downsample` (PatchMerging)."""
+    """`blocks`, one per drop-path rate (even: regular windows, odd: shifted by window//2), then optional
+    `downsample` (PatchMerging)."""
 
-    def __init__(self, dim: int, *, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
-                 drop_path: Sequence[float], downsample: bool):  # fmt: skip
+    def __init__(
+        self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, drop_path: list[float], *, downsample: bool
+    ):
         super().__init__()
         self.window_size = window_size
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, drop_path=drop_path[j])
-            for j in range(depth)
+            SwinBlock(dim, num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio, drop_path=p)
+            for p in drop_path
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -286,8 +293,17 @@ class SwinTransformer(Backbone):
     (computed as in the official: ceil(H/4), then ceil of halves), channels-last views.
     """
 
-    def __init__(self, *, embed_dim=96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
-                 window_size=7, mlp_ratio=4.0, drop_path_rate=0.0, patch_size=4):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        embed_dim=96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size=7,
+        mlp_ratio=4.0,
+        drop_path_rate=0.0,
+        patch_size=4,
+    ):
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"Swin needs 4 stages: got depths={list(depths)}, num_heads={list(num_heads)}")
         if not 0.0 <= drop_path_rate < 1.0:
@@ -296,13 +312,11 @@ class SwinTransformer(Backbone):
         super().__init__(out_channels=dict(zip(FEATURE_NAMES, dims)))
         self.window_size = window_size
         self.patch_embed = PatchEmbed(embed_dim=embed_dim, patch_size=patch_size)
-        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        starts = [sum(depths[:i]) for i in range(4)]
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").split(list(depths))  # one per block
         self.layers = nn.ModuleList(
-            SwinStage(dims[i], depth=depths[i], num_heads=num_heads[i], window_size=window_size, mlp_ratio=mlp_ratio,
-                      drop_path=rates[starts[i] : starts[i] + depths[i]], downsample=i < 3)
+            SwinStage(dims[i], num_heads[i], window_size, mlp_ratio, rates[i].tolist(), downsample=i < 3)
             for i in range(4)
-        )  # fmt: skip
+        )
         for i in range(4):
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))
         self._layouts: dict[tuple, WindowLayout] = {}  # not state: rebuilt on demand
@@ -347,11 +361,3 @@ SWIN_VARIANTS = {  # swin_t / swin_s: ImageNet-1K 224 weights; swin_b / swin_l: 
     "swin_b": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12),
     "swin_l": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12),
 }
-
-
-def swin_builder(name: str) -> Callable[..., SwinTransformer]:
-    def build(*, drop_path_rate: float = 0.3) -> SwinTransformer:
-        return SwinTransformer(**SWIN_VARIANTS[name], drop_path_rate=drop_path_rate)
-
-    build.__name__ = build.__qualname__ = name
-    return build

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from maskformer.backbones.base import num_parameters as count_parameters
 from maskformer.config import Config
 from maskformer.cpu_tuning import switched
 
@@ -67,14 +68,6 @@ class ModelStats:
         return asdict(self)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Parameters plus FrozenBN affine buffers (trainable-size count comparable with published numbers)."""
-    from maskformer.layers import FrozenBatchNorm2d
-
-    n = sum(p.numel() for p in model.parameters())
-    return n + sum(m.weight.numel() + m.bias.numel() for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
-
-
 def semantic_inference_for_flops(outputs: dict, padded_size: tuple[int, int], output_size: tuple[int, int]):
     """The official eval-time semantic inference: upsample to the padded input size, marginalize (mask
     classification), crop the padding, resize to the output size. -> [B, K, h, w] class scores."""
@@ -88,8 +81,9 @@ def semantic_inference_for_flops(outputs: dict, padded_size: tuple[int, int], ou
     return F.interpolate(scores, size=output_size, mode="bilinear", align_corners=False)
 
 
-def model_stats(cfg: Config, image_size: tuple[int, int] | None = None, *, semantic_inference: bool = True,
-                executed: bool = True) -> ModelStats:  # fmt: skip
+def model_stats(
+    cfg: Config, image_size: tuple[int, int] | None = None, *, semantic_inference: bool = True, executed: bool = True
+) -> ModelStats:
     """Parameters and GFLOPs of `build_model(cfg)` at `image_size` (default: the config's crop size), on meta.
     executed=False skips the second count (`gflops_executed` is then nan)."""
     from maskformer.modeling import build_model
@@ -100,8 +94,9 @@ def model_stats(cfg: Config, image_size: tuple[int, int] | None = None, *, seman
     return measure(model, size, semantic_inference=semantic_inference, executed=executed)
 
 
-def measure(model: nn.Module, image_size: tuple[int, int], *, semantic_inference: bool = True,
-            executed: bool = True) -> ModelStats:  # fmt: skip
+def measure(
+    model: nn.Module, image_size: tuple[int, int], *, semantic_inference: bool = True, executed: bool = True
+) -> ModelStats:
     """Count `model` (a MaskFormer in eval mode, on any device incl. meta) on one [1, 3, H, W] input, twice: as the
     official network computes it (`gflops` and its breakdown) and as this implementation runs (`gflops_executed`)."""
     x = torch.zeros(1, 3, *image_size, device=next(model.parameters()).device)
@@ -116,10 +111,16 @@ def measure(model: nn.Module, image_size: tuple[int, int], *, semantic_inference
     root = type(model).__name__
     total, net = g("Global"), g(root)
     return ModelStats(
-        params=count_parameters(model), params_backbone=count_parameters(model.backbone), gflops=total + skipped,
-        gflops_executed=g("Global", run) if run is not None else float("nan"), gflops_skipped=skipped,
-        gflops_backbone=g(f"{root}.backbone") + skipped, gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),
-        gflops_predictor=g(f"{root}.sem_seg_head.predictor"), gflops_inference=total - net, image_size=tuple(image_size)
+        params=count_parameters(model),
+        params_backbone=count_parameters(model.backbone),
+        gflops=total + skipped,
+        gflops_executed=g("Global", run) if run is not None else float("nan"),
+        gflops_skipped=skipped,
+        gflops_backbone=g(f"{root}.backbone") + skipped,
+        gflops_pixel_decoder=g(f"{root}.sem_seg_head.pixel_decoder"),
+        gflops_predictor=g(f"{root}.sem_seg_head.predictor"),
+        gflops_inference=total - net,
+        image_size=tuple(image_size),
     )
 
 
