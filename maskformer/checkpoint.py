@@ -139,11 +139,8 @@ class KeyReport:
                 out.append(f"  {len(keys)} {title}: " + ", ".join(keys))
         return out
 
-    def lines(self) -> list[str]:
-        return [*self.notes, f"{self.source}: loaded {self.loaded} tensors", *self.key_lines()]
-
     def __str__(self) -> str:
-        return "\n".join(self.lines())
+        return "\n".join([*self.notes, f"{self.source}: loaded {self.loaded} tensors", *self.key_lines()])
 
 
 def load_checked(
@@ -169,7 +166,8 @@ def load_checked(
     if bad:
         raise CheckpointError(f"{source}: shape mismatch for {len(bad)} key(s): " + "; ".join(bad))
     report = KeyReport(source=source, loaded=sum(k in own for k in sd), dropped=list(weights.dropped))
-    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
     report.expected_missing = [k for k in missing if any(fnmatch(k, p) for p in expected_missing)]
     report.missing = [k for k in missing if k not in report.expected_missing]
     expected = [k for k in unexpected if any(fnmatch(k, p) for p in expected_unexpected)]

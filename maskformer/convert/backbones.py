@@ -21,15 +21,15 @@ CLASSIFIERS = ("fc.*", "fc1000.*", "linear.*")  # torchvision / detectron2 Image
 
 
 def named_backbones() -> dict[str, tuple[str, dict]]:
-    """BACKBONES name -> ("swin" | "resnet", the SwinTransformer / ResNet keywords it is built with, JSON types)."""
+    """BACKBONES name -> ("swin" | "resnet", the SwinTransformer / ResNet keywords it is built with, JSON types);
+    not R101c (DeepLab stem), which no transformers layout has."""
+    from maskformer.backbones.resnet import RESNET_VARIANTS
     from maskformer.backbones.swin import SWIN_VARIANTS
 
     out = {n: ("swin", {**_lists(a), "mlp_ratio": 4.0, "patch_size": 4}) for n, a in SWIN_VARIANTS.items()}
-    narrow = {"stage_channels": [64, 128, 256, 512], "bottleneck_channels": None, "stem_channels": 64}
-    wide = {"stage_channels": [256, 512, 1024, 2048], "bottleneck_channels": [64, 128, 256, 512], "stem_channels": 64}
-    for name, depths, widths in [("resnet18", [2, 2, 2, 2], narrow), ("resnet34", [3, 4, 6, 3], narrow),
-                                 ("resnet50", [3, 4, 6, 3], wide), ("resnet101", [3, 4, 23, 3], wide)]:  # fmt: skip
-        out[name] = ("resnet", {"depths": depths, **widths})
+    for name, a in RESNET_VARIANTS.items():
+        if "stem" not in a:
+            out[name] = ("resnet", {"bottleneck_channels": None, "stem_channels": 64, **_lists(a)})
     return out
 
 
@@ -38,14 +38,17 @@ def backbone_name(kind: str, args: dict) -> str | None:
     return next((n for n, (k, a) in named_backbones().items() if k == kind and a == _lists(args)), None)
 
 
-def depth_table(kind: str) -> dict[tuple, str]:
-    """(embedding width (Swin) or "basic" | "bottleneck" (ResNet), stage depths) -> BACKBONES name, for `kind`."""
+def backbone_by_depths(kind: str, width, depths: tuple[int, ...], source: str) -> str:
+    """The BACKBONES name of the `kind` backbone with this width (Swin: embedding dim, ResNet: "basic" |
+    "bottleneck") and stage depths; otherwise a ValueError naming `source` and the known layouts."""
     table = {}
     for name, (k, a) in named_backbones().items():
-        width = a.get("embed_dim") or ("basic" if a["bottleneck_channels"] is None else "bottleneck")
         if k == kind:
-            table[(width, tuple(a["depths"]))] = name
-    return table
+            block = "basic" if a.get("bottleneck_channels", 0) is None else "bottleneck"
+            table[(a.get("embed_dim", block), tuple(a["depths"]))] = name
+    if (width, depths) not in table:
+        raise ValueError(f"{source} {kind} backbone {(width, depths)} matches no backbone here; known: {sorted(table)}")
+    return table[(width, depths)]
 
 
 def _lists(args: dict) -> dict:

@@ -13,7 +13,7 @@ import torch
 
 from maskformer.checkpoint import Renamed
 from maskformer.config import PRESETS, Config, get_preset
-from maskformer.convert.backbones import depth_table
+from maskformer.convert.backbones import backbone_by_depths
 from maskformer.convert.detectron2_mask2former import infer_mask2former_preset, is_mask2former, mask2former_fields
 from maskformer.convert.detectron2_mask2former import rename_key as rename_mask2former_key
 
@@ -53,17 +53,12 @@ def _indices(sd: dict, prefix: str) -> list[int]:
 def infer_backbone(sd: dict[str, torch.Tensor]) -> str:
     """Backbone name (a key of the BACKBONES table) from `backbone.*` keys and shapes."""
     if "backbone.patch_embed.proj.weight" in sd:
-        key = (sd["backbone.patch_embed.proj.weight"].shape[0], _depths(sd, "backbone.layers.{}.blocks.", range(4)))
-        if key not in depth_table("swin"):
-            raise ValueError(f"unsupported Swin (embed dim, depths) {key}; known: {sorted(depth_table('swin'))}")
-        return depth_table("swin")[key]
+        width = sd["backbone.patch_embed.proj.weight"].shape[0]
+        return backbone_by_depths("swin", width, _depths(sd, "backbone.layers.{}.blocks.", range(4)), "detectron2")
     if "backbone.stem.conv1.weight" not in sd:
         raise ValueError("no backbone keys found (expected backbone.stem.conv1.weight or backbone.patch_embed.*)")
     block = "bottleneck" if "backbone.res2.0.conv3.weight" in sd else "basic"
-    key = (block, _depths(sd, "backbone.res{}.", range(2, 6)))
-    if key not in depth_table("resnet"):
-        raise ValueError(f"unsupported ResNet layout {key} (known: {sorted(depth_table('resnet'))})")
-    name = depth_table("resnet")[key]
+    name = backbone_by_depths("resnet", block, _depths(sd, "backbone.res{}.", range(2, 6)), "detectron2")
     if "backbone.stem.conv2.weight" in sd:  # DeepLab stem: three 3x3 convs
         if name != "resnet101":
             raise ValueError(f"a DeepLab (3-conv) stem is only supported on ResNet-101 (R101c), found {name}")

@@ -13,7 +13,7 @@ from torch import nn
 
 from maskformer.checkpoint import KeyReport, Renamed, load_checked
 from maskformer.config import Config, ModelConfig
-from maskformer.convert.backbones import backbone_name, depth_table
+from maskformer.convert.backbones import backbone_by_depths, backbone_name
 from maskformer.convert.hf_backbone import add_fused, map_hf_backbone
 from maskformer.structures import DatasetMeta
 
@@ -26,6 +26,7 @@ DROPPED = ("criterion.empty_weight",)  # the loss's class weights: not part of t
 
 # (pattern on the HF name, replacement) for one-to-one renames; q/k/v are fused separately.
 _FPN = _M + r"pixel_level_module\.decoder\.fpn\."
+_LAYER = _M + r"transformer_module\.decoder\.layers\.(\d+)\."
 _RULES: list[tuple[str, str]] = [
     (_FPN + r"stem\.0\.weight", PD + "layer_4.weight"),
     (_FPN + r"stem\.1\.(weight|bias)", PD + r"layer_4.norm.\1"),
@@ -39,16 +40,13 @@ _RULES: list[tuple[str, str]] = [
     (_M + r"transformer_module\.decoder\.(?:layernorm|layer_norm)\.(weight|bias)", DEC + r"norm.\1"),
     (r"class_predictor\.(weight|bias)", PR + r"class_embed.\1"),
     (r"mask_embedder\.(\d+)\.0\.(weight|bias)", PR + r"mask_embed.layers.\1.\2"),
-]
-_LAYER = _M + r"transformer_module\.decoder\.layers\.(\d+)\."
-_LAYER_RULES: list[tuple[str, str]] = [
-    (r"self_attn\.(?:o_proj|out_proj)\.(weight|bias)", r"self_attn.out_proj.\2"),
-    (r"encoder_attn\.(?:o_proj|out_proj)\.(weight|bias)", r"multihead_attn.out_proj.\2"),
-    (r"self_attn_layer_norm\.(weight|bias)", r"norm1.\2"),
-    (r"encoder_attn_layer_norm\.(weight|bias)", r"norm2.\2"),
-    (r"final_layer_norm\.(weight|bias)", r"norm3.\2"),
-    (r"(?:mlp\.)?fc1\.(weight|bias)", r"linear1.\2"),
-    (r"(?:mlp\.)?fc2\.(weight|bias)", r"linear2.\2"),
+    (_LAYER + r"self_attn\.(?:o_proj|out_proj)\.(weight|bias)", DEC + r"layers.\1.self_attn.out_proj.\2"),
+    (_LAYER + r"encoder_attn\.(?:o_proj|out_proj)\.(weight|bias)", DEC + r"layers.\1.multihead_attn.out_proj.\2"),
+    (_LAYER + r"self_attn_layer_norm\.(weight|bias)", DEC + r"layers.\1.norm1.\2"),
+    (_LAYER + r"encoder_attn_layer_norm\.(weight|bias)", DEC + r"layers.\1.norm2.\2"),
+    (_LAYER + r"final_layer_norm\.(weight|bias)", DEC + r"layers.\1.norm3.\2"),
+    (_LAYER + r"(?:mlp\.)?fc1\.(weight|bias)", DEC + r"layers.\1.linear1.\2"),
+    (_LAYER + r"(?:mlp\.)?fc2\.(weight|bias)", DEC + r"layers.\1.linear2.\2"),
 ]
 _QKV = re.compile(_LAYER + r"(self_attn|encoder_attn)\.([qkv])_proj\.(weight|bias)")
 
@@ -99,10 +97,6 @@ def _rename(key: str) -> str:
         if m:
             fpn = 3 - int(m.group(1)) if "{fpn}" in repl else None  # HF fpn.layers.0 is the res4 lateral
             return m.expand(repl.replace("{fpn}", str(fpn)))
-    for pattern, repl in _LAYER_RULES:
-        m = re.fullmatch(_LAYER + pattern, key)
-        if m:
-            return DEC + f"layers.{m.group(1)}." + m.expand(repl)
     return key
 
 
@@ -140,10 +134,7 @@ def hf_backbone_name(backbone_config: dict) -> str:
     if (kind := {"swin": "swin", "maskformer-swin": "swin", "resnet": "resnet"}.get(c.get("model_type", ""))) is None:
         raise ValueError(f"transformers backbone model_type {c.get('model_type')!r} is not supported (swin, resnet)")
     width = int(c.get("embed_dim", 96)) if kind == "swin" else c.get("layer_type", "bottleneck")
-    key, table = (width, tuple(int(d) for d in c.get("depths", ()))), depth_table(kind)
-    if key not in table:
-        raise ValueError(f"transformers {kind} backbone {key} matches no backbone of this package; known: {table}")
-    return table[key]
+    return backbone_by_depths(kind, width, tuple(int(d) for d in c.get("depths", ())), "transformers")
 
 
 def hf_meta(hf_config: dict, num_classes: int) -> DatasetMeta:
@@ -166,7 +157,8 @@ def hf_config_to_config(hf_config: dict) -> Config:
     for key in ("backbone_config", "decoder_config"):
         if not isinstance(hf_config.get(key), dict):
             raise ValueError(f"transformers MaskFormer config: {key!r} is missing or not a dict")
-    bb, dec, id2label = hf_config["backbone_config"], hf_config["decoder_config"], hf_config.get("id2label") or {}
+    bb, dec = hf_config["backbone_config"], hf_config["decoder_config"]
+    id2label = hf_config.get("id2label") or {}
     kind, args = hf_backbone_args(bb)
     name = backbone_name(kind, args)
     model = ModelConfig(
