@@ -7,6 +7,8 @@ pixels are negatives of every mask (the official rule).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -67,9 +69,18 @@ class SetCriterion(nn.Module):
     """
 
     def __init__(
-        self, *, num_classes: int, matcher: HungarianMatcher, class_weight: float = 1.0, mask_weight: float = 20.0,
-        dice_weight: float = 1.0, no_object_weight: float = 0.1, deep_supervision: bool = True,
-        point_sampling: bool = False, num_points: int = 12544, oversample_ratio: float = 3.0,
+        self,
+        *,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        class_weight: float = 1.0,
+        mask_weight: float = 20.0,
+        dice_weight: float = 1.0,
+        no_object_weight: float = 0.1,
+        deep_supervision: bool = True,
+        point_sampling: bool = False,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
     ):
         super().__init__()
@@ -204,26 +215,25 @@ class PerPixelCriterion(nn.Module):
 
 
 def build_criterion(cfg: Config) -> nn.Module:
-    """The criterion of cfg.model.arch. The matcher's class cost weight is 1 as in the official MaskFormer (which
-    ignores CLASS_WEIGHT there); with point sampling it is cfg.loss.class_weight, as in Mask2Former."""
-    arch, lc = cfg.model.arch, cfg.loss
-    if arch in PER_PIXEL_ARCHS:
+    """The criterion of cfg.model.arch; SetCriterion's keywords are the fields of `cfg.loss`. The matcher's class cost
+    weight is 1 as in the official MaskFormer (which ignores CLASS_WEIGHT there); with point sampling it is
+    cfg.loss.class_weight, as in Mask2Former."""
+    m, lc = cfg.model, cfg.loss
+    if m.arch in PER_PIXEL_ARCHS:
         return PerPixelCriterion(
-            num_classes=cfg.model.num_classes, ignore_label=cfg.data.ignore_label,
-            deep_supervision=arch == "per_pixel_baseline_plus",
+            num_classes=m.num_classes,
+            ignore_label=cfg.data.ignore_label,
+            deep_supervision=m.arch == "per_pixel_baseline_plus",
         )
-    if arch not in ("maskformer", "mask2former"):  # the same SetCriterion; Mask2Former presets set point_sampling
+    if m.arch not in ("maskformer", "mask2former"):  # the same SetCriterion; Mask2Former presets set point_sampling
         raise ValueError(
-            f"build_criterion: unknown model.arch {arch!r}; valid: maskformer, mask2former, "
+            f"build_criterion: unknown model.arch {m.arch!r}; valid: maskformer, mask2former, "
             + ", ".join(PER_PIXEL_ARCHS)
         )
     matcher = HungarianMatcher(
-        cost_class=lc.class_weight if lc.point_sampling else 1.0, cost_mask=lc.mask_weight, cost_dice=lc.dice_weight,
+        cost_class=lc.class_weight if lc.point_sampling else 1.0,
+        cost_mask=lc.mask_weight,
+        cost_dice=lc.dice_weight,
         num_points=lc.num_points if lc.point_sampling else 0,
     )
-    return SetCriterion(
-        num_classes=cfg.model.num_classes, matcher=matcher, class_weight=lc.class_weight, mask_weight=lc.mask_weight,
-        dice_weight=lc.dice_weight, no_object_weight=lc.no_object_weight, deep_supervision=lc.deep_supervision,
-        point_sampling=lc.point_sampling, num_points=lc.num_points, oversample_ratio=lc.oversample_ratio,
-        importance_sample_ratio=lc.importance_sample_ratio,
-    )
+    return SetCriterion(num_classes=m.num_classes, matcher=matcher, **dataclasses.asdict(lc))

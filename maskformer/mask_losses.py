@@ -153,7 +153,11 @@ def _point_terms(logits: Tensor, targets: Tensor, sampling: dict, with_grad: boo
 
 
 def point_sampled_mask_losses(
-    logits: Tensor, targets: Tensor, *, num_points: int = 12544, oversample_ratio: float = 3.0,
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    num_points: int = 12544,
+    oversample_ratio: float = 3.0,
     importance_sample_ratio: float = 0.75,
 ) -> tuple[Tensor, Tensor]:
     """Mask2Former's (sigmoid BCE mean over points [M], dice [M]) on `num_points` importance-sampled points per pair

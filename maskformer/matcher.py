@@ -68,7 +68,9 @@ class HungarianMatcher(nn.Module):
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
             raise ValueError("HungarianMatcher: all costs are 0")
-        self.cost_class, self.cost_mask, self.cost_dice = cost_class, cost_mask, cost_dice
+        self.cost_class = cost_class
+        self.cost_mask = cost_mask
+        self.cost_dice = cost_dice
         self.num_points = num_points
 
     @torch.no_grad()

@@ -22,9 +22,20 @@ PIXEL_DECODERS = ("fpn", "transformer_encoder", "msdeformattn")
 FEATURES = ("res2", "res3", "res4", "res5")
 
 __all__ = [
-    "ARCHS", "PIXEL_DECODERS", "BasePixelDecoder", "MSDeformAttnPixelDecoder", "Mask2FormerHead", "MaskFormer",
-    "MaskFormerHead", "PerPixelBaselineHead", "MultiScaleMaskedTransformerDecoder", "PerPixelBaselinePlusHead",
-    "PositionEmbeddingSine", "TransformerEncoderPixelDecoder", "TransformerPredictor", "build_model",
+    "ARCHS",
+    "PIXEL_DECODERS",
+    "BasePixelDecoder",
+    "MSDeformAttnPixelDecoder",
+    "Mask2FormerHead",
+    "MaskFormer",
+    "MaskFormerHead",
+    "PerPixelBaselineHead",
+    "MultiScaleMaskedTransformerDecoder",
+    "PerPixelBaselinePlusHead",
+    "PositionEmbeddingSine",
+    "TransformerEncoderPixelDecoder",
+    "TransformerPredictor",
+    "build_model",
     "build_pixel_decoder",
 ]
 
@@ -47,59 +58,57 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
             "pixel_decoder 'msdeformattn', which no other arch takes"
         )
     pixel_decoder = build_pixel_decoder(m, channels)
+    decoder = dict(
+        num_classes=m.num_classes,
+        hidden_dim=m.hidden_dim,
+        nheads=m.nheads,
+        dim_feedforward=m.dim_feedforward,
+        dec_layers=m.dec_layers,
+        mask_dim=m.mask_dim,
+        dropout=m.dropout,
+        enforce_input_proj=m.enforce_input_proj,
+        deep_supervision=cfg.loss.deep_supervision,
+    )
     if m.arch == "mask2former":
-        predictor = MultiScaleMaskedTransformerDecoder(
-            in_channels=m.conv_dim,
-            num_classes=m.num_classes,
-            hidden_dim=m.hidden_dim,
-            num_queries=m.num_queries,
-            nheads=m.nheads,
-            dim_feedforward=m.dim_feedforward,
-            dec_layers=m.dec_layers,
-            mask_dim=m.mask_dim,
-            dropout=m.dropout,
-            enforce_input_proj=m.enforce_input_proj,
-            deep_supervision=cfg.loss.deep_supervision,
-        )
+        predictor = MultiScaleMaskedTransformerDecoder(in_channels=m.conv_dim, num_queries=m.num_queries, **decoder)
         head = Mask2FormerHead(pixel_decoder=pixel_decoder, predictor=predictor)
     elif m.arch == "per_pixel_baseline":
         head = PerPixelBaselineHead(pixel_decoder=pixel_decoder, num_classes=m.num_classes, mask_dim=m.mask_dim)
-    else:
+    else:  # PerPixelBaseline+: no class head, one query per class
         classify = m.arch == "maskformer"
         predictor = TransformerPredictor(
-            in_channels=pixel_decoder.transformer_in_channels, num_classes=m.num_classes, mask_classification=classify,
-            hidden_dim=m.hidden_dim, num_queries=m.num_queries if classify else m.num_classes, nheads=m.nheads,
-            dropout=m.dropout, dim_feedforward=m.dim_feedforward, dec_layers=m.dec_layers, mask_dim=m.mask_dim,
-            enforce_input_proj=m.enforce_input_proj, deep_supervision=cfg.loss.deep_supervision,
+            in_channels=pixel_decoder.transformer_in_channels,
+            mask_classification=classify,
+            num_queries=m.num_queries if classify else m.num_classes,
+            **decoder,
         )
         head_cls = MaskFormerHead if classify else PerPixelBaselinePlusHead
         head = head_cls(pixel_decoder=pixel_decoder, predictor=predictor)
     return MaskFormer(
-        backbone=backbone, sem_seg_head=head, pixel_mean=m.pixel_mean, pixel_std=m.pixel_std,
+        backbone=backbone,
+        sem_seg_head=head,
+        pixel_mean=m.pixel_mean,
+        pixel_std=m.pixel_std,
         size_divisibility=m.size_divisibility,
     )
 
 
 def build_pixel_decoder(m: ModelConfig, in_channels: dict[str, int]) -> nn.Module:
     """The pixel decoder named by `m.pixel_decoder` over backbone channels {res2..res5: C}."""
-    if m.pixel_decoder == "msdeformattn":
-        return MSDeformAttnPixelDecoder(
-            in_channels=in_channels,
-            conv_dim=m.conv_dim,
-            mask_dim=m.mask_dim,
-            nheads=m.nheads,
-            dim_feedforward=m.enc_dim_feedforward,
-            dropout=m.dropout,
-            enc_layers=m.enc_layers,
-            n_points=m.deform_points,
-        )
     if m.pixel_decoder == "fpn":
         return BasePixelDecoder(in_channels=in_channels, conv_dim=m.conv_dim, mask_dim=m.mask_dim)
+    encoder = dict(
+        in_channels=in_channels,
+        conv_dim=m.conv_dim,
+        mask_dim=m.mask_dim,
+        nheads=m.nheads,
+        dropout=m.dropout,
+        enc_layers=m.enc_layers,
+    )
+    if m.pixel_decoder == "msdeformattn":
+        return MSDeformAttnPixelDecoder(**encoder, dim_feedforward=m.enc_dim_feedforward, n_points=m.deform_points)
     if m.pixel_decoder == "transformer_encoder":
-        return TransformerEncoderPixelDecoder(
-            in_channels=in_channels, conv_dim=m.conv_dim, mask_dim=m.mask_dim, nheads=m.nheads,
-            dim_feedforward=m.dim_feedforward, dropout=m.dropout, enc_layers=m.enc_layers,
-        )
+        return TransformerEncoderPixelDecoder(**encoder, dim_feedforward=m.dim_feedforward)
     raise ValueError(f"model.pixel_decoder={m.pixel_decoder!r} is unknown; valid: {', '.join(PIXEL_DECODERS)}")
 
 

@@ -37,17 +37,31 @@ class TransformerPredictor(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: int, num_classes: int, mask_classification: bool = True, hidden_dim: int = 256,
-        num_queries: int = 100, nheads: int = 8, dropout: float = 0.1, dim_feedforward: int = 2048, dec_layers: int = 6,
-        mask_dim: int = 256, enforce_input_proj: bool = False, deep_supervision: bool = True
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        mask_classification: bool = True,
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        nheads: int = 8,
+        dropout: float = 0.1,
+        dim_feedforward: int = 2048,
+        dec_layers: int = 6,
+        mask_dim: int = 256,
+        enforce_input_proj: bool = False,
+        deep_supervision: bool = True,
     ):
         super().__init__()
         self.mask_classification = mask_classification
         self.deep_supervision = deep_supervision
         self.pe_layer = PositionEmbeddingSine(num_pos_feats=hidden_dim // 2)
         self.transformer = Transformer(
-            d_model=hidden_dim, nhead=nheads, dim_feedforward=dim_feedforward, dropout=dropout,
-            num_decoder_layers=dec_layers
+            d_model=hidden_dim,
+            nhead=nheads,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            num_decoder_layers=dec_layers,
         )
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
         if in_channels != hidden_dim or enforce_input_proj:

@@ -84,14 +84,24 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
     H/32, W/32] is also the transformer predictor's input."""
 
     def __init__(
-        self, *, in_channels: dict[str, int], conv_dim: int = 256, mask_dim: int = 256, nheads: int = 8,
-        dim_feedforward: int = 2048, dropout: float = 0.1, enc_layers: int = 6,
+        self,
+        *,
+        in_channels: dict[str, int],
+        conv_dim: int = 256,
+        mask_dim: int = 256,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        enc_layers: int = 6,
     ):
         super().__init__(in_channels=in_channels, conv_dim=conv_dim, mask_dim=mask_dim)
         self.input_proj = nn.Conv2d(in_channels["res5"], conv_dim, 1)
         c2_xavier_fill(self.input_proj)
         self.transformer = TransformerEncoderOnly(
-            d_model=conv_dim, nhead=nheads, dim_feedforward=dim_feedforward, dropout=dropout,
+            d_model=conv_dim,
+            nhead=nheads,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
             num_encoder_layers=enc_layers,
         )
         self.pe_layer = PositionEmbeddingSine(num_pos_feats=conv_dim // 2)

@@ -12,7 +12,9 @@ class PositionEmbeddingSine(nn.Module):
     """pos = [sin/cos(y / t_i) ..., sin/cos(x / t_i) ...], t_i = temperature^(2*floor(i/2)/num_pos_feats), computed in
     float32, then cast to the input's dtype. No parameters or buffers (so no state-dict keys)."""
 
-    temperature, scale, eps = 10000.0, 2 * math.pi, 1e-6
+    temperature = 10000.0
+    scale = 2 * math.pi
+    eps = 1e-6
 
     def __init__(self, *, num_pos_feats: int = 128):
         super().__init__()

@@ -85,11 +85,12 @@ class TransformerLayer(nn.Module):
         return ffn_norm(x + drop(self.linear2(drop(F.relu(self.linear1(x))))))
 
 
-def _layer_stack(num_layers: int, final_norm: bool, **layer_args) -> nn.ModuleDict:
-    """`layers.{i}` (+ a final `norm`): DETR's TransformerEncoder / TransformerDecoder state-dict layout."""
-    stack = nn.ModuleDict({"layers": nn.ModuleList(TransformerLayer(**layer_args) for _ in range(num_layers))})
-    if final_norm:
-        stack["norm"] = nn.LayerNorm(layer_args["d_model"])
+def _layer_stack(num_layers: int, d_model: int, nhead: int, dim_feedforward: int, dropout: float, *, decoder: bool):
+    """`layers.{i}` (+ a final `norm` for a decoder): the layout of DETR's TransformerEncoder / TransformerDecoder."""
+    layer = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, decoder=decoder)
+    stack = nn.ModuleDict({"layers": nn.ModuleList(TransformerLayer(**layer) for _ in range(num_layers))})
+    if decoder:
+        stack["norm"] = nn.LayerNorm(d_model)
     return stack
 
 
@@ -99,10 +100,7 @@ class Transformer(nn.Module):
 
     def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_decoder_layers: int):
         super().__init__()
-        self.decoder = _layer_stack(
-            num_decoder_layers, True, d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
-            decoder=True,
-        )
+        self.decoder = _layer_stack(num_decoder_layers, d_model, nhead, dim_feedforward, dropout, decoder=True)
         xavier_reset(self)
 
     def forward(
@@ -126,10 +124,7 @@ class TransformerEncoderOnly(nn.Module):
 
     def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_encoder_layers: int):
         super().__init__()
-        self.encoder = _layer_stack(
-            num_encoder_layers, False, d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
-            decoder=False,
-        )
+        self.encoder = _layer_stack(num_encoder_layers, d_model, nhead, dim_feedforward, dropout, decoder=False)
         xavier_reset(self)
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
