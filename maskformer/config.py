@@ -27,9 +27,8 @@ TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 class ModelConfig:
     """The network. arch: "maskformer" | "mask2former" | "per_pixel_baseline" | "per_pixel_baseline_plus".
 
-    Mask2Former (arch "mask2former", pixel_decoder "msdeformattn"): dec_layers counts the predictions as the official
-    DEC_LAYERS does (10 = the raw-query prediction + 9 masked-attention layers); enc_layers deformable encoder layers
-    with FFN width enc_dim_feedforward and deform_points sampling points per head and level.
+    Mask2Former's dec_layers counts the predictions as the official DEC_LAYERS does: 10 = the raw-query prediction +
+    9 masked-attention layers.
     """
 
     arch: str = "maskformer"
@@ -189,27 +188,30 @@ def _one_of(*choices):
     return f"one of {', '.join(choices)}", lambda v: v in choices
 
 
-_POSITIVE_INT, _COUNT = ("an integer >= 1", _at_least(1)), ("an integer >= 0", _at_least(0))
+_POSITIVE_INT = ("an integer >= 1", _at_least(1))
+_COUNT = ("an integer >= 0", _at_least(0))
+_POSITIVE_INT_KEYS = (
+    "model.num_classes model.num_queries model.dec_layers model.hidden_dim model.nheads data.crop_size "
+    "data.min_size_train data.max_size_train inference.min_size_test inference.max_size_test train.max_iter "
+    "train.batch_size train.grad_accum train.log_period"
+).split()
 # "section.key" -> (the allowed values in words, test of one value); a tuple's elements are tested one by one.
 LIMITS = {
-    "model.num_classes": _POSITIVE_INT, "model.num_queries": _POSITIVE_INT, "model.dec_layers": _POSITIVE_INT,
-    "model.hidden_dim": _POSITIVE_INT, "model.nheads": _POSITIVE_INT, "model.size_divisibility": _COUNT,
+    **dict.fromkeys(_POSITIVE_INT_KEYS, _POSITIVE_INT),
+    **dict.fromkeys(["model.size_divisibility", "data.ignore_label", "data.num_workers", "train.warmup_iters"], _COUNT),
     "model.dropout": ("a number in [0, 1)", lambda v: 0 <= v < 1),
-    "data.crop_size": _POSITIVE_INT, "data.min_size_train": _POSITIVE_INT, "data.max_size_train": _POSITIVE_INT,
     "data.pad_size": ("-1 (no padding) or an integer >= 1", lambda v: v == -1 or v >= 1),
-    "data.ignore_label": _COUNT, "data.num_workers": _COUNT, "data.reduce_zero_label": _one_of("auto", "true", "false"),
+    "data.reduce_zero_label": _one_of("auto", "true", "false"),
     "inference.task": _one_of("semantic", "panoptic", "instance"),
-    "inference.min_size_test": _POSITIVE_INT, "inference.max_size_test": _POSITIVE_INT,
-    "train.max_iter": _POSITIVE_INT, "train.batch_size": _POSITIVE_INT, "train.grad_accum": _POSITIVE_INT,
     "train.base_lr": ("a number > 0", lambda v: 0 < v < math.inf),
     "train.weight_decay": ("a number >= 0", _at_least(0)),
     "train.clip_grad_norm": ("a number >= 0 (0: no clipping)", _at_least(0)),
-    "train.scheduler": _one_of("poly", "multistep"), "train.warmup_iters": _COUNT,
-    "train.amp": _one_of("none", "bf16", "fp16"), "train.log_period": _POSITIVE_INT,
+    "train.scheduler": _one_of("poly", "multistep"),
+    "train.amp": _one_of("none", "bf16", "fp16"),
     "train.checkpoint_period": ("an integer >= 0 (0: only at the end)", _at_least(0)),
     "train.eval_period": ("an integer >= 0 (0: never)", _at_least(0)),
     "train.keep_last": ("an integer >= 0 (0: keep all)", _at_least(0)),
-}  # fmt: skip
+}
 
 
 def _from_dict(cls, d: dict, where: str):
@@ -277,8 +279,9 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
 # ----------------------------------------------------------------------------------------------------------------
 # Presets. Each is a function of no arguments returning a fresh Config; PRESETS maps names to them.
 
-SWIN_BACKBONE_TRAIN = dict(base_lr=6e-5, weight_decay=0.01, backbone_multiplier=1.0, warmup_iters=1500,
-                           warmup_factor=1e-6)  # fmt: skip
+SWIN_BACKBONE_TRAIN = dict(
+    base_lr=6e-5, weight_decay=0.01, backbone_multiplier=1.0, warmup_iters=1500, warmup_factor=1e-6
+)
 
 
 def _cfg(model: dict, data: dict, train: dict, inference: dict | None = None) -> Config:
@@ -373,16 +376,19 @@ def cpu_preset(backbone: str, dataset: str, arch: str = "maskformer") -> Config:
     common_train = dict(batch_size=8, base_lr=4e-4, backbone_multiplier=1.0, log_period=10)
     if dataset == "synth":
         model = dict(arch=arch, num_classes=8, num_queries=20, **width, **_backbone_model(backbone))
-        data = dict(format="synthetic", train_split="train", val_split="val", crop_size=(128, 128),
-                    min_size_train=(96, 112, 128, 144, 160), max_size_train=320, pad_size=128, color_aug_ssd=False,
-                    recipe="panoptic", num_workers=1)  # fmt: skip
+        data = dict(
+            format="synthetic", train_split="train", val_split="val", recipe="panoptic", color_aug_ssd=False,
+            crop_size=(128, 128), min_size_train=(96, 112, 128, 144, 160), max_size_train=320, pad_size=128,
+            num_workers=1,
+        )  # fmt: skip
         train = dict(common_train, max_iter=200, weight_decay=1e-4, checkpoint_period=100, eval_period=50)
         inference = dict(min_size_test=128, max_size_test=512, object_mask_threshold=0.6)
     elif dataset == "camvid":
         model = dict(arch=arch, num_classes=11, num_queries=50, **width, **_backbone_model(backbone))
-        data = dict(format="camvid", train_split="train", val_split="val", crop_size=(180, 240),
-                    min_size_train=(144, 180, 216, 252, 288),  # 0.4-0.8 x the native 360
-                    max_size_train=640, pad_size=-1, ignore_label=11)  # fmt: skip
+        data = dict(
+            format="camvid", train_split="train", val_split="val", crop_size=(180, 240), ignore_label=11,
+            min_size_train=(144, 180, 216, 252, 288), max_size_train=640, pad_size=-1,  # 0.4-0.8 x the native 360
+        )  # fmt: skip
         train = dict(common_train, max_iter=4000, checkpoint_period=500, eval_period=500)
         inference = dict(min_size_test=270, max_size_test=640)  # predict at 0.75x, scored at the native 360x480
     else:
