@@ -17,9 +17,9 @@ DETR_CROP_RANGE = (384, 600)
 def semantic_recipe(data_cfg, ignore_label: int) -> T.Compose:
     """The semantic / ADE20K-panoptic training pipeline from a DataConfig."""
     crop = tuple(data_cfg.crop_size)
+    resize = T.ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train)
     area = data_cfg.single_category_max_area
-    steps = [T.ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train),
-             T.RandomCrop(crop_size=crop, single_category_max_area=area, ignore_label=ignore_label)]  # fmt: skip
+    steps = [resize, T.RandomCrop(crop_size=crop, single_category_max_area=area, ignore_label=ignore_label)]
     if data_cfg.color_aug_ssd:
         steps.append(ColorAugSSD())
     steps.append(T.RandomFlip(prob=0.5))
@@ -32,21 +32,20 @@ def semantic_recipe(data_cfg, ignore_label: int) -> T.Compose:
 
 def detr_recipe(data_cfg) -> T.RandomChoice:
     """DETR's COCO recipe (DETRPanopticDatasetMapper): two equally likely branches, both starting with a flip."""
+    flip = T.RandomFlip(prob=0.5)
     resize = T.ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train)
     extra = [ColorAugSSD()] if data_cfg.color_aug_ssd else []
-    plain = T.Compose([T.RandomFlip(prob=0.5), resize, *extra])
-    cropped = T.Compose([T.RandomFlip(prob=0.5), T.ResizeShortestEdge(sizes=DETR_CROP_RESIZE, max_size=sys.maxsize),
-                         T.RandomCrop(crop_size=DETR_CROP_RANGE, crop_type="absolute_range"), resize,
-                         *extra])  # fmt: skip
-    return T.RandomChoice(plain, cropped, prob=0.5)
+    crop_resize = T.ResizeShortestEdge(sizes=DETR_CROP_RESIZE, max_size=sys.maxsize)
+    crop = T.RandomCrop(crop_size=DETR_CROP_RANGE, crop_type="absolute_range")
+    return T.RandomChoice(T.Compose([flip, resize, *extra]), T.Compose([flip, crop_resize, crop, resize, *extra]))
 
 
 def lsj_recipe(data_cfg, ignore_label: int) -> T.Compose:
     """Mask2Former's COCO large-scale jitter (COCO LSJ mappers): a fixed crop_size output."""
     crop = tuple(data_cfg.crop_size)
     resize = T.ResizeScale(min_scale=LSJ_SCALES[0], max_scale=LSJ_SCALES[1], target=crop)
-    return T.Compose([T.RandomFlip(prob=0.5), resize, T.RandomCrop(crop_size=crop),
-                      T.PadTo(size=crop, ignore_label=ignore_label)])  # fmt: skip
+    pad = T.PadTo(size=crop, ignore_label=ignore_label)
+    return T.Compose([T.RandomFlip(prob=0.5), resize, T.RandomCrop(crop_size=crop), pad])
 
 
 def train_transform(data_cfg, ignore_label: int):
