@@ -98,33 +98,34 @@ class RandomCrop:
     pixels; after 10 failed tries the last window is used (as detectron2).
     """
 
-    def __init__(self, *, crop_size: tuple[int, int], crop_type: str = "absolute",
-                 single_category_max_area: float = 1.0, ignore_label: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        crop_size: tuple[int, int],
+        crop_type: str = "absolute",
+        single_category_max_area: float = 1.0,
+        ignore_label: int | None = None,
+    ):
         if crop_type not in ("absolute", "absolute_range"):
             raise ValueError(f"crop_type must be 'absolute' or 'absolute_range', got {crop_type!r}")
         self.crop_size, self.crop_type = (int(crop_size[0]), int(crop_size[1])), crop_type
         self.max_area, self.ignore_label = float(single_category_max_area), ignore_label
 
-    def _size(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
-        a, b = self.crop_size
-        if self.crop_type == "absolute":
-            return min(a, h), min(b, w)
-        return int(rng.integers(min(h, a), min(h, b) + 1)), int(rng.integers(min(w, a), min(w, b) + 1))
-
     def _window(self, sample: Sample, rng: np.random.Generator) -> tuple[int, int, int, int]:
-        h, w = sample.size
-        for _ in range(10 if self.max_area < 1.0 and sample.sem_seg is not None else 1):
-            ch, cw = self._size(h, w, rng)
+        (h, w), (a, b) = sample.size, self.crop_size
+        tries = 10 if self.max_area < 1.0 and sample.sem_seg is not None else 1
+        for _ in range(tries):
+            if self.crop_type == "absolute":
+                ch, cw = min(a, h), min(b, w)
+            else:
+                ch, cw = int(rng.integers(min(h, a), min(h, b) + 1)), int(rng.integers(min(w, a), min(w, b) + 1))
             y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-            if self._accept(sample.sem_seg, (y0, x0, ch, cw)):
+            if tries == 1 or self._accept(sample.sem_seg[y0 : y0 + ch, x0 : x0 + cw]):
                 break
         return y0, x0, ch, cw
 
-    def _accept(self, sem: np.ndarray | None, win: tuple[int, int, int, int]) -> bool:
-        if self.max_area >= 1.0 or sem is None:
-            return True
-        y0, x0, ch, cw = win
-        labels, counts = np.unique(sem[y0 : y0 + ch, x0 : x0 + cw], return_counts=True)
+    def _accept(self, window: np.ndarray) -> bool:
+        labels, counts = np.unique(window, return_counts=True)
         if self.ignore_label is not None:
             counts = counts[labels != self.ignore_label]
         return len(counts) > 1 and counts.max() < counts.sum() * self.max_area
