@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from maskformer import pipeline
-from maskformer.backends import build_runner, resolve
+from maskformer.backends import Calibration, build_runner, calibration_files, resolve
 from maskformer.config import Config
 from maskformer.pipeline import ImageError, Prediction, load_image
 from maskformer.structures import TASKS, DatasetMeta
@@ -37,14 +37,17 @@ class Predictor:
     meta: the label space (default: the model directory's, else placeholder names "class_0", ...).
     precision: "fp32" | "auto" | "bf16" | "fp16" | "int8" (maskformer.precision); backend: "torch" | "onnxruntime"
     (the exported graph, cached in cache_dir: default the model directory, else $MASKFORMER_HOME/onnx; CPU only).
+    calibration: a folder of images that int8 on onnxruntime calibrates on (default: the model's training images).
     """
 
     def __init__(self, model_or_path: nn.Module | str | os.PathLike, *, task: str | None = None,
                  device: str | torch.device = "cpu", meta: DatasetMeta | None = None, config: Config | None = None,
                  min_size_test: int | None = None, max_size_test: int | None = None, batch_size: int = 1,
                  tta: bool = False, overrides: Sequence[str] = (), precision: str = "fp32", backend: str = "torch",
-                 cache_dir: str | os.PathLike | None = None):  # fmt: skip
+                 cache_dir: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None):  # fmt: skip
         self.precision, self.backend = resolve(backend, precision, device), backend  # checked before loading
+        if calibration is not None:  # int8 on onnxruntime calibrates on this folder's images (default: training data)
+            calibration_files(calibration)
         if isinstance(model_or_path, nn.Module):
             model, cfg, loaded_meta = model_or_path, config or Config(), None
         else:
@@ -64,7 +67,8 @@ class Predictor:
         self.batch_size, self.tta = max(1, int(batch_size)), tta
         if cache_dir is None and not isinstance(model_or_path, nn.Module) and os.path.isdir(model_or_path):
             cache_dir = model_or_path
-        self.runner = build_runner(self.model, backend=backend, precision=self.precision, cache_dir=cache_dir)
+        self.runner = build_runner(self.model, backend=backend, precision=self.precision, cache_dir=cache_dir,
+                                   calibration=Calibration(calibration, cfg.data, self.inference))  # fmt: skip
 
     def _num_classes(self, probe: bool) -> int:
         """The config's class count, or (a module given without config) the count its outputs have on a tiny image."""

@@ -184,3 +184,61 @@ def test_int8_swin_keeps_qkv_float_and_stays_close():
     for name in ref:
         err = (got[name] - ref[name]).abs().max() / ref[name].abs().max()
         assert err < 0.1, (name, float(err))
+
+
+def test_static_int8_graph_is_keyed_by_the_calibration_set_and_reproducible(trained, reference, tmp_path):
+    """int8 on onnxruntime: one quantized graph per calibration set (next to the fp32 graph, reused when the set is the
+    same), and quantizing twice from the same images gives the same bytes (every process of a sharded run agrees)."""
+    from PIL import Image
+
+    from maskformer.backends import Calibration, quantize_static_int8
+
+    model, cfg, _, tmp = trained
+    images = reference[0]
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder, chosen in zip(folders, (images[:2], images[1:3])):
+        folder.mkdir()
+        for i, a in enumerate(chosen):
+            Image.fromarray(a).save(folder / f"{i}.png")
+    (folders[0] / "notes.txt").write_text("not an image")  # ignored
+    cache, x = tmp_path / "cache", torch.rand(1, 3, 48, 48) * 255
+
+    def int8_graphs(folder):
+        runner = OnnxRuntimeModel(model, int8=True, cache_dir=cache, calibration=Calibration(folder, cfg.data,
+                                                                                              cfg.inference))
+        runner(x)
+        return sorted(p.name for p in cache.glob("*-int8-*.onnx"))
+
+    first = int8_graphs(folders[0])
+    assert len(first) == 1 and first[0].startswith(OnnxRuntimeModel(model, cache_dir=cache).graph_path(None).stem)
+    assert int8_graphs(folders[0]) == first  # the same set: reused
+    both = int8_graphs(folders[1])
+    assert len(both) == 2 and first[0] in both  # another set: another key, another graph
+    fp32 = OnnxRuntimeModel(model, cache_dir=cache).graph_path(None)
+    inputs = [np.asarray(images[0], np.float32).transpose(2, 0, 1)[None].copy()]
+    a, b = (quantize_static_int8(fp32, tmp_path / f"{name}.onnx", inputs) for name in "ab")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_bad_calibration_folder_is_one_line_before_any_work(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    for folder, problem in ((empty, "no images"), (tmp_path / "absent", "not a folder")):
+        with pytest.raises(ValueError, match=f"--calibration {folder}: {problem}"):  # before the model is looked for
+            Predictor("no/such/model/dir", backend="onnxruntime", precision="int8", calibration=folder)
+        code = main(["predict", "--model", "no/such/model/dir", str(tmp_path), "--out", str(tmp_path / "out"),
+                     "--backend", "onnxruntime", "--precision", "int8", "--calibration", str(folder)])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(err) == 1 and f"--calibration {folder}: {problem}" in err[0]
+        assert not (tmp_path / "out").exists()
+
+
+def test_static_int8_without_calibration_images_says_to_pass_calibration(trained, tmp_path):
+    from maskformer.backends import Calibration
+    from maskformer.config import DataConfig
+
+    nowhere = Calibration(None, DataConfig(format="synthetic", root=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="pass --calibration DIR"):
+        OnnxRuntimeModel(trained[0], int8=True, cache_dir=tmp_path, calibration=nowhere)
+    assert not list(tmp_path.iterdir())  # nothing exported

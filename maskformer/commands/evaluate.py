@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="auto: bf16 where the hardware has it")
     parser.add_argument("--backend", choices=BACKENDS, default="torch", help="onnxruntime: the exported graph (CPU)")
+    parser.add_argument("--calibration", metavar="DIR", help="int8 on onnxruntime: images to calibrate on")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
@@ -63,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
             model, dataset, task=task, tta=args.tta, cfg=cfg, batch_size=args.batch_size,
             num_workers=args.workers, max_images=args.max_images, progress=sys.stderr.isatty(),
             precision=args.precision, backend=args.backend, cache_dir=args.model if Path(args.model).is_dir() else None,
+            calibration=args.calibration,
         )  # fmt: skip
     except (ValueError, KeyError, FileNotFoundError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)

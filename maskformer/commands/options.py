@@ -1,4 +1,4 @@
-"""Checks of command-line option values shared by predict / eval / export: each bad value is one line naming the
+"""Checks of command-line option values shared by predict / eval / export / serve: each bad value is one line naming the
 option and what is allowed, raised as OptionError before any work starts (no model loaded, nothing written).
 Also the CPU thread count a command runs with (not set by the library: a command owns its process).
 """
@@ -87,12 +87,24 @@ def check_args(args: argparse.Namespace, *, out_folder: str | None = None, out_f
     for side in getattr(args, "size", None) or ():
         at_least("--size", side, 32)
     check_device(getattr(args, "device", None))
+    if getattr(args, "calibration", None) is not None:
+        check_calibration(args.calibration)
     if out_folder is not None:
         check_writable(out_folder)
     if out_file is not None:
         if Path(out_file).is_dir():
             raise OptionError(f"--out {out_file} is a folder; give a file name")
         check_writable(Path(out_file).parent)
+
+
+def check_calibration(folder: str) -> None:
+    """--calibration: a folder with at least one image (maskformer.backends.calibration_files)."""
+    from maskformer.backends import calibration_files
+
+    try:
+        calibration_files(folder)
+    except ValueError as e:
+        raise OptionError(str(e)) from None
 
 
 @contextlib.contextmanager

@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="multi-scale + flip averaging (semantic)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="auto: bf16 where the hardware has it")
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="onnxruntime: the exported graph (CPU)")
+    p.add_argument("--calibration", metavar="DIR", help="int8 on onnxruntime: images to calibrate on")
     p.add_argument("--threshold", type=float, default=0.5, help="instances: minimum score drawn in overlays")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay PNGs")
     p.add_argument("--dataset-ids", action="store_true", help="semantic PNGs hold dataset ids, not contiguous ids")
@@ -127,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         predictor = Predictor(
             args.model, task=args.task, device=args.device, min_size_test=args.min_size, max_size_test=args.max_size,
             batch_size=args.batch_size, tta=args.tta, overrides=args.opts, precision=args.precision,
-            backend=args.backend,
+            backend=args.backend, calibration=args.calibration,
         )  # fmt: skip
     except (ValueError, KeyError, OSError) as e:  # no images, unknown model / preset, bad override, unreadable weights
         print(f"error: {e}", file=sys.stderr)

@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="auto: bf16 where the hardware has it")
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="onnxruntime: the exported graph (CPU)")
+    p.add_argument("--calibration", metavar="DIR", help="int8 on onnxruntime: images to calibrate on")
     p.add_argument("--max-batch", type=int, default=8, help="images per model call (micro-batching)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill up")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which the server answers 503")
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
         limits = dict(task=args.task, max_batch=args.max_batch, max_wait_s=args.max_wait_ms / 1000,
                       max_queue=args.max_queue, max_pixels=args.max_pixels, precision=args.precision,
-                      backend=args.backend)  # fmt: skip
+                      backend=args.backend, calibration=args.calibration)  # fmt: skip
         service = ModelService.load(args.model, device=args.device, overrides=args.opts, **limits)
     except (ImportError, ValueError, KeyError, OSError) as e:  # missing extra, unknown model, bad override, task, ...
         print(f"error: {e}", file=sys.stderr)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskformer.backends import build_runner, resolve
+from maskformer.backends import Calibration, build_runner, resolve
 from maskformer.config import Config
 from maskformer.evaluation.instance import InstanceEvaluator
 from maskformer.evaluation.panoptic import PanopticEvaluator
@@ -49,7 +49,7 @@ def build_evaluator(task: str, meta: DatasetMeta, *, reduce_zero_label: bool = F
 def evaluate_model(model: nn.Module, dataset, *, task: str = "semantic", tta: bool = False, cfg: Config | None = None,
                    meta: DatasetMeta | None = None, batch_size: int = 1, num_workers: int = 0,
                    max_images: int | None = None, progress: bool = False, precision: str = "fp32",
-                   backend: str = "torch", cache_dir=None) -> dict:  # fmt: skip
+                   backend: str = "torch", cache_dir=None, calibration=None) -> dict:  # fmt: skip
     """Run `model` over `dataset` and evaluate `task` ("semantic" | "panoptic" | "instance").
 
     cfg: test-time settings (cfg.inference: test size, thresholds, TTA scales); meta: label space (default
@@ -69,7 +69,8 @@ def evaluate_model(model: nn.Module, dataset, *, task: str = "semantic", tta: bo
     was_training = model.training
     model.eval()
     try:
-        runner = build_runner(model, backend=backend, precision=resolved, cache_dir=cache_dir)
+        runner = build_runner(model, backend=backend, precision=resolved, cache_dir=cache_dir,
+                              calibration=Calibration(calibration, cfg.data, cfg.inference))  # fmt: skip
         for done, items in enumerate(loader):
             arrays = [image.permute(1, 2, 0).numpy() for image, _, _ in items]  # uint8 [h, w, 3]
             sizes = [(int(i.get("height", x.shape[-2])), int(i.get("width", x.shape[-1]))) for x, _, i in items]

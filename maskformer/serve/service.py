@@ -105,8 +105,8 @@ class ModelService:
     def __init__(self, model, cfg: Config, meta: DatasetMeta, *, task: str | None = None, reference: str = "",
                  max_batch: int = 8, max_wait_s: float = 0.005, max_queue: int = 64,
                  max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "fp32", backend: str = "torch",
-                 cache_dir=None):  # fmt: skip
-        """precision / backend / cache_dir: as Predictor's (maskformer.backends; what runs is in info())."""
+                 cache_dir=None, calibration=None):  # fmt: skip
+        """precision / backend / cache_dir / calibration: as Predictor's (maskformer.backends; what runs: info())."""
         self.model, self.cfg, self.meta, self.reference = model.eval(), cfg, meta, reference
         self.device, self.task = model_device(model), task or cfg.inference.task
         self.tasks = ("semantic",) if cfg.model.arch.startswith("per_pixel") else TASKS
@@ -114,7 +114,8 @@ class ModelService:
             raise ValueError(f"task={self.task!r}; this model serves {', '.join(self.tasks)}")
         self.max_pixels, self.metrics = max_pixels, Metrics()
         self.predictor = Predictor(model, task=self.task, device=self.device, config=cfg, meta=meta,
-                                   precision=precision, backend=backend, cache_dir=cache_dir)  # fmt: skip
+                                   precision=precision, backend=backend, cache_dir=cache_dir,
+                                   calibration=calibration)  # fmt: skip
         self.inference = self.predictor.inference  # the model's settings; requests may change the thresholds
         self.batcher = MicroBatcher(self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue)
 
