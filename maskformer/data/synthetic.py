@@ -15,13 +15,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import mask_bbox, save_json, write_image, write_label, write_panoptic
+from ..io import panoptic_annotation, save_json, write_image, write_label, write_panoptic
 from ..structures import DatasetMeta
 
-STUFF_COLORS = {"sky": (120, 180, 240), "grass": (70, 150, 50), "water": (30, 90, 170), "stripes": (170, 120, 80),
-                "sand": (215, 190, 140)}  # fmt: skip
-THING_COLORS = {"circle": (220, 40, 40), "square": (235, 205, 40), "triangle": (200, 60, 210), "star": (250, 140, 20),
-                "ellipse": (40, 210, 200), "cross": (240, 240, 240)}  # fmt: skip
+STUFF_COLORS = {
+    "sky": (120, 180, 240),
+    "grass": (70, 150, 50),
+    "water": (30, 90, 170),
+    "stripes": (170, 120, 80),
+    "sand": (215, 190, 140),
+}
+THING_COLORS = {
+    "circle": (220, 40, 40),
+    "square": (235, 205, 40),
+    "triangle": (200, 60, 210),
+    "star": (250, 140, 20),
+    "ellipse": (40, 210, 200),
+    "cross": (240, 240, 240),
+}
 
 
 @dataclass
@@ -123,8 +134,8 @@ def _stuff_layout(cfg: SynthConfig, yy, xx, rng) -> np.ndarray:
 
 
 def render(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """One image: (uint8 [h, w, 3] RGB, int32 [h, w] segment ids (no VOID), segments [{id, category, area}])
-    with category = contiguous class index (things first)."""
+    """One image: (uint8 [h, w, 3] RGB, int32 [h, w] segment ids 1..n (no VOID), segments [{id, category}]) with
+    category = contiguous class index (things first)."""
     h, w = cfg.image_size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     layout = _stuff_layout(cfg, yy, xx, rng)
@@ -156,9 +167,6 @@ def render(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.n
         if m.any():
             segments.append({"id": len(segments) + 1, "category": int(s) + nt})
             ids[m] = segments[-1]["id"]
-    areas = np.bincount(ids.ravel(), minlength=len(segments) + 1)
-    for seg in segments:
-        seg["area"] = int(areas[seg["id"]])
     image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
     return image, ids, segments
 
@@ -167,24 +175,19 @@ def _write_split(out: Path, split: str, count: int, cfg: SynthConfig, split_inde
     meta = cfg.meta()
     images, annotations = [], []
     for i in range(count):
-        rng = np.random.default_rng([cfg.seed, split_index, i])
-        image, ids, segments = render(cfg, rng)
-        name = f"{split}_{i:05d}"
-        sem = np.full(ids.shape, 255, np.uint8)
-        info = []
-        for seg in segments:
-            m = ids == seg["id"]
-            sem[m] = seg["category"]
-            cat = meta.dataset_ids[seg["category"]]
-            info.append({"id": seg["id"], "category_id": cat, "iscrowd": 0, "area": seg["area"], "bbox": mask_bbox(m)})
-        write_image(out / split / f"{name}.png", image, compress_level=1)  # fast; lossless either way
-        write_panoptic(out / f"panoptic_{split}" / f"{name}.png", ids, compress_level=1)
-        write_label(out / f"panoptic_semseg_{split}" / f"{name}.png", sem, compress_level=1)
-        image_id = split_index * 1_000_000 + i
-        images.append({"id": image_id, "file_name": f"{name}.png", "height": ids.shape[0], "width": ids.shape[1]})
-        annotations.append({"image_id": image_id, "file_name": f"{name}.png", "segments_info": info})
-    categories = [dict(id=d, name=n, isthing=int(t), color=list(c), supercategory="shape" if t else "texture")
-                  for d, n, t, c in zip(meta.dataset_ids, meta.class_names, meta.is_thing, meta.palette)]  # fmt: skip
+        image, ids, segments = render(cfg, np.random.default_rng([cfg.seed, split_index, i]))
+        name, image_id = f"{split}_{i:05d}.png", split_index * 1_000_000 + i
+        sem = np.array([255] + [seg["category"] for seg in segments], np.uint8)[ids]  # segment k -> its class
+        write_image(out / split / name, image, compress_level=1)  # fast; lossless either way
+        write_panoptic(out / f"panoptic_{split}" / name, ids, compress_level=1)
+        write_label(out / f"panoptic_semseg_{split}" / name, sem, compress_level=1)
+        images.append({"id": image_id, "file_name": name, "height": ids.shape[0], "width": ids.shape[1]})
+        segs = [{"id": seg["id"], "category_id": meta.dataset_ids[seg["category"]]} for seg in segments]
+        annotations.append(panoptic_annotation(ids, segs, image_id=image_id, file_name=name))
+    categories = [
+        dict(id=d, name=n, isthing=int(t), color=list(c), supercategory="shape" if t else "texture")
+        for d, n, t, c in zip(meta.dataset_ids, meta.class_names, meta.is_thing, meta.palette)
+    ]
     data = {"info": {"description": "maskformer synthetic"}, "images": images, "annotations": annotations}
     save_json(out / "annotations" / f"panoptic_{split}.json", dict(data, categories=categories))
 
