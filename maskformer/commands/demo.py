@@ -60,8 +60,8 @@ def _train(args: argparse.Namespace, data_root: Path, out: Path):
     cfg = get_preset(args.preset, [f"data.root={data_root}", *args.opts])
     shutil.rmtree(out, ignore_errors=True)  # the demo always trains from scratch
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, out, evaluate_fn=_semantic_and_panoptic(cfg), device=args.device, threads=args.threads,
-                      progress=not args.no_progress)  # fmt: skip
+    kw = dict(device=args.device, threads=args.threads, progress=not args.no_progress)
+    trainer = Trainer(cfg, out, evaluate_fn=_semantic_and_panoptic(cfg), **kw)
     try:
         trainer.run()
     finally:
@@ -104,10 +104,9 @@ def _write_report(folder: Path, trainer, preset: str, metrics: dict, timing: dic
         shutil.copyfile(curves, folder / "curves.png")
     _overlay_grid(trainer, folder / "overlays.png")
     timing_s = {k: round(v, 1) for k, v in timing.items()} | {"total": round(time.perf_counter() - start, 1)}
-    doc = dict(preset=preset, iterations=trainer.iteration, metrics=metrics, timing_s=timing_s,
-               threads_at_end=torch.get_num_threads(), model_dir=str((trainer.out / "model").resolve()),
-               config=trainer.cfg.to_dict())  # fmt: skip
-    save_json(folder / "metrics.json", doc, indent=1)
+    doc = dict(preset=preset, iterations=trainer.iteration, metrics=metrics, timing_s=timing_s)
+    doc.update(threads_at_end=torch.get_num_threads(), model_dir=str((trainer.out / "model").resolve()))
+    save_json(folder / "metrics.json", {**doc, "config": trainer.cfg.to_dict()}, indent=1)
     return folder
 
 

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from maskformer.commands.options import at_least
 from maskformer.config import Config, apply_overrides, get_preset
 
 DEFAULT_PRESET = "maskformer_r18_camvid"  # ResNet-18, narrow heads, small crops: trains on a CPU
@@ -19,16 +19,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help=f"model preset (see `maskformer models`; default {DEFAULT_PRESET})")
     parser.add_argument("--config", help="a config.json (e.g. from a previous run) instead of --preset")
     parser.add_argument("--data-root", help="dataset folder (sets data.root)")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. train.max_iter=1000")  # fmt: skip
+    parser.add_argument(
+        "--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.max_iter=1000"
+    )
     parser.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, curves.png, model/")
     parser.add_argument(
         "--resume", nargs="?", const="latest", metavar="PATH",
         help="continue from the newest intact checkpoint in --out, or from PATH (a checkpoint directory)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --out (default: refuse)")
-    parser.add_argument("--init-weights", metavar="REF", help="initial weights: a backbone (file, URL or ImageNet name "
-                        "such as R-50) or a full model (file, model directory, zoo name, hub id or URL)")  # fmt: skip
+    parser.add_argument(
+        "--init-weights", metavar="REF",
+        help="initial weights: a backbone (file, URL or ImageNet name such as R-50) or a full model (file, model "
+        "directory, zoo name, hub id or URL)",
+    )  # fmt: skip
     parser.add_argument("--init-kind", choices=("auto", "full", "backbone"), default="auto")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
@@ -67,9 +71,9 @@ def fit_to_folder(cfg: Config, root: Path, opts: list[str]) -> Config:
     k = len(spec["classes"])
     train_split = cfg.data.train_split if (root / "images" / cfg.data.train_split).is_dir() else "train"
     val_split = cfg.data.val_split if (root / "images" / cfg.data.val_split).is_dir() else "val"
-    fitted = {"data.format": "folder", "model.num_classes": k, "data.ignore_label": spec.get("ignore_label", 255),
-              "data.recipe": "semantic", "inference.task": "semantic", "data.train_split": train_split,
-              "data.val_split": val_split}  # fmt: skip
+    fitted = {"data.format": "folder", "model.num_classes": k, "data.ignore_label": spec.get("ignore_label", 255)}
+    fitted |= {"data.recipe": "semantic", "inference.task": "semantic"}
+    fitted |= {"data.train_split": train_split, "data.val_split": val_split}
     if cfg.model.arch == "per_pixel_baseline_plus":
         fitted["model.num_queries"] = k
     given = {o.split("=", 1)[0].strip() for o in opts}
@@ -79,10 +83,9 @@ def fit_to_folder(cfg: Config, root: Path, opts: list[str]) -> Config:
 
 
 def _read_config(path: Path) -> Config:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"maskformer train: cannot read config {path}: {e}") from None
+    from maskformer.checkpoint import read_json
+
+    doc = read_json(path)  # bad JSON: a CheckpointError naming the file
     return Config.from_dict(doc.get("config", doc))  # a model directory's config.json nests it under "config"
 
 
@@ -93,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = resolve_config(args)
-        if args.threads < 0:
-            raise ValueError(f"--threads must be an integer >= 0, got {args.threads}")
+        at_least("--threads", args.threads, 0)
         if os.environ.get("RANK", "0") == "0":  # before any work: a writable --out that holds no other run
             prepare_out_dir(Path(args.out), resume=args.resume is not None, overwrite=args.overwrite)
         trainer = Trainer(
