@@ -14,7 +14,7 @@ from torch import nn
 from maskformer.checkpoint import KeyReport, Renamed, load_checked
 from maskformer.config import Config, ModelConfig
 from maskformer.convert.backbones import backbone_by_depths, backbone_name
-from maskformer.convert.hf_backbone import add_fused, map_hf_backbone
+from maskformer.convert.hf_backbone import map_hf_backbone, map_keys
 from maskformer.structures import DatasetMeta
 
 _M = r"(?:model\.)?"  # a bare MaskFormerModel state dict has no `model.` prefix
@@ -22,7 +22,7 @@ HF_BACKBONE = re.compile(_M + r"pixel_level_module\.encoder\.")
 PD = "sem_seg_head.pixel_decoder."
 PR = "sem_seg_head.predictor."
 DEC = PR + "transformer.decoder."
-DROPPED = ("criterion.empty_weight",)  # the loss's class weights: not part of the network
+DROPPED = re.compile(r"criterion\.empty_weight")  # the loss's class weights: not part of the network
 
 # (pattern on the HF name, replacement) for one-to-one renames; q/k/v are fused separately.
 _FPN = _M + r"pixel_level_module\.decoder\.fpn\."
@@ -30,10 +30,10 @@ _LAYER = _M + r"transformer_module\.decoder\.layers\.(\d+)\."
 _RULES: list[tuple[str, str]] = [
     (_FPN + r"stem\.0\.weight", PD + "layer_4.weight"),
     (_FPN + r"stem\.1\.(weight|bias)", PD + r"layer_4.norm.\1"),
-    (_FPN + r"layers\.(\d)\.proj\.0\.weight", PD + "adapter_{fpn}.weight"),
-    (_FPN + r"layers\.(\d)\.proj\.1\.(weight|bias)", PD + r"adapter_{fpn}.norm.\2"),
-    (_FPN + r"layers\.(\d)\.block\.0\.weight", PD + "layer_{fpn}.weight"),
-    (_FPN + r"layers\.(\d)\.block\.1\.(weight|bias)", PD + r"layer_{fpn}.norm.\2"),
+    (_FPN + r"layers\.(\d)\.proj\.0\.weight", PD + r"adapter_{3-\1}.weight"),  # fpn.layers.0: the res4 lateral
+    (_FPN + r"layers\.(\d)\.proj\.1\.(weight|bias)", PD + r"adapter_{3-\1}.norm.\2"),
+    (_FPN + r"layers\.(\d)\.block\.0\.weight", PD + r"layer_{3-\1}.weight"),
+    (_FPN + r"layers\.(\d)\.block\.1\.(weight|bias)", PD + r"layer_{3-\1}.norm.\2"),
     (_M + r"pixel_level_module\.decoder\.mask_projection\.(weight|bias)", PD + r"mask_features.\1"),
     (_M + r"transformer_module\.queries_embedder\.weight", PR + "query_embed.weight"),
     (_M + r"transformer_module\.input_projection\.(weight|bias)", PR + r"input_proj.\1"),
@@ -59,22 +59,14 @@ def hf_to_official(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def map_hf(hf_sd: dict[str, torch.Tensor]) -> Renamed:
     """`hf_to_official` that also remembers each key's source name and the keys dropped on purpose (for reports)."""
+    head = {k: v for k, v in hf_sd.items() if not HF_BACKBONE.match(k)}
     out = map_hf_encoder(hf_sd, prefix="backbone.")
-    qkv: dict[str, dict[str, str]] = {}
-    for key, value in hf_sd.items():
-        if HF_BACKBONE.match(key):
-            continue
-        m = _QKV.fullmatch(key)
-        if key in DROPPED:
-            out.dropped.append(key)
-        elif m:
-            name = "self_attn" if m.group(2) == "self_attn" else "multihead_attn"
-            qkv.setdefault(DEC + f"layers.{m.group(1)}.{name}.in_proj_{m.group(4)}", {})[m.group(3)] = key
-        else:
-            out.add(_rename(key), value, key)
-    for key in add_fused(out, qkv, hf_sd, "qkv"):  # incomplete: left under their names, reported as unexpected
-        out.add(key, hf_sd[key], key)
-    return out
+    return map_keys(head, _RULES, drop=DROPPED, fuse=(_QKV, _fused_qkv, "qkv"), out=out)[0]
+
+
+def _fused_qkv(m: re.Match) -> str:
+    attn = "self_attn" if m.group(2) == "self_attn" else "multihead_attn"
+    return DEC + f"layers.{m.group(1)}.{attn}.in_proj_{m.group(4)}"
 
 
 def map_hf_encoder(hf_sd: dict[str, torch.Tensor], prefix: str = "") -> Renamed:
@@ -89,15 +81,6 @@ def load_hf_state_dict(model: nn.Module, hf_state_dict: dict[str, torch.Tensor],
     shape differs and (strict) every missing or unexpected key (by its transformers name)."""
     weights = map_hf(hf_state_dict)
     return load_checked(model, weights, source="transformers state dict", strict=strict, noun="checkpoint")
-
-
-def _rename(key: str) -> str:
-    for pattern, repl in _RULES:
-        m = re.fullmatch(pattern, key)
-        if m:
-            fpn = 3 - int(m.group(1)) if "{fpn}" in repl else None  # HF fpn.layers.0 is the res4 lateral
-            return m.expand(repl.replace("{fpn}", str(fpn)))
-    return key
 
 
 def hf_backbone_args(backbone_config: dict) -> tuple[str, dict]:

@@ -37,10 +37,10 @@ _SWIN_QKV = re.compile(r"model\.encoder\.layers\.(\d+)\.blocks\.(\d+)\.attention
 _RESNET_RULES = [
     (r"embedder\.embedder\.convolution\.weight", r"stem.conv1.weight"),
     (rf"embedder\.embedder\.normalization\.{_BN}", r"stem.conv1.norm.\1"),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.weight", r"res{\1}.\2.shortcut.weight"),
-    (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.{_BN}", r"res{\1}.\2.shortcut.norm.\3"),
-    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.weight", r"res{\1}.\2.conv{\3}.weight"),
-    (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.{_BN}", r"res{\1}.\2.conv{\3}.norm.\4"),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.weight", r"res{\1+2}.\2.shortcut.weight"),
+    (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.{_BN}", r"res{\1+2}.\2.shortcut.norm.\3"),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.weight", r"res{\1+2}.\2.conv{\3+1}.weight"),
+    (rf"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.{_BN}", r"res{\1+2}.\2.conv{\3+1}.norm.\4"),
 ]
 # Left out on purpose: the final LN of the classification Swin (computed, never used) and BatchNorm step counters.
 _DROPPED = {"swin": re.compile(r"model\.layernorm\..+"), "resnet": re.compile(r".*\.num_batches_tracked")}
@@ -57,47 +57,56 @@ def hf_backbone_to_official(state_dict: dict[str, torch.Tensor], kind: str) -> d
 
 
 def map_hf_backbone(state_dict: dict[str, torch.Tensor], kind: str, prefix: str = "") -> tuple[Renamed, list[str]]:
-    """(the weights in our names with `prefix`, the source keys no rule maps, incomplete q/k/v sets included; they
-    stay in the result under their source names, so loading reports them as unexpected)."""
+    """(the weights in our names with `prefix`, the source keys no rule maps, incomplete q/k/v sets included)."""
     if kind not in _DROPPED:
         raise ValueError(f"hf_backbone_to_official: kind must be 'swin' or 'resnet', got {kind!r}")
-    rules = _SWIN_RULES if kind == "swin" else _RESNET_RULES
-    out, unknown, qkv = Renamed(), [], {}
-    for src, value in state_dict.items():
-        key = src[ENCODER.match(src).end() :]
-        m = _SWIN_QKV.fullmatch(key) if kind == "swin" else None
+    if kind == "swin":
+        fuse = (_SWIN_QKV, lambda m: m.expand(r"layers.\1.blocks.\2.attn.qkv.\4"), ("query", "key", "value"))
+        return map_keys(state_dict, _SWIN_RULES, drop=_DROPPED[kind], fuse=fuse, strip=ENCODER, prefix=prefix)
+    return map_keys(state_dict, _RESNET_RULES, drop=_DROPPED[kind], strip=ENCODER, prefix=prefix)
+
+
+def map_keys(sd: dict[str, torch.Tensor], rules, *, drop, fuse=None, strip=None, prefix="", out=None):
+    """The one key-by-key converter of transformers state dicts -> (`out` or a new Renamed, unknown source keys).
+
+    Each key, less what `strip` matches at its start: `drop` (a regex) matches -> left out on purpose; `fuse` =
+    (regex with the part in group 3, match -> our key, part order) matches -> collected, each complete set added
+    as one tensor concatenated along dim 0 ([3C, C] or [3C]); else renamed by `apply_rules`, `prefix` in front. Keys
+    no rule maps and incomplete sets stay under their source names (so loading reports them as unexpected)."""
+    out = out or Renamed()
+    unknown, groups = [], {}
+    for src, value in sd.items():
+        key = src[strip.match(src).end() :] if strip else src
+        m = fuse[0].fullmatch(key) if fuse else None
         if m:
-            qkv.setdefault(prefix + m.expand(r"layers.\1.blocks.\2.attn.qkv.\4"), {})[m.group(3)] = src
-        elif _DROPPED[kind].fullmatch(key):
+            groups.setdefault(prefix + fuse[1](m), {})[m.group(3)] = src
+        elif drop.fullmatch(key):
             out.dropped.append(src)
-        elif (new := _apply_rules(rules, key)) is None:
+        elif (new := apply_rules(rules, key)) is None:
             unknown.append(src)
+            out.add(src, value, src)
         else:
             out.add(prefix + new, value, src)
-    unknown += add_fused(out, qkv, state_dict, ("query", "key", "value"))
-    for src in unknown:
-        out.add(src, state_dict[src], src)
-    return out, unknown
-
-
-def add_fused(out: Renamed, groups: dict[str, dict[str, str]], sd: dict[str, torch.Tensor], order) -> list[str]:
-    """Add each complete group (our key -> {part: source key}) to `out` as one tensor, the parts concatenated in
-    `order` along dim 0 ([3C, C] or [3C]); returns the source keys of incomplete groups."""
-    left = []
     for key, parts in groups.items():
+        order = fuse[2]
         if set(parts) == set(order):
             out.add(key, torch.cat([sd[parts[p]] for p in order]), parts[order[0]])
         else:
-            left += parts.values()
-    return left
+            unknown += parts.values()
+            for src in parts.values():
+                out.add(src, sd[src], src)
+    return out, unknown
 
 
-def _apply_rules(rules: list[tuple[str, str]], key: str) -> str | None:
-    """First matching (pattern, template) rewrite; ResNet templates shift stage/layer indices ({\\1} -> i+2 etc.)."""
+def apply_rules(rules: list[tuple[str, str]], key: str) -> str | None:
+    """First matching (pattern, template) rewrite, or None; `{i+n}` / `{n-i}` in a template shift an index (ResNet
+    stages: res{\\1+2}; transformers' FPN layers count from the top: adapter_{3-\\1})."""
     for pattern, template in rules:
-        m = re.fullmatch(pattern, key)
-        if m is None:
-            continue
-        new = re.sub(r"res\{(\d+)\}", lambda g: f"res{int(g.group(1)) + 2}", m.expand(template))
-        return re.sub(r"conv\{(\d+)\}", lambda g: f"conv{int(g.group(1)) + 1}", new)
+        if m := re.fullmatch(pattern, key):
+            return re.sub(r"\{(\d+)([+-])(\d+)\}", _shift, m.expand(template))
     return None
+
+
+def _shift(g: re.Match) -> str:
+    a, b = int(g.group(1)), int(g.group(3))
+    return str(a + b if g.group(2) == "+" else a - b)
