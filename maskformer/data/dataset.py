@@ -69,7 +69,6 @@ class SegDataset(Dataset):
         mode = "train" if self.train else "test"
         return f"SegDataset({self.meta.name!r}, {len(self)} images, {self.target}, {mode}, source={self.source!r})"
 
-    # ------------------------------------------------------------------------------------------------ decoding
     def load(self, index: int) -> tuple[Sample, list[dict]]:
         """Decode record `index` (no augmentation): the Sample and its segments with contiguous category ids."""
         r = self.records[index]
@@ -117,7 +116,6 @@ class SegDataset(Dataset):
         ]
         return ids, segs, sem
 
-    # ------------------------------------------------------------------------------------------------ items
     def __getitem__(self, key: int | tuple[int, int]):
         """key: an index, or (index, seed) as yielded by `ResumableSampler` (seeded, worker-independent)."""
         if isinstance(key, tuple):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,7 +76,6 @@ def prepare_coco_stuff_10k(root: str | Path, log: Log = print) -> Path:
     return base
 
 
-# ---------------------------------------------------------------------------------------------------- ADE20K-Full
 def ade_full_class_mask(seg_png: Path) -> np.ndarray:
     """int32 [h, w] ADE20K class index (R // 10) * 256 + G of a *_seg.png."""
     rgb = fmt.read_image(seg_png).astype(np.int32)
@@ -107,11 +107,11 @@ def derive_ade_full_categories(index: dict, base: Path) -> list[dict]:
     Official checkpoints use the official trainIds (pass them with --categories); this fallback only needs the
     index file and reproduces the rule "the classes present in both splits".
     """
-    seen = {"training": {}, "validation": {}}
+    seen = {"training": Counter(), "validation": Counter()}  # class -> number of images containing it
     for folder, name in zip(index["folder"], index["filename"]):
         split = "validation" if name.split("_")[1] == "val" else "training"
-        for c in np.unique(ade_full_class_mask(base.parent / folder / name.replace(".jpg", "_seg.png"))):
-            seen[split][int(c)] = seen[split].get(int(c), 0) + 1
+        classes = np.unique(ade_full_class_mask(base.parent / folder / name.replace(".jpg", "_seg.png")))
+        seen[split].update(classes.tolist())
     both = [c for c in seen["training"] if c in seen["validation"] and c != 0]
     both.sort(key=lambda c: (-(seen["training"][c] + seen["validation"][c]), c))
     names = list(index.get("objectnames", []))
@@ -128,9 +128,8 @@ def prepare_ade20k_full(root: str | Path, categories: str | Path | None = None, 
     cats = fmt.load_json(categories) if categories else derive_ade_full_categories(index, base)
     if not cats:
         raise DatasetError(f"{base / 'index_ade20k.pkl'}: no classes found (none present in both splits?)")
-    id_map = {int(c["id"]): int(c["trainId"]) for c in cats}
-    lut_ids = np.array(sorted(id_map), dtype=np.int64)
-    lut_train = np.array([id_map[i] for i in lut_ids], dtype=np.int64)
+    train_ids = np.full(1 << 16, 65535, np.uint16)  # ADE class index (< 26 * 256) -> trainId, else ignore
+    train_ids[[int(c["id"]) for c in cats]] = [int(c["trainId"]) for c in cats]
     for folder, name in zip(index["folder"], index["filename"]):
         split = "validation" if name.split("_")[1] == "val" else "training"
         img = fmt.read_image(base.parent / folder / name)
@@ -138,17 +137,14 @@ def prepare_ade20k_full(root: str | Path, categories: str | Path | None = None, 
         size = ade_full_size(*img.shape[:2])
         if size is not None:
             img, lab = _resize_cv2_like(img, size, "bilinear"), _resize_cv2_like(lab, size, "nearest")
-        pos = np.searchsorted(lut_ids, lab).clip(max=len(lut_ids) - 1)
-        out = np.where(lut_ids[pos] == lab, lut_train[pos], 65535).astype(np.uint16)
         (base / "images_detectron2" / split).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(base / "images_detectron2" / split / name)
-        fmt.write_label(base / "annotations_detectron2" / split / name.replace(".jpg", ".tif"), out)
+        fmt.write_label(base / "annotations_detectron2" / split / name.replace(".jpg", ".tif"), train_ids[lab])
     fmt.save_json(base / "ade20k_full_categories.json", cats)
     log(f"ade20k_full: {len(index['filename'])} images, {len(cats)} classes -> {base}")
     return base
 
 
-# ---------------------------------------------------------------------------------------------------- ADE panoptic
 def new_segment_ids(palette: list[tuple[int, int, int]], seed: int) -> Callable[[int], int]:
     """category -> a new segment id, unique in the image (panopticapi IdGenerator's rule): a category's colour while
     free, else a random (seeded) jitter of it; id = R + 256 G + 256^2 B."""

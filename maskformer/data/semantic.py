@@ -152,7 +152,6 @@ def mapillary(root: str | Path, split: str, **kw) -> SegDataset:
     return SegDataset(pair_by_name(image_dir, label_dir), builtin.mapillary_65(), source=str(base), **kw)
 
 
-# ---------------------------------------------------------------------------------------------------- own data
 SCAN_FILES = 16
 
 

@@ -68,7 +68,6 @@ class SynthConfig:
         return DatasetMeta("synthetic", names, is_thing=is_thing, palette=palette, dataset_ids=ids)
 
 
-# ---------------------------------------------------------------------------------------------------- textures
 def _stuff_texture(kind: str, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """float [h, w, 3] texture of one stuff class (colour + a class-specific pattern)."""
     h, w = yy.shape
@@ -118,7 +117,6 @@ def _thing_texture(kind: str, yy, xx, cy: float, cx: float, r: float, rng) -> np
     return base * shade[..., None]
 
 
-# ---------------------------------------------------------------------------------------------------- rendering
 def _stuff_layout(cfg: SynthConfig, yy, xx, rng) -> np.ndarray:
     """int [h, w] stuff index (into cfg.stuff): a wavy horizon, the lower part optionally split by a wavy line."""
     h, w = yy.shape

@@ -125,7 +125,6 @@ class Trainer:
         self.logger: MetricsLogger | None = None  # opened once the output folder is claimed (run or resume)
         self.progress = progress and self.dist.is_main
 
-    # ---------------------------------------------------------------------------------------------- set-up
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if not self.dist.distributed:
             return model
@@ -185,7 +184,6 @@ class Trainer:
                 S.prepare_out_dir(self.out, resume=resumed, overwrite=self.overwrite)
             self.logger = MetricsLogger(self.out, enabled=self.dist.is_main)
 
-    # ------------------------------------------------------------------------------------------------ run
     def run(self, stop_at: int | None = None) -> None:
         """Train until cfg.train.max_iter (or stop after iteration `stop_at`, checkpointing there); the outcome is in
         `iteration`, `best` and `last_eval`.
@@ -233,7 +231,6 @@ class Trainer:
             hint = "(try a lower train.base_lr, or train.amp=none)"
             raise NonFiniteLossError(f"{e}; the weights of this step were not updated and {where} {hint}") from None
 
-    # ------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         """Write checkpoints/iter_N (rank 0) with every rank's RNG state; prune to keep_last."""
         rngs = _gather(S.capture_rng())
@@ -251,7 +248,6 @@ class Trainer:
         meta = self.meta if self.meta is not None else CK.generic_meta(self.cfg)
         CK.save_pretrained(self.model, self.cfg, meta, folder)
 
-    # ------------------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict:
         """Evaluate on the validation split (rank 0), log "val/*" metrics, keep the best model directory."""
         metrics: dict = {}
