@@ -12,7 +12,7 @@ import torch
 from maskformer.config import get_preset
 from maskformer.criterion import build_criterion
 from maskformer.modeling import build_model
-from maskformer.modeling.deform_attn import MSDeformAttn, ms_deform_attn_core
+from maskformer.modeling.deform_attn import MSDeformAttn, grid_sample_core, ms_deform_attn_core
 from maskformer.modeling.masked_decoder import attention_mask
 from maskformer.modeling.msdeform_pixel_decoder import reference_points
 from maskformer.structures import SegTarget
@@ -76,21 +76,44 @@ def _random_inputs(dtype=torch.float64, B=2, heads=2, d=3, Lq=4, P=2):
     return value, locations, weights
 
 
-def test_core_equals_float64_direct_sum():
+# the eager form (gather) and the form selected while exporting (grid_sample)
+CORES = pytest.mark.parametrize("core", [ms_deform_attn_core, grid_sample_core], ids=["gather", "grid_sample"])
+
+
+@CORES
+def test_core_equals_float64_direct_sum(core):
     value, locations, weights = _random_inputs()
     assert ((locations < 0) | (locations > 1)).any()  # zero padding is exercised
-    out = ms_deform_attn_core(value, SHAPES, locations, weights)
+    out = core(value, SHAPES, locations, weights)
     ref = _direct_sum(value, SHAPES, locations, weights)
     assert out.shape == (2, 4, 6)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    out32 = ms_deform_attn_core(value.float(), SHAPES, locations.float(), weights.float())
+    out32 = core(value.float(), SHAPES, locations.float(), weights.float())
     torch.testing.assert_close(out32.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_core_gradients_match_finite_differences():
+@CORES
+def test_core_gradients_match_finite_differences(core):
     value, locations, weights = _random_inputs(B=1, heads=2, d=2, Lq=2, P=1)
     inputs = tuple(t.clone().requires_grad_(True) for t in (value, locations, weights))
-    assert torch.autograd.gradcheck(lambda v, loc, w: ms_deform_attn_core(v, SHAPES, loc, w), inputs, eps=1e-6)
+    assert torch.autograd.gradcheck(lambda v, loc, w: core(v, SHAPES, loc, w), inputs, eps=1e-6)
+
+
+def test_gather_core_at_edges_and_far_outside():
+    """Samples on pixel centres, on the image border, on and across the border of the gather form's zero padding
+    (pixel coordinates -1 and size), and very far outside, on every level: equal to the direct sum and grid_sample."""
+    value, _, weights = _random_inputs(B=2, heads=2, d=3, Lq=3, P=2)
+    g = torch.Generator().manual_seed(1)
+    locations = torch.empty(2, 3, 2, len(SHAPES), 2, 2, dtype=torch.float64)  # [B, Lq, h, L, P, (x, y)]
+    for level, (h, w) in enumerate(SHAPES):
+        for axis, n in enumerate((w, h)):
+            pixel = torch.tensor([0, -0.5, -1, -1.25, -2, n - 1, n - 0.5, n - 0.25, n, n + 0.5, 1e7, -1e7, 0.3])
+            pick = torch.randint(0, len(pixel), (2, 3, 2, 2), generator=g)
+            locations[:, :, :, level, :, axis] = (pixel[pick].double() + 0.5) / n  # pixel j's centre is (j + 0.5) / n
+    locations = locations.flatten(3, 4)  # [B, Lq, h, L*P, 2]
+    out = ms_deform_attn_core(value, SHAPES, locations, weights)
+    torch.testing.assert_close(out, _direct_sum(value, SHAPES, locations, weights), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, grid_sample_core(value, SHAPES, locations, weights), rtol=1e-12, atol=1e-12)
 
 
 def test_module_follows_the_official_formula():

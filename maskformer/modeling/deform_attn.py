@@ -2,12 +2,16 @@
 
 Reference notes mask2former.md section 2. Each query attends, per head, to `n_points` locations on each of `n_levels`
 feature maps: location = reference point + learned offset / (W_l, H_l) in normalized [0, 1] coordinates, read with
-bilinear interpolation (`grid_sample`, align_corners=False, zeros outside: (j + 0.5) / W is the centre of column j),
-weighted by a softmax over all levels x points of that head. This is the official `ms_deform_attn_core_pytorch`
-formulation (the compiled CUDA op computes the same); no compiled op is needed.
+bilinear interpolation (align_corners=False, zeros outside: (j + 0.5) / W is the centre of column j), weighted by a
+softmax over all levels x points of that head. This is the official formulation; no compiled op is needed.
 
-Export-friendly: level sizes are Python ints taken from the feature maps' shapes (traced / symbolic under export),
-no `.item()`, no data-dependent control flow, every intermediate at most 5-d.
+Two exact forms of the sampling core:
+- `gather_core` (eager): one `F.embedding_bag` over the 4 bilinear corners of every sample, the attention weight folded
+  into the corner weights. The value is kept channels-last ([B, S, heads, d] rows, so each corner reads d contiguous
+  floats) and zero-padded around each level, so out-of-range corners read zeros instead of needing masks.
+- `grid_sample_core` (export): the official `grid_sample` form; level sizes are Python ints taken from the feature maps'
+  shapes (symbolic under export), no `.item()`, no data-dependent control flow, every intermediate at most 5-d.
+  Selected automatically while tracing / exporting.
 """
 
 from __future__ import annotations
@@ -19,15 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def ms_deform_attn_core(
+def exporting() -> bool:
+    """True while tracing for ONNX or torch.export / compiling: use the exportable `grid_sample_core` then."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def grid_sample_core(
     value: torch.Tensor, shapes: list[tuple[int, int]], locations: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Weighted bilinear samples of a multi-level value map.
-
-    value [B, S, h, d] (S = sum of H_l * W_l, levels concatenated in `shapes` order, row-major within a level);
-    locations [B, Lq, h, L * P, 2] as (x, y) in [0, 1], level-major over the L * P axis; weights [B, Lq, h, L * P].
-    Returns [B, Lq, h * d] = sum over (level, point) of weight * bilinear(value_l at location).
-    """
+    """`ms_deform_attn_core` with `F.grid_sample` per level (the official form; exports to ONNX GridSample)."""
     b, _, heads, d = value.shape
     lq = locations.shape[1]
     num_points = locations.shape[3] // len(shapes)
@@ -44,6 +48,89 @@ def ms_deform_attn_core(
     w = weights.transpose(1, 2).reshape(b * heads, 1, lq, -1)  # [B, Lq, h, L*P] -> [B*h, 1, Lq, L*P]
     out = (sampled * w).sum(-1)  # [B*h, d, Lq]
     return out.view(b, heads * d, lq).transpose(1, 2)  # [B, Lq, h*d]
+
+
+def level_sizes(shapes: list[tuple[int, int]], num_points: int, like: torch.Tensor) -> torch.Tensor:
+    """(W_l, H_l) of the level of each of the L * P samples (level-major): [L * P, 2], dtype / device of `like`."""
+    sizes = torch.tensor([[w, h] for h, w in shapes], dtype=like.dtype, device=like.device)
+    return sizes.repeat_interleave(num_points, dim=0)
+
+
+def gather_core(
+    value: torch.Tensor, shapes: list[tuple[int, int]], pixels: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """`ms_deform_attn_core` with pixel coordinates: pixels [B, Lq, h, L*P, 2] = location * (W_l, H_l) - 0.5 as
+    (x, y) (pixel j's centre is at j), value [B, S, h, d], weights [B, Lq, h, L*P] -> [B, Lq, h*d].
+
+    Each level is zero-padded by 1 pixel before and 2 after in both axes, and coordinates are clamped to [-1, size]:
+    a corner outside the level then reads a zero row, exactly as grid_sample's zero padding (a clamped coordinate has
+    all four corners outside, so value and gradient are 0 there too). Row of corner (x, y) of head k in the table
+    [B * S_pad * h, d]: ((b * S_pad + start_l + (y + 1) * (W_l + 3) + x + 1) * h + k. Differentiable w.r.t. value,
+    pixels and weights (the corner indices are piecewise constant).
+    """
+    b, s, heads, d = value.shape
+    lq, lp = pixels.shape[1], pixels.shape[3]
+    points = lp // len(shapes)
+    channels = heads * d
+    padded = [(h + 3, w + 3) for h, w in shapes]
+    s_pad = sum(h * w for h, w in padded)
+    table = value.new_zeros(b, s_pad, channels)  # [B, S_pad, h*d]
+    start, start_pad = 0, 0
+    for (h, w), (hp, wp) in zip(shapes, padded):
+        inner = table[:, start_pad : start_pad + hp * wp].view(b, hp, wp, channels)[:, 1 : h + 1, 1 : w + 1]
+        inner.copy_(value[:, start : start + h * w].reshape(b, h, w, channels))
+        start, start_pad = start + h * w, start_pad + hp * wp
+
+    device = value.device
+    sizes = level_sizes(shapes, points, pixels)  # [L*P, 2] (W_l, H_l)
+    xy = torch.clamp(pixels, -torch.ones_like(sizes), sizes)  # [B, Lq, h, L*P, 2]
+    corner = xy.floor()
+    frac = xy - corner
+    tent = torch.stack((1 - frac, frac), dim=-1)  # [B, Lq, h, L*P, 2 (x, y), 2 (corner 0, 1)]
+    corner_weights = (weights[..., None] * tent[..., 1, :])[..., :, None] * tent[..., 0, None, :]  # [..., 2 y, 2 x]
+
+    # row of corner (0, 0) without the constant part: x * h + y * (W_l + 3) * h, as one matmul with a block-diagonal
+    # [L*P*2, L*P] matrix (exact: integers below 2**24 in float32, else float64)
+    strides = torch.tensor([[heads, wp * heads] for _, wp in padded], dtype=torch.float64, device=device)
+    strides = strides.repeat_interleave(points, dim=0)  # [L*P, 2]
+    exact = torch.float32 if max(h * w for h, w in padded) * heads < 2**24 else torch.float64
+    select = torch.block_diag(*strides.to(exact).unsqueeze(1))  # [L*P, L*P*2]: row i holds (h, W'h) at 2i, 2i+1
+    row = torch.matmul(corner.detach().to(exact).flatten(-2), select.t()).to(torch.int64)  # [B, Lq, h, L*P]
+    # constant part per (batch, head, sample, corner): (b * S_pad + start_l + W_l + 4) * h + k, + (0, h, W'h, W'h + h)
+    starts = torch.tensor([0] + [h * w for h, w in padded[:-1]], device=device).cumsum(0)
+    level_const = ((starts + torch.tensor([wp + 1 for _, wp in padded], device=device)) * heads).repeat_interleave(
+        points
+    )  # [L*P]
+    corner_step = torch.tensor([[0, heads, wp * heads, (wp + 1) * heads] for _, wp in padded], device=device)
+    const = (
+        torch.arange(b, device=device).view(b, 1, 1, 1, 1) * (s_pad * heads)
+        + torch.arange(heads, device=device).view(1, 1, heads, 1, 1)
+        + level_const.view(1, 1, 1, lp, 1)
+        + corner_step.repeat_interleave(points, dim=0).view(1, 1, 1, lp, 4)
+    )  # [B, 1, h, L*P, 4]
+    rows = row[..., None] + const  # [B, Lq, h, L*P, 4]
+    out = F.embedding_bag(
+        rows.view(-1, lp * 4),
+        table.view(-1, d),
+        per_sample_weights=corner_weights.reshape(-1, lp * 4),
+        mode="sum",
+    )  # [B*Lq*h, d]
+    return out.view(b, lq, channels)
+
+
+def ms_deform_attn_core(
+    value: torch.Tensor, shapes: list[tuple[int, int]], locations: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Weighted bilinear samples of a multi-level value map.
+
+    value [B, S, h, d] (S = sum of H_l * W_l, levels concatenated in `shapes` order, row-major within a level);
+    locations [B, Lq, h, L * P, 2] as (x, y) in [0, 1], level-major over the L * P axis; weights [B, Lq, h, L * P].
+    Returns [B, Lq, h * d] = sum over (level, point) of weight * bilinear(value_l at location).
+    """
+    if exporting():
+        return grid_sample_core(value, shapes, locations, weights)
+    points = locations.shape[3] // len(shapes)
+    return gather_core(value, shapes, locations * level_sizes(shapes, points, locations) - 0.5, weights)
 
 
 class MSDeformAttn(nn.Module):
@@ -88,8 +175,12 @@ class MSDeformAttn(nn.Module):
         b, lq, _ = query.shape
         heads, levels, points = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(value_in).view(b, value_in.shape[1], heads, self.d_model // heads)  # [B, S, h, d]
-        offsets = self.sampling_offsets(query).view(b, lq, heads, levels, 2 * points)  # [B, Lq, h, L, P*2]
         weights = self.attention_weights(query).view(b, lq, heads, levels * points).softmax(-1)  # [B, Lq, h, L*P]
+        if not exporting():  # pixel coordinates directly: location * size - 0.5 = reference * size - 0.5 + offset
+            offsets = self.sampling_offsets(query).view(b, lq, heads, levels * points, 2)  # [B, Lq, h, L*P, 2]
+            base = reference[:, :, None, None, :] * level_sizes(shapes, points, offsets) - 0.5  # [B|1, Lq, 1, L*P, 2]
+            return self.output_proj(gather_core(value, shapes, offsets + base, weights))
+        offsets = self.sampling_offsets(query).view(b, lq, heads, levels, 2 * points)  # [B, Lq, h, L, P*2]
         ref = reference[:, :, None, None, :]  # [B, Lq, 1, 1, 2]
         locations = []
         for level, (h, w) in enumerate(shapes):
@@ -97,4 +188,4 @@ class MSDeformAttn(nn.Module):
             off = torch.stack((off[..., 0] / w, off[..., 1] / h), dim=-1)  # x by width, y by height
             locations.append(ref + off)
         locations = torch.cat(locations, dim=3)  # [B, Lq, h, L*P, 2]
-        return self.output_proj(ms_deform_attn_core(value, shapes, locations, weights))
+        return self.output_proj(grid_sample_core(value, shapes, locations, weights))
