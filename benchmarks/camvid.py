@@ -50,7 +50,7 @@ from camvid_protocol import PROTOCOLS, expand, frame_counts, protocol_datasets  
 
 from maskformer.config import ConfigError, get_preset  # noqa: E402
 from maskformer.engine.loop import Trainer  # noqa: E402
-from maskformer.engine.plots import plot_panels  # noqa: E402
+from maskformer.engine.metrics import plot_panels  # noqa: E402
 from maskformer.evaluation.loop import evaluate_model  # noqa: E402
 
 PAPER_ARCHS = ("maskformer", "per_pixel_baseline", "per_pixel_baseline_plus")

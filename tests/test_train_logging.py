@@ -7,8 +7,16 @@ import json
 import numpy as np
 from PIL import Image
 
-from maskformer.engine.metrics import MetricsLogger, WindowMeter, bar_terms, read_jsonl
-from maskformer.engine.plots import COLORS, plot_panels, plot_training_curves, training_panels
+from maskformer.engine.metrics import (
+    COLORS,
+    MetricsLogger,
+    WindowMeter,
+    bar_terms,
+    plot_panels,
+    plot_training_curves,
+    read_jsonl,
+    training_panels,
+)
 
 
 def test_logger_writes_reads_and_truncates(tmp_path):

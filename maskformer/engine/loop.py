@@ -27,8 +27,7 @@ from maskformer.criterion import build_criterion
 from maskformer.data import build_dataset, build_loader
 from maskformer.engine import distributed as D
 from maskformer.engine import state as S
-from maskformer.engine.metrics import MetricsLogger, Progress, WindowMeter, read_jsonl
-from maskformer.engine.plots import plot_training_curves
+from maskformer.engine.metrics import MetricsLogger, Progress, WindowMeter, plot_training_curves, read_jsonl
 from maskformer.engine.step import NonFiniteLossError, TrainStep
 from maskformer.evaluation.loop import evaluate_model
 from maskformer.hub import BACKBONE_WEIGHTS, backbone_weights, resolve
