@@ -40,12 +40,15 @@ class Predictor:
     calibration: a folder of images that int8 on onnxruntime calibrates on (default: the model's training images).
     """
 
-    def __init__(self, model_or_path: nn.Module | str | os.PathLike, *, task: str | None = None,
-                 device: str | torch.device = "cpu", meta: DatasetMeta | None = None, config: Config | None = None,
-                 min_size_test: int | None = None, max_size_test: int | None = None, batch_size: int = 1,
-                 tta: bool = False, overrides: Sequence[str] = (), precision: str = "fp32", backend: str = "torch",
-                 cache_dir: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None):  # fmt: skip
-        self.precision, self.backend = resolve(backend, precision, device), backend  # checked before loading
+    def __init__(
+        self, model_or_path: nn.Module | str | os.PathLike, *, task: str | None = None,
+        device: str | torch.device = "cpu", meta: DatasetMeta | None = None, config: Config | None = None,
+        min_size_test: int | None = None, max_size_test: int | None = None, batch_size: int = 1, tta: bool = False,
+        overrides: Sequence[str] = (), precision: str = "fp32", backend: str = "torch",
+        cache_dir: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None,
+    ):  # fmt: skip
+        self.precision = resolve(backend, precision, device)  # checked before loading
+        self.backend = backend
         if calibration is not None:  # int8 on onnxruntime calibrates on this folder's images (default: training data)
             calibration_files(calibration)
         if isinstance(model_or_path, nn.Module):
@@ -55,31 +58,28 @@ class Predictor:
 
             model, cfg, loaded_meta = load_model(model_or_path, device, overrides=list(overrides))
             cfg = config or cfg
-        self.model, self.cfg, self.task = model.to(device).eval(), cfg, task or cfg.inference.task
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.task = task or cfg.inference.task
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}; choose one of {', '.join(TASKS)}")
         if self.task != "semantic" and cfg.model.arch.startswith("per_pixel"):
             raise ValueError(f"task={self.task!r} needs a mask-classification model, not arch={cfg.model.arch!r}")
-        k = self._num_classes(probe=meta is None and config is None and loaded_meta is None)
-        self.meta = meta or loaded_meta or DatasetMeta(name="model", class_names=[f"class_{i}" for i in range(k)])
+        self.meta = meta or loaded_meta
+        if self.meta is None:  # placeholder names; a module given without config: as many as its outputs have
+            k = cfg.model.num_classes
+            if config is None:
+                outputs, _ = pipeline.forward(self.model, [torch.zeros(3, 64, 64, device=pipeline.model_device(model))])
+                k = pipeline.num_classes(outputs)
+            self.meta = DatasetMeta(name="model", class_names=[f"class_{i}" for i in range(k)])
         sizes = {"min_size_test": min_size_test, "max_size_test": max_size_test}
         self.inference = replace(cfg.inference, **{k: v for k, v in sizes.items() if v is not None})  # what runs
-        self.batch_size, self.tta = max(1, int(batch_size)), tta
+        self.batch_size = max(1, int(batch_size))
+        self.tta = tta
         if cache_dir is None and not isinstance(model_or_path, nn.Module) and os.path.isdir(model_or_path):
             cache_dir = model_or_path
-        self.runner = build_runner(self.model, backend=backend, precision=self.precision, cache_dir=cache_dir,
-                                   calibration=Calibration(calibration, cfg.data, self.inference))  # fmt: skip
-
-    def _num_classes(self, probe: bool) -> int:
-        """The config's class count, or (a module given without config) the count its outputs have on a tiny image."""
-        if not probe:
-            return self.cfg.model.num_classes
-        outputs, _ = pipeline.forward(self.model, [torch.zeros(3, 64, 64, device=self.device)])
-        return pipeline.num_classes(outputs)
-
-    @property
-    def device(self) -> torch.device:
-        return pipeline.model_device(self.model)
+        kw = dict(backend=backend, precision=self.precision, cache_dir=cache_dir)
+        self.runner = build_runner(self.model, calibration=Calibration(calibration, cfg.data, self.inference), **kw)
 
     def __call__(self, images):
         """One image -> Prediction; a list -> list[Prediction]."""
