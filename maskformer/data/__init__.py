@@ -16,11 +16,17 @@ from .transforms import Sample
 
 # format name -> reader(root, split, **kw)
 FORMATS = {
-    "ade20k": ade20k, "ade20k_full": ade20k_full, "coco_stuff": coco_stuff, "cityscapes": cityscapes,
-    "mapillary": mapillary, "coco_panoptic": coco_panoptic, "ade20k_panoptic": ade20k_panoptic, "folder": folder,
-    "camvid": folder, "synthetic": coco_panoptic,
-}  # fmt: skip
-_FOLDER_FORMATS = ("folder", "camvid")
+    "ade20k": ade20k,
+    "ade20k_full": ade20k_full,
+    "coco_stuff": coco_stuff,
+    "cityscapes": cityscapes,
+    "mapillary": mapillary,
+    "coco_panoptic": coco_panoptic,
+    "ade20k_panoptic": ade20k_panoptic,
+    "folder": folder,
+    "camvid": folder,
+    "synthetic": coco_panoptic,
+}
 
 
 def build_dataset(
@@ -43,7 +49,7 @@ def build_dataset(
         raise DatasetError(f"{root}: dataset root folder not found (data.format={data_cfg.format})")
     target = target or ("panoptic" if data_cfg.recipe in ("panoptic", "detr") else "semantic")
     kw = dict(target=target, train=train)
-    if data_cfg.format in _FOLDER_FORMATS:
+    if FORMATS[data_cfg.format] is folder:
         reduce = {"auto": None, "true": True, "false": False}[data_cfg.reduce_zero_label]  # validated by Config
         kw.update(default_ignore_label=data_cfg.ignore_label, reduce_zero_label=reduce)
     ds = FORMATS[data_cfg.format](root, split, **kw)

@@ -83,8 +83,9 @@ def coco_panoptic_files(
     data = load_json(json_file)
     for key in ("images", "annotations", "categories"):
         if key not in data:
-            raise DatasetError(f"{json_file}: missing key {key!r} (a COCO panoptic JSON has images, annotations, "
-                               "categories)")  # fmt: skip
+            raise DatasetError(
+                f"{json_file}: missing key {key!r} (a COCO panoptic JSON has images, annotations, categories)"
+            )
     meta = meta_from_categories(data["categories"], name=name, source=str(json_file))
     sem_dir = Path(sem_dir) if sem_dir else None
     records = _records(data, meta, Path(image_dir), Path(pan_dir), sem_dir, str(json_file))

@@ -177,10 +177,20 @@ def mapillary_65() -> DatasetMeta:
     return DatasetMeta("mapillary", list(MAPILLARY_NAMES), ignore_label=65)
 
 
+def camvid_11() -> DatasetMeta:
+    """CamVid (SegNet's 11 classes; the data itself is read as a folder dataset), for its standard colours."""
+    return DatasetMeta("camvid", list(CAMVID_NAMES), palette=CAMVID_PALETTE)
+
+
 BUILTIN_META = {
-    "ade20k": ade20k_150, "ade20k_panoptic": ade20k_panoptic, "ade20k_full": ade20k_full, "coco_stuff": coco_stuff_171,
-    "coco_panoptic": coco_panoptic_133, "cityscapes": cityscapes_19, "mapillary": mapillary_65,
-}  # fmt: skip
+    "ade20k": ade20k_150,
+    "ade20k_panoptic": ade20k_panoptic,
+    "ade20k_full": ade20k_full,
+    "coco_stuff": coco_stuff_171,
+    "coco_panoptic": coco_panoptic_133,
+    "cityscapes": cityscapes_19,
+    "mapillary": mapillary_65,
+}
 
 
 def builtin_meta(dataset: str, num_classes: int) -> DatasetMeta | None:
@@ -192,10 +202,8 @@ def builtin_meta(dataset: str, num_classes: int) -> DatasetMeta | None:
 def standard_palette(meta: DatasetMeta) -> list[tuple[int, int, int]] | None:
     """The standard colours of the dataset `meta`'s classes are (same class names: ADE20K-150, COCO panoptic,
     Cityscapes, CamVid), e.g. for a model directory saved with generated colours; None for other label spaces."""
-    known = [(ADE20K_150_NAMES, ADE20K_PALETTE), (COCO_THING_NAMES + COCO_PANOPTIC_STUFF_NAMES, COCO_PANOPTIC_PALETTE),
-             (CITYSCAPES_NAMES, CITYSCAPES_PALETTE), (CAMVID_NAMES, CAMVID_PALETTE)]  # fmt: skip
     names = [n.lower().replace(" ", "_") for n in meta.class_names]
-    for table, palette in known:
-        if names == [n.lower().replace(" ", "_") for n in table]:
-            return list(palette)
+    for known in (ade20k_150(), coco_panoptic_133(), cityscapes_19(), camvid_11()):
+        if names == [n.lower().replace(" ", "_") for n in known.class_names]:
+            return list(known.palette)
     return None

@@ -189,8 +189,10 @@ def prepare_ade20k_panoptic(root: str | Path, log: Log = print) -> Path:
     """ADEChallengeData2016 semantic + annotations_instance -> ade20k_panoptic_{train,val}/ PNGs + JSON."""
     base = prepare_ade20k(root, log=log)  # the reader also needs annotations_detectron2
     meta = builtin.ade20k_panoptic()
-    cats = [{"id": i, "name": n, "isthing": int(t), "color": list(c)}
-            for i, (n, t, c) in enumerate(zip(meta.class_names, meta.is_thing, meta.palette))]  # fmt: skip
+    cats = [
+        {"id": i, "name": n, "isthing": int(t), "color": list(c)}
+        for i, (n, t, c) in enumerate(zip(meta.class_names, meta.is_thing, meta.palette))
+    ]
     for split, short in (("training", "train"), ("validation", "val")):
         if not (base / "annotations_instance" / split).is_dir():
             continue
@@ -230,6 +232,9 @@ def prepare_coco_panoptic_semantic(root: str | Path, splits=("train2017", "val20
 
 
 PREPARERS = {
-    "ade20k": prepare_ade20k, "coco_stuff_10k": prepare_coco_stuff_10k, "ade20k_full": prepare_ade20k_full,
-    "ade20k_panoptic": prepare_ade20k_panoptic, "coco_panoptic_semantic": prepare_coco_panoptic_semantic,
-}  # fmt: skip
+    "ade20k": prepare_ade20k,
+    "coco_stuff_10k": prepare_coco_stuff_10k,
+    "ade20k_full": prepare_ade20k_full,
+    "ade20k_panoptic": prepare_ade20k_panoptic,
+    "coco_panoptic_semantic": prepare_coco_panoptic_semantic,
+}

@@ -63,8 +63,10 @@ def micro_batch_size(train: TrainConfig, world_size: int) -> int:
     """Images per process per forward pass: batch_size / (world_size * grad_accum), which must divide exactly."""
     parts = world_size * max(train.grad_accum, 1)
     if train.batch_size % parts:
-        raise ValueError(f"train.batch_size={train.batch_size} is not divisible by world_size ({world_size}) x "
-                         f"train.grad_accum ({train.grad_accum}); the total batch must split evenly")  # fmt: skip
+        raise ValueError(
+            f"train.batch_size={train.batch_size} is not divisible by world_size ({world_size}) x "
+            f"train.grad_accum ({train.grad_accum}); the total batch must split evenly"
+        )
     return train.batch_size // parts
 
 
@@ -310,8 +312,12 @@ def _gather(obj) -> list:
 def _warn_config_changes(saved: dict, cfg: Config, where: Path) -> None:
     """Name the config keys that differ from the checkpoint's (allowed, e.g. a longer max_iter, but worth seeing)."""
     now = cfg.to_dict()
-    diffs = [f"{sec}.{k}: {saved[sec][k]!r} -> {v!r}" for sec, fields in now.items() for k, v in fields.items()
-             if sec in saved and k in saved[sec] and _norm(saved[sec][k]) != _norm(v)]  # fmt: skip
+    diffs = [
+        f"{sec}.{k}: {saved[sec][k]!r} -> {v!r}"
+        for sec, fields in now.items()
+        for k, v in fields.items()
+        if sec in saved and k in saved[sec] and _norm(saved[sec][k]) != _norm(v)
+    ]
     if diffs:
         warnings.warn(f"resuming {where} with a changed config: {'; '.join(diffs)}", stacklevel=3)
 

@@ -48,8 +48,10 @@ def prepare_out_dir(out: Path, *, resume: bool = False, overwrite: bool = False)
     old = [name for name in RUN_FILES[:5] if (out / name).exists()]
     if old and not resume:
         if not overwrite:
-            raise RunExistsError(f"{out} already holds a training run ({', '.join(old)}); continue it with --resume, "
-                                 "start over with --overwrite, or choose another --out")  # fmt: skip
+            raise RunExistsError(
+                f"{out} already holds a training run ({', '.join(old)}); continue it with --resume, "
+                "start over with --overwrite, or choose another --out"
+            )
         for path in (out / name for name in RUN_FILES):
             if path.is_dir():
                 shutil.rmtree(path)
