@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 
 from maskformer.checkpoint import atomic_write
-from maskformer.io import atomic_file
 
 TRAIN_STATE = "train_state.pt"
 LATEST = "latest"
@@ -40,9 +40,7 @@ def prepare_out_dir(out: Path, *, resume: bool = False, overwrite: bool = False)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with atomic_file(out / ".write_test") as tmp:
-            tmp.write_bytes(b"0" * 4096)
-        (out / ".write_test").unlink()
+        tempfile.TemporaryFile(dir=out).close()
     except OSError as e:
         raise OSError(f"output folder {out} is not writable: {e.strerror or e}") from None
     old = [name for name in RUN_FILES[:5] if (out / name).exists()]
