@@ -287,8 +287,8 @@ SWIN_BACKBONE_TRAIN = dict(
 def _cfg(model: dict, data: dict, train: dict, inference: dict | None = None) -> Config:
     if model.get("arch") == "per_pixel_baseline_plus":  # one query per class
         model = dict(model, num_queries=model["num_classes"])
-    model, data, train = ModelConfig(**model), DataConfig(**data), TrainConfig(**train)
-    return Config(model=model, data=data, train=train, inference=InferenceConfig(**(inference or {})))
+    sections = dict(model=ModelConfig(**model), data=DataConfig(**data), train=TrainConfig(**train))
+    return Config(**sections, inference=InferenceConfig(**(inference or {})))
 
 
 def _backbone_model(backbone: str) -> dict:

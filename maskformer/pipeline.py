@@ -199,15 +199,22 @@ def predict(
 
     model: an nn.Module, or what maskformer.backends.build_runner makes of it (another precision or backend). Each
     image is resized to the test size (inference.min_size_test, max_size_test) of its output size (an image a dataset
-    already resized is left as it is) and all run as one padded batch. tta: semantic multi-scale + flip
+    already resized is left as it is); images of one padded size run as one batch. tta: semantic multi-scale + flip
     (inference.tta_scales, tta_flip), one original-size image at a time. rule: as postprocess's.
     """
     sizes = [tuple(s) for s in output_sizes] if output_sizes is not None else [a.shape[:2] for a in images]
     if tta and task != "semantic":
         raise ValueError(f"test-time augmentation is defined for semantic segmentation only, not task={task!r}")
     if tta:
-        names = list(names) or [""] * len(images)
-        return [_tta_prediction(model, *args, meta, inference) for args in zip(images, sizes, names)]
+        min_sizes, cap = tta_sizes(inference.min_size_test, inference.tta_scales, inference.max_size_test)
+        preds = []
+        for image, size, name in zip(images, sizes, list(names) or [""] * len(images)):
+            if tuple(image.shape[:2]) != tuple(size):
+                raise ValueError(f"{name or 'image'}: test-time augmentation needs the image at its original size")
+            scores = semantic_tta(model, image, min_sizes=min_sizes, max_size=cap, flip=inference.tta_flip)
+            check_label_space(scores.shape[0], meta)
+            preds.append(Prediction(image_size=tuple(size), semantic=scores.argmax(0).cpu()))
+        return preds
     device = model_device(model)
     run_sizes = [run_size(*s, inference.min_size_test, inference.max_size_test) for s in sizes]
     tensors = [to_tensor(resize_image(a, size), device) for a, size in zip(images, run_sizes)]
@@ -235,15 +242,6 @@ def padded_size_groups(tensors: Sequence[torch.Tensor], divisor: int) -> list[li
     return list(groups.values())
 
 
-def _tta_prediction(model, image, size, name, meta, inf: InferenceConfig) -> Prediction:
-    if tuple(image.shape[:2]) != tuple(size):
-        raise ValueError(f"{name or 'image'}: test-time augmentation needs the image at its original size")
-    sizes, cap = tta_sizes(inf.min_size_test, inf.tta_scales, inf.max_size_test)
-    scores = semantic_tta(model, image, min_sizes=sizes, max_size=cap, flip=inf.tta_flip)
-    check_label_space(scores.shape[0], meta)
-    return Prediction(image_size=tuple(size), semantic=scores.argmax(0).cpu())
-
-
 # ------------------------------------------------------------------------------------------------ TTA + windows
 def tta_sizes(min_size_test: int, scales: Sequence[float], max_size_test: int) -> tuple[list[int], int]:
     """Official TTA short sides (scale x test size) and the long-side cap (largest scale x max size)."""
@@ -259,7 +257,8 @@ def semantic_tta(
     if len(min_sizes) == 0:
         raise ValueError("semantic_tta needs at least one size in min_sizes")
     h, w = image.shape[:2]
-    device, total, n = model_device(model), None, 0
+    device = model_device(model)
+    total, n = None, 0
     for short in min_sizes:
         resized = to_tensor(resize_image(image, shortest_edge_size(h, w, short, max_size)), device)
         for flipped in (False, True) if flip else (False,):
@@ -292,7 +291,8 @@ def sliding_window_semantic(
     stride = stride or (max(1, window[0] * 2 // 3), max(1, window[1] * 2 // 3))
     ys, xs = window_starts(h, window[0], stride[0]), window_starts(w, window[1], stride[1])
     boxes = [(y, x, min(window[0], h), min(window[1], w)) for y in ys for x in xs]
-    total, count = None, image.new_zeros(1, h, w)
+    total = None
+    count = image.new_zeros(1, h, w)
     for b0 in range(0, len(boxes), batch_size):
         chunk = boxes[b0 : b0 + batch_size]
         crops = [image[:, y : y + wh, x : x + ww] for y, x, wh, ww in chunk]

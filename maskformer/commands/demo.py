@@ -116,7 +116,8 @@ def _overlay_grid(trainer, path: Path) -> None:
     from maskformer.pipeline import predict
     from maskformer.visualize import grid, panoptic_overlay, prediction_overlay
 
-    meta, model, inf = trainer.meta, trainer.model.eval(), trainer.cfg.inference
+    meta = trainer.meta
+    model = trainer.model.eval()
     rows = []
     for i in range(min(NUM_OVERLAYS, len(trainer.val_set))):
         image, _, info = trainer.val_set[i]
@@ -125,7 +126,7 @@ def _overlay_grid(trainer, path: Path) -> None:
         gt_segs = [{"id": i, "category_id": c, "isthing": meta.is_thing[c]} for i, c in gt]
         row = [rgb, panoptic_overlay(rgb, read_panoptic(info["pan_seg_file_name"]), gt_segs, meta, legend=False)]
         for task in ("semantic", "panoptic"):
-            pred = predict(model, [rgb], task=task, meta=meta, inference=inf)[0]
+            pred = predict(model, [rgb], task=task, meta=meta, inference=trainer.cfg.inference)[0]
             row.append(prediction_overlay(rgb, pred, meta, legend=False))
         rows.append(row)
     write_image(path, grid(rows, ["image", "ground truth", "semantic", "panoptic"]))

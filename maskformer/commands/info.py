@@ -1,10 +1,6 @@
-"""`maskformer info PRESET`: parameters and GFLOPs (multiply-adds, semantic inference included) at the crop size.
-
-Counted on the meta device (no weights are allocated), so even Swin-L takes a few seconds. What is counted is
-documented in maskformer/modeling/flops.py.
-
-`maskformer info --system`: this machine as inference sees it (CPU model, the flags that matter, cores, torch
-version and threads, the precision `--precision auto` picks, CUDA devices).
+"""`maskformer info PRESET`: parameters and GFLOPs (multiply-adds, semantic inference included) at the crop size,
+counted on the meta device (no weights are allocated; what is counted: maskformer/modeling/flops.py).
+`maskformer info --system`: this machine as inference sees it (maskformer.precision.system_info).
 """
 
 from __future__ import annotations

@@ -19,9 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def preset_rows(name_filter: str = "") -> list[dict]:
     """One dict per preset: name, arch, backbone, pixel decoder, dataset, classes, queries, crop, paper numbers."""
     rows = []
-    for name in sorted(PRESETS):
-        if name_filter not in name:
-            continue
+    for name in sorted(n for n in PRESETS if name_filter in n):
         cfg = get_preset(name)
         m = cfg.model
         params, gflops = PAPER_NUMBERS.get(name, (None, None))

@@ -89,18 +89,20 @@ class Writer:
 
     def add(self, pred: Prediction, image, stem: str, source: Path) -> None:
         """Write the image's files; its JSON entries name the input file they came from ("input_file")."""
-        meta, out, name, entries = self.meta, self.out, f"{stem}.png", []
+        name = f"{stem}.png"
+        entries = []
         if self.task == "semantic":
-            fmt.write_semantic(out / "semantic" / name, pred.semantic, meta, dataset_ids=self.dataset_ids)
+            fmt.write_semantic(self.out / "semantic" / name, pred.semantic, self.meta, dataset_ids=self.dataset_ids)
         elif self.task == "panoptic":
-            fmt.write_panoptic(out / "panoptic" / name, pred.panoptic)
+            fmt.write_panoptic(self.out / "panoptic" / name, pred.panoptic)
             entries = [fmt.panoptic_annotation(pred.panoptic, pred.segments, image_id=stem, file_name=name)]
         else:
-            entries = fmt.instance_results(pred.instances, image_id=stem, meta=meta)
+            entries = fmt.instance_results(pred.instances, image_id=stem, meta=self.meta)
         if self.overlay:
-            write_image(out / "overlay" / name, vis.prediction_overlay(image, pred, meta, threshold=self.threshold))
+            overlay = vis.prediction_overlay(image, pred, self.meta, threshold=self.threshold)
+            write_image(self.out / "overlay" / name, overlay)
         entries = [{**e, "input_file": str(source)} for e in entries]
-        write_part(out, stem, entries)  # last: the image's outputs are complete (maskformer.sharding)
+        write_part(self.out, stem, entries)  # last: the image's outputs are complete (maskformer.sharding)
 
     def finish(self, jobs: list[tuple[Path, str]]) -> None:
         """The JSON files from the complete images' parts, in input order, and inputs.json: for each complete

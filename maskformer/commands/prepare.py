@@ -14,7 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="folder holding the raw download (as the reference describes)")
     parser.add_argument(
         "--categories",
-        default=None,
         help="ade20k_full only: JSON list of {id, trainId, name} (the official 847-class mapping); "
         "default: derive the classes present in both splits from the index",
     )
