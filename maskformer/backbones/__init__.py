@@ -1,10 +1,6 @@
-"""Backbones behind one contract (see `base.py`): forward(x) -> {"res2".."res5"} at strides 4/8/16/32, with
-`out_channels`, `strides` and `size_divisibility`. Parameter names are the official detectron2 / D2SwinTransformer
-ones, so released checkpoints load with only the `backbone.` prefix removed.
-
-`build_backbone(name, **kwargs)` looks the name up in the explicit `BACKBONES` table (or `BACKBONE_CLASSES`: "resnet",
-"swin" of any size); kwargs go to the builder (ResNets: `norm`; Swins: `drop_path_rate`; the classes: their keywords).
-"""
+"""Backbones behind the contract of `base.py`, with the official detectron2 / D2SwinTransformer parameter names
+(released checkpoints load with only the `backbone.` prefix removed). `build_backbone(name, **kwargs)`: a preset of
+`BACKBONES` or, of any size from constructor keywords, a class of `BACKBONE_CLASSES` ("resnet", "swin")."""
 
 from __future__ import annotations
 
@@ -14,7 +10,7 @@ from functools import partial
 
 from torch import nn
 
-from maskformer.backbones.base import Backbone, check_image_input, num_parameters
+from maskformer.backbones.base import Backbone, num_parameters
 from maskformer.backbones.resnet import RESNET_VARIANTS, ResNet
 from maskformer.backbones.swin import SWIN_VARIANTS, SwinTransformer
 
@@ -39,12 +35,4 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return builder(**kwargs)
 
 
-__all__ = [
-    "BACKBONES",
-    "Backbone",
-    "ResNet",
-    "SwinTransformer",
-    "build_backbone",
-    "check_image_input",
-    "num_parameters",
-]
+__all__ = ["BACKBONES", "BACKBONE_CLASSES", "Backbone", "ResNet", "SwinTransformer", "build_backbone", "num_parameters"]

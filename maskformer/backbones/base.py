@@ -18,11 +18,8 @@ FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
 class Backbone(nn.Module):
-    """Base class holding the contract attributes.
-
-    out_channels: channels of each output map; strides: its stride w.r.t. the input; size_divisibility: the input
-    side multiple the model pads to (32: every stage halves cleanly).
-    """
+    """Base class holding the contract attributes; size_divisibility: the input side multiple the model pads to
+    (32: every stage halves cleanly)."""
 
     size_divisibility: int = 32
 

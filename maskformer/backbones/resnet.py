@@ -93,7 +93,7 @@ class BottleneckBlock(nn.Module):
     """relu(conv3(relu(conv2(relu(conv1(x))))) + shortcut(x)); 1x1 -> 3x3 (stride, dilation) -> 1x1."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, bottleneck_channels: int, stride=1, dilation=1, norm="FrozenBN"
+        self, in_channels: int, out_channels: int, bottleneck_channels: int, *, stride=1, dilation=1, norm="FrozenBN"
     ):
         super().__init__()
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
@@ -133,12 +133,19 @@ class ResNet(Backbone):
         self.channels_last = channels_last
         self.stem = Stem(stem, stem_channels, norm)
         in_ch = stem_channels
-        for i, name in enumerate(FEATURE_NAMES):
+        for i, (name, out_ch) in enumerate(zip(FEATURE_NAMES, stage_channels)):
             dilations = res5_dilations if (name == "res5" and res5_dilations) else [1] * depths[i]
-            mid = None if bottleneck_channels is None else bottleneck_channels[i]
-            stage = _make_stage(in_ch, stage_channels[i], depths[i], 1 if i == 0 else 2, mid, dilations, norm)
-            self.add_module(name, stage)
-            in_ch = stage_channels[i]
+            blocks = []
+            for j, dilation in enumerate(dilations):  # only block 0 strides (and may project the shortcut)
+                cin = in_ch if j == 0 else out_ch
+                stride = 2 if j == 0 and i > 0 else 1
+                if bottleneck_channels is None:
+                    blocks.append(BasicBlock(cin, out_ch, stride=stride, norm=norm))
+                else:
+                    mid = bottleneck_channels[i]
+                    blocks.append(BottleneckBlock(cin, out_ch, mid, stride=stride, dilation=dilation, norm=norm))
+            self.add_module(name, nn.Sequential(*blocks))
+            in_ch = out_ch
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_image_input(x, type(self).__name__)
@@ -150,20 +157,6 @@ class ResNet(Backbone):
             x = getattr(self, name)(x)
             out[name] = x
         return out
-
-
-def _make_stage(
-    in_ch: int, out_ch: int, depth: int, stride: int, mid: int | None, dilations: Sequence[int], norm: str
-) -> nn.Sequential:
-    """`depth` blocks; only block 0 strides (and may project the shortcut)."""
-
-    def block(j: int) -> nn.Module:
-        cin, s = (in_ch, stride) if j == 0 else (out_ch, 1)
-        if mid is None:
-            return BasicBlock(cin, out_ch, stride=s, norm=norm)
-        return BottleneckBlock(cin, out_ch, bottleneck_channels=mid, stride=s, dilation=dilations[j], norm=norm)
-
-    return nn.Sequential(*(block(j) for j in range(depth)))
 
 
 def _check_resnet_args(depths, stage_channels, bottleneck_channels, stem, res5_dilations, norm) -> None:
@@ -189,6 +182,5 @@ RESNET_VARIANTS = {
     "resnet34": dict(_BASIC, depths=(3, 4, 6, 3)),
     "resnet50": dict(_BOTTLENECK, depths=(3, 4, 6, 3)),  # the official R50
     "resnet101": dict(_BOTTLENECK, depths=(3, 4, 23, 3)),
-    # R101c: the DeepLab stem (128 channels) and res5 dilations 1/2/4 at stride 32
     "resnet101c": dict(_BOTTLENECK, depths=(3, 4, 23, 3), stem="deeplab", stem_channels=128, res5_dilations=(1, 2, 4)),
 }

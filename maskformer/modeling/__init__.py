@@ -15,29 +15,12 @@ from .masked_decoder import Mask2FormerHead, MultiScaleMaskedTransformerDecoder
 from .maskformer import MaskFormer
 from .msdeform_pixel_decoder import MSDeformAttnPixelDecoder
 from .pixel_decoder import BasePixelDecoder, TransformerEncoderPixelDecoder
-from .position_encoding import PositionEmbeddingSine
 
 ARCHS = ("maskformer", "per_pixel_baseline", "per_pixel_baseline_plus", "mask2former")
 PIXEL_DECODERS = ("fpn", "transformer_encoder", "msdeformattn")
 FEATURES = ("res2", "res3", "res4", "res5")
 
-__all__ = [
-    "ARCHS",
-    "PIXEL_DECODERS",
-    "BasePixelDecoder",
-    "MSDeformAttnPixelDecoder",
-    "Mask2FormerHead",
-    "MaskFormer",
-    "MaskFormerHead",
-    "PerPixelBaselineHead",
-    "MultiScaleMaskedTransformerDecoder",
-    "PerPixelBaselinePlusHead",
-    "PositionEmbeddingSine",
-    "TransformerEncoderPixelDecoder",
-    "TransformerPredictor",
-    "build_model",
-    "build_pixel_decoder",
-]
+__all__ = ["ARCHS", "PIXEL_DECODERS", "MaskFormer", "build_model", "build_pixel_decoder"]  # parts: from their modules
 
 
 def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
@@ -51,13 +34,18 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
 
         kw = {"drop_path_rate": m.drop_path_rate} if m.backbone.startswith("swin") else {"norm": m.backbone_norm}
         backbone = build_backbone(m.backbone, **kw, **m.backbone_args)  # norm: FrozenBN (official) or BN/GN (scratch)
-    channels = _backbone_channels(backbone)
+    channels = getattr(backbone, "out_channels", None)
+    if not isinstance(channels, dict) or any(k not in channels for k in FEATURES):
+        raise ValueError(
+            f"backbone {type(backbone).__name__} does not meet the backbone contract: it needs an `out_channels` dict "
+            f"with keys {list(FEATURES)}, got {channels!r}"
+        )
     if (m.arch == "mask2former") != (m.pixel_decoder == "msdeformattn"):
         raise ValueError(
             f"model.arch={m.arch!r} with model.pixel_decoder={m.pixel_decoder!r}: arch 'mask2former' needs "
             "pixel_decoder 'msdeformattn', which no other arch takes"
         )
-    pixel_decoder = build_pixel_decoder(m, channels)
+    pixel_decoder = build_pixel_decoder(m, {k: int(channels[k]) for k in FEATURES})
     decoder = dict(
         num_classes=m.num_classes,
         hidden_dim=m.hidden_dim,
@@ -110,13 +98,3 @@ def build_pixel_decoder(m: ModelConfig, in_channels: dict[str, int]) -> nn.Modul
     if m.pixel_decoder == "transformer_encoder":
         return TransformerEncoderPixelDecoder(**encoder, dim_feedforward=m.dim_feedforward)
     raise ValueError(f"model.pixel_decoder={m.pixel_decoder!r} is unknown; valid: {', '.join(PIXEL_DECODERS)}")
-
-
-def _backbone_channels(backbone: nn.Module) -> dict[str, int]:
-    channels = getattr(backbone, "out_channels", None)
-    if not isinstance(channels, dict) or any(k not in channels for k in FEATURES):
-        raise ValueError(
-            f"backbone {type(backbone).__name__} does not meet the backbone contract: it needs an `out_channels` dict "
-            f"with keys {list(FEATURES)}, got {channels!r}"
-        )
-    return {k: int(channels[k]) for k in FEATURES}

@@ -35,12 +35,6 @@ def add_upsampled(lateral: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return lateral
 
 
-def _check_features(features: dict[str, torch.Tensor]) -> None:
-    missing = [k for k in (*LATERALS, "res5") if k not in features]
-    if missing:
-        raise KeyError(f"pixel decoder: backbone features lack {missing}; got {sorted(features)}")
-
-
 class BasePixelDecoder(nn.Module):
     """Light-weight FPN: top-down nearest upsampling over res5 -> res2, then a 3x3 `mask_features` conv.
 
@@ -70,7 +64,9 @@ class BasePixelDecoder(nn.Module):
 
     def forward_features(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(stride-4 FPN map before `mask_features` [B, conv_dim, H/4, W/4], transformer input)."""
-        _check_features(features)
+        missing = [k for k in (*LATERALS, "res5") if k not in features]
+        if missing:
+            raise KeyError(f"pixel decoder: backbone features lack {missing}; got {sorted(features)}")
         top, transformer_in = self.top(features)
         y = self.layer_4(top)
         for i in (3, 2, 1):
