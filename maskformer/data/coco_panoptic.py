@@ -104,10 +104,8 @@ def coco_panoptic(root: str | Path, split: str, **kw) -> SegDataset:
     json_file = find_dir(
         [base / "annotations" / f"panoptic_{split}.json", base / f"panoptic_{split}.json"], "panoptic JSON", file=True
     )
-    name = "coco_panoptic"
-    meta_file = base / "meta.json"
-    if meta_file.is_file():
-        name = str(load_json(meta_file).get("name", name))
+    meta_file = base / "meta.json"  # written by `maskformer synth`: the dataset's name
+    name = str(load_json(meta_file).get("name", "coco_panoptic")) if meta_file.is_file() else "coco_panoptic"
     return coco_panoptic_files(image_dir, pan_dir, json_file, name=name, **kw)
 
 
