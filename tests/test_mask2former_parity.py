@@ -148,6 +148,13 @@ def test_every_layer_matches_transformers(kind):
     assert final.std(dim=1).mean() / final.std() > 0.1
     blocked = torch.stack([(a["pred_masks"] < 0).float().mean() for a in layers[:-1]])
     assert ((blocked > 0.05) & (blocked < 0.95)).all(), blocked
+    # eval (no aux outputs): the earlier predictions are made only at the levels' sizes, for the attention masks
+    ours.sem_seg_head.predictor.eval()
+    with torch.no_grad():
+        out = ours(batch)
+    assert "aux_outputs" not in out
+    assert _rel(out["pred_logits"], ref.class_queries_logits) < 1e-4
+    assert _rel(out["pred_masks"], ref.masks_queries_logits) < 1e-4
 
 
 def test_hub_names_map_like_in_memory_names(tmp_path):

@@ -51,25 +51,26 @@ def grid_sample_core(
 
 
 def level_sizes(shapes: list[tuple[int, int]], num_points: int, like: torch.Tensor) -> torch.Tensor:
-    """(W_l, H_l) of the level of each of the L * P samples (level-major): [L * P, 2], dtype / device of `like`."""
-    sizes = torch.tensor([[w, h] for h, w in shapes], dtype=like.dtype, device=like.device)
-    return sizes.repeat_interleave(num_points, dim=0)
+    """(W_l, H_l) of the level of each of the L * P samples (level-major) as [2, L * P], dtype / device of `like`."""
+    sizes = torch.tensor([[w for _, w in shapes], [h for h, _ in shapes]], dtype=like.dtype, device=like.device)
+    return sizes.repeat_interleave(num_points, dim=1)
 
 
 def gather_core(
     value: torch.Tensor, shapes: list[tuple[int, int]], pixels: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """`ms_deform_attn_core` with pixel coordinates: pixels [B, Lq, h, L*P, 2] = location * (W_l, H_l) - 0.5 as
-    (x, y) (pixel j's centre is at j), value [B, S, h, d], weights [B, Lq, h, L*P] -> [B, Lq, h*d].
+    """`ms_deform_attn_core` in pixel coordinates: pixels [B, Lq, h, 2, L*P] = location * (W_l, H_l) - 0.5, x then y
+    (pixel j's centre is at j); value [B, S, h, d]; weights [B, Lq, h, L*P] (any strides) -> [B, Lq, h*d].
 
     Each level is zero-padded by 1 pixel before and 2 after in both axes, and coordinates are clamped to [-1, size]:
     a corner outside the level then reads a zero row, exactly as grid_sample's zero padding (a clamped coordinate has
     all four corners outside, so value and gradient are 0 there too). Row of corner (x, y) of head k in the table
-    [B * S_pad * h, d]: ((b * S_pad + start_l + (y + 1) * (W_l + 3) + x + 1) * h + k. Differentiable w.r.t. value,
-    pixels and weights (the corner indices are piecewise constant).
+    [B * S_pad * h, d]: ((b * S_pad + start_l + (y + 1) * (W_l + 3) + x + 1) * h + k. The samples of one query and
+    head form one bag of 4 * L * P rows. Differentiable w.r.t. value, pixels and weights (the corner indices are
+    piecewise constant). The L * P axis is innermost everywhere so the elementwise steps run on contiguous rows.
     """
     b, s, heads, d = value.shape
-    lq, lp = pixels.shape[1], pixels.shape[3]
+    lq, lp = pixels.shape[1], pixels.shape[-1]
     points = lp // len(shapes)
     channels = heads * d
     padded = [(h + 3, w + 3) for h, w in shapes]
@@ -82,21 +83,22 @@ def gather_core(
         start, start_pad = start + h * w, start_pad + hp * wp
 
     device = value.device
-    sizes = level_sizes(shapes, points, pixels)  # [L*P, 2] (W_l, H_l)
-    xy = torch.clamp(pixels, -torch.ones_like(sizes), sizes)  # [B, Lq, h, L*P, 2]
+    sizes = level_sizes(shapes, points, pixels)  # [2, L*P] (W_l; H_l)
+    xy = torch.clamp(pixels, -torch.ones_like(sizes), sizes)  # [B, Lq, h, 2, L*P]
     corner = xy.floor()
     frac = xy - corner
-    tent = torch.stack((1 - frac, frac), dim=-1)  # [B, Lq, h, L*P, 2 (x, y), 2 (corner 0, 1)]
-    corner_weights = (weights[..., None] * tent[..., 1, :])[..., :, None] * tent[..., 0, None, :]  # [..., 2 y, 2 x]
+    tent = torch.stack((1 - frac, frac), dim=3)  # [B, Lq, h, 2 (corner 0, 1), 2 (x, y), L*P]
+    weights_y = weights[:, :, :, None] * tent[:, :, :, :, 1]  # [B, Lq, h, 2 (y corner), L*P]
+    corner_weights = weights_y[:, :, :, :, None] * tent[:, :, :, None, :, 0]  # [B, Lq, h, 2 (y), 2 (x), L*P]
 
-    # row of corner (0, 0) without the constant part: x * h + y * (W_l + 3) * h, as one matmul with a block-diagonal
-    # [L*P*2, L*P] matrix (exact: integers below 2**24 in float32, else float64)
-    strides = torch.tensor([[heads, wp * heads] for _, wp in padded], dtype=torch.float64, device=device)
-    strides = strides.repeat_interleave(points, dim=0)  # [L*P, 2]
+    # row of corner (0, 0) without the constant part, x * h + y * (W_l + 3) * h, as one matmul of [.., 2 * L*P] with a
+    # [2 * L*P, L*P] matrix (exact: integers below 2**24 in float32, else float64)
     exact = torch.float32 if max(h * w for h, w in padded) * heads < 2**24 else torch.float64
-    select = torch.block_diag(*strides.to(exact).unsqueeze(1))  # [L*P, L*P*2]: row i holds (h, W'h) at 2i, 2i+1
-    row = torch.matmul(corner.detach().to(exact).flatten(-2), select.t()).to(torch.int64)  # [B, Lq, h, L*P]
-    # constant part per (batch, head, sample, corner): (b * S_pad + start_l + W_l + 4) * h + k, + (0, h, W'h, W'h + h)
+    strides = torch.tensor([[heads] * len(padded), [wp * heads for _, wp in padded]], dtype=exact, device=device)
+    select = torch.cat([torch.diag(a) for a in strides.repeat_interleave(points, dim=1)])  # [2 * L*P, L*P]
+    row = torch.matmul(corner.detach().to(exact).flatten(-2), select)  # [B, Lq, h, L*P]
+    index = torch.int32 if b * s_pad * heads < 2**31 else torch.int64
+    # constant part per (batch, head, corner, sample): (b * S_pad + start_l + W_l + 4) * h + k + (0, h, W'h, W'h + h)
     starts = torch.tensor([0] + [h * w for h, w in padded[:-1]], device=device).cumsum(0)
     level_const = ((starts + torch.tensor([wp + 1 for _, wp in padded], device=device)) * heads).repeat_interleave(
         points
@@ -105,14 +107,14 @@ def gather_core(
     const = (
         torch.arange(b, device=device).view(b, 1, 1, 1, 1) * (s_pad * heads)
         + torch.arange(heads, device=device).view(1, 1, heads, 1, 1)
-        + level_const.view(1, 1, 1, lp, 1)
-        + corner_step.repeat_interleave(points, dim=0).view(1, 1, 1, lp, 4)
-    )  # [B, 1, h, L*P, 4]
-    rows = row[..., None] + const  # [B, Lq, h, L*P, 4]
+        + level_const.view(1, 1, 1, 1, lp)
+        + corner_step.t().repeat_interleave(points, dim=1).view(1, 1, 1, 4, lp)
+    ).to(index)  # [B, 1, h, 4, L*P]
+    rows = row.to(index)[:, :, :, None] + const  # [B, Lq, h, 4 (corner), L*P]
     out = F.embedding_bag(
-        rows.view(-1, lp * 4),
+        rows.view(-1, 4 * lp),
         table.view(-1, d),
-        per_sample_weights=corner_weights.reshape(-1, lp * 4),
+        per_sample_weights=corner_weights.reshape(-1, 4 * lp),
         mode="sum",
     )  # [B*Lq*h, d]
     return out.view(b, lq, channels)
@@ -129,8 +131,8 @@ def ms_deform_attn_core(
     """
     if exporting():
         return grid_sample_core(value, shapes, locations, weights)
-    points = locations.shape[3] // len(shapes)
-    return gather_core(value, shapes, locations * level_sizes(shapes, points, locations) - 0.5, weights)
+    pixels = locations.transpose(-1, -2) * level_sizes(shapes, locations.shape[3] // len(shapes), locations) - 0.5
+    return gather_core(value, shapes, pixels, weights)
 
 
 class MSDeformAttn(nn.Module):
@@ -175,12 +177,22 @@ class MSDeformAttn(nn.Module):
         b, lq, _ = query.shape
         heads, levels, points = self.n_heads, self.n_levels, self.n_points
         value = self.value_proj(value_in).view(b, value_in.shape[1], heads, self.d_model // heads)  # [B, S, h, d]
-        weights = self.attention_weights(query).view(b, lq, heads, levels * points).softmax(-1)  # [B, Lq, h, L*P]
-        if not exporting():  # pixel coordinates directly: location * size - 0.5 = reference * size - 0.5 + offset
-            offsets = self.sampling_offsets(query).view(b, lq, heads, levels * points, 2)  # [B, Lq, h, L*P, 2]
-            base = reference[:, :, None, None, :] * level_sizes(shapes, points, offsets) - 0.5  # [B|1, Lq, 1, L*P, 2]
+        if not exporting():
+            # output rows reordered so that the L*P axis is innermost: offsets [B, Lq, h, 2, L*P] (x; y), attention
+            # logits [B, Lq, L*P, h] (a softmax over a non-last axis of 12 runs much faster than over the last)
+            lin = self.sampling_offsets
+            order = torch.arange(lin.out_features, device=query.device).view(heads, levels * points, 2)
+            order = order.transpose(1, 2).flatten()
+            offsets = F.linear(query, lin.weight[order], lin.bias[order]).view(b, lq, heads, 2, levels * points)
+            lin = self.attention_weights
+            order = torch.arange(lin.out_features, device=query.device).view(heads, levels * points).t().flatten()
+            logits = F.linear(query, lin.weight[order], lin.bias[order]).view(b, lq, levels * points, heads)
+            weights = logits.softmax(2).transpose(2, 3)  # [B, Lq, h, L*P]
+            # pixel coordinates: location * size - 0.5 = reference * size - 0.5 + offset
+            base = reference[:, :, None, :, None] * level_sizes(shapes, points, offsets) - 0.5  # [B|1, Lq, 1, 2, L*P]
             return self.output_proj(gather_core(value, shapes, offsets + base, weights))
         offsets = self.sampling_offsets(query).view(b, lq, heads, levels, 2 * points)  # [B, Lq, h, L, P*2]
+        weights = self.attention_weights(query).view(b, lq, heads, levels * points).softmax(-1)  # [B, Lq, h, L*P]
         ref = reference[:, :, None, None, :]  # [B, Lq, 1, 1, 2]
         locations = []
         for level, (h, w) in enumerate(shapes):

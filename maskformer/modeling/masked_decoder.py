@@ -69,7 +69,7 @@ class FFNLayer(nn.Module):
         xavier_reset(self)
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
-        return self.norm(tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt))))))
+        return self.norm(tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(tgt), inplace=True)))))
 
 
 def attention_mask(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -78,8 +78,12 @@ def attention_mask(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Te
     Blocked where sigmoid(bilinear resize to `size`) < 0.5; a query blocked everywhere attends everywhere instead
     (the official row reset, here as a logical op). No gradient flows through it (the official detach).
     """
-    resized = F.interpolate(mask_logits.detach(), size=size, mode="bilinear", align_corners=False)
-    blocked = resized.sigmoid().flatten(2) < 0.5  # [B, Q, h*w]
+    return attend_where(F.interpolate(mask_logits.detach(), size=size, mode="bilinear", align_corners=False))
+
+
+def attend_where(level_logits: torch.Tensor) -> torch.Tensor:
+    """`attention_mask` from mask logits already at the level's size [B, Q, h, w] -> bool [B, 1, Q, h*w]."""
+    blocked = level_logits.detach().sigmoid().flatten(2) < 0.5  # [B, Q, h*w]
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
     return (~blocked).unsqueeze(1)
 
@@ -157,15 +161,26 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)  # [B, Q, C]
         output = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)  # [B, Q, C]
         aux = self.training and self.deep_supervision
+        if not aux:
+            # only the last prediction is returned: the earlier ones serve only as attention masks, which need the
+            # mask logits at the level's size. Resizing is linear per channel, so resize(mask_embed . features) =
+            # mask_embed . resize(features): the mask features are resized once per level instead of the logits of
+            # every layer computed at full resolution and resized.
+            level_features = [
+                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False) for size in sizes
+            ]  # [B, mask_dim, h_l, w_l]
         predictions = []
         for i in range(self.num_layers + 1):
             last = i == self.num_layers
-            logits, masks = self.predict(output, mask_features, with_class=aux or last)
-            predictions.append({"pred_logits": logits, "pred_masks": masks})
-            if last:
-                break
             level = i % NUM_LEVELS
-            attend = attention_mask(masks, sizes[level])
+            if aux or last:
+                logits, masks = self.predict(output, mask_features, with_class=True)
+                predictions.append({"pred_logits": logits, "pred_masks": masks})
+                if last:
+                    break
+                attend = attention_mask(masks, sizes[level])
+            else:
+                attend = attend_where(self.predict(output, level_features[level], with_class=False)[1])
             output = self.transformer_cross_attention_layers[i](output, keys[level], values[level], query_pos, attend)
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)

@@ -57,7 +57,7 @@ class MSDeformAttnEncoderLayer(nn.Module):
     ) -> torch.Tensor:
         """src, pos [B, S, C]; reference [1, S, 2] -> [B, S, C]."""
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference, src, shapes)))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout3(ffn))
 
 
@@ -165,7 +165,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         c2_xavier_fill(self.mask_features)
         self.adapter_1 = Conv2d(in_channels["res2"], conv_dim, 1, bias=False, norm=group_norm(conv_dim))
         self.layer_1 = Conv2d(
-            conv_dim, conv_dim, 3, padding=1, bias=False, norm=group_norm(conv_dim), activation=nn.ReLU()
+            conv_dim, conv_dim, 3, padding=1, bias=False, norm=group_norm(conv_dim), activation=nn.ReLU(inplace=True)
         )
         c2_xavier_fill(self.adapter_1)
         c2_xavier_fill(self.layer_1)
