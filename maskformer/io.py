@@ -104,8 +104,9 @@ def read_panoptic(path: str | Path) -> np.ndarray:
         img = open_image(path, "panoptic PNG")
         if img.mode not in ("RGB", "RGBA", "P"):
             raise FormatError(f"{path}: panoptic PNG has mode {img.mode}; expected RGB (id = R + 256 G + 256^2 B)")
-        rgb = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-    h, w, c = rgb.shape  # c = 3 (RGB) or 4 (RGBA)
+        img = img if img.mode == "RGB" else img.convert("RGB")
+        rgb = np.frombuffer(img.tobytes("raw", "RGBX"), np.uint8).reshape(img.height, img.width, 4)  # Pillow's layout
+    h, w, c = rgb.shape  # c = 3 (RGB) or 4 (RGBA, RGBX)
     flat, ids = rgb.reshape(-1), np.empty(h * w, dtype="<u4")
     # each pixel's bytes (R, G, B, next byte) read as one little-endian uint32 and cut to 24 bits: the id, in one
     # pass and no casts; the last pixel's read would pass the end, so it is assembled on its own
