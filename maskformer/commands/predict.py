@@ -140,31 +140,30 @@ def _run(args: argparse.Namespace) -> int:
     writer = Writer(out, predictor, overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold)
     jobs = [(path, writer.name_for(path)) for path in files]  # (input, output stem): alike in every process
     mine, note = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less complete images
-    failed = _predict_all(mine, predictor, writer, max(1, args.batch_size))
+    failed = _predict_all(mine, predictor, writer)
     finish(lambda: writer.finish(jobs))
     done = len(mine) - len(failed)
     print(f"{done} of {len(mine)} images{note} -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 
-def _predict_all(jobs: list[tuple[Path, str]], predictor: Predictor, writer: Writer, batch_size: int) -> list[str]:
-    """(input, output stem) pairs batch by batch with a progress bar; unreadable files are reported and skipped.
-    Returns their names."""
+def _predict_all(jobs: list[tuple[Path, str]], predictor: Predictor, writer: Writer) -> list[str]:
+    """(input, output stem) pairs predictor.batch_size at a time with a progress bar; unreadable files are reported
+    and skipped. Returns their names."""
     failed: list[str] = []
-    bar = tqdm(total=len(jobs), unit="img", desc="predict")
-    for b0 in range(0, len(jobs), batch_size):
-        images, done = [], []
-        for path, stem in jobs[b0 : b0 + batch_size]:
-            try:
-                images.append(load_image(path))
-                done.append((path, stem))
-            except ImageError as e:
-                tqdm.write(f"skipped: {e}", file=sys.stderr)
-                failed.append(str(path))
-        if images:
-            preds = predictor.predict_arrays(images, [str(p) for p, _ in done])
-            for pred, image, (path, stem) in zip(preds, images, done):
-                writer.add(pred, image, stem, path)
-        bar.update(len(jobs[b0 : b0 + batch_size]))
-    bar.close()
+    with tqdm(total=len(jobs), unit="img", desc="predict") as bar:
+        for b0 in range(0, len(jobs), predictor.batch_size):
+            images, done = [], []
+            for path, stem in jobs[b0 : b0 + predictor.batch_size]:
+                try:
+                    images.append(load_image(path))
+                    done.append((path, stem))
+                except ImageError as e:
+                    tqdm.write(f"skipped: {e}", file=sys.stderr)
+                    failed.append(str(path))
+            if images:
+                preds = predictor.predict_arrays(images, [str(p) for p, _ in done])
+                for pred, image, (path, stem) in zip(preds, images, done):
+                    writer.add(pred, image, stem, path)
+            bar.update(len(jobs[b0 : b0 + predictor.batch_size]))
     return failed
