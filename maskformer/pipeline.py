@@ -71,21 +71,19 @@ def load_image(image, name: str = "") -> np.ndarray:
 
     Grayscale, RGBA, palette, 16-bit and float inputs are converted; EXIF orientation is applied to files."""
     if isinstance(image, str | os.PathLike):
-        return _from_pil(ImageOps.exif_transpose(open_image(image)), str(image))
+        name = str(image)
+        image = ImageOps.exif_transpose(open_image(image))
     if isinstance(image, Image.Image):
-        return _from_pil(image, name or "PIL image")
+        name = name or "PIL image"
+        if not (image.mode.startswith("I") or image.mode == "F"):  # else 16/32-bit integer or float grayscale
+            return np.asarray(image.convert("RGB"))
+        image = np.asarray(image)
     if torch.is_tensor(image):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
         return _from_array(image, name or "array")
     kind = type(image).__name__
     raise ImageError(f"{name or 'input'}: expected a path, PIL image, numpy array or tensor, got {kind}")
-
-
-def _from_pil(img: Image.Image, name: str) -> np.ndarray:
-    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float grayscale
-        return _from_array(np.asarray(img), name)
-    return np.asarray(img.convert("RGB"))
 
 
 def _from_array(a: np.ndarray, name: str) -> np.ndarray:
