@@ -35,14 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from maskformer.sharding import process_group
-
-    check_args(args, out_folder=str(Path(args.json).parent) if args.json else ".")  # before any work
-    with process_group(args.device or (None if args.backend == "torch" else "cpu")), loud_warnings():  # sharded
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
     import torch
 
     from maskformer.data import DatasetError, build_dataset
@@ -50,37 +42,39 @@ def _run(args: argparse.Namespace) -> int:
     from maskformer.evaluation.report import format_instance, format_panoptic, format_semantic
     from maskformer.hub import load_model
     from maskformer.io import save_json
-    from maskformer.sharding import is_main
+    from maskformer.sharding import is_main, process_group
 
-    device = args.device or ("cuda" if torch.cuda.is_available() and args.backend == "torch" else "cpu")
-    try:
-        resolve(args.backend, args.precision, device)  # a bad combination: one line before loading anything
-        model, cfg, meta = load_model(args.model, device, overrides=args.opts)
-        task = args.task or cfg.inference.task
-        data_cfg = replace(cfg.data, root=args.data) if args.data else cfg.data
-        target = "semantic" if task == "semantic" else "panoptic"
-        dataset = build_dataset(data_cfg, args.split or cfg.data.val_split, train=False, target=target)
-        results = evaluate_model(  # the pipeline checks the model's classes against the dataset's
-            model, dataset, task=task, tta=args.tta, cfg=cfg, batch_size=args.batch_size,
-            num_workers=args.workers, max_images=args.max_images, progress=sys.stderr.isatty(),
-            precision=args.precision, backend=args.backend, cache_dir=args.model if Path(args.model).is_dir() else None,
-            calibration=args.calibration,
-        )  # fmt: skip
-    except (ValueError, KeyError, FileNotFoundError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if not is_main():  # several processes (torchrun): the first one reports
+    check_args(args, out_folder=str(Path(args.json).parent) if args.json else ".")  # before any work
+    with process_group(args.device or (None if args.backend == "torch" else "cpu")), loud_warnings():  # sharded
+        device = args.device or ("cuda" if torch.cuda.is_available() and args.backend == "torch" else "cpu")
+        try:
+            resolve(args.backend, args.precision, device)  # a bad combination: one line before loading anything
+            model, cfg, meta = load_model(args.model, device, overrides=args.opts)
+            task = args.task or cfg.inference.task
+            data_cfg = replace(cfg.data, root=args.data) if args.data else cfg.data
+            target = "semantic" if task == "semantic" else "panoptic"
+            dataset = build_dataset(data_cfg, args.split or cfg.data.val_split, train=False, target=target)
+            results = evaluate_model(  # the pipeline checks the model's classes against the dataset's
+                model, dataset, task=task, tta=args.tta, cfg=cfg, batch_size=args.batch_size, num_workers=args.workers,
+                max_images=args.max_images, progress=sys.stderr.isatty(), precision=args.precision,
+                backend=args.backend, calibration=args.calibration,
+                cache_dir=args.model if Path(args.model).is_dir() else None,
+            )  # fmt: skip
+        except (ValueError, KeyError, FileNotFoundError, DatasetError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if not is_main():  # several processes (torchrun): the first one reports
+            return 0
+        fmt = {"semantic": format_semantic, "panoptic": format_panoptic, "instance": format_instance}[task]
+        print(fmt(results, per_class=not args.no_per_class))
+        system = system_info()
+        print(
+            f"precision {results['precision']} (asked {args.precision}), backend {results['backend']}, "
+            f"device {device}; CPU {system['cpu']}, native bf16 {'yes' if system['native_bf16'] else 'no'}, "
+            f"auto -> {system['auto_precision_cpu']}"
+        )
+        out = args.json or f"eval_{task}.json"
+        doc = {"model": str(args.model), "dataset": dataset.source, "tta": args.tta, **results, "device": str(device)}
+        save_json(out, {**doc, "system": system}, indent=1)
+        print(f"wrote {out}")
         return 0
-    fmt = {"semantic": format_semantic, "panoptic": format_panoptic, "instance": format_instance}[task]
-    print(fmt(results, per_class=not args.no_per_class))
-    system = system_info()
-    print(
-        f"precision {results['precision']} (asked {args.precision}), backend {results['backend']}, device {device}; "
-        f"CPU {system['cpu']}, native bf16 {'yes' if system['native_bf16'] else 'no'}, auto -> "
-        f"{system['auto_precision_cpu']}"
-    )
-    out = args.json or f"eval_{task}.json"
-    doc = {"model": str(args.model), "dataset": dataset.source, "tta": args.tta, **results, "device": str(device)}
-    save_json(out, {**doc, "system": system}, indent=1)
-    print(f"wrote {out}")
-    return 0

@@ -24,39 +24,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from maskformer.commands.options import check_args, loud_warnings
-
-    check_args(args, out_file=args.out)  # bad values, an --out that cannot be written: before loading and tracing
-    with loud_warnings():
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
     from maskformer.convert.safe_pickle import UnsafePickleError
     from maskformer.export import check_export, export
     from maskformer.hub import load_model
 
-    try:
-        model, cfg, _ = load_model(args.model)
-    except (ValueError, UnsafePickleError) as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    h, w = args.size or cfg.data.crop_size
-    kwargs = {"opset": args.opset} if args.format == "onnx" else {}
-    path = export(model, args.out, args.format, sample_size=(2, h, w), **kwargs)
-    print(f"wrote {path} ({args.format}; input images [B, 3, H, W] raw RGB 0..255, dynamic B/H/W)")
-    if not args.check:
+    check_args(args, out_file=args.out)  # bad values, an --out that cannot be written: before loading and tracing
+    with loud_warnings():
+        try:
+            model, cfg, _ = load_model(args.model)
+        except (ValueError, UnsafePickleError) as e:  # CheckpointError is a ValueError
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        h, w = args.size or cfg.data.crop_size
+        kwargs = {"opset": args.opset} if args.format == "onnx" else {}
+        path = export(model, args.out, args.format, sample_size=(2, h, w), **kwargs)
+        print(f"wrote {path} ({args.format}; input images [B, 3, H, W] raw RGB 0..255, dynamic B/H/W)")
+        if not args.check:
+            return 0
+        sizes = [(2, h, w), (1, max(32, h - 13), max(32, w - 7)), (1, h // 2 + 5, w // 2 + 3)]
+        try:
+            results = check_export(model, path, args.format, sizes)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        for r in results:
+            print(f"check {r['size']}: max |diff| {r['max_abs_diff']:.3g} (max |out| {r['max_abs_ref']:.3g})")
+        worst = max(r["max_abs_diff"] / max(1.0, r["max_abs_ref"]) for r in results)
+        if worst > args.tolerance:
+            print(f"error: exported outputs differ from torch by {worst:.3g} > {args.tolerance}", file=sys.stderr)
+            return 1
+        print("check passed")
         return 0
-    sizes = [(2, h, w), (1, max(32, h - 13), max(32, w - 7)), (1, h // 2 + 5, w // 2 + 3)]
-    try:
-        results = check_export(model, path, args.format, sizes)
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for r in results:
-        print(f"check {r['size']}: max |diff| {r['max_abs_diff']:.3g} (max |out| {r['max_abs_ref']:.3g})")
-    worst = max(r["max_abs_diff"] / max(1.0, r["max_abs_ref"]) for r in results)
-    if worst > args.tolerance:
-        print(f"error: exported outputs differ from torch by {worst:.3g} > {args.tolerance}", file=sys.stderr)
-        return 1
-    print("check passed")
-    return 0

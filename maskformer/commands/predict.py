@@ -121,30 +121,28 @@ class Writer:
 def run(args: argparse.Namespace) -> int:
     check_args(args, out_folder=args.out)  # bad values, unwritable --out: one line before any work
     with cpu_threads(args.threads), process_group(args.device), loud_warnings():  # torchrun: a block of the inputs
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        files = expand_inputs(args.inputs, args.recursive)
-        predictor = Predictor(
-            args.model, task=args.task, device=args.device, min_size_test=args.min_size, max_size_test=args.max_size,
-            batch_size=args.batch_size, tta=args.tta, overrides=args.opts, precision=args.precision,
-            backend=args.backend, calibration=args.calibration,
-        )  # fmt: skip
-    except (ValueError, KeyError, OSError) as e:  # no images, unknown model / preset, bad override, unreadable weights
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    writer = Writer(out, predictor, overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold)
-    jobs = [(path, writer.name_for(path)) for path in files]  # (input, output stem): alike in every process
-    mine, note = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less complete images
-    failed = _predict_all(mine, predictor, writer)
-    finish(lambda: writer.finish(jobs))
-    done = len(mine) - len(failed)
-    print(f"{done} of {len(mine)} images{note} -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+        try:
+            files = expand_inputs(args.inputs, args.recursive)
+            predictor = Predictor(
+                args.model, task=args.task, device=args.device, min_size_test=args.min_size,
+                max_size_test=args.max_size, batch_size=args.batch_size, tta=args.tta, overrides=args.opts,
+                precision=args.precision, backend=args.backend, calibration=args.calibration,
+            )  # fmt: skip
+        except (ValueError, KeyError, OSError) as e:  # no images, unknown model, bad override, unreadable weights
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        writer = Writer(
+            out, predictor, overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold
+        )
+        jobs = [(path, writer.name_for(path)) for path in files]  # (input, output stem): alike in every process
+        mine, note = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less complete images
+        failed = _predict_all(mine, predictor, writer)
+        finish(lambda: writer.finish(jobs))
+        done = len(mine) - len(failed)
+        print(f"{done} of {len(mine)} images{note} -> {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        return 1 if failed else 0
 
 
 def _predict_all(jobs: list[tuple[Path, str]], predictor: Predictor, writer: Writer) -> list[str]:
