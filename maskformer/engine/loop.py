@@ -33,13 +33,8 @@ from maskformer.evaluation.loop import evaluate_model
 from maskformer.hub import BACKBONE_WEIGHTS, backbone_weights, resolve
 from maskformer.modeling import build_model
 
-# key prefixes that only a full model's weights have (detectron2, transformers): --init-weights auto -> "full"
-HEAD_PREFIXES = (
-    "sem_seg_head.",
-    "module.sem_seg_head.",
-    "model.transformer_module.",
-    "model.pixel_level_module.decoder.",
-)
+# key prefixes only a full model's weights have (detectron2, transformers): --init-weights auto -> "full"
+HEAD_KEYS = ("sem_seg_head.", "module.sem_seg_head.", "model.transformer_module.", "model.pixel_level_module.decoder.")
 
 
 def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
@@ -51,7 +46,7 @@ def load_init_weights(model: nn.Module, path: str, kind: str = "auto"):
         path = str(backbone_weights(path) if path in BACKBONE_WEIGHTS or kind == "backbone" else resolve(path))
     if kind == "auto":
         sd, info = read_state_dict(path)
-        kind = "full" if info["kind"] == "model_dir" or any(k.startswith(HEAD_PREFIXES) for k in sd) else "backbone"
+        kind = "full" if info["kind"] == "model_dir" or any(k.startswith(HEAD_KEYS) for k in sd) else "backbone"
     if kind not in ("full", "backbone"):
         raise ValueError(f"init-weights kind must be auto, full or backbone, got {kind!r}")
     report = load_full_weights(model, path) if kind == "full" else load_backbone_weights(model, path)
