@@ -26,10 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maskformer.data.synthetic import write_synthetic
+
     start = time.perf_counter()
     out = Path(args.out)
     data_root = out / "data"
-    data_s = _synthetic_data(data_root)
+    if not (data_root / "meta.json").is_file():  # written once, kept for later runs
+        shutil.rmtree(data_root, ignore_errors=True)
+        write_synthetic(data_root)
+    data_s = time.perf_counter() - start
     print(f"[1/4] synthetic dataset in {data_root} ({data_s:.1f} s)")
     trainer, train_s = _train(args, data_root, out / "run")
     print(f"[2/4] trained {trainer.iteration} iterations in {train_s / 60:.1f} min")
@@ -39,17 +44,6 @@ def run(args: argparse.Namespace) -> int:
     report = _write_report(out / "report", trainer, args.preset, metrics, timing, start)
     print(f"[4/4] report: {report.resolve()}  (total {(time.perf_counter() - start) / 60:.1f} min)")
     return 0
-
-
-def _synthetic_data(root: Path) -> float:
-    """Write the default synthetic dataset under `root` (kept if already written); returns the seconds taken."""
-    from maskformer.data.synthetic import write_synthetic
-
-    t0 = time.perf_counter()
-    if not (root / "meta.json").is_file():
-        shutil.rmtree(root, ignore_errors=True)
-        write_synthetic(root)
-    return time.perf_counter() - t0
 
 
 def _train(args: argparse.Namespace, data_root: Path, out: Path):

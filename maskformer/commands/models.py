@@ -23,20 +23,10 @@ def preset_rows(name_filter: str = "") -> list[dict]:
         cfg = get_preset(name)
         m = cfg.model
         params, gflops = PAPER_NUMBERS.get(name, (None, None))
-        rows.append(
-            dict(
-                name=name,
-                arch=m.arch,
-                backbone=m.backbone,
-                pixel_decoder=m.pixel_decoder,
-                dataset=cfg.data.format,
-                classes=m.num_classes,
-                queries=m.num_queries if m.arch != "per_pixel_baseline" else None,
-                crop=list(cfg.data.crop_size),
-                paper_params_m=params,
-                paper_gflops=gflops,
-            )
-        )
+        queries = m.num_queries if m.arch != "per_pixel_baseline" else None
+        row = dict(name=name, arch=m.arch, backbone=m.backbone, pixel_decoder=m.pixel_decoder, dataset=cfg.data.format)
+        row.update(classes=m.num_classes, queries=queries, crop=list(cfg.data.crop_size))
+        rows.append(row | dict(paper_params_m=params, paper_gflops=gflops))
     return rows
 
 
@@ -45,14 +35,11 @@ def zoo_rows(name_filter: str = "") -> list[dict]:
     from maskformer.hub import ZOO
     from maskformer.hub.cache import models_dir, safe_key
 
-    return [
-        dict(
-            name=e.name, preset=e.preset, dataset=e.dataset, task=e.task, metric=e.metric, source=e.source,
-            cached=(models_dir() / safe_key("zoo", e.name) / "config.json").is_file(),
-        )  # fmt: skip
-        for e in ZOO.values()
-        if name_filter in e.name
-    ]
+    keys = ("name", "preset", "dataset", "task", "metric", "source")
+    rows = [{k: getattr(e, k) for k in keys} for e in ZOO.values() if name_filter in e.name]
+    for row in rows:
+        row["cached"] = (models_dir() / safe_key("zoo", row["name"]) / "config.json").is_file()
+    return rows
 
 
 def _aligned(cells: list[tuple[str, ...]]) -> str:

@@ -46,7 +46,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise SystemExit("maskformer train: give either --preset or --config, not both")
     resumed = args.resume is not None and (Path(args.out) / "config.json").is_file()
     if args.config or (resumed and not args.preset):
-        cfg = _read_config(Path(args.config or Path(args.out) / "config.json"))
+        from maskformer.checkpoint import read_json
+
+        doc = read_json(Path(args.config or Path(args.out) / "config.json"))  # bad JSON: an error naming the file
+        cfg = Config.from_dict(doc.get("config", doc))  # a model directory's config.json nests it under "config"
     elif args.preset or args.data_root:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
     else:
@@ -80,13 +83,6 @@ def fit_to_folder(cfg: Config, root: Path, opts: list[str]) -> Config:
     fit = [f"{key}={value}" for key, value in fitted.items() if key not in given]
     print(f"data: folder dataset {root} with {k} classes ({', '.join(fit)})", file=sys.stderr)
     return apply_overrides(cfg, fit)
-
-
-def _read_config(path: Path) -> Config:
-    from maskformer.checkpoint import read_json
-
-    doc = read_json(path)  # bad JSON: a CheckpointError naming the file
-    return Config.from_dict(doc.get("config", doc))  # a model directory's config.json nests it under "config"
 
 
 def run(args: argparse.Namespace) -> int:
