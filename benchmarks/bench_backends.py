@@ -1,6 +1,10 @@
 """Inference backends and precisions at 512x512, batch 1: ours fp32 / bf16 (where native) / int8 / onnxruntime
 fp32 / onnxruntime int8 against transformers fp32, R50 and Swin-T with the same (random) weights.
 
+ours int8 = torch dynamic quantization of nn.Linear; onnxruntime int8 = static QDQ quantization of Conv + MatMul,
+calibrated on --calibration (default: the ADE20K sample's validation images in ../shared/data, else deterministic
+noise images written under --cache).
+
 One process, every variant interleaved in each repeat, median of --repeats; speed-ups are the medians of the paired
 per-repeat ratios to ours fp32. The CPU's flags and the load average before and after are printed (and written).
 agree = share of pixels with the fp32 semantic label at mask resolution (random weights: near-ties make this a lower
@@ -8,7 +12,7 @@ bound of what a trained model shows). Export / quantization happen before timing
 under --cache (Swin: one graph for the padded size).
 
   .venv/bin/python benchmarks/bench_backends.py [--repeats 7] [--models r50 swin_t] [--size 512] [--threads N]
-                                                [--no-int8] [--no-onnx] [--write]
+                                                [--no-int8] [--no-onnx] [--calibration DIR] [--write]
 
 Writes its section of benchmarks/RESULTS.md only with --write.
 """
@@ -25,16 +29,31 @@ from pathlib import Path
 import torch
 from bench_forward import deviation, hf_model, timed, write_section
 
-from maskformer.backends import OnnxRuntimeModel
+from maskformer.backends import CALIBRATION_IMAGES, Calibration, OnnxRuntimeModel
+from maskformer.config import InferenceConfig
 from maskformer.convert.hf import build_hf_model, load_hf_state_dict
 from maskformer.cpu_tuning import keep_freed_memory
+from maskformer.export import sample_images
+from maskformer.io import write_image
 from maskformer.precision import AutocastModel, quantize_int8, system_info
 
 SECTION = "## G: inference backends and precision"
 TARGETS = {"bf16": 1.8, "onnxruntime": 1.2, "int8": 1.5}
+ADE_VAL = Path(__file__).resolve().parents[1] / "../shared/data/ade20k-sample/ADEChallengeData2016/images/validation"
 
 
-def variants(ours, *, bf16: bool, int8: bool, onnx: bool, cache: Path) -> dict:
+def calibration_folder(cache: Path) -> Path:
+    """The ADE20K sample's validation images when present, else 4 deterministic noise images under `cache`."""
+    if ADE_VAL.is_dir():
+        return ADE_VAL
+    folder = cache / "calibration"
+    for i in range(4):
+        if not (folder / f"{i}.png").is_file():
+            write_image(folder / f"{i}.png", sample_images(1, 512, 512, seed=i)[0].permute(1, 2, 0).byte().numpy())
+    return folder
+
+
+def variants(ours, *, bf16: bool, int8: bool, onnx: bool, cache: Path, calibration: Calibration) -> dict:
     """{name: callable raw images [B, 3, H, W] -> outputs dict} (each prepared once, before any timing)."""
     runs = {"ours fp32": ours}
     if bf16:
@@ -44,7 +63,7 @@ def variants(ours, *, bf16: bool, int8: bool, onnx: bool, cache: Path) -> dict:
     if onnx:
         runs["onnxruntime fp32"] = OnnxRuntimeModel(ours, cache_dir=cache)
         if int8:
-            runs["onnxruntime int8"] = OnnxRuntimeModel(ours, int8=True, cache_dir=cache)
+            runs["onnxruntime int8"] = OnnxRuntimeModel(ours, int8=True, cache_dir=cache, calibration=calibration)
     return runs
 
 
@@ -79,7 +98,9 @@ def report(results: list[dict], args, info: dict, load: tuple[float, float]) -> 
         f" post-processing), {args.threads} threads, median of {args.repeats}, all variants interleaved. CPU:"
         f" {info['cpu']}; flags {' '.join(info['cpu_flags'])}; native bf16: {info['native_bf16']}; torch"
         f" {info['torch']}. Load average {load[0]:.1f} before, {load[1]:.1f} after. Cells: median ms, speed-up vs"
-        " ours fp32 (median of paired ratios), agree = pixels with the fp32 semantic label (random weights)."
+        " ours fp32 (median of paired ratios), agree = pixels with the fp32 semantic label (random weights). ours"
+        " int8: torch dynamic quantization of nn.Linear; onnxruntime int8: static QDQ quantization of Conv + MatMul"
+        f" calibrated on {args.calibration_used}."
         f" Targets (issue 18): {', '.join(f'{k} >= {v}x' for k, v in TARGETS.items())} ours fp32.",
         "",
         "| model | " + " | ".join(names) + " |",
@@ -104,6 +125,7 @@ def main() -> None:
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--no-onnx", action="store_true")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "maskformer_bench_onnx")
+    parser.add_argument("--calibration", type=Path, help="images for onnxruntime int8 (default: see the docstring)")
     parser.add_argument("--write", action="store_true", help="write the section into benchmarks/RESULTS.md")
     args = parser.parse_args()
     keep_freed_memory()
@@ -112,7 +134,11 @@ def main() -> None:
     print(f"CPU {info['cpu']}; flags {' '.join(info['cpu_flags'])}; native bf16 {info['native_bf16']}", flush=True)
     before = os.getloadavg()[0]
     print(f"load average before: {before:.2f}", flush=True)
-    which = dict(bf16=info["native_bf16"], int8=not args.no_int8, onnx=not args.no_onnx)
+    folder = args.calibration or calibration_folder(args.cache)
+    args.calibration_used = f"the first images of {folder.name}/ (up to {CALIBRATION_IMAGES})"
+    test_size = InferenceConfig(min_size_test=args.size, max_size_test=4 * args.size)  # calibrated at the timed size
+    which = dict(bf16=info["native_bf16"], int8=not args.no_int8, onnx=not args.no_onnx,
+                 calibration=Calibration(folder, inference=test_size))
     results = []
     for kind in args.models:
         r = bench_model(kind, args.size, args.repeats, args.cache, **which)
