@@ -95,11 +95,7 @@ def _from_array(a: np.ndarray, name: str) -> np.ndarray:
         a = np.repeat(a[..., None], 3, axis=-1)
     if a.ndim != 3 or a.shape[-1] not in (3, 4) or min(a.shape[:2]) < 1:
         raise ImageError(f"{name}: cannot use an image of shape {a.shape}; expected [h, w], [h, w, 3] or [h, w, 4]")
-    return _to_uint8(a[..., :3], name)
-
-
-def _to_uint8(a: np.ndarray, name: str) -> np.ndarray:
-    """8-bit as is; 16-bit (or larger ints up to 65535) scaled by 1/256; floats in [0, 1] scaled by 255."""
+    a = a[..., :3]  # 8-bit as is; 16-bit (or larger ints up to 65535) scaled by 1/256; floats in [0, 1] scaled by 255
     if a.dtype == np.uint8:
         return np.ascontiguousarray(a)
     if a.dtype == bool:

@@ -26,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from maskformer.config import get_preset
     from maskformer.data.synthetic import write_synthetic
+    from maskformer.engine.distributed import cleanup
+    from maskformer.engine.loop import Trainer
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -36,7 +39,16 @@ def run(args: argparse.Namespace) -> int:
         write_synthetic(data_root)
     data_s = time.perf_counter() - start
     print(f"[1/4] synthetic dataset in {data_root} ({data_s:.1f} s)")
-    trainer, train_s = _train(args, data_root, out / "run")
+    cfg = get_preset(args.preset, [f"data.root={data_root}", *args.opts])
+    shutil.rmtree(out / "run", ignore_errors=True)  # the demo always trains from scratch
+    t0 = time.perf_counter()
+    kw = dict(device=args.device, threads=args.threads, progress=not args.no_progress)
+    trainer = Trainer(cfg, out / "run", evaluate_fn=_semantic_and_panoptic(cfg), **kw)
+    try:
+        trainer.run()
+    finally:
+        cleanup()
+    train_s = time.perf_counter() - t0
     print(f"[2/4] trained {trainer.iteration} iterations in {train_s / 60:.1f} min")
     metrics = _final_metrics(trainer)
     print(f"[3/4] validation ({metrics['num_val_images']} images): mIoU {metrics['mIoU']:.3f}, PQ {metrics['PQ']:.3f}")
@@ -44,23 +56,6 @@ def run(args: argparse.Namespace) -> int:
     report = _write_report(out / "report", trainer, args.preset, metrics, timing, start)
     print(f"[4/4] report: {report.resolve()}  (total {(time.perf_counter() - start) / 60:.1f} min)")
     return 0
-
-
-def _train(args: argparse.Namespace, data_root: Path, out: Path):
-    from maskformer.config import get_preset
-    from maskformer.engine.distributed import cleanup
-    from maskformer.engine.loop import Trainer
-
-    cfg = get_preset(args.preset, [f"data.root={data_root}", *args.opts])
-    shutil.rmtree(out, ignore_errors=True)  # the demo always trains from scratch
-    t0 = time.perf_counter()
-    kw = dict(device=args.device, threads=args.threads, progress=not args.no_progress)
-    trainer = Trainer(cfg, out, evaluate_fn=_semantic_and_panoptic(cfg), **kw)
-    try:
-        trainer.run()
-    finally:
-        cleanup()
-    return trainer, time.perf_counter() - t0
 
 
 def _semantic_and_panoptic(cfg):
