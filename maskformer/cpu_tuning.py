@@ -1,8 +1,9 @@
 """The speed switches that stay, each worth >= 10% end to end in benchmarks/RESULTS.md; off, the results are the same.
 What each does and when it applies: README "CPU performance". Measured: `keep_freed_memory` R50 forward 0.85x the
 time (RESULTS "B: network forward"); `fold_bn` (ResNet `ConvNorm` attribute) R50 backbone 2435 vs 4184 ms (RESULTS
-"A: backbones"); `fuse_mask_conv` (head attribute) 12.5 of R50's 97.2 GFLOP removed (RESULTS "B").
-`switched(model, False)` runs a block with the two model switches off (FLOP counting, tracing, parity tests).
+"A: backbones"); `fuse_mask_conv` (head attribute) 12.5 of R50's 97.2 GFLOP removed (RESULTS "B"); `level_masks`
+(Mask2Former decoder attribute) 8 full-size mask products and 9 resizes per eval forward (RESULTS "Mask2Former").
+`switched(model, False)` runs a block with the model switches off (FLOP counting, tracing, parity tests).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ MALLOPT_SETTINGS = (
     (-1, 1 << 30),  # M_TRIM_THRESHOLD: free memory at the top of the heap kept up to 1 GiB
     (-2, 64 << 20),  # M_TOP_PAD: extra heap requested per growth (fewer brk calls)
 )
-SWITCHES = ("fold_bn", "fuse_mask_conv")  # per-module attributes read by the forward passes
+SWITCHES = ("fold_bn", "fuse_mask_conv", "level_masks")  # per-module attributes read by the forward passes
 
 
 def keep_freed_memory() -> bool:

@@ -114,6 +114,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if dec_layers < 1:
             raise ValueError(f"dec_layers must be >= 1 (the raw-query prediction counts as one), got {dec_layers}")
         self.deep_supervision = deep_supervision
+        # a maskformer.cpu_tuning switch: without aux outputs, the earlier predictions (attention masks only) are
+        # made at each level's size; off = the official full-size masks, then resized (same values, more FLOPs)
+        self.level_masks = True
         self.num_heads = nheads
         self.num_layers = dec_layers - 1
         self.pe_layer = PositionEmbeddingSine(num_pos_feats=hidden_dim // 2)
@@ -161,7 +164,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)  # [B, Q, C]
         output = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)  # [B, Q, C]
         aux = self.training and self.deep_supervision
-        if not aux:
+        small = self.level_masks and not aux  # the official form (full-size masks, then resized) when off
+        if small:
             # only the last prediction is returned: the earlier ones serve only as attention masks, which need the
             # mask logits at the level's size. Resizing is linear per channel, so resize(mask_embed . features) =
             # mask_embed . resize(features): the mask features are resized once per level instead of the logits of
@@ -173,7 +177,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         for i in range(self.num_layers + 1):
             last = i == self.num_layers
             level = i % NUM_LEVELS
-            if aux or last:
+            if not small or last:
                 logits, masks = self.predict(output, mask_features, with_class=True)
                 predictions.append({"pred_logits": logits, "pred_masks": masks})
                 if last:
