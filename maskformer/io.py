@@ -21,15 +21,16 @@ import json
 import math
 import os
 import struct
-import uuid
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # Pillow is imported where used: PNGs that libspng decodes (maskformer score) need none
+    from PIL import Image
+
     from maskformer.inference import Instances
     from maskformer.structures import DatasetMeta
 
@@ -54,6 +55,8 @@ def to_numpy(x) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ reading
 def open_image(path: str | Path, what: str = "image") -> Image.Image:
     """The decoded Pillow image, mode unchanged; decoding happens here, so a bad file fails with its name."""
+    from PIL import Image
+
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: {what} file not found")
@@ -68,6 +71,8 @@ def open_image(path: str | Path, what: str = "image") -> Image.Image:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(h, w) of an image from its header, without decoding the pixels."""
+    from PIL import Image
+
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -78,6 +83,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file -> uint8 [H, W, 3] RGB, EXIF orientation applied."""
+    from PIL import ImageOps
+
     img = ImageOps.exif_transpose(open_image(path))
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
 
@@ -147,7 +154,9 @@ def _fast_png(path: str | Path, kinds: set) -> np.ndarray | None:
     if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         return None
     w, h, depth, colour = struct.unpack(">IIBB", data[16:26])
-    if (colour, depth) not in kinds or not 0 < w * h <= (Image.MAX_IMAGE_PIXELS or 1 << 62):
+    pil = sys.modules.get("PIL.Image")  # Pillow's MAX_IMAGE_PIXELS, its default if Pillow is not imported
+    limit = (pil.MAX_IMAGE_PIXELS if pil else 1024 * 1024 * 1024 // 4 // 3) or 1 << 62
+    if (colour, depth) not in kinds or not 0 < w * h <= limit:
         return None
     try:
         return spng.spng_decode(data)
@@ -202,7 +211,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")  # keeps the format's extension
+    tmp = path.with_name(f".{path.stem}.{os.urandom(6).hex()}.tmp{path.suffix}")  # keeps the format's extension
     try:
         yield tmp
         os.replace(tmp, path)
@@ -213,6 +222,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def image_bytes(arr: np.ndarray, fmt: str = "PNG", *, compress_level: int = 6, quality: int = 95) -> bytes:
     """uint8 [H, W] / [H, W, 3] or uint16 [H, W] -> the bytes of an image file in Pillow format `fmt` (PNG, JPEG,
     TIFF, ...): what every writer here writes, and what the server sends (maskformer.serve.encode)."""
+    from PIL import Image
+
     options = {"PNG": {"compress_level": compress_level}, "JPEG": {"quality": quality}}.get(fmt, {})
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr)).save(buf, format=fmt, **options)
@@ -221,6 +232,8 @@ def image_bytes(arr: np.ndarray, fmt: str = "PNG", *, compress_level: int = 6, q
 
 def _save_image(path: str | Path, arr: np.ndarray, compress_level: int = 6, quality: int = 95) -> None:
     """Array -> image file, atomically; the format (and its option) follows the extension."""
+    from PIL import Image
+
     fmt = Image.registered_extensions().get(Path(path).suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image file extension; use one of {', '.join(IMAGE_EXTS)}")

@@ -215,7 +215,8 @@ def test_threaded_reads_keep_order_and_raise_the_first_error_in_order():
 
 
 def test_score_never_imports_torch(tmp_path):
-    """`maskformer score` on files is numpy + Pillow only: importing it and scoring both tasks leave torch unloaded."""
+    """`maskformer score` on files needs numpy and a PNG decoder only: importing it and scoring both tasks leave torch
+    unloaded, and (start-up time) the model config and, when libspng decodes, Pillow."""
     import subprocess
     import sys
 
@@ -235,6 +236,9 @@ from maskformer.cli import main
 assert main(['score', '--gt', {str(gt_dir)!r}, '--pred', {str(pred_dir)!r}, '--num-classes', '{K}']) == 0
 assert main(['score', '--gt', {str(gt_json)!r}, '--pred', {str(pred_json)!r}, '--workers', '0']) == 0
 assert 'torch' not in sys.modules, 'scoring imported torch'
+from maskformer.io import fast_png
+assert 'PIL' not in sys.modules or not fast_png(), 'scoring PNGs that libspng decodes imported Pillow'
+assert 'maskformer.config' not in sys.modules, 'scoring imported the model config'
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
