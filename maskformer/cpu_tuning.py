@@ -31,16 +31,13 @@ def keep_freed_memory() -> bool:
 
     Returns True when applied; False off Linux/glibc, when mallopt refuses, or with MASKFORMER_KEEP_FREED_MEMORY=0.
     """
-    if os.environ.get("MASKFORMER_KEEP_FREED_MEMORY", "1") == "0":
-        return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    off = os.environ.get("MASKFORMER_KEEP_FREED_MEMORY", "1") == "0"
+    if off or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt  # int mallopt(int, int): ctypes' default argument and result types
     except (OSError, AttributeError):
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in MALLOPT_SETTINGS)
 
 

@@ -78,10 +78,8 @@ def load_image(image, name: str = "") -> np.ndarray:
         if not (image.mode.startswith("I") or image.mode == "F"):  # else 16/32-bit integer or float grayscale
             return np.asarray(image.convert("RGB"))
         image = np.asarray(image)
-    if torch.is_tensor(image):
-        image = image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray):
-        return _from_array(image, name or "array")
+    if torch.is_tensor(image) or isinstance(image, np.ndarray):
+        return _from_array(to_numpy(image), name or "array")
     kind = type(image).__name__
     raise ImageError(f"{name or 'input'}: expected a path, PIL image, numpy array or tensor, got {kind}")
 
@@ -141,8 +139,7 @@ def forward_scores(
 ) -> list[torch.Tensor]:
     """Run the model on float [3, h, w] images (one padded batch) -> semantic scores [K, H, W] per output size."""
     outputs, batch = forward(model, images)
-    padded = tuple(batch.tensor.shape[-2:])
-    return semantic_inference(outputs, batch.image_sizes, output_sizes, padded_size=padded)
+    return semantic_inference(outputs, batch.image_sizes, output_sizes, padded_size=tuple(batch.tensor.shape[-2:]))
 
 
 def num_classes(outputs: dict) -> int:
@@ -161,27 +158,21 @@ def postprocess(
 ) -> list[Prediction]:  # fmt: skip
     """Model outputs of `batch` -> a Prediction per image at its output size (maskformer.inference, on the CPU).
     rule: the model's cfg.model.arch, for the panoptic painting rule ("maskformer" | "mask2former")."""
-    inf = inference
     images = batch.image_sizes
-    preds = [Prediction(image_size=tuple(s)) for s in sizes]
-    kw = dict(padded_size=tuple(batch.tensor.shape[-2:]), fast=inf.fast)
+    kw = dict(padded_size=tuple(batch.tensor.shape[-2:]), fast=inference.fast)
     if task == "semantic":
-        kw["before_inference"] = inf.postprocess_before_inference
-        for p, labels in zip(preds, semantic_labels(outputs, images, sizes, **kw)):
-            p.semantic = labels.cpu()
-    elif task == "panoptic":
-        rules = dict(object_mask_threshold=inf.object_mask_threshold, overlap_threshold=inf.overlap_threshold)
+        labels = semantic_labels(outputs, images, sizes, before_inference=inference.postprocess_before_inference, **kw)
+        return [Prediction(image_size=tuple(s), semantic=x.cpu()) for s, x in zip(sizes, labels)]
+    if task == "panoptic":
+        rules = {k: getattr(inference, k) for k in ("object_mask_threshold", "overlap_threshold")}
         res = panoptic_inference(outputs, images, sizes, thing_ids=meta.thing_ids, meta=meta, rule=rule, **rules, **kw)
-        for p, (ids, segments) in zip(preds, res):
-            p.panoptic, p.segments = ids.cpu(), segments
-    elif task == "instance":
+        return [Prediction(image_size=tuple(s), panoptic=ids.cpu(), segments=seg) for s, (ids, seg) in zip(sizes, res)]
+    if task == "instance":
         things = meta.thing_ids if any(meta.is_thing) else None
-        res = instance_inference(outputs, images, sizes, thing_ids=things, topk=inf.instance_topk, **kw)
-        for p, inst in zip(preds, res):
-            p.instances = Instances(inst.masks.cpu(), inst.scores.cpu(), inst.labels.cpu())
-    else:
-        raise ValueError(f"task={task!r}; choose one of {', '.join(TASKS)}")
-    return preds
+        res = instance_inference(outputs, images, sizes, thing_ids=things, topk=inference.instance_topk, **kw)
+        found = [Instances(r.masks.cpu(), r.scores.cpu(), r.labels.cpu()) for r in res]
+        return [Prediction(image_size=tuple(s), instances=x) for s, x in zip(sizes, found)]
+    raise ValueError(f"task={task!r}; choose one of {', '.join(TASKS)}")
 
 
 @torch.no_grad()
@@ -216,9 +207,8 @@ def predict(
     for group in padded_size_groups(tensors, getattr(model, "size_divisibility", 32)):
         outputs, batch = forward(model, [tensors[i] for i in group])
         check_label_space(num_classes(outputs), meta)
-        group_sizes = [sizes[i] for i in group]
         kw = dict(task=task, meta=meta, inference=inference, rule=rule)
-        for i, p in zip(group, postprocess(outputs, batch, group_sizes, **kw)):
+        for i, p in zip(group, postprocess(outputs, batch, [sizes[i] for i in group], **kw)):
             preds[i] = p
     return preds
 
@@ -251,17 +241,14 @@ def semantic_tta(
     if len(min_sizes) == 0:
         raise ValueError("semantic_tta needs at least one size in min_sizes")
     h, w = image.shape[:2]
-    device = model_device(model)
-    total, n = None, 0
+    total = None
     for short in min_sizes:
-        resized = to_tensor(resize_image(image, shortest_edge_size(h, w, short, max_size)), device)
+        resized = to_tensor(resize_image(image, shortest_edge_size(h, w, short, max_size)), model_device(model))
         for flipped in (False, True) if flip else (False,):
-            x = resized.flip(-1) if flipped else resized
-            scores = forward_scores(model, [x], [(h, w)])[0]
+            scores = forward_scores(model, [resized.flip(-1) if flipped else resized], [(h, w)])[0]
             scores = scores.flip(-1) if flipped else scores
             total = scores if total is None else total + scores
-            n += 1
-    return total / n
+    return total / (len(min_sizes) * (2 if flip else 1))
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:

@@ -52,8 +52,7 @@ def draw_text(canvas: Image.Image, xy: tuple[int, int], text: str, size: int, fi
     """Draw `text` with its top-left corner at xy, about `size` px tall (the bitmap font scaled by an integer)."""
     font = _font(size)
     if font is not None:
-        top = font.getbbox("Hg")[1]
-        ImageDraw.Draw(canvas).text((xy[0], xy[1] - top // 2), text, fill=fill, font=font)
+        ImageDraw.Draw(canvas).text((xy[0], xy[1] - font.getbbox("Hg")[1] // 2), text, fill=fill, font=font)
         return
     w, h = _text_box(text, size)
     scale = h // BITMAP_FONT_SIZE
@@ -137,14 +136,12 @@ def semantic_overlay(
     colors = palette_of(meta)
     palette = np.asarray(colors + [(0, 0, 0)], dtype=np.uint8)  # last: for ids outside the classes
     safe = np.where((labels >= 0) & (labels < meta.num_classes), labels, meta.num_classes)
-    skip = meta.num_classes if ignore_label is not None else None
     if ignore_label is not None:
-        safe = np.where(labels == ignore_label, meta.num_classes, safe)
-    out = overlay(image, safe, palette, alpha=alpha, skip=skip)
+        safe[labels == ignore_label] = meta.num_classes
+    out = overlay(image, safe, palette, alpha=alpha, skip=None if ignore_label is None else meta.num_classes)
     area = np.bincount(safe.ravel(), minlength=meta.num_classes + 1)
     present = sorted((int(c) for c in np.unique(safe) if c < meta.num_classes), key=lambda c: -area[c])  # largest first
-    entries = [(meta.class_names[c], colors[c]) for c in present]
-    return add_legend(out, entries) if legend else out
+    return add_legend(out, [(meta.class_names[c], colors[c]) for c in present]) if legend else out
 
 
 def shades(color: Color, n: int) -> list[Color]:

@@ -19,13 +19,12 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 def _pycocotools():
     try:
-        from pycocotools import coco, cocoeval
-        from pycocotools import mask as mask_util
+        from pycocotools import coco, cocoeval, mask
     except ImportError:
         raise ImportError(
             "instance mask AP needs pycocotools: pip install 'maskformer[coco]' (or pip install pycocotools)"
         ) from None
-    return coco, cocoeval, mask_util
+    return coco, cocoeval, mask
 
 
 class InstanceEvaluator:
@@ -107,13 +106,10 @@ class InstanceEvaluator:
             ev.accumulate()
             ev.summarize()
         out = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats[:6])}
-        precision = ev.eval["precision"]  # [T iou, R recall, K class, A area, M max-dets]
-        out["per_class"] = {}
-        for k, cat_id in enumerate(ev.params.catIds):
-            p = precision[:, :, k, 0, -1]
-            ap = float(p[p > -1].mean()) if (p > -1).any() else -1.0
-            name = next(c.get("name", str(cat_id)) for c in self.categories if int(c["id"]) == cat_id)
-            out["per_class"][cat_id] = {"name": name, "ap": ap}
+        precision = ev.eval["precision"][:, :, :, 0, -1]  # [T iou, R recall, K class] (all areas, 100 detections)
+        aps = [float(p[p > -1].mean()) if (p > -1).any() else -1.0 for p in precision.transpose(2, 0, 1)]  # per class
+        names = {int(c["id"]): c.get("name", str(c["id"])) for c in self.categories}
+        out["per_class"] = {cat_id: {"name": names[cat_id], "ap": ap} for cat_id, ap in zip(ev.params.catIds, aps)}
         out["num_images"] = len(self._images)
         return out
 

@@ -19,7 +19,7 @@ from maskformer.config import Config
 from maskformer.evaluation.instance import InstanceEvaluator
 from maskformer.evaluation.panoptic import PanopticEvaluator
 from maskformer.evaluation.sem_seg import SemSegEvaluator
-from maskformer.io import read_panoptic as read_panoptic_png
+from maskformer.io import read_panoptic
 from maskformer.pipeline import Prediction, model_device, predict
 from maskformer.sharding import reduce_evaluator, shard_range, shardable
 from maskformer.structures import TASKS, DatasetMeta
@@ -96,7 +96,10 @@ def _update(evaluator, task: str, pred: Prediction, target, info: dict, meta: Da
             raise ValueError(f"image {name}: the dataset gives no semantic label map to evaluate against")
         evaluator.update(pred.semantic, target.sem_seg, name=info.get("file_name", name))
         return
-    gt_ids, gt_segments = _panoptic_ground_truth(info, name)
+    path, gt_segments = info.get("pan_seg_file_name"), info.get("segments_info")  # segments: dataset category ids
+    if not path or gt_segments is None:
+        raise ValueError(f"image {name}: panoptic evaluation needs a panoptic dataset (PNG + segments_info)")
+    gt_ids = read_panoptic(path)  # uint32 [h, w]
     if task == "panoptic":
         pred_segments = [{"id": s["id"], "category_id": s["dataset_category_id"]} for s in pred.segments]
         evaluator.update(pred.panoptic, pred_segments, gt_ids, gt_segments, image_id=name)
@@ -109,11 +112,3 @@ def _update(evaluator, task: str, pred: Prediction, target, info: dict, meta: Da
         gt_masks=gt_masks, gt_labels=[s["category_id"] for s in things],
         gt_iscrowd=[int(s.get("iscrowd", 0)) for s in things], image_id=name,
     )  # fmt: skip
-
-
-def _panoptic_ground_truth(info: dict, name) -> tuple[np.ndarray, list[dict]]:
-    """The GT panoptic PNG ids uint32 [h, w] and the JSON segments (dataset category ids) of one image."""
-    path, segments = info.get("pan_seg_file_name"), info.get("segments_info")
-    if not path or segments is None:
-        raise ValueError(f"image {name}: panoptic evaluation needs a panoptic dataset (PNG + segments_info)")
-    return read_panoptic_png(path), segments

@@ -51,7 +51,7 @@ class PairCounter:
         gt, pred = to_numpy(gt_ids), to_numpy(pred_ids)
         if pred.shape != gt.shape:
             raise FormatError(f"image {image_id}: prediction size {pred.shape} != ground-truth size {gt.shape}")
-        gt, pred = _flat_ids(gt, "ground-truth", image_id), _flat_ids(pred, "prediction", image_id)
+        gt, pred = gt.reshape(-1), pred.reshape(-1)
         nrows, ncols = len(gt_seg_ids) + 2, len(pred_seg_ids) + 2
         if nrows * ncols >= 1 << 31:
             raise FormatError(f"image {image_id}: too many segments ({nrows - 2} x {ncols - 2})")
@@ -64,6 +64,8 @@ class PairCounter:
 
     def _index(self, ids: np.ndarray, seg_ids: np.ndarray, buffer: str, image_id, what: str) -> np.ndarray:
         """int32 [N] compact index of every id (0 = not listed, 1 = VOID, 2 + i = seg_ids[i]), in a reused buffer."""
+        if ids.dtype.kind not in "iu":
+            raise FormatError(f"image {image_id}: {what} id map must be integer, got dtype {ids.dtype}")
         if ids.size and ids.dtype.kind == "i" and int(ids.min()) < 0:
             raise FormatError(f"image {image_id}: {what} id map has negative ids")
         if self._buffers[buffer].size < ids.size:
@@ -85,13 +87,6 @@ class PairCounter:
         lut[seg_ids] = 0
         lut[VOID] = 0
         return out
-
-
-def _flat_ids(ids: np.ndarray, what: str, image_id) -> np.ndarray:
-    flat = ids.reshape(-1)
-    if flat.dtype.kind not in "iu":
-        raise FormatError(f"image {image_id}: {what} id map must be integer, got dtype {flat.dtype}")
-    return flat
 
 
 def _search(ids: np.ndarray, seg_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -144,12 +139,18 @@ class PanopticEvaluator(MergeableCounts):
     def update_counts(self, hist: np.ndarray, pred_segments, gt_segments, *, image_id=None) -> None:
         """Add one image from its joint histogram [2+n_gt, 2+n_pred] (`PairCounter.counts` layout)."""
         p_area = hist[:, 2:].sum(0)  # [P] areas counted from the PNG
-        _check_prediction(hist, p_area, pred_segments, image_id)
+        if hist[:, 0].any():  # the prediction PNG and its segments_info list the same ids
+            raise FormatError(
+                f"image {image_id}: the prediction PNG has segment ids missing from its segments_info "
+                f"({int(hist[:, 0].sum())} pixels); every non-zero id must be listed"
+            )
+        if (p_area == 0).any():
+            ids = [int(s["id"]) for s, a in zip(pred_segments, p_area) if a == 0]
+            raise FormatError(f"image {image_id}: prediction segment ids {ids} are in segments_info but not in the PNG")
         p_cat = self._category_indices(pred_segments, "prediction", image_id)
         g_cat = self._category_indices(gt_segments, "ground truth", image_id)
         g_crowd = np.array([s.get("iscrowd", 0) == 1 for s in gt_segments], dtype=bool)
-        png_area = hist[2:].sum(1).tolist()
-        g_area = [s.get("area", a) for s, a in zip(gt_segments, png_area)]
+        g_area = [s.get("area", a) for s, a in zip(gt_segments, hist[2:].sum(1).tolist())]  # else the PNG's
         if not all(isinstance(a, int | float) and not isinstance(a, bool) for a in g_area):
             raise FormatError(f"image {image_id}: a ground-truth segment's 'area' is not a number")
         g_area = np.array(g_area, dtype=np.float64)
@@ -182,25 +183,16 @@ class PanopticEvaluator(MergeableCounts):
         np.add.at(self.fp, p_cat[~match.any(0) & ~forgiven], 1)
 
     def compute(self) -> dict:
-        """{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {cat_id: {...}}, "PQ", "SQ", "RQ", "PQ_th", ...}.
-
-        Values in [0, 1] (panopticapi's convention; its printed table is x100).
-        """
+        """{"All"|"Things"|"Stuff": {pq, sq, rq, n}, "per_class": {cat_id: {...}}, "PQ", "SQ", "RQ", "PQ_th", ...},
+        values in [0, 1] (panopticapi's convention; its printed table is x100)."""
         pq, sq, rq, counted = pq_sq_rq(self.iou, self.tp, self.fp, self.fn)
         out: dict = {}
-        for name, sel in (("All", np.ones_like(counted)), ("Things", self._isthing), ("Stuff", ~self._isthing)):
-            out[name] = _average(pq, sq, rq, counted & sel)
-        out["per_class"] = {
-            int(c["id"]): {
-                "name": c.get("name", str(c["id"])),
-                "isthing": bool(self._isthing[i]),
-                "pq": float(pq[i]),
-                "sq": float(sq[i]),
-                "rq": float(rq[i]),
-                "tp": int(self.tp[i]),
-                "fp": int(self.fp[i]),
-                "fn": int(self.fn[i]),
-            }
+        for name, sel in (("All", counted), ("Things", counted & self._isthing), ("Stuff", counted & ~self._isthing)):
+            means = {m: sequential_mean(v[sel], -1.0) for m, v in (("pq", pq), ("sq", sq), ("rq", rq))}
+            out[name] = {**means, "n": int(sel.sum())}  # plain means in category order; n = 0: -1.0 (documented)
+        columns = {"isthing": self._isthing, "pq": pq, "sq": sq, "rq": rq, "tp": self.tp, "fp": self.fp, "fn": self.fn}
+        out["per_class"] = {  # values as Python bools, floats and ints
+            int(c["id"]): {"name": c.get("name", str(c["id"])), **{m: v[i].item() for m, v in columns.items()}}
             for i, c in enumerate(self.categories)
         }
         for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
@@ -208,18 +200,6 @@ class PanopticEvaluator(MergeableCounts):
                 out[m.upper() + suffix] = out[name][m]
         out["num_images"] = self.num_images
         return out
-
-
-def _check_prediction(hist: np.ndarray, p_area: np.ndarray, pred_segments, image_id) -> None:
-    """Prediction sanity checks that need pixels: every PNG id listed, every listed id in the PNG."""
-    if hist[:, 0].any():
-        raise FormatError(
-            f"image {image_id}: the prediction PNG has segment ids missing from its segments_info "
-            f"({int(hist[:, 0].sum())} pixels); every non-zero id must be listed"
-        )
-    if (p_area == 0).any():
-        missing = [int(s["id"]) for s, a in zip(pred_segments, p_area) if a == 0]
-        raise FormatError(f"image {image_id}: prediction segment ids {missing} are in segments_info but not in the PNG")
 
 
 def _crowd_overlap(inter: np.ndarray, g_cat: np.ndarray, g_crowd: np.ndarray, p_cat: np.ndarray) -> np.ndarray:
@@ -231,12 +211,6 @@ def _crowd_overlap(inter: np.ndarray, g_cat: np.ndarray, g_crowd: np.ndarray, p_
         return np.zeros(len(p_cat), dtype=np.int64)
     rows = np.array([crowd_row.get(c, -1) for c in p_cat.tolist()], dtype=np.intp)
     return np.where(rows >= 0, inter[rows, np.arange(len(p_cat))], 0)
-
-
-def _average(pq, sq, rq, sel) -> dict:
-    """Plain means over the selected categories in category order; n = 0 -> -1.0 (documented deviation)."""
-    means = {m: sequential_mean(v[sel], -1.0) for m, v in (("pq", pq), ("sq", sq), ("rq", rq))}
-    return {**means, "n": int(sel.sum())}
 
 
 def segment_ids(segments: Sequence[dict], what: str, image_id) -> np.ndarray:

@@ -29,19 +29,13 @@ def format_semantic(results: dict, per_class: bool = True) -> str:
 
 def format_panoptic(results: dict, per_class: bool = True) -> str:
     """Per-category table (optional) and panopticapi's All / Things / Stuff table, in percent."""
-    lines = []
-    if per_class:
-        rows = [
-            (
-                r["name"],
-                f" {cid:3d} {'thing' if r['isthing'] else 'stuff'} | {_pct(r['pq'])} {_pct(r['sq'])} {_pct(r['rq'])} "
-                f"{r['tp']:5d} {r['fp']:5d} {r['fn']:5d}",
-            )
-            for cid, r in results["per_class"].items()
-        ]
-        lines += _per_class("category", "  id  kind |     PQ     SQ     RQ    TP    FP    FN", rows)
-    lines.append(f"{'':10s}|     PQ     SQ     RQ     N")
-    lines.append("-" * 38)
+    rows = []
+    for cid, r in results["per_class"].items():
+        kind = "thing" if r["isthing"] else "stuff"
+        counts = f"{r['tp']:5d} {r['fp']:5d} {r['fn']:5d}"
+        rows.append((r["name"], f" {cid:3d} {kind} | {_pct(r['pq'])} {_pct(r['sq'])} {_pct(r['rq'])} {counts}"))
+    lines = _per_class("category", "  id  kind |     PQ     SQ     RQ    TP    FP    FN", rows) if per_class else []
+    lines += [f"{'':10s}|     PQ     SQ     RQ     N", "-" * 38]
     for name in ("All", "Things", "Stuff"):
         r = results[name]
         lines.append(f"{name:10s}| {_pct(r['pq'])} {_pct(r['sq'])} {_pct(r['rq'])} {r['n']:5d}")

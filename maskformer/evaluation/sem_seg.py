@@ -61,22 +61,17 @@ class ConfusionCounter:
         if pred_v.size and (int(pred_v.max()) >= k or (pred_v.dtype.kind == "i" and int(pred_v.min()) < 0)):
             lo, hi = int(pred_v.min()), int(pred_v.max())
             raise ValueError(f"image {name}: predicted labels span [{lo}, {hi}], outside the classes [0, {k})")
-        key = self._keys(gt_v, name)
+        if self._key.size < gt_v.size:
+            self._key = np.empty(gt_v.size, dtype=np.intp)
+        key = self._key[: gt_v.size]  # reused buffer: GT row index * K, then + pred
+        if gt_v.dtype.itemsize > 2 or gt_v.dtype.kind == "i":
+            gt_v = self._narrow(gt_v, name)
+        np.take(self._lut, gt_v, out=key, mode="wrap")  # gt < table size here: "wrap" is the identity, and fast
         np.add(key, pred_v, out=key, dtype=np.intp, casting="unsafe")  # key = row * K + pred
         hist = weighted_bincount(key, weights, (k + 2) * k)
         if hist[(k + 1) * k :].any():
             self._bad_gt(np.unique(gt[self._lut[np.clip(gt, 0, _LUT_SIZE)] > k * k]), name)
         return hist[: (k + 1) * k].reshape(k + 1, k)
-
-    def _keys(self, gt: np.ndarray, name) -> np.ndarray:
-        """GT row index * K for every pixel, written into the reused key buffer."""
-        if self._key.size < gt.size:
-            self._key = np.empty(gt.size, dtype=np.intp)
-        key = self._key[: gt.size]
-        if gt.dtype.itemsize > 2 or gt.dtype.kind == "i":
-            gt = self._narrow(gt, name)
-        np.take(self._lut, gt, out=key, mode="wrap")  # gt < table size here: "wrap" is the identity, and fast
-        return key
 
     def _narrow(self, gt: np.ndarray, name) -> np.ndarray:
         """Wide or signed GT: values outside the table may only be the ignore label (sent to the ignore slot)."""
@@ -110,10 +105,9 @@ class SemSegEvaluator(MergeableCounts):
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
         self.reduce_zero_label = bool(reduce_zero_label)
-        names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
-        if len(names) != self.num_classes:
-            raise ValueError(f"SemSegEvaluator: {len(names)} class names for {self.num_classes} classes")
-        self.class_names = names
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"SemSegEvaluator: {len(self.class_names)} class names for {self.num_classes} classes")
         self._counter = ConfusionCounter(self.num_classes, self.ignore_label, reduce_zero_label=reduce_zero_label)
         self.reset()
 
@@ -174,17 +168,8 @@ class SemSegEvaluator(MergeableCounts):
         pq, sq, rq, counted = pq_sq_rq(self.pq_iou, self.pq_tp, self.pq_fp, self.pq_fn)
         out.update({f"{m}_St": sequential_mean(v[counted], -1.0) for m, v in (("PQ", pq), ("SQ", sq), ("RQ", rq))})
         out["num_images"] = self.num_images
-        out["per_class"] = [
-            {
-                "name": self.class_names[c],
-                "iou": float(iou[c]),
-                "acc": float(acc[c]),
-                "pq": float(pq[c]),
-                "sq": float(sq[c]),
-                "rq": float(rq[c]),
-                "gt_pixels": int(gt[c]),
-                "pred_pixels": int(pred[c]),
-            }
-            for c in range(k)
-        ]
+        columns = {"iou": iou, "acc": acc, "pq": pq, "sq": sq, "rq": rq}
+        columns.update(gt_pixels=gt.astype(np.int64), pred_pixels=pred.astype(np.int64))
+        rows = [{m: v[c].item() for m, v in columns.items()} for c in range(k)]  # Python floats and ints
+        out["per_class"] = [{"name": name, **row} for name, row in zip(self.class_names, rows)]
         return out
