@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskformer.config import Config, apply_overrides
+from maskformer.config import Config
 from maskformer.io import atomic_file
 from maskformer.structures import DatasetMeta
 
@@ -229,9 +229,9 @@ def is_model_dir(path: str | os.PathLike) -> bool:
         return True
 
 
-def generic_meta(cfg: Config, name: str | None = None) -> DatasetMeta:
+def generic_meta(cfg: Config) -> DatasetMeta:
     """Placeholder label space ("class_0", ...) for models whose files carry no class names."""
-    return DatasetMeta(name=name or cfg.data.format, class_names=[f"class_{i}" for i in range(cfg.model.num_classes)])
+    return DatasetMeta(name=cfg.data.format, class_names=[f"class_{i}" for i in range(cfg.model.num_classes)])
 
 
 def build_loaded(cfg: Config, weights: dict[str, torch.Tensor] | Renamed, source: str, **kwargs):
@@ -240,15 +240,3 @@ def build_loaded(cfg: Config, weights: dict[str, torch.Tensor] | Renamed, source
 
     model = build_model(cfg)
     return model, load_checked(model, weights, source=source, **{"strict": True, **kwargs})
-
-
-def load_model_dir(
-    path: str | os.PathLike, device: str | torch.device = "cpu", *, overrides: Iterable[str] = ()
-) -> tuple[nn.Module, Config, DatasetMeta]:
-    """(model in eval mode on `device`, cfg, meta) from a model directory. `overrides` ("a.b=c") apply to the config
-    first; one that changes the architecture makes loading fail with the mismatching keys named."""
-    cfg, meta = read_model_config(path)
-    cfg = apply_overrides(cfg, list(overrides))
-    file = Path(path) / WEIGHTS_NAME
-    model, _ = build_loaded(cfg, load_safetensors(file), str(file))
-    return model.to(device).eval(), cfg, meta

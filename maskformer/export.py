@@ -119,9 +119,30 @@ def onnx_session(path: str | os.PathLike, *, threads: int | None = None):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def compare(model: nn.Module, run, sizes: list[tuple[int, int, int]]) -> list[dict]:
-    """Run `run(images) -> list of arrays` against the torch model at each (batch, h, w). Returns
-    [{"size", "max_abs_diff", "max_abs_ref"}] (largest |difference| and largest |torch output| over outputs)."""
+def check_export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    fmt: str,
+    sizes: list[tuple[int, int, int]] = ((2, 64, 96), (1, 100, 75)),
+) -> list[dict]:
+    """Run the exported file and the eager model at (batch, height, width) sizes -> [{"size", "max_abs_diff",
+    "max_abs_ref"}] (largest |difference| and largest |torch output| over outputs). A graph that cannot run at a size
+    raises RuntimeError naming it (Swin graphs take only H, W padding to the traced sample's padded size)."""
+    program = torch.export.load(str(path)).module() if _exporter(fmt) is export_torch else None
+    session = onnx_session(path) if program is None else None
+
+    def run(x: torch.Tensor) -> list:
+        if program is not None:
+            return [t.cpu() for t in program(x.to(model_device(model)))]
+        try:
+            return session.run(None, {"images": x.numpy()})
+        except Exception as e:  # onnxruntime raises its own exception types
+            msg = str(e).splitlines()[0][:300]
+            raise RuntimeError(
+                f"{path}: the exported graph fails at input {tuple(x.shape)} ({msg}); if the backbone is Swin, "
+                "export at the size you will run (maskformer export --size H W)"
+            ) from None
+
     results = []
     for i, (b, h, w) in enumerate(sizes):
         images = sample_images(b, h, w, seed=100 + i)
@@ -137,32 +158,6 @@ def compare(model: nn.Module, run, sizes: list[tuple[int, int, int]]) -> list[di
             mags.append(float(r.abs().max()))
         results.append({"size": (b, h, w), "max_abs_diff": max(diffs), "max_abs_ref": max(mags)})
     return results
-
-
-def check_export(
-    model: nn.Module,
-    path: str | os.PathLike,
-    fmt: str,
-    sizes: list[tuple[int, int, int]] = ((2, 64, 96), (1, 100, 75)),
-) -> list[dict]:
-    """`compare` the exported file with the eager model at (batch, height, width) sizes. A graph that cannot run at a
-    size raises RuntimeError naming it (Swin graphs take only H, W padding to the traced sample's padded size)."""
-    if _exporter(fmt) is export_torch:
-        program = torch.export.load(str(path)).module()
-        return compare(model, lambda x: [t.cpu() for t in program(x.to(model_device(model)))], list(sizes))
-    session = onnx_session(path)
-
-    def run(x: torch.Tensor) -> list:
-        try:
-            return session.run(None, {"images": x.numpy()})
-        except Exception as e:  # onnxruntime raises its own exception types
-            msg = str(e).splitlines()[0][:300]
-            raise RuntimeError(
-                f"{path}: the exported graph fails at input {tuple(x.shape)} ({msg}); if the backbone is Swin, "
-                "export at the size you will run (maskformer export --size H W)"
-            ) from None
-
-    return compare(model, run, list(sizes))
 
 
 def export(model: nn.Module, path: str | os.PathLike, fmt: str, **kwargs) -> Path:

@@ -124,9 +124,9 @@ def test_architecture_and_preset_are_inferred_from_shapes(name):
     cfg = get_preset(name)
     with torch.device("meta"):
         sd = {v1_name(k): v for k, v in build_model(cfg).state_dict().items()}
-    from maskformer.convert.detectron2 import upgrade_names
+    from maskformer.convert.detectron2 import map_detectron2
 
-    fields = infer_model_fields(upgrade_names(sd))
+    fields = infer_model_fields(map_detectron2(sd).tensors)
     assert infer_preset(fields) == name
     for key, value in fields.items():
         assert getattr(cfg.model, key) == value, key

@@ -13,12 +13,13 @@ from conftest import require_transformers
 from torch import nn
 
 from maskformer.config import get_preset
+from maskformer.convert.backbones import backbone_by_depths
 from maskformer.convert.hf import (
     build_hf_model,
-    hf_backbone_name,
+    hf_backbone_args,
     hf_config_to_config,
-    hf_to_official,
     load_hf_state_dict,
+    map_hf,
 )
 from maskformer.modeling.flops import count_parameters
 from maskformer.structures import ImageBatch
@@ -135,7 +136,7 @@ def test_hub_names_map_like_in_memory_names(kind, tmp_path):
     hf.save_pretrained(tmp_path)
     on_disk = load_file(str(tmp_path / "model.safetensors"))
     assert any(".fc1." in k and ".mlp." not in k for k in on_disk)  # really the other naming
-    a, b = hf_to_official(hf.state_dict()), hf_to_official(on_disk)
+    a, b = map_hf(hf.state_dict()).tensors, map_hf(on_disk).tensors
     assert sorted(a) == sorted(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -143,7 +144,7 @@ def test_hub_names_map_like_in_memory_names(kind, tmp_path):
 def test_qkv_fused_in_q_k_v_order():
     hf, ours = _pair("resnet")
     sd = hf.state_dict()
-    mapped = hf_to_official(sd)
+    mapped = map_hf(sd).tensors
     pre = "model.transformer_module.decoder.layers.1.encoder_attn."
     w = mapped["sem_seg_head.predictor.transformer.decoder.layers.1.multihead_attn.in_proj_weight"]
     assert torch.equal(w, torch.cat([sd[pre + f"{c}_proj.weight"] for c in "qkv"]))
@@ -214,6 +215,6 @@ def test_hf_config_to_config_matches_paper_model(kind, preset):
 
 def test_unknown_hf_backbone_is_named():
     with pytest.raises(ValueError, match="matches no backbone"):
-        hf_backbone_name({"model_type": "swin", "embed_dim": 64, "depths": [2, 2, 2, 2]})
+        backbone_by_depths("swin", 64, (2, 2, 2, 2), "transformers")
     with pytest.raises(ValueError, match="model_type 'convnext'"):
-        hf_backbone_name({"model_type": "convnext"})
+        hf_backbone_args({"model_type": "convnext"})

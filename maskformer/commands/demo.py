@@ -26,10 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from maskformer.config import get_preset
     from maskformer.data.synthetic import write_synthetic
     from maskformer.engine.distributed import cleanup
     from maskformer.engine.loop import Trainer
+    from maskformer.io import save_json
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -52,8 +55,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/4] trained {trainer.iteration} iterations in {train_s / 60:.1f} min")
     metrics = _final_metrics(trainer)
     print(f"[3/4] validation ({metrics['num_val_images']} images): mIoU {metrics['mIoU']:.3f}, PQ {metrics['PQ']:.3f}")
-    timing = {"data_s": data_s, "train_and_eval_s": train_s}
-    report = _write_report(out / "report", trainer, args.preset, metrics, timing, start)
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    if (trainer.out / "curves.png").is_file():
+        shutil.copyfile(trainer.out / "curves.png", report / "curves.png")
+    _overlay_grid(trainer, report / "overlays.png")
+    timing = {"data_s": data_s, "train_and_eval_s": train_s, "total": time.perf_counter() - start}
+    doc = dict(preset=args.preset, iterations=trainer.iteration, metrics=metrics)
+    doc.update(timing_s={k: round(v, 1) for k, v in timing.items()}, threads_at_end=torch.get_num_threads())
+    doc.update(model_dir=str((trainer.out / "model").resolve()), config=trainer.cfg.to_dict())
+    save_json(report / "metrics.json", doc, indent=1)
     print(f"[4/4] report: {report.resolve()}  (total {(time.perf_counter() - start) / 60:.1f} min)")
     return 0
 
@@ -80,23 +91,6 @@ def _final_metrics(trainer) -> dict:
     out["PQ_per_class"] = {c["name"]: c["pq"] for c in m.get("pq_per_class", {}).values()}
     out["num_val_images"] = len(trainer.val_set)
     return out
-
-
-def _write_report(folder: Path, trainer, preset: str, metrics: dict, timing: dict, start: float) -> Path:
-    import torch
-
-    from maskformer.io import save_json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    curves = trainer.out / "curves.png"
-    if curves.is_file():
-        shutil.copyfile(curves, folder / "curves.png")
-    _overlay_grid(trainer, folder / "overlays.png")
-    timing_s = {k: round(v, 1) for k, v in timing.items()} | {"total": round(time.perf_counter() - start, 1)}
-    doc = dict(preset=preset, iterations=trainer.iteration, metrics=metrics, timing_s=timing_s)
-    doc.update(threads_at_end=torch.get_num_threads(), model_dir=str((trainer.out / "model").resolve()))
-    save_json(folder / "metrics.json", {**doc, "config": trainer.cfg.to_dict()}, indent=1)
-    return folder
 
 
 def _overlay_grid(trainer, path: Path) -> None:

@@ -20,16 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
-def info(preset: str, size: tuple[int, int] | None = None, opts=(), semantic_inference: bool = True) -> dict:
-    """Counts for a preset as a dict (see ModelStats) plus the paper's numbers when known."""
-    from maskformer.modeling.flops import model_stats
-
-    cfg = get_preset(preset, list(opts))
-    stats = model_stats(cfg, size, semantic_inference=semantic_inference).to_dict()
-    params, gflops = PAPER_NUMBERS.get(preset, (None, None))
-    return dict(preset=preset, **stats, paper_params_m=params, paper_gflops=gflops)
-
-
 def _text(d: dict) -> str:
     h, w = d["image_size"]
     lines = [
@@ -55,10 +45,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.preset:
         print("maskformer info: give a preset name or --system")
         return 2
+    from maskformer.modeling.flops import model_stats
+
     try:
-        d = info(args.preset, tuple(args.size) if args.size else None, args.opts, not args.no_inference)
+        cfg = get_preset(args.preset, list(args.opts))
+        size = tuple(args.size) if args.size else None
+        stats = model_stats(cfg, size, semantic_inference=not args.no_inference).to_dict()
     except KeyError as e:
         print(f"maskformer info: {e.args[0]}")
         return 2
+    params, gflops = PAPER_NUMBERS.get(args.preset, (None, None))
+    d = dict(preset=args.preset, **stats, paper_params_m=params, paper_gflops=gflops)
     print(json.dumps(d, indent=1) if args.json else _text(d))
     return 0

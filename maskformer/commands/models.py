@@ -54,18 +54,16 @@ def _zoo_table(rows: list[dict]) -> str:
 
 
 def _table(rows: list[dict]) -> str:
-    cols = ("name", "backbone", "dataset", "classes", "crop", "paper_params_m", "paper_gflops")
+    def paper(v, unit: str = "") -> str:
+        return "" if v is None else f"{v}{unit}"
+
     heads = ("preset", "backbone", "dataset", "K", "crop", "params (paper)", "GFLOPs (paper)")
-
-    def cell(row: dict, col: str) -> str:
-        v = row[col]
-        if col == "crop":
-            return "x".join(map(str, v))
-        if col == "paper_params_m":
-            return "" if v is None else f"{v}M"
-        return "" if v is None else str(v)
-
-    return _aligned([heads] + [tuple(cell(r, c) for c in cols) for r in rows])
+    cells = [
+        (r["name"], r["backbone"], r["dataset"], str(r["classes"]), "x".join(map(str, r["crop"])))
+        + (paper(r["paper_params_m"], "M"), paper(r["paper_gflops"]))
+        for r in rows
+    ]
+    return _aligned([heads] + cells)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -74,10 +74,9 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> list[Path]:
 class Writer:
     """Writes each prediction's files as it comes, and the JSON files at the end."""
 
-    def __init__(self, out: Path, predictor: Predictor, *, overlay: bool, dataset_ids: bool, threshold: float):
-        self.out, self.task, self.meta = out, predictor.task, predictor.meta
-        self.overlay, self.dataset_ids, self.threshold = overlay, dataset_ids, threshold
-        self.names = set()
+    def __init__(self, out: Path, predictor: Predictor, args: argparse.Namespace):
+        self.out, self.task, self.meta, self.names = out, predictor.task, predictor.meta, set()
+        self.overlay, self.dataset_ids, self.threshold = not args.no_overlay, args.dataset_ids, args.threshold
 
     def name_for(self, path: Path) -> str:
         """A unique output stem (photo, photo_1, ... when stems repeat)."""
@@ -133,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        writer = Writer(
-            out, predictor, overlay=not args.no_overlay, dataset_ids=args.dataset_ids, threshold=args.threshold
-        )
+        writer = Writer(out, predictor, args)
         jobs = [(path, writer.name_for(path)) for path in files]  # (input, output stem): alike in every process
         mine, note = plan(jobs, out, skip_existing=args.skip_existing)  # this process's block, less complete images
         failed = _predict_all(mine, predictor, writer)

@@ -11,10 +11,9 @@ from ..data.synthetic import STUFF_COLORS, THING_COLORS, SynthConfig, write_synt
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
-        h, w = (int(parts[0]), int(parts[-1]))
+        return int(parts[0]), int(parts[-1])
     except ValueError:
         raise argparse.ArgumentTypeError(f"size {text!r}: expected N or HxW, e.g. 128 or 96x128") from None
-    return h, w
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -53,13 +53,12 @@ def resolve_config(args: argparse.Namespace) -> Config:
     elif args.preset or args.data_root:
         cfg = get_preset(args.preset or DEFAULT_PRESET)
     else:
-        raise SystemExit(f"maskformer train: --preset NAME is required unless --data-root DIR is given (then "
-                         f"{DEFAULT_PRESET} is the default), or give --config FILE, or --resume with an existing --out")
-    opts = list(args.opts) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    cfg = apply_overrides(cfg, opts)
-    if args.data_root:
-        cfg = fit_to_folder(cfg, Path(args.data_root), args.opts)
-    return cfg
+        raise SystemExit(
+            f"maskformer train: --preset NAME is required unless --data-root DIR is given (then "
+            f"{DEFAULT_PRESET} is the default), or give --config FILE, or --resume with an existing --out"
+        )
+    cfg = apply_overrides(cfg, list(args.opts) + ([f"data.root={args.data_root}"] if args.data_root else []))
+    return fit_to_folder(cfg, Path(args.data_root), args.opts) if args.data_root else cfg
 
 
 def fit_to_folder(cfg: Config, root: Path, opts: list[str]) -> Config:

@@ -14,14 +14,20 @@ import torch
 from torch import nn
 
 from maskformer.checkpoint import (
+    WEIGHTS_NAME,
     CheckpointError,
     KeyReport,
     build_loaded,
     generic_meta,
     load_checked,
-    load_model_dir,
+    load_safetensors,
+    read_model_config,
 )
 from maskformer.config import PRESETS, Config, apply_overrides, get_preset
+from maskformer.convert.backbones import to_backbone_keys
+from maskformer.convert.detectron2 import convert_detectron2, map_detectron2
+from maskformer.convert.hf import convert_hf, map_hf, map_hf_encoder
+from maskformer.convert.hf_mask2former import convert_hf_mask2former
 from maskformer.convert.sources import detect_source, read_state_dict
 from maskformer.structures import DatasetMeta
 
@@ -36,14 +42,14 @@ def convert_source(
     class count, the class head re-initialised. class_names: replaces the names (same count; thing flags kept)."""
     if (kind := detect_source(path)) == "model_dir":
         raise CheckpointError(f"{path}: already a maskformer model directory")
-    if kind == "transformers":
-        if num_classes is not None:
-            raise CheckpointError(f"{path}: num_classes applies to detectron2 checkpoints, not transformers ones")
-        model, cfg, meta, report = convert_transformers(path, preset=preset)
-    else:
-        from maskformer.convert.detectron2 import convert_detectron2
-
+    if kind != "transformers":
         model, cfg, meta, report = convert_detectron2(path, preset, num_classes)
+    elif num_classes is not None:
+        raise CheckpointError(f"{path}: num_classes applies to detectron2 checkpoints, not transformers ones")
+    else:
+        sd, info = read_state_dict(path)
+        convert = convert_hf_mask2former if info["hf_config"].get("model_type") == "mask2former" else convert_hf
+        model, cfg, meta, report = convert(str(path), sd, info["hf_config"], preset)
     if class_names is not None:
         if len(class_names) != meta.num_classes:
             raise CheckpointError(f"{path}: {len(class_names)} class names given, the model has {meta.num_classes}")
@@ -51,36 +57,18 @@ def convert_source(
     return model, cfg, meta, report
 
 
-def convert_transformers(path: str | os.PathLike, *, preset: str | None = None):
-    """(model, cfg, meta, report) from a transformers directory; class names from `id2label`."""
-    from maskformer.convert.hf import hf_config_to_config, hf_meta, map_hf
-
-    sd, info = read_state_dict(path)
-    if (hf_config := info["hf_config"]).get("model_type") == "mask2former":
-        from maskformer.convert.hf_mask2former import convert_hf_mask2former
-
-        return convert_hf_mask2former(str(path), sd, hf_config, preset)
-    try:
-        cfg = hf_config_to_config(hf_config)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{Path(path) / 'config.json'}: {e}") from None
-    notes = ["source: transformers directory"]
-    if preset is not None:
-        cfg = dataclasses.replace(get_preset(preset), model=cfg.model, loss=cfg.loss)
-        notes.append(f"preset: {preset} (data, inference and train settings)")
-    model, report = build_loaded(cfg, map_hf(sd), str(path))
-    report.notes = notes
-    return model.eval(), cfg, hf_meta(hf_config, cfg.model.num_classes), report
-
-
 def load_model(
     path_or_preset: str | os.PathLike, device: str | torch.device = "cpu", *, overrides: Iterable[str] = ()
 ) -> tuple[nn.Module, Config, DatasetMeta]:
     """(model in eval mode on `device`, cfg, meta) from a model directory, a convertible source (converted on the
-    fly) or a preset name (random weights: a warning says so); `overrides` as in `load_model_dir`."""
+    fly) or a preset name (random weights: a warning says so). `overrides` ("a.b=c") apply to the config first; for a
+    model directory, one that changes the architecture makes loading fail with the mismatching keys named."""
     ref, overrides = str(path_or_preset), list(overrides)
     if Path(ref).exists() and detect_source(ref) == "model_dir":
-        return load_model_dir(ref, device, overrides=overrides)
+        cfg, meta = read_model_config(ref)
+        cfg, file = apply_overrides(cfg, overrides), Path(ref) / WEIGHTS_NAME
+        model, _ = build_loaded(cfg, load_safetensors(file), str(file))
+        return model.to(device).eval(), cfg, meta
     if Path(ref).exists():
         model, cfg, meta, _ = convert_source(ref)
         new = apply_overrides(cfg, overrides)
@@ -101,9 +89,6 @@ def load_model(
 
 def load_full_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = False) -> KeyReport:
     """Load a whole-model checkpoint (any supported source) into `model`; returns the key report."""
-    from maskformer.convert.detectron2 import map_detectron2
-    from maskformer.convert.hf import map_hf
-
     sd, info = read_state_dict(path)
     renamed = map_hf(sd) if info["kind"] == "transformers" else map_detectron2(sd)
     return load_checked(model, renamed, source=str(path), strict=strict)
@@ -112,9 +97,6 @@ def load_full_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> KeyReport:
     """Load ImageNet backbone weights (layouts: `convert.backbones`) into `model.backbone` (or `model` itself if it
     has no `.backbone`); keys known to be absent / extra for the format are reported as expected."""
-    from maskformer.convert.backbones import to_backbone_keys
-    from maskformer.convert.hf import map_hf_encoder
-
     backbone = getattr(model, "backbone", model)
     sd, info = read_state_dict(path)
     if info["kind"] == "transformers":

@@ -15,10 +15,6 @@ import torch
 
 from maskformer.checkpoint import Renamed
 
-SWIN_EXPECTED_MISSING = ("norm[0-3].*",)
-SWIN_EXPECTED_UNEXPECTED = ("norm.*", "head.*", "*attn_mask")
-CLASSIFIERS = ("fc.*", "fc1000.*", "linear.*")  # torchvision / detectron2 ImageNet heads
-
 
 def named_backbones() -> dict[str, tuple[str, dict]]:
     """BACKBONES name -> ("swin" | "resnet", the SwinTransformer / ResNet keywords it is built with, JSON types);
@@ -80,8 +76,8 @@ def to_backbone_keys(sd: dict[str, torch.Tensor], backbone_keys, heuristics=Fals
         return hits[0] if key not in ours and len(hits) == 1 and hits[0] not in theirs else key
 
     if swin:
-        return Renamed.by_key(sd, rename), list(SWIN_EXPECTED_MISSING), list(SWIN_EXPECTED_UNEXPECTED)
-    return Renamed.by_key(sd, rename), [], list(CLASSIFIERS)
+        return Renamed.by_key(sd, rename), ["norm[0-3].*"], ["norm.*", "head.*", "*attn_mask"]
+    return Renamed.by_key(sd, rename), [], ["fc.*", "fc1000.*", "linear.*"]  # torchvision / detectron2 ImageNet heads
 
 
 def torchvision_name(key: str) -> str | None:

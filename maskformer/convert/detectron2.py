@@ -11,11 +11,12 @@ import re
 
 import torch
 
-from maskformer.checkpoint import Renamed
+from maskformer.checkpoint import CheckpointError, Renamed, build_loaded, generic_meta
 from maskformer.config import PRESETS, Config, get_preset
 from maskformer.convert.backbones import backbone_by_depths
 from maskformer.convert.detectron2_mask2former import infer_mask2former_preset, is_mask2former, mask2former_fields
 from maskformer.convert.detectron2_mask2former import rename_key as rename_mask2former_key
+from maskformer.convert.sources import read_state_dict
 
 _HEAD = "sem_seg_head."
 _PD = "sem_seg_head.pixel_decoder."
@@ -26,14 +27,9 @@ _PANOPTIC = {133: "coco_panoptic", 150: "ade20k_panoptic"}
 _CPU_DATASETS = {8: "synth", 11: "camvid"}
 
 
-def upgrade_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """v1 head names (`sem_seg_head.<x>` outside the predictor) -> v2 (`sem_seg_head.pixel_decoder.<x>`); drops
-    `criterion.empty_weight` and a DDP `module.` prefix."""
-    return map_detectron2(sd).tensors
-
-
 def map_detectron2(sd: dict[str, torch.Tensor]) -> Renamed:
-    """`upgrade_names` that remembers each key's source name and the keys dropped on purpose (for reports)."""
+    """v1 head names (`sem_seg_head.<x>` outside the predictor) -> v2 (`sem_seg_head.pixel_decoder.<x>`), with each
+    key's source name (for reports); drops `criterion.empty_weight` and a DDP `module.` prefix."""
 
     def rename(key: str) -> str | None:
         key = rename_mask2former_key(key.removeprefix("module."))
@@ -101,8 +97,7 @@ def infer_model_fields(sd: dict[str, torch.Tensor]) -> dict:
     if enc:
         f["enc_layers"] = len(enc)
     if f["arch"] != "per_pixel_baseline":
-        q = sd[_PRED + "query_embed.weight"]
-        f["num_queries"], f["hidden_dim"] = q.shape
+        f["num_queries"], f["hidden_dim"] = sd[_PRED + "query_embed.weight"].shape
         f["dec_layers"] = len(_indices(sd, _PRED + "transformer.decoder.layers."))
         f["dim_feedforward"] = sd[_PRED + "transformer.decoder.layers.0.linear1.weight"].shape[0]
         proj = sd.get(_PRED + "input_proj.weight")
@@ -163,8 +158,6 @@ def class_head_keys(cfg: Config) -> tuple[str, ...]:
 
 def convert_detectron2(path: str | os.PathLike, preset: str | None = None, num_classes: int | None = None):
     """(model, cfg, meta, report) from an official `.pkl` / `.pth`; every key must fit, but a new class head."""
-    from maskformer.checkpoint import CheckpointError, build_loaded, generic_meta
-    from maskformer.convert.sources import read_state_dict
     from maskformer.data.meta import builtin_meta
 
     raw, info = read_state_dict(path)

@@ -6,14 +6,16 @@ or without the `model.` prefix. Name table: transformers-oracle.md section 4.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from maskformer.checkpoint import KeyReport, Renamed, load_checked
-from maskformer.config import Config, ModelConfig
-from maskformer.convert.backbones import backbone_by_depths, backbone_name
+from maskformer.checkpoint import CheckpointError, KeyReport, Renamed, build_loaded, load_checked
+from maskformer.config import Config, ModelConfig, get_preset
+from maskformer.convert.backbones import backbone_name
 from maskformer.convert.hf_backbone import map_hf_backbone, map_keys
 from maskformer.structures import DatasetMeta
 
@@ -51,14 +53,9 @@ _RULES: list[tuple[str, str]] = [
 _QKV = re.compile(_LAYER + r"(self_attn|encoder_attn)\.([qkv])_proj\.(weight|bias)")
 
 
-def hf_to_official(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers MaskFormer state dict -> our (official v2) names. Keys no rule maps keep their name (reported as
-    unexpected when loaded); `DROPPED`, Swin's final LayerNorm and BatchNorm step counters are left out."""
-    return map_hf(hf_sd).tensors
-
-
 def map_hf(hf_sd: dict[str, torch.Tensor]) -> Renamed:
-    """`hf_to_official` that also remembers each key's source name and the keys dropped on purpose (for reports)."""
+    """transformers MaskFormer state dict -> our (official v2) names, remembering source names; keys no rule maps keep
+    their name (unexpected when loaded); `DROPPED`, Swin's final LayerNorm and BatchNorm step counters are dropped."""
     head = {k: v for k, v in hf_sd.items() if not HF_BACKBONE.match(k)}
     out = map_hf_encoder(hf_sd, prefix="backbone.")
     return map_keys(head, _RULES, drop=DROPPED, fuse=(_QKV, _fused_qkv, "qkv"), out=out)[0]
@@ -111,20 +108,23 @@ def hf_backbone_args(backbone_config: dict) -> tuple[str, dict]:
     raise ValueError(f"transformers backbone model_type {kind!r} is not supported; valid: swin, resnet")
 
 
-def hf_backbone_name(backbone_config: dict) -> str:
-    """This package's backbone name for a transformers backbone config dict (Swin-T/S/B/L, ResNet-18/34/50/101)."""
-    c = backbone_config
-    if (kind := {"swin": "swin", "maskformer-swin": "swin", "resnet": "resnet"}.get(c.get("model_type", ""))) is None:
-        raise ValueError(f"transformers backbone model_type {c.get('model_type')!r} is not supported (swin, resnet)")
-    width = int(c.get("embed_dim", 96)) if kind == "swin" else c.get("layer_type", "bottleneck")
-    return backbone_by_depths(kind, width, tuple(int(d) for d in c.get("depths", ())), "transformers")
-
-
-def hf_meta(hf_config: dict, num_classes: int) -> DatasetMeta:
-    """The label space of a transformers config dict: class names from `id2label` (class_i where absent)."""
+def convert_hf(path: str, sd: dict[str, torch.Tensor], hf_config: dict, preset: str | None = None):
+    """(model, cfg, meta, report) from a transformers MaskFormer directory's state dict and config.json dict (as
+    `convert_hf_mask2former`); class names from `id2label` (class_i where absent)."""
+    try:
+        cfg = hf_config_to_config(hf_config)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: {e}") from None
+    notes = ["source: transformers directory"]
+    if preset is not None:
+        cfg = dataclasses.replace(get_preset(preset), model=cfg.model, loss=cfg.loss)
+        notes.append(f"preset: {preset} (data, inference and train settings)")
+    model, report = build_loaded(cfg, map_hf(sd), str(path))
+    report.notes = notes
     id2label = hf_config.get("id2label") or {}
-    names = [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(num_classes)]
-    return DatasetMeta(name=hf_config.get("_name_or_path") or "transformers", class_names=names)
+    names = [str(id2label.get(str(i), id2label.get(i, f"class_{i}"))) for i in range(cfg.model.num_classes)]
+    meta = DatasetMeta(name=hf_config.get("_name_or_path") or "transformers", class_names=names)
+    return model.eval(), cfg, meta, report
 
 
 def build_hf_model(hf_config: dict) -> nn.Module:

@@ -88,9 +88,8 @@ def map_keys(sd: dict[str, torch.Tensor], rules, *, drop, fuse=None, strip=None,
         else:
             out.add(prefix + new, value, src)
     for key, parts in groups.items():
-        order = fuse[2]
-        if set(parts) == set(order):
-            out.add(key, torch.cat([sd[parts[p]] for p in order]), parts[order[0]])
+        if set(parts) == set(fuse[2]):
+            out.add(key, torch.cat([sd[parts[p]] for p in fuse[2]]), parts[fuse[2][0]])
         else:
             unknown += parts.values()
             for src in parts.values():

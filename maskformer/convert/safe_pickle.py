@@ -102,9 +102,8 @@ def load_weights_pickle(path: str | os.PathLike) -> Any:
         if f.read(4) == b"PK\x03\x04" and zipfile.is_zipfile(path):
             return _torch_load(path)
         f.seek(0)
-        unpickler = RestrictedUnpickler(f, source=path)
         try:
-            obj = unpickler.load()
+            obj = RestrictedUnpickler(f, source=path).load()
         except UnsafePickleError:
             raise
         except Exception as e:  # only allowed globals run, so any failure is a damaged stream (codec, key, struct...)

@@ -31,10 +31,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     (see `detect_source`), "hf_config" (transformers) or a pickle's other top-level entries ("matching_heuristics")."""
     path = Path(path)
     kind = detect_source(path)
-    if kind == "model_dir":
-        return load_safetensors(path / WEIGHTS_NAME), {"kind": kind}
-    if kind == "safetensors":
-        return load_safetensors(path), {"kind": kind}
+    if kind in ("model_dir", "safetensors"):
+        return load_safetensors(path / WEIGHTS_NAME if kind == "model_dir" else path), {"kind": kind}
     if kind == "pickle":
         return unwrap_pickled(path)
     info = {"kind": kind, "hf_config": transformers_config(path)}
@@ -81,5 +79,4 @@ def unwrap_pickled(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{path}: entry {k!r} of the weights is a {type(v).__name__}, not an array")
     if not sd:
         raise CheckpointError(f"{path}: holds no arrays or tensors")
-    info = {"kind": "pickle", **{k: v for k, v in obj.items() if k not in ("model", "state_dict") and k not in sd}}
-    return sd, info
+    return sd, {"kind": "pickle", **{k: v for k, v in obj.items() if k not in ("model", "state_dict") and k not in sd}}
