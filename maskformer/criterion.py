@@ -23,17 +23,6 @@ STRIDE = 4  # predictions are at 1/4 of the padded input
 PER_PIXEL_ARCHS = ("per_pixel_baseline", "per_pixel_baseline_plus")
 
 
-def average_num_masks(num_masks: int, device: torch.device) -> float:
-    """The number of target masks averaged over processes (all-reduced when torch.distributed is initialized),
-    clamped to >= 1: the normalizer of the mask losses."""
-    n = torch.tensor([float(num_masks)], device=device)
-    world = 1
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(n)
-        world = dist.get_world_size()
-    return max(n.item() / world, 1.0)
-
-
 def prepare_targets(
     targets: list[SegTarget], size: tuple[int, int], num_classes: int, device: torch.device
 ) -> tuple[list[Tensor], Tensor]:
@@ -92,9 +81,7 @@ class SetCriterion(nn.Module):
         self.point_args = dict(
             num_points=num_points, oversample_ratio=oversample_ratio, importance_sample_ratio=importance_sample_ratio
         )
-        empty_weight = torch.ones(num_classes + 1)
-        empty_weight[-1] = no_object_weight
-        self.register_buffer("empty_weight", empty_weight)
+        self.register_buffer("empty_weight", torch.tensor([1.0] * num_classes + [no_object_weight]))  # CE class weights
 
     def forward(self, outputs: dict, targets: list[SegTarget]) -> dict[str, Tensor]:
         """outputs: {"pred_logits" [B,Q,K+1], "pred_masks" [B,Q,h,w], optional "aux_outputs": [such dicts]};
@@ -112,7 +99,12 @@ class SetCriterion(nn.Module):
         layers = [outputs] + (list(outputs.get("aux_outputs", [])) if self.deep_supervision else [])
         with torch.autocast(masks.device.type, enabled=False):
             labels, all_masks = prepare_targets(targets, (STRIDE * h, STRIDE * w), self.num_classes, masks.device)
-            num_masks = average_num_masks(sum(len(lb) for lb in labels), masks.device)
+            # the mask losses' normalizer: the number of target masks averaged over processes, at least 1
+            n = torch.tensor([float(sum(len(lb) for lb in labels))], device=masks.device)
+            world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            if world > 1:
+                dist.all_reduce(n)
+            num_masks = max(n.item() / world, 1.0)
             losses = {}
             for i, layer in enumerate(layers):
                 _check_outputs(layer, ("pred_logits", "pred_masks"), f"SetCriterion aux_outputs[{i - 1}]")
@@ -132,10 +124,12 @@ class SetCriterion(nn.Module):
         src = torch.cat([s for s, _ in indices]).to(masks.device)  # [M] query index
         offsets = torch.tensor([0] + [len(lb) for lb in labels]).cumsum(0)[:-1]
         tgt = torch.cat([t + offsets[b] for b, (_, t) in enumerate(indices)]).to(masks.device)  # [M] into all targets
-        return {
-            "loss_ce": self.loss_ce(logits, batch, src, torch.cat(labels)[tgt]),
-            **self.loss_masks(masks[batch, src], all_masks[tgt], num_masks),
-        }
+        loss_ce = self.loss_ce(logits, batch, src, torch.cat(labels)[tgt])
+        if self.point_sampling:  # matched logits [M, h, w] vs bool targets [M, H, W]
+            mask, dice = point_sampled_mask_losses(masks[batch, src], all_masks[tgt], **self.point_args)
+        else:
+            mask, dice = full_res_mask_losses(masks[batch, src], all_masks[tgt])
+        return {"loss_ce": loss_ce, "loss_mask": mask.sum() / num_masks, "loss_dice": dice.sum() / num_masks}
 
     def loss_ce(self, logits: Tensor, batch: Tensor, src: Tensor, matched_labels: Tensor) -> Tensor:
         """Weighted-mean CE over all B*Q queries; unmatched queries target the no-object class K."""
@@ -143,14 +137,6 @@ class SetCriterion(nn.Module):
         target[batch, src] = matched_labels
         weight = self.empty_weight.to(logits.dtype)
         return F.cross_entropy(logits.transpose(1, 2), target, weight=weight)  # logits as [B, K+1, Q]
-
-    def loss_masks(self, src_masks: Tensor, tgt_masks: Tensor, num_masks: float) -> dict[str, Tensor]:
-        """loss_mask and loss_dice of matched logits [M, h, w] vs bool targets [M, H, W], summed / num_masks."""
-        if self.point_sampling:
-            mask, dice = point_sampled_mask_losses(src_masks, tgt_masks, **self.point_args)
-        else:
-            mask, dice = full_res_mask_losses(src_masks, tgt_masks)
-        return {"loss_mask": mask.sum() / num_masks, "loss_dice": dice.sum() / num_masks}
 
 
 class PerPixelCriterion(nn.Module):
@@ -226,10 +212,7 @@ def build_criterion(cfg: Config) -> nn.Module:
             deep_supervision=m.arch == "per_pixel_baseline_plus",
         )
     if m.arch not in ("maskformer", "mask2former"):  # the same SetCriterion; Mask2Former presets set point_sampling
-        raise ValueError(
-            f"build_criterion: unknown model.arch {m.arch!r}; valid: maskformer, mask2former, "
-            + ", ".join(PER_PIXEL_ARCHS)
-        )
+        raise ValueError(f"unknown model.arch {m.arch!r}; valid: maskformer, mask2former, {', '.join(PER_PIXEL_ARCHS)}")
     matcher = HungarianMatcher(
         cost_class=lc.class_weight if lc.point_sampling else 1.0,
         cost_mask=lc.mask_weight,

@@ -60,18 +60,20 @@ class Conv2d(nn.Conv2d):
         return x
 
 
-def c2_xavier_fill(module: nn.Module) -> None:
-    """Caffe2 "XavierFill": kaiming-uniform with a=1 on the weight, zero bias."""
+def c2_xavier_fill(module: nn.Module) -> nn.Module:
+    """Caffe2 "XavierFill": kaiming-uniform with a=1 on the weight, zero bias. Returns the module."""
     nn.init.kaiming_uniform_(module.weight, a=1)
     if module.bias is not None:
         nn.init.constant_(module.bias, 0)
+    return module
 
 
-def c2_msra_fill(module: nn.Module) -> None:
-    """Caffe2 "MSRAFill": kaiming-normal, fan_out, relu; zero bias."""
+def c2_msra_fill(module: nn.Module) -> nn.Module:
+    """Caffe2 "MSRAFill": kaiming-normal, fan_out, relu; zero bias. Returns the module."""
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     if module.bias is not None:
         nn.init.constant_(module.bias, 0)
+    return module
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -52,8 +52,6 @@ def downsample_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     """Nearest-neighbour resize of bool masks [T, H, W] to `size` (F.interpolate "nearest") -> bool [T, h, w]."""
     H, W = masks.shape[-2:]
     h, w = size
-    if (H, W) == (h, w):
-        return masks
     if H % h == 0 and W % w == 0:  # integer ratio: nearest picks source pixel (i * H/h), a strided view
         return masks[:, :: H // h, :: W // w]
     return F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5

@@ -39,11 +39,6 @@ def point_sample_binary(masks: Tensor, coords: Tensor) -> Tensor:
     return torch.lerp(top, bottom, frac[..., 1])
 
 
-def uncertainty(logits: Tensor) -> Tensor:
-    """Mask2Former's point uncertainty: -|logit| (highest at the decision boundary)."""
-    return -logits.abs()
-
-
 def uncertain_point_coords(
     logits: Tensor, *, num_points: int, oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75
 ) -> Tensor:
@@ -57,7 +52,7 @@ def uncertain_point_coords(
     n = logits.shape[0]
     num_sampled = int(num_points * oversample_ratio)
     coords = torch.rand(n, num_sampled, 2, device=logits.device)  # [N, S, 2]
-    scores = uncertainty(point_sample(logits, coords))[:, 0]  # [N, S]
+    scores = -point_sample(logits, coords)[:, 0].abs()  # [N, S] uncertainty -|logit|: highest at the boundary
     num_uncertain = int(importance_sample_ratio * num_points)
     idx = _top_indices(scores, num_uncertain)  # [N, P_u]
     picked = coords.gather(1, idx.unsqueeze(-1).expand(-1, -1, 2))  # [N, P_u, 2]

@@ -28,20 +28,16 @@ class ImageBatch:
 
     @classmethod
     def from_images(cls, images: Sequence[torch.Tensor], size_divisibility: int = 32) -> ImageBatch:
-        """Pad [3, h_i, w_i] images to a common [B, 3, H, W], H and W rounded up to `size_divisibility`.
-
-        Padding is the pixel mean, so after the model's normalization padded pixels are exactly 0, as in the
-        official eval-time batching (pad after normalization with 0).
-        """
+        """Pad [3, h_i, w_i] images to a common [B, 3, H, W], H and W rounded up to `size_divisibility`, with the
+        pixel mean: after the model's normalization padded pixels are exactly 0, as in the official batching."""
         if len(images) == 0:
             raise ValueError("ImageBatch.from_images needs at least one image")
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         H, W = (max(s[i] for s in sizes) for i in (0, 1))
         if size_divisibility > 1:
             H, W = (-(-v // size_divisibility) * size_divisibility for v in (H, W))
-        first = images[0]
-        out = torch.empty((len(images), 3, H, W), dtype=torch.float32, device=first.device)
-        out[:] = torch.as_tensor(PIXEL_MEAN, dtype=torch.float32, device=first.device).reshape(-1, 1, 1)
+        mean = torch.as_tensor(PIXEL_MEAN, dtype=torch.float32, device=images[0].device)
+        out = mean.view(1, 3, 1, 1).repeat(len(images), 1, H, W)  # [B, 3, H, W]
         for i, im in enumerate(images):
             out[i, :, : im.shape[-2], : im.shape[-1]] = im
         return cls(out, sizes)
@@ -130,13 +126,9 @@ class DatasetMeta:
 
     def __post_init__(self) -> None:
         k = len(self.class_names)
-        if not self.is_thing:
-            self.is_thing = [False] * k
-        if not self.palette:
-            self.palette = default_palette(k)
-        if not self.dataset_ids:
-            self.dataset_ids = list(range(k))
-        self.palette = [tuple(int(v) for v in c) for c in self.palette]
+        self.is_thing = self.is_thing or [False] * k
+        self.palette = [tuple(int(v) for v in c) for c in self.palette or default_palette(k)]
+        self.dataset_ids = self.dataset_ids or list(range(k))
         for key in ("is_thing", "palette", "dataset_ids"):
             n = len(getattr(self, key))
             if n != k:

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
-FEATURE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
 class Backbone(nn.Module):
@@ -26,7 +25,7 @@ class Backbone(nn.Module):
     def __init__(self, *, out_channels: dict[str, int]):
         super().__init__()
         self.out_channels = dict(out_channels)
-        self.strides = dict(FEATURE_STRIDES)
+        self.strides = dict(zip(FEATURE_NAMES, (4, 8, 16, 32)))
 
     def optimize_for_inference(self) -> Backbone:
         """Eval mode plus any precomputation inference can reuse; the state dict is unchanged."""

@@ -28,10 +28,7 @@ NORMS = {"FrozenBN": FrozenBatchNorm2d, "BN": nn.BatchNorm2d, "SyncBN": nn.SyncB
 
 
 class ConvNorm(Conv2d):
-    """Bias-free conv -> norm (-> ReLU), named like detectron2 (`weight`, `norm.*`).
-
-    fold_bn (a switch in maskformer.cpu_tuning, not state): in eval mode with FrozenBN the pair runs as one conv.
-    """
+    """Bias-free conv -> norm (-> ReLU), named like detectron2 (`weight`, `norm.*`); `fold_bn`: a cpu_tuning switch."""
 
     def __init__(self, cin: int, cout: int, k: int, *, stride=1, padding=0, dilation=1, norm="FrozenBN", relu=False):
         conv = dict(stride=stride, padding=padding, dilation=dilation, bias=False)
@@ -154,8 +151,7 @@ class ResNet(Backbone):
         x = self.stem(x)
         out = {}
         for name in FEATURE_NAMES:
-            x = getattr(self, name)(x)
-            out[name] = x
+            out[name] = x = getattr(self, name)(x)
         return out
 
 

@@ -338,15 +338,13 @@ class SwinTransformer(Backbone):
 
     def layouts(self, H: int, W: int, device: torch.device, depth: int) -> list[WindowLayout]:
         """[regular, shifted] window layouts for an H x W map (cached; shifted only when depth > 1)."""
-        ws = self.window_size
-        shifts = [0, ws // 2][: min(depth, 2)]
         result = []
-        for shift in shifts:
+        for shift in (0, self.window_size // 2)[: min(depth, 2)]:
             key = (H, W, shift, str(device))
             layout = None if is_exporting() else self._layouts.get(key)
             if layout is None:
                 with torch.inference_mode(False):  # normal tensors: a cached layout may later meet autograd
-                    layout = window_layout(H, W, ws, shift, device)
+                    layout = window_layout(H, W, self.window_size, shift, device)
                 if not is_exporting():
                     if len(self._layouts) >= 64:
                         self._layouts.clear()

@@ -26,10 +26,6 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
 
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group described by torchrun's env vars; pick the device: "cpu", "cuda" (cuda:LOCAL_RANK) or

@@ -14,6 +14,7 @@ import json
 import random
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +82,24 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: Config, out_dir: str | Path, *, model: nn.Module | None = None, criterion: nn.Module | None = None,
-        train_set=None, val_set=None, evaluate_fn=None, init_weights: str | None = None, init_kind: str = "auto",
-        device: str | None = None, threads: int | None = None, progress: bool = True, overwrite: bool = False
+        self,
+        cfg: Config,
+        out_dir: str | Path,
+        *,
+        model: nn.Module | None = None,
+        criterion: nn.Module | None = None,
+        train_set=None,
+        val_set=None,
+        evaluate_fn=None,
+        init_weights: str | None = None,
+        init_kind: str = "auto",
+        device: str | None = None,
+        threads: int | None = None,
+        progress: bool = True,
+        overwrite: bool = False,
     ):
         self.cfg, self.out = cfg.validate(), Path(out_dir)
+        self.checkpoint_root = self.out / "checkpoints"
         self.threads, self.overwrite = threads, overwrite
         self.dist = D.init_distributed(device)
         self.micro_batch = micro_batch_size(cfg.train, self.dist.world_size)
@@ -97,10 +111,14 @@ class Trainer:
         self.criterion = (criterion if criterion is not None else build_criterion(cfg)).to(self.dist.device)
         self.step = TrainStep(self.model, self.criterion, cfg.train, self.dist.device, net=self._wrap_ddp(self.model))
         self.train_set = train_set if train_set is not None else build_dataset(cfg.data, cfg.data.train_split, True)
+        self.meta = getattr(self.train_set, "meta", None)
         if self.meta is not None and self.meta.num_classes != cfg.model.num_classes:
-            raise ValueError(f"model.num_classes={cfg.model.num_classes} but the training set {self.meta.name!r} has "
-                             f"{self.meta.num_classes} classes; set model.num_classes={self.meta.num_classes}")
-        self._val_set, self.evaluate_fn = val_set, evaluate_fn or self._evaluate
+            raise ValueError(
+                f"model.num_classes={cfg.model.num_classes} but the training set {self.meta.name!r} has "
+                f"{self.meta.num_classes} classes; set model.num_classes={self.meta.num_classes}"
+            )
+        self._val_set = val_set
+        self.evaluate_fn = evaluate_fn or partial(evaluate_model, task=cfg.inference.task, cfg=cfg, batch_size=4)
         if cfg.train.eval_period > 0 and self.dist.is_main:
             _ = self.val_set  # a missing validation split fails now, not after the first eval_period iterations
         seed = cfg.train.seed + self.dist.rank  # different augmentation streams per rank
@@ -108,21 +126,25 @@ class Trainer:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         if len(self.train_set) < self.dist.world_size:
-            raise ValueError(
-                f"the training set has {len(self.train_set)} images, fewer than {self.dist.world_size} processes"
-            )
+            raise ValueError(f"{len(self.train_set)} training images are fewer than {self.dist.world_size} processes")
         # infinite, sharded by rank (one shared permutation per epoch), per-sample augmentation seeds: exact resume
         self.loader = build_loader(
-            self.train_set, batch_size=self.micro_batch, shuffle=True, num_workers=cfg.data.num_workers,
-            seed=cfg.train.seed, infinite=True, rank=self.dist.rank, world_size=self.dist.world_size,
-            size_divisibility=max(cfg.model.size_divisibility, 1)
+            self.train_set,
+            batch_size=self.micro_batch,
+            shuffle=True,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed,
+            infinite=True,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            size_divisibility=max(cfg.model.size_divisibility, 1),
         )
         self.iteration, self.best, self.last_eval = 0, None, {}
         self.logger: MetricsLogger | None = None  # opened once the output folder is claimed (run or resume)
         self.progress = progress and self.dist.is_main
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
-        if not self.dist.distributed:
+        if self.dist.world_size == 1:
             return model
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         ddp = nn.parallel.DistributedDataParallel
@@ -131,14 +153,6 @@ class Trainer:
         # buffers (FrozenBN statistics, pixel mean/std) are identical on all ranks: no per-forward broadcast
         new_api = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
         return ddp(model, device_ids=ids, **{"forward_sync_buffers" if new_api else "broadcast_buffers": False})
-
-    @property
-    def meta(self):
-        return getattr(self.train_set, "meta", None)
-
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.out / "checkpoints"
 
     def resume(self, path: str | Path | None = "latest") -> Path | None:
         """Continue from a checkpoint ("latest"/"" = newest under out_dir, or a path). Returns the path used.
@@ -215,8 +229,11 @@ class Trainer:
         finally:
             bar.close()
             torch.set_num_threads(threads)
-        if self.iteration >= t.max_iter:
-            self._finish()
+        if self.iteration >= t.max_iter:  # the final model directory and curves (rank 0)
+            if self.dist.is_main:
+                S.save_checkpoint(self.out, "model", self._write_model, None, mark_latest=False)
+                plot_training_curves(read_jsonl(self.logger.path), self.out / "curves.png")
+            self.logger.close()
 
     def _step(self, batches: list) -> dict[str, float]:
         try:
@@ -229,11 +246,20 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write checkpoints/iter_N (rank 0) with every rank's RNG state; prune to keep_last."""
-        rngs = _gather(S.capture_rng())
+        rngs = [S.capture_rng()] * D.world_size()  # every rank's RNG state, in rank order
+        if D.is_distributed():
+            torch.distributed.all_gather_object(rngs, rngs[0])
         path = self.checkpoint_root / S.checkpoint_name(self.iteration)
         if self.dist.is_main:
-            state = dict(iteration=self.iteration, step=self.step.state_dict(), rng=rngs, best=self.best,
-                         loader=self.loader.state_dict(), config=self.cfg.to_dict(), world_size=self.dist.world_size)
+            state = dict(
+                iteration=self.iteration,
+                step=self.step.state_dict(),
+                rng=rngs,
+                best=self.best,
+                loader=self.loader.state_dict(),
+                config=self.cfg.to_dict(),
+                world_size=self.dist.world_size,
+            )
             S.save_checkpoint(self.checkpoint_root, path.name, self._write_model, state)
             S.prune_checkpoints(self.checkpoint_root, self.cfg.train.keep_last)
         D.barrier()
@@ -255,8 +281,13 @@ class Trainer:
                 metrics = self.evaluate_fn(self.model, self.val_set)
             self.model.train()
             S.restore_rng(rng)
-            self._track_best(metrics)
-            self.logger.log(self.iteration, {f"val/{k}": v for k, v in _scalars(metrics).items()})
+            scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            key = BEST_METRIC.get(self.cfg.inference.task, "mIoU")
+            if key in metrics and (self.best is None or not metrics[key] <= self.best["value"]):  # a new best model
+                self.best = {"metric": key, "value": float(metrics[key]), "iteration": self.iteration}
+                S.save_checkpoint(self.out, "best", self._write_model, None, mark_latest=False)
+                CK.atomic_write(self.out / "best" / "best.json", json.dumps({**self.best, "metrics": scalars}))
+            self.logger.log(self.iteration, {f"val/{k}": v for k, v in scalars.items()})
         D.barrier()
         self.last_eval = metrics
         return metrics
@@ -267,41 +298,9 @@ class Trainer:
             self._val_set = build_dataset(self.cfg.data, self.cfg.data.val_split, False)
         return self._val_set
 
-    def _evaluate(self, model: nn.Module, dataset) -> dict:
-        """The default evaluate_fn: maskformer.evaluation's metrics for cfg.inference.task."""
-        return evaluate_model(model, dataset, task=self.cfg.inference.task, cfg=self.cfg, batch_size=4)
-
-    def _track_best(self, metrics: dict) -> None:
-        key = BEST_METRIC.get(self.cfg.inference.task, "mIoU")
-        if key not in metrics or (self.best is not None and metrics[key] <= self.best["value"]):
-            return
-        self.best = {"metric": key, "value": float(metrics[key]), "iteration": self.iteration}
-        S.save_checkpoint(self.out, "best", self._write_model, None, mark_latest=False)
-        CK.atomic_write(self.out / "best" / "best.json", json.dumps({**self.best, "metrics": _scalars(metrics)}))
-
-    def _finish(self) -> None:
-        """Final model directory and curves (rank 0)."""
-        if self.dist.is_main:
-            S.save_checkpoint(self.out, "model", self._write_model, None, mark_latest=False)
-            plot_training_curves(read_jsonl(self.logger.path), self.out / "curves.png")
-        self.logger.close()
-
 
 def _due(iteration: int, period: int) -> bool:
     return period > 0 and iteration % period == 0
-
-
-def _scalars(d: dict) -> dict:
-    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _gather(obj) -> list:
-    """`obj` from every rank, in rank order (a one-element list when not distributed)."""
-    if not D.is_distributed():
-        return [obj]
-    out = [None] * D.world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 
 def _warn_config_changes(saved: dict, cfg: Config, where: Path) -> None:

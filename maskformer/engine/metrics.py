@@ -28,7 +28,9 @@ class MetricsLogger:
     def log(self, iteration: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        record = {"iter": int(iteration), **{k: _jsonable(v) for k, v in values.items()}}
+        record = {"iter": int(iteration)}
+        for k, v in values.items():
+            record[k] = str(v) if isinstance(v, float) and not math.isfinite(v) else v  # JSON has no NaN/inf
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -48,10 +50,6 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def _jsonable(v):
-    return str(v) if isinstance(v, float) and not math.isfinite(v) else v  # JSON has no NaN/inf
 
 
 def _tensorboard_writer(path: Path):
@@ -95,7 +93,7 @@ class WindowMeter:
 
 
 def final_loss_term(key: str) -> bool:
-    """"loss" and the final layer's "loss_*" terms, not the auxiliary "loss_*_0".."loss_*_4"."""
+    """True for "loss" and the final layer's "loss_*" terms, not the auxiliary "loss_*_0".."loss_*_4"."""
     return key.startswith("loss") and not key[-1].isdigit()
 
 
@@ -111,23 +109,18 @@ class Progress:
     """tqdm over iterations (ETA from tqdm's rate), with bar_terms and images/s; silent when disabled."""
 
     def __init__(self, *, total: int, initial: int, enabled: bool):
-        self._bar = None
-        if enabled:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc="train", unit="it", dynamic_ncols=True)
+        self._bar = tqdm(total=total, initial=initial, desc="train", unit="it", dynamic_ncols=True, disable=not enabled)
 
     def update(self, iteration: int, values: dict[str, float], meter: WindowMeter, *, images: int) -> None:
-        if self._bar is None:
-            return
         self._bar.update(iteration - self._bar.n)
         per_iter = meter.sums["time"] / max(meter.count, 1)
         img_s = f"{images / per_iter:.1f}" if per_iter > 0 else "-"
         self._bar.set_postfix({**bar_terms(values), "img/s": img_s}, refresh=False)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()
 
 
 Series = dict[str, tuple[list[float], list[float]]]

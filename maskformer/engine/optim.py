@@ -26,8 +26,8 @@ from torch import nn
 
 from maskformer.config import TrainConfig
 
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.InstanceNorm1d,
-              nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm)  # fmt: skip
+# the official norm types: BatchNorm1d/2d/3d, SyncBatchNorm and InstanceNorm1d/2d/3d are the _NormBase subclasses
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed")
 
 

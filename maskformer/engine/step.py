@@ -22,6 +22,7 @@ from maskformer.engine.optim import build_optimizer, build_scheduler, clip_grad_
 from maskformer.precision import to_float
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp (Config-validated); "none": fp32
+STATEFUL = ("optimizer", "scheduler", "scaler")  # the TrainStep parts a checkpoint keeps (+ the iteration)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,7 +48,19 @@ class TrainStep:
     def __call__(self, micro_batches: list) -> dict[str, float]:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = self._forward_backward(micro_batches)
+        # gradients of mean_i(loss_i) over the micro-batches (DDP all-reduces only on the last one)
+        n, dev, dtype = len(micro_batches), self.device, AUTOCAST_DTYPES.get(self.train.amp)
+        sums: dict[str, torch.Tensor] = {}
+        distributed = isinstance(self.net, nn.parallel.DistributedDataParallel)
+        for i, (images, targets, *_) in enumerate(micro_batches):
+            with nullcontext() if i == n - 1 or not distributed else self.net.no_sync():
+                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                    outputs = self.net(images.to(dev))
+                with torch.autocast(dev.type, enabled=False):  # matching and losses in fp32
+                    losses = self.criterion(to_float(outputs), [t.to(dev) for t in targets])
+                self.scaler.scale(losses["loss"] / n).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / n
         values = {k: float(v) for k, v in sums.items()}
         if not D.all_true(all(torch.isfinite(v).item() for v in sums.values()), self.device):
             self.optimizer.zero_grad(set_to_none=True)
@@ -62,29 +75,10 @@ class TrainStep:
         self.iteration += 1
         return values
 
-    def _forward_backward(self, micro_batches: list) -> dict[str, torch.Tensor]:
-        """Gradients of mean_i(loss_i) over the micro-batches (DDP all-reduces only on the last one)."""
-        n, dev, dtype = len(micro_batches), self.device, AUTOCAST_DTYPES.get(self.train.amp)
-        sums: dict[str, torch.Tensor] = {}
-        distributed = isinstance(self.net, nn.parallel.DistributedDataParallel)
-        for i, (images, targets, *_) in enumerate(micro_batches):
-            sync = i == n - 1 or not distributed
-            with nullcontext() if sync else self.net.no_sync():
-                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-                    outputs = self.net(images.to(dev))
-                with torch.autocast(dev.type, enabled=False):  # matching and losses in fp32
-                    losses = self.criterion(to_float(outputs), [t.to(dev) for t in targets])
-                self.scaler.scale(losses["loss"] / n).backward()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float() / n
-        return sums
-
     def state_dict(self) -> dict:
-        parts = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
-        return {**{k: v.state_dict() for k, v in parts.items()}, "iteration": self.iteration}
+        return {**{k: getattr(self, k).state_dict() for k in STATEFUL}, "iteration": self.iteration}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        for k in STATEFUL:
+            getattr(self, k).load_state_dict(state[k])
         self.iteration = int(state["iteration"])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from maskformer.backbones import build_backbone
+from maskformer.backbones.base import FEATURE_NAMES as FEATURES
 from maskformer.config import Config, ModelConfig
 
 from .heads import MaskFormerHead, PerPixelBaselineHead, PerPixelBaselinePlusHead, TransformerPredictor
@@ -18,7 +20,9 @@ from .pixel_decoder import BasePixelDecoder, TransformerEncoderPixelDecoder
 
 ARCHS = ("maskformer", "per_pixel_baseline", "per_pixel_baseline_plus", "mask2former")
 PIXEL_DECODERS = ("fpn", "transformer_encoder", "msdeformattn")
-FEATURES = ("res2", "res3", "res4", "res5")
+# ModelConfig fields that the transformer predictors / transformer pixel decoders take under the same names
+DECODER_FIELDS = ("num_classes", "hidden_dim", "nheads", "dim_feedforward", "dec_layers", "mask_dim", "dropout")
+ENCODER_FIELDS = ("conv_dim", "mask_dim", "nheads", "dropout", "enc_layers")
 
 __all__ = ["ARCHS", "PIXEL_DECODERS", "MaskFormer", "build_model", "build_pixel_decoder"]  # parts: from their modules
 
@@ -30,8 +34,6 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
     if m.arch not in ARCHS:
         raise ValueError(f"model.arch={m.arch!r} is unknown; valid: {', '.join(ARCHS)}")
     if backbone is None:
-        from maskformer.backbones import build_backbone
-
         kw = {"drop_path_rate": m.drop_path_rate} if m.backbone.startswith("swin") else {"norm": m.backbone_norm}
         backbone = build_backbone(m.backbone, **kw, **m.backbone_args)  # norm: FrozenBN (official) or BN/GN (scratch)
     channels = getattr(backbone, "out_channels", None)
@@ -46,17 +48,8 @@ def build_model(cfg: Config, backbone: nn.Module | None = None) -> MaskFormer:
             "pixel_decoder 'msdeformattn', which no other arch takes"
         )
     pixel_decoder = build_pixel_decoder(m, {k: int(channels[k]) for k in FEATURES})
-    decoder = dict(
-        num_classes=m.num_classes,
-        hidden_dim=m.hidden_dim,
-        nheads=m.nheads,
-        dim_feedforward=m.dim_feedforward,
-        dec_layers=m.dec_layers,
-        mask_dim=m.mask_dim,
-        dropout=m.dropout,
-        enforce_input_proj=m.enforce_input_proj,
-        deep_supervision=cfg.loss.deep_supervision,
-    )
+    decoder = {k: getattr(m, k) for k in DECODER_FIELDS}
+    decoder.update(enforce_input_proj=m.enforce_input_proj, deep_supervision=cfg.loss.deep_supervision)
     if m.arch == "mask2former":
         predictor = MultiScaleMaskedTransformerDecoder(in_channels=m.conv_dim, num_queries=m.num_queries, **decoder)
         head = Mask2FormerHead(pixel_decoder=pixel_decoder, predictor=predictor)
@@ -85,14 +78,7 @@ def build_pixel_decoder(m: ModelConfig, in_channels: dict[str, int]) -> nn.Modul
     """The pixel decoder named by `m.pixel_decoder` over backbone channels {res2..res5: C}."""
     if m.pixel_decoder == "fpn":
         return BasePixelDecoder(in_channels=in_channels, conv_dim=m.conv_dim, mask_dim=m.mask_dim)
-    encoder = dict(
-        in_channels=in_channels,
-        conv_dim=m.conv_dim,
-        mask_dim=m.mask_dim,
-        nheads=m.nheads,
-        dropout=m.dropout,
-        enc_layers=m.enc_layers,
-    )
+    encoder = {k: getattr(m, k) for k in ENCODER_FIELDS} | {"in_channels": in_channels}
     if m.pixel_decoder == "msdeformattn":
         return MSDeformAttnPixelDecoder(**encoder, dim_feedforward=m.enc_dim_feedforward, n_points=m.deform_points)
     if m.pixel_decoder == "transformer_encoder":

@@ -127,18 +127,16 @@ def measure(
 def _count(model: nn.Module, x: torch.Tensor, inference_size: tuple[int, int] | None, *, fuse: bool) -> dict:
     """FlopCounterMode counts per module, with the cpu_tuning switches set to `fuse`. Parameters are switched to
     requires_grad=False meanwhile (its module tracker fails on parameters that require grad under no_grad)."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
     counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS)
     try:
-        for p in params:
-            p.requires_grad_(False)
+        model.requires_grad_(False)
         with switched(model, fuse), counter:
             out = model(x)
             if inference_size is not None:
                 semantic_inference_for_flops(out, tuple(model.preprocess(x).shape[-2:]), tuple(inference_size))
     finally:
-        for p, f in zip(params, flags):
+        for p, f in flags:
             p.requires_grad_(f)
     return counter.get_flop_counts()
 

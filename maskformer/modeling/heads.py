@@ -19,9 +19,8 @@ class MLP(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
-        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
-        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -64,11 +63,8 @@ class TransformerPredictor(nn.Module):
             num_decoder_layers=dec_layers,
         )
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
-        if in_channels != hidden_dim or enforce_input_proj:
-            self.input_proj = nn.Conv2d(in_channels, hidden_dim, 1)
-            c2_xavier_fill(self.input_proj)
-        else:
-            self.input_proj = nn.Identity()
+        use_proj = in_channels != hidden_dim or enforce_input_proj
+        self.input_proj = c2_xavier_fill(nn.Conv2d(in_channels, hidden_dim, 1)) if use_proj else nn.Identity()
         if mask_classification:
             self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
@@ -130,8 +126,7 @@ class PerPixelBaselineHead(nn.Module):
     def __init__(self, *, pixel_decoder: nn.Module, num_classes: int, mask_dim: int = 256):
         super().__init__()
         self.pixel_decoder = pixel_decoder
-        self.predictor = nn.Conv2d(mask_dim, num_classes, 1)
-        c2_msra_fill(self.predictor)
+        self.predictor = c2_msra_fill(nn.Conv2d(mask_dim, num_classes, 1))
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
         mask_features, _ = self.pixel_decoder(features)

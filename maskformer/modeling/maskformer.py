@@ -1,8 +1,5 @@
-"""`MaskFormer`: normalization + padding, backbone, `sem_seg_head`. Wiring only: no loss, no post-processing.
-
-Reference notes section 1. Padding with 0 *after* normalization equals padding raw images with the mean, which is what
-`ImageBatch.from_images` does.
-"""
+"""`MaskFormer`: normalization + padding, backbone, `sem_seg_head` (reference notes section 1). Wiring only: no loss,
+no post-processing."""
 
 from __future__ import annotations
 
@@ -33,10 +30,8 @@ class MaskFormer(nn.Module):
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
         self.size_divisibility = size_divisibility
-        self.register_buffer(
-            "pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False
-        )
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.channels_last = False
 
     def preprocess(self, images: torch.Tensor | ImageBatch) -> torch.Tensor:

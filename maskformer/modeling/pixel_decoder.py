@@ -45,13 +45,11 @@ class BasePixelDecoder(nn.Module):
     def __init__(self, *, in_channels: dict[str, int], conv_dim: int = 256, mask_dim: int = 256):
         super().__init__()
         for i, name in enumerate(LATERALS, start=1):
-            adapter = Conv2d(in_channels[name], conv_dim, 1, bias=False, norm=group_norm(conv_dim))
-            c2_xavier_fill(adapter)
+            adapter = c2_xavier_fill(Conv2d(in_channels[name], conv_dim, 1, bias=False, norm=group_norm(conv_dim)))
             self.add_module(f"adapter_{i}", adapter)
             self.add_module(f"layer_{i}", _output_conv(conv_dim, conv_dim))
         self.layer_4 = _output_conv(in_channels["res5"], conv_dim)
-        self.mask_features = Conv2d(conv_dim, mask_dim, 3, padding=1)
-        c2_xavier_fill(self.mask_features)
+        self.mask_features = c2_xavier_fill(Conv2d(conv_dim, mask_dim, 3, padding=1))
         self.transformer_in_channels = in_channels["res5"]
 
     def top(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +89,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         enc_layers: int = 6,
     ):
         super().__init__(in_channels=in_channels, conv_dim=conv_dim, mask_dim=mask_dim)
-        self.input_proj = nn.Conv2d(in_channels["res5"], conv_dim, 1)
-        c2_xavier_fill(self.input_proj)
+        self.input_proj = c2_xavier_fill(nn.Conv2d(in_channels["res5"], conv_dim, 1))
         self.transformer = TransformerEncoderOnly(
             d_model=conv_dim,
             nhead=nheads,

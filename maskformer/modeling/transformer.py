@@ -27,10 +27,6 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, -1).transpose(1, 2)  # [B, L, C] -> [B, h, L, C/h]
-
     def forward(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -45,10 +41,9 @@ class MultiheadAttention(nn.Module):
             q = F.linear(query, w[:c], b[:c])
             k = F.linear(key, w[c : 2 * c], b[c : 2 * c])
         v = F.linear(value, w[2 * c :], b[2 * c :])
+        q, k, v = (t.view(*t.shape[:2], self.num_heads, -1).transpose(1, 2) for t in (q, k, v))  # [B, h, L, C/h]
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(
-            self._heads(q), self._heads(k), self._heads(v), attn_mask=attn_mask, dropout_p=p
-        )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], c)  # [B, h, Lq, C/h] -> [B, Lq, C]
         return self.out_proj(out)
 
@@ -86,11 +81,12 @@ class TransformerLayer(nn.Module):
 
 
 def _layer_stack(num_layers: int, d_model: int, nhead: int, dim_feedforward: int, dropout: float, *, decoder: bool):
-    """`layers.{i}` (+ a final `norm` for a decoder): the layout of DETR's TransformerEncoder / TransformerDecoder."""
+    """`layers.{i}` (+ a final `norm` for a decoder): DETR's TransformerEncoder / TransformerDecoder, DETR's init."""
     layer = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, decoder=decoder)
     stack = nn.ModuleDict({"layers": nn.ModuleList(TransformerLayer(**layer) for _ in range(num_layers))})
     if decoder:
         stack["norm"] = nn.LayerNorm(d_model)
+    xavier_reset(stack)
     return stack
 
 
@@ -101,7 +97,6 @@ class Transformer(nn.Module):
     def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_decoder_layers: int):
         super().__init__()
         self.decoder = _layer_stack(num_decoder_layers, d_model, nhead, dim_feedforward, dropout, decoder=True)
-        xavier_reset(self)
 
     def forward(
         self, src: torch.Tensor, query_embed: torch.Tensor, pos: torch.Tensor, *, return_intermediate: bool = True
@@ -125,7 +120,6 @@ class TransformerEncoderOnly(nn.Module):
     def __init__(self, *, d_model: int, nhead: int, dim_feedforward: int, dropout: float, num_encoder_layers: int):
         super().__init__()
         self.encoder = _layer_stack(num_encoder_layers, d_model, nhead, dim_feedforward, dropout, decoder=False)
-        xavier_reset(self)
 
     def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """src, pos [B, C, H, W] -> [B, C, H, W]."""
