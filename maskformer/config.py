@@ -14,13 +14,10 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-ADE_512_SIZES = tuple(int(512 * s / 10) for s in range(5, 21))  # 256, 307, ..., 1024 (0.5..2.0 x 512)
-ADE_640_SIZES = tuple(range(320, 1281, 64))  # 0.5..2.0 x 640
-COCO_STUFF_SIZES = tuple(range(320, 961, 64))  # 0.5..1.5 x 640
-CITYSCAPES_SIZES = tuple(int(1024 * s / 10) for s in range(5, 21))
-MAPILLARY_SIZES = tuple(int(2048 * s / 10) for s in range(5, 21))
-COCO_PANOPTIC_SIZES = tuple(range(480, 801, 32))
-TTA_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+def _sizes(size: int, top: float = 2.0) -> tuple[int, ...]:
+    """Multi-scale training short sides 0.5, 0.6, ..., top x size (the official lists, e.g. 256, 307, ..., 1024)."""
+    return tuple(int(size * s / 10) for s in range(5, round(top * 10) + 1))
 
 
 @dataclass
@@ -85,7 +82,7 @@ class InferenceConfig:
     instance_topk: int = 100
     min_size_test: int = 512
     max_size_test: int = 2048
-    tta_scales: tuple[float, ...] = TTA_SCALES
+    tta_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     tta_flip: bool = True
     postprocess_before_inference: bool = False
     fast: bool = True
@@ -104,7 +101,7 @@ class DataConfig:
     val_split: str = "validation"
     recipe: str = "semantic"
     crop_size: tuple[int, int] = (512, 512)
-    min_size_train: tuple[int, ...] = ADE_512_SIZES
+    min_size_train: tuple[int, ...] = _sizes(512)
     max_size_train: int = 2048
     single_category_max_area: float = 1.0
     color_aug_ssd: bool = True
@@ -304,13 +301,13 @@ DATASETS = {
     "ade20k": (150, dict(format="ade20k"), dict(max_iter=160000), dict(min_size_test=512, max_size_test=2048)),
     "ade20k_640": (
         150,
-        dict(format="ade20k", crop_size=(640, 640), min_size_train=ADE_640_SIZES, max_size_train=2560, pad_size=640),
+        dict(format="ade20k", crop_size=(640, 640), min_size_train=_sizes(640), max_size_train=2560, pad_size=640),
         dict(max_iter=160000), dict(min_size_test=640, max_size_test=2560),
     ),
     "coco_stuff": (
         171,
         dict(format="coco_stuff", train_split="train2014", val_split="test2014", crop_size=(640, 640),
-             min_size_train=COCO_STUFF_SIZES, max_size_train=2560, pad_size=640),
+             min_size_train=_sizes(640, 1.5), max_size_train=2560, pad_size=640),
         dict(max_iter=60000, batch_size=32), dict(min_size_test=640, max_size_test=2560),
     ),
     "ade20k_full": (
@@ -320,18 +317,18 @@ DATASETS = {
     "cityscapes": (
         19,
         dict(format="cityscapes", train_split="train", val_split="val", crop_size=(512, 1024),
-             min_size_train=CITYSCAPES_SIZES, max_size_train=4096, pad_size=-1),
+             min_size_train=_sizes(1024), max_size_train=4096, pad_size=-1),
         dict(max_iter=90000), dict(min_size_test=1024, max_size_test=2048),
     ),
     "mapillary": (
         65,
         dict(format="mapillary", train_split="training", val_split="validation", crop_size=(1280, 1280),
-             min_size_train=MAPILLARY_SIZES, max_size_train=8192, pad_size=1280, ignore_label=65),
+             min_size_train=_sizes(2048), max_size_train=8192, pad_size=1280, ignore_label=65),
         dict(max_iter=300000), dict(min_size_test=2048, max_size_test=2048),
     ),
     "ade20k_panoptic": (
         150,
-        dict(format="ade20k_panoptic", recipe="panoptic", crop_size=(640, 640), min_size_train=ADE_640_SIZES,
+        dict(format="ade20k_panoptic", recipe="panoptic", crop_size=(640, 640), min_size_train=_sizes(640),
              max_size_train=2560, pad_size=640),
         dict(max_iter=720000),
         dict(task="panoptic", object_mask_threshold=0.7, min_size_test=640, max_size_test=2560),
@@ -339,7 +336,7 @@ DATASETS = {
     "coco_panoptic": (
         133,
         dict(format="coco_panoptic", train_split="train2017", val_split="val2017", recipe="detr",
-             min_size_train=COCO_PANOPTIC_SIZES, max_size_train=1333, pad_size=-1, color_aug_ssd=False),
+             min_size_train=tuple(range(480, 801, 32)), max_size_train=1333, pad_size=-1, color_aug_ssd=False),
         dict(max_iter=554400, batch_size=64, scheduler="multistep", steps=(369600,), warmup_iters=10),
         dict(task="panoptic", object_mask_threshold=0.8, min_size_test=800, max_size_test=1333),
     ),
@@ -490,16 +487,12 @@ def mask2former_cpu_preset(backbone: str, dataset: str) -> Config:
 
 def _paper_presets() -> dict[str, typing.Callable[[], Config]]:
     p: dict[str, typing.Callable[[], Config]] = {}
-    for bb in ("r50", "r101", "r101c", "swin_t", "swin_s"):
-        p[f"maskformer_{bb}_ade20k"] = lambda bb=bb: maskformer_preset(bb, "ade20k")
-    for bb in ("swin_b", "swin_l"):
-        p[f"maskformer_{bb}_ade20k"] = lambda bb=bb: maskformer_preset(bb, "ade20k_640")
-    for ds in ("coco_stuff", "ade20k_full"):
-        for bb in ("r50", "r101", "r101c"):
-            p[f"maskformer_{bb}_{ds}"] = lambda bb=bb, ds=ds: maskformer_preset(bb, ds)
-    for bb in ("r101", "r101c"):
-        p[f"maskformer_{bb}_cityscapes"] = lambda bb=bb: maskformer_preset(bb, "cityscapes")
-    p["maskformer_r50_mapillary"] = lambda: maskformer_preset("r50", "mapillary")
+    for bb in ("r50", "r101", "r101c", "swin_t", "swin_s", "swin_b", "swin_l"):
+        ds = "ade20k_640" if bb in ("swin_b", "swin_l") else "ade20k"  # the large Swins train on 640 x 640 crops
+        p[f"maskformer_{bb}_ade20k"] = lambda bb=bb, ds=ds: maskformer_preset(bb, ds)
+    pairs = [(bb, ds) for ds in ("coco_stuff", "ade20k_full") for bb in ("r50", "r101", "r101c")]
+    for bb, ds in [*pairs, ("r101", "cityscapes"), ("r101c", "cityscapes"), ("r50", "mapillary")]:
+        p[f"maskformer_{bb}_{ds}"] = lambda bb=bb, ds=ds: maskformer_preset(bb, ds)
     for bb in ("r50", "r101"):
         for ds in ("coco_panoptic", "ade20k_panoptic"):
             p[f"maskformer_{bb}_6enc_{ds}"] = lambda bb=bb, ds=ds: maskformer_preset(bb, ds, six_enc=True)

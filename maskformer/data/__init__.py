@@ -14,24 +14,22 @@ from .recipes import eval_transform, train_transform
 from .semantic import ade20k, ade20k_full, cityscapes, coco_stuff, folder, mapillary
 from .transforms import Sample
 
-# format name -> reader(root, split, **kw)
+# format name -> reader(root, split, **kw): each reader under its own name, plus two aliases
 FORMATS = {
-    "ade20k": ade20k,
-    "ade20k_full": ade20k_full,
-    "coco_stuff": coco_stuff,
-    "cityscapes": cityscapes,
-    "mapillary": mapillary,
-    "coco_panoptic": coco_panoptic,
-    "ade20k_panoptic": ade20k_panoptic,
-    "folder": folder,
-    "camvid": folder,
-    "synthetic": coco_panoptic,
+    reader.__name__: reader
+    for reader in (ade20k, ade20k_full, coco_stuff, cityscapes, mapillary, coco_panoptic, ade20k_panoptic, folder)
 }
+FORMATS.update(camvid=folder, synthetic=coco_panoptic)
 
 
 def build_dataset(
-    data_cfg, split: str, train: bool, root: str | Path | None = None, *, test_size: tuple[int, int] | None = None,
-    target: str | None = None
+    data_cfg,
+    split: str,
+    train: bool,
+    root: str | Path | None = None,
+    *,
+    test_size: tuple[int, int] | None = None,
+    target: str | None = None,
 ) -> SegDataset:
     """The dataset of `split` in format `data_cfg.format` under `root` (default data_cfg.root).
 
@@ -60,9 +58,8 @@ def build_dataset(
     return ds
 
 
-__all__ = [  # fmt: skip
+__all__ = [
     "FORMATS", "DatasetError", "Record", "ResumableLoader", "ResumableSampler", "Sample", "SegDataset", "ade20k",
     "ade20k_full", "ade20k_panoptic", "build_dataset", "build_loader", "cityscapes", "coco_panoptic",
-    "coco_panoptic_files", "coco_stuff", "collate", "folder", "mapillary", "eval_transform",
-    "train_transform"
-]
+    "coco_panoptic_files", "coco_stuff", "collate", "folder", "mapillary", "eval_transform", "train_transform"
+]  # fmt: skip

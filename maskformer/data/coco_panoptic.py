@@ -28,8 +28,30 @@ def meta_from_categories(categories: list[dict], *, name: str, source: str, igno
     return DatasetMeta(name, names, is_thing=things, ignore_label=ignore_label, palette=palette, dataset_ids=ids)
 
 
-def _records(data: dict, meta: DatasetMeta, image_dir: Path, pan_dir: Path, sem_dir: Path | None, json_file: str):
-    """One Record per annotation, checking files, image entries, category ids and segment ids up front."""
+def coco_panoptic_files(
+    image_dir: str | Path,
+    pan_dir: str | Path,
+    json_file: str | Path,
+    *,
+    sem_dir: str | Path | None = None,
+    name: str = "coco_panoptic",
+    target: str = "panoptic",
+    **kw,
+) -> SegDataset:
+    """A COCO-panoptic dataset from explicit paths (users' own panoptic data): one Record per annotation, with files,
+    image entries, category ids and segment ids checked up front.
+
+    image_dir: images named by the JSON `images[].file_name`; pan_dir: PNGs named by `annotations[].file_name`;
+    sem_dir: optional semantic PNGs with the same stems (otherwise painted from the panoptic PNG).
+    """
+    image_dir, pan_dir, json_file = Path(image_dir), Path(pan_dir), str(json_file)
+    data = load_json(json_file)
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(
+                f"{json_file}: missing key {key!r} (a COCO panoptic JSON has images, annotations, categories)"
+            )
+    meta = meta_from_categories(data["categories"], name=name, source=json_file)
     images = {img["id"]: img for img in data.get("images", [])}
     known = set(meta.dataset_ids)
     records = []
@@ -54,42 +76,13 @@ def _records(data: dict, meta: DatasetMeta, image_dir: Path, pan_dir: Path, sem_
                 )
             if int(s["id"]) == 0:
                 raise DatasetError(f"{json_file}: image {image_id!r} lists segment id 0, which is reserved for VOID")
-        sem = None
-        if sem_dir is not None:
-            sem = sem_dir / (Path(ann["file_name"]).stem + ".png")
-            if not sem.is_file():
-                raise DatasetError(f"{sem}: semantic label map not found (for {pan})")
+        sem = Path(sem_dir, Path(ann["file_name"]).stem + ".png") if sem_dir else None
+        if sem and not sem.is_file():
+            raise DatasetError(f"{sem}: semantic label map not found (for {pan})")
         records.append(
             Record(str(image), str(sem) if sem else None, str(pan), list(segments), image_id, json_file=json_file)
         )
-    return records
-
-
-def coco_panoptic_files(
-    image_dir: str | Path,
-    pan_dir: str | Path,
-    json_file: str | Path,
-    *,
-    sem_dir: str | Path | None = None,
-    name: str = "coco_panoptic",
-    target: str = "panoptic",
-    **kw,
-) -> SegDataset:
-    """A COCO-panoptic dataset from explicit paths (users' own panoptic data).
-
-    image_dir: images named by the JSON `images[].file_name`; pan_dir: PNGs named by `annotations[].file_name`;
-    sem_dir: optional semantic PNGs with the same stems (otherwise painted from the panoptic PNG).
-    """
-    data = load_json(json_file)
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DatasetError(
-                f"{json_file}: missing key {key!r} (a COCO panoptic JSON has images, annotations, categories)"
-            )
-    meta = meta_from_categories(data["categories"], name=name, source=str(json_file))
-    sem_dir = Path(sem_dir) if sem_dir else None
-    records = _records(data, meta, Path(image_dir), Path(pan_dir), sem_dir, str(json_file))
-    return SegDataset(records, meta, source=str(json_file), target=target, **kw)
+    return SegDataset(records, meta, source=json_file, target=target, **kw)
 
 
 def coco_panoptic(root: str | Path, split: str, **kw) -> SegDataset:
@@ -109,15 +102,14 @@ def coco_panoptic(root: str | Path, split: str, **kw) -> SegDataset:
     return coco_panoptic_files(image_dir, pan_dir, json_file, name=name, **kw)
 
 
-_ADE_PAN_SPLITS = {"training": "train", "validation": "val"}
+ADE_SPLITS = {"training": "train", "validation": "val"}  # ADE20K's splits -> the short names of their panoptic files
 
 
 def ade20k_panoptic(root: str | Path, split: str, **kw) -> SegDataset:
     """ADE20K panoptic as written by `maskformer prepare ade20k_panoptic` (the official layout):
     ADEChallengeData2016/images/{split}, ade20k_panoptic_{train,val}/ + .json, annotations_detectron2/{split}."""
-    root = Path(root)
-    base = find_dir([root / "ADEChallengeData2016", root], "ADE20K folder")
-    short = _ADE_PAN_SPLITS.get(split, split)
+    base = find_dir([Path(root) / "ADEChallengeData2016", root], "ADE20K folder")
+    short = ADE_SPLITS.get(split, split)
     image_dir = find_dir([base / "images" / split], f"ADE20K images of split {split!r}")
     pan_dir = find_dir([base / f"ade20k_panoptic_{short}"], f"ADE20K panoptic PNGs of split {split!r}")
     json_file = find_dir([base / f"ade20k_panoptic_{short}.json"], "panoptic JSON", file=True)

@@ -77,7 +77,13 @@ class SegDataset(Dataset):
         if r.sem_seg:
             sem = read_label(r.sem_seg)
             sem = sem if self.label_fn is None else self.label_fn(sem)
-            check_label_values(sem, self.meta, r.sem_seg)
+            k, ignore = self.meta.num_classes, self.meta.ignore_label
+            bad = (sem < 0) | ((sem >= k) & (sem != ignore))  # neither a class id in [0, K) nor the ignore label
+            if bad.any():
+                raise DatasetError(
+                    f"{r.sem_seg}: label values {np.unique(sem[bad])[:8].tolist()} are outside the {k} classes "
+                    f"0..{k - 1} of {self.meta.name!r} and are not the ignore value {ignore}"
+                )
         if r.pan_seg:
             pan, segs, painted = self._read_panoptic(r)
             sem = painted if sem is None else sem
@@ -121,7 +127,9 @@ class SegDataset(Dataset):
         if isinstance(key, tuple):
             index, rng = int(key[0]), np.random.default_rng(int(key[1]))
         else:
-            index, rng = int(key), self._default_rng()
+            if self._rng is None:  # plain integer keys: one generator per process, from torch's (per-worker) seed
+                self._rng = np.random.default_rng(torch.initial_seed() % 2**63)
+            index, rng = int(key), self._rng
         sample, segs = self.load(index)
         r, (h, w) = self.records[index], sample.size
         info = dict(file_name=r.image, image_id=r.image_id, height=h, width=w)
@@ -144,12 +152,6 @@ class SegDataset(Dataset):
             raise DatasetError(f"{self.source}: semantic targets need label maps, which this dataset does not have")
         return SegTarget.from_semantic(sample.sem_seg, self.meta.ignore_label)  # one mask per class present
 
-    def _default_rng(self) -> np.random.Generator:
-        """Per-process generator for plain integer keys, seeded from torch's (per-worker) seed."""
-        if self._rng is None:
-            self._rng = np.random.default_rng(torch.initial_seed() % 2**63)
-        return self._rng
-
 
 def paint_semantic(ids: np.ndarray, seg_ids: np.ndarray, classes: np.ndarray, ignore_label: int):
     """Semantic map int32 [h, w] from panoptic ids [h, w]: each listed segment's class, other pixels ignore.
@@ -162,16 +164,3 @@ def paint_semantic(ids: np.ndarray, seg_ids: np.ndarray, classes: np.ndarray, ig
     found = sorted_ids[pos] == ids if len(sorted_ids) else np.zeros(ids.shape, bool)
     sem = np.where(found, classes[order][pos] if len(sorted_ids) else 0, ignore_label).astype(np.int32)
     return sem, found, pos, sorted_ids
-
-
-def check_label_values(lab: np.ndarray, meta: DatasetMeta, path: str) -> None:
-    """Raise naming `path` if a value is neither a class id in [0, K) nor the ignore label."""
-    k = meta.num_classes
-    bad = (lab < 0) | ((lab >= k) & (lab != meta.ignore_label))
-    if bad.any():
-        vals = np.unique(lab[bad])[:8].tolist()
-        raise DatasetError(
-            f"{path}: label values {vals} are outside the {k} classes 0..{k - 1} of {meta.name!r} and "
-            f"are not the ignore value {meta.ignore_label}"
-        )
-

@@ -89,23 +89,19 @@ class ResumableLoader:
         self.loader, self.sampler = loader, sampler
 
     def __iter__(self):
-        start_epoch = self.sampler.epoch
+        s, start_epoch = self.sampler, self.sampler.epoch
         try:
-            for batch in self.loader:
-                self._advance(len(batch[0]))
+            for batch in self.loader:  # the position moves past each batch before it is handed out
+                total = s.offset + len(batch[0])
+                epoch, offset = s.epoch + total // s.epoch_length, total % s.epoch_length
+                if not s.infinite and epoch > s.epoch:  # a finite loader stops at the start of the next epoch
+                    epoch, offset = s.epoch + 1, 0
+                s.epoch, s.offset = epoch, offset
                 yield batch
         except (ValueError, OSError) as e:  # bad data read in a worker: the reader's one-line message, no traceback
             raise worker_message(e) from None
-        if not self.sampler.infinite and self.sampler.epoch == start_epoch:
-            self.sampler.set_position(start_epoch + 1, 0)
-
-    def _advance(self, n: int) -> None:
-        L = self.sampler.epoch_length
-        total = self.sampler.offset + n
-        epoch, offset = self.sampler.epoch + total // L, total % L
-        if not self.sampler.infinite and epoch > self.sampler.epoch:
-            epoch, offset = self.sampler.epoch + 1, 0
-        self.sampler.epoch, self.sampler.offset = epoch, offset
+        if not s.infinite and s.epoch == start_epoch:
+            s.set_position(start_epoch + 1, 0)
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.loader.batch_size)

@@ -133,14 +133,12 @@ CAMVID_PALETTE = _colors("808080 800000 c0c080 804080 3c28de 808000 c08080 40408
 
 def ade20k_150() -> DatasetMeta:
     """ADE20K SceneParse150: 150 classes, contiguous id = raw PNG value - 1, ignore 255."""
-    ids = list(range(1, 151))
-    return DatasetMeta("ade20k", list(ADE20K_150_NAMES), ignore_label=255, dataset_ids=ids, palette=ADE20K_PALETTE)
+    return DatasetMeta("ade20k", list(ADE20K_150_NAMES), dataset_ids=list(range(1, 151)), palette=ADE20K_PALETTE)
 
 
 def ade20k_panoptic() -> DatasetMeta:
     """ADE20K panoptic: the 150 classes, 100 things (instance mapping) and 50 stuff; dataset id = contiguous id."""
-    things = {i - 1 for i in ADE20K_PANOPTIC_THING_IDS}
-    things = [i in things for i in range(150)]
+    things = [i + 1 in ADE20K_PANOPTIC_THING_IDS for i in range(150)]  # the ids are 1-based
     return DatasetMeta("ade20k_panoptic", list(ADE20K_150_NAMES), is_thing=things, palette=ADE20K_PALETTE)
 
 

@@ -16,11 +16,11 @@ from PIL import Image
 from .. import io as fmt
 from ..io import DatasetError
 from . import meta as builtin
+from .coco_panoptic import ADE_SPLITS
 from .dataset import paint_semantic
 from .semantic import find_dir
 
 Log = Callable[[str], None]
-ADE_SPLITS = ("training", "validation")
 
 
 def prepare_ade20k(root: str | Path, log: Log = print) -> Path:
@@ -58,10 +58,9 @@ def read_mat_labels(path: Path) -> np.ndarray:
 def prepare_coco_stuff_10k(root: str | Path, log: Log = print) -> Path:
     """coco_stuff_10k/{imageLists,images,annotations} -> images_detectron2 + annotations_detectron2 with labels
     uint8(S - 2) (1 = unlabeled -> 255)."""
-    root = Path(root)
-    base = find_dir([root / "coco" / "coco_stuff_10k", root / "coco_stuff_10k", root], "coco_stuff_10k folder")
+    base = find_dir([Path(root, "coco", "coco_stuff_10k"), Path(root, "coco_stuff_10k"), root], "coco_stuff_10k folder")
     for split in ("train", "test"):
-        names = [n.strip() for n in (base / "imageLists" / f"{split}.txt").read_text().splitlines() if n.strip()]
+        names = fmt.read_names(base / "imageLists" / f"{split}.txt")
         for name in names:
             image = base / "images" / f"{name}.jpg"
             img_dir = base / "images_detectron2" / split
@@ -122,8 +121,7 @@ def derive_ade_full_categories(index: dict, base: Path) -> list[dict]:
 def prepare_ade20k_full(root: str | Path, categories: str | Path | None = None, log: Log = print) -> Path:
     """ADE20K_2021_17_01 -> images_detectron2/{split}/*.jpg + annotations_detectron2/{split}/*.tif (uint16 trainIds,
     65535 = ignore), short side capped at 512; the split comes from the file name (*_val_*)."""
-    root = Path(root)
-    base = find_dir([root / "ADE20K_2021_17_01", root], "ADE20K_2021_17_01 folder")
+    base = find_dir([Path(root) / "ADE20K_2021_17_01", root], "ADE20K_2021_17_01 folder")
     index = pickle.loads((base / "index_ade20k.pkl").read_bytes())
     cats = fmt.load_json(categories) if categories else derive_ade_full_categories(index, base)
     if not cats:
@@ -166,20 +164,17 @@ def ade_panoptic_image(sem: np.ndarray, ins: np.ndarray, meta, seed: int, path: 
     ids = np.zeros(sem.shape, np.int32)
     new_id = new_segment_ids(meta.palette, seed)
     inst_to_sem = [t - 1 for t in builtin.ADE20K_PANOPTIC_THING_IDS]
-    segments = []
-    for c in np.unique(sem):
-        if c != 255 and not meta.is_thing[c]:
-            segments.append({"id": new_id(int(c)), "category_id": int(c), "iscrowd": 0})
-            ids[sem == c] = segments[-1]["id"]
     ins_cat, ins_id = ins[..., 0].astype(np.int32) - 1, ins[..., 1]
+    parts = [(int(c), sem == c) for c in np.unique(sem) if c != 255 and not meta.is_thing[c]]  # (class, mask)
     for k in np.setdiff1d(ins_id, 0):  # instance numbers, 0 = none
         m = ins_id == k
         cats = np.unique(ins_cat[m])
         if len(cats) != 1 or not 0 <= cats[0] < len(inst_to_sem):
             raise DatasetError(f"{path}: instance {k} has instance classes {cats.tolist()} (expected one of 1..100)")
-        c = inst_to_sem[cats[0]]
-        segments.append({"id": new_id(c), "category_id": c, "iscrowd": 0})
-        ids[m] = segments[-1]["id"]
+        parts.append((inst_to_sem[cats[0]], m))
+    segments = [{"id": new_id(c), "category_id": c, "iscrowd": 0} for c, _ in parts]
+    for s, (_, m) in zip(segments, parts):
+        ids[m] = s["id"]
     area = {s["id"]: int((ids == s["id"]).sum()) for s in segments}
     segments = [dict(s, area=area[s["id"]], bbox=fmt.mask_bbox(ids == s["id"])) for s in segments if area[s["id"]] > 0]
     return ids, segments
@@ -193,7 +188,7 @@ def prepare_ade20k_panoptic(root: str | Path, log: Log = print) -> Path:
         {"id": i, "name": n, "isthing": int(t), "color": list(c)}
         for i, (n, t, c) in enumerate(zip(meta.class_names, meta.is_thing, meta.palette))
     ]
-    for split, short in (("training", "train"), ("validation", "val")):
+    for split, short in ADE_SPLITS.items():
         if not (base / "annotations_instance" / split).is_dir():
             continue
         images, annotations = [], []

@@ -9,9 +9,6 @@ from . import transforms as T
 from .color import ColorAugSSD
 
 RECIPES = ("semantic", "panoptic", "detr", "lsj")
-LSJ_SCALES = (0.1, 2.0)
-DETR_CROP_RESIZE = (400, 500, 600)
-DETR_CROP_RANGE = (384, 600)
 
 
 def semantic_recipe(data_cfg, ignore_label: int) -> T.Compose:
@@ -35,15 +32,15 @@ def detr_recipe(data_cfg) -> T.RandomChoice:
     flip = T.RandomFlip(prob=0.5)
     resize = T.ResizeShortestEdge(sizes=data_cfg.min_size_train, max_size=data_cfg.max_size_train)
     extra = [ColorAugSSD()] if data_cfg.color_aug_ssd else []
-    crop_resize = T.ResizeShortestEdge(sizes=DETR_CROP_RESIZE, max_size=sys.maxsize)
-    crop = T.RandomCrop(crop_size=DETR_CROP_RANGE, crop_type="absolute_range")
+    crop_resize = T.ResizeShortestEdge(sizes=(400, 500, 600), max_size=sys.maxsize)
+    crop = T.RandomCrop(crop_size=(384, 600), crop_type="absolute_range")
     return T.RandomChoice(T.Compose([flip, resize, *extra]), T.Compose([flip, crop_resize, crop, resize, *extra]))
 
 
 def lsj_recipe(data_cfg, ignore_label: int) -> T.Compose:
     """Mask2Former's COCO large-scale jitter (COCO LSJ mappers): a fixed crop_size output."""
     crop = tuple(data_cfg.crop_size)
-    resize = T.ResizeScale(min_scale=LSJ_SCALES[0], max_scale=LSJ_SCALES[1], target=crop)
+    resize = T.ResizeScale(min_scale=0.1, max_scale=2.0, target=crop)
     pad = T.PadTo(size=crop, ignore_label=ignore_label)
     return T.Compose([T.RandomFlip(prob=0.5), resize, T.RandomCrop(crop_size=crop), pad])
 

@@ -4,6 +4,7 @@ and users' own data (`folder`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -51,63 +52,47 @@ def pair_by_name(
     """
     images = _by_key(image_dir, image_suffixes, IMAGE_EXTS, recursive)
     labels = _by_key(label_dir, label_suffixes, LABEL_EXTS, recursive)
-    no_label = sorted(set(images) - set(labels))
-    if no_label:
-        raise DatasetError(
-            f"{images[no_label[0]]}: no label map for this image in {label_dir} "
-            f"({len(no_label)} image(s) without a label, e.g. {no_label[:3]})"
-        )
-    no_image = sorted(set(labels) - set(images))
-    if no_image:
-        raise DatasetError(
-            f"{labels[no_image[0]]}: label map has no matching image in {image_dir} "
-            f"({len(no_image)} label(s) without an image, e.g. {no_image[:3]})"
-        )
+    for have, other, problem, counted in (
+        (images, labels, f"no label map for this image in {label_dir}", "image(s) without a label"),
+        (labels, images, f"label map has no matching image in {image_dir}", "label(s) without an image"),
+    ):
+        unmatched = sorted(set(have) - set(other))
+        if unmatched:
+            raise DatasetError(f"{have[unmatched[0]]}: {problem} ({len(unmatched)} {counted}, e.g. {unmatched[:3]})")
     if not images:
         raise DatasetError(f"{image_dir}: the dataset is empty (no images found)")
     return [Record(image=str(images[k]), sem_seg=str(labels[k]), image_id=Path(k).name) for k in sorted(images)]
 
 
-class zero_label_reducer:  # noqa: N801 (used like a function; a class so worker processes can pickle it)
+def reduce_zero_label_map(lab: np.ndarray, ignore_label: int = 255) -> np.ndarray:
     """Raw value 0 -> ignore, c -> c - 1 (ADE20K's "reduce zero label"; the same as uint8 wrap for ignore 255)."""
-
-    def __init__(self, ignore_label: int = 255):
-        self.ignore_label = ignore_label
-
-    def __call__(self, lab: np.ndarray) -> np.ndarray:
-        out = lab.astype(np.int32) - 1
-        out[lab == 0] = self.ignore_label
-        return out
+    out = lab.astype(np.int32) - 1
+    out[lab == 0] = ignore_label
+    return out
 
 
 def ade20k(root: str | Path, split: str, **kw) -> SegDataset:
     """ADEChallengeData2016: images/{split}/*.jpg with annotations_detectron2/{split}/*.png (prepared, 255 =
     ignore) when present, else the raw annotations/{split}/*.png (0 -> ignore, c -> c-1 on the fly)."""
-    root = Path(root)
-    base = find_dir([root / "ADEChallengeData2016", root], "ADE20K folder")
+    base = find_dir([Path(root) / "ADEChallengeData2016", root], "ADE20K folder")
     image_dir = find_dir([base / "images" / split], f"ADE20K images of split {split!r}")
-    prepared = base / "annotations_detectron2" / split
-    meta = builtin.ade20k_150()
-    if prepared.is_dir():
-        return SegDataset(pair_by_name(image_dir, prepared), meta, source=str(base), **kw)
-    raw = find_dir([base / "annotations" / split], f"ADE20K annotations of split {split!r}")
-    label_fn = zero_label_reducer(meta.ignore_label)
-    return SegDataset(pair_by_name(image_dir, raw), meta, source=str(base), label_fn=label_fn, **kw)
+    prepared, raw = base / "annotations_detectron2" / split, base / "annotations" / split
+    label_dir = find_dir([prepared, raw], f"ADE20K annotations of split {split!r}")
+    label_fn = reduce_zero_label_map if label_dir == raw else None
+    records = pair_by_name(image_dir, label_dir)
+    return SegDataset(records, builtin.ade20k_150(), source=str(base), label_fn=label_fn, **kw)
 
 
 def ade20k_full(root: str | Path, split: str, **kw) -> SegDataset:
     """ADE20K_2021_17_01 prepared by `maskformer prepare ade20k_full`: images_detectron2/{split}/*.jpg and
     annotations_detectron2/{split}/*.tif (uint16, 65535 = ignore); class names from ade20k_full_categories.json
     when present."""
-    root = Path(root)
-    base = find_dir([root / "ADE20K_2021_17_01", root], "ADE20K-Full folder")
+    base = find_dir([Path(root) / "ADE20K_2021_17_01", root], "ADE20K-Full folder")
     image_dir = find_dir([base / "images_detectron2" / split], f"ADE20K-Full images of split {split!r}")
     label_dir = find_dir([base / "annotations_detectron2" / split], f"ADE20K-Full labels of split {split!r}")
     cats_file = base / "ade20k_full_categories.json"
-    meta = builtin.ade20k_full()
-    if cats_file.is_file():
-        cats = sorted(load_json(cats_file), key=lambda c: c["trainId"])
-        meta = builtin.ade20k_full([c["name"] for c in cats], [int(c["id"]) for c in cats])
+    cats = sorted(load_json(cats_file), key=lambda c: c["trainId"]) if cats_file.is_file() else []
+    meta = builtin.ade20k_full([c["name"] for c in cats], [int(c["id"]) for c in cats])  # no file: generic names
     records = pair_by_name(image_dir, label_dir, label_suffixes=(".tif", ".tiff"))
     return SegDataset(records, meta, source=str(base), **kw)
 
@@ -118,8 +103,7 @@ _COCO_STUFF_SPLITS = {"train2014": "train", "test2014": "test", "val": "test", "
 def coco_stuff(root: str | Path, split: str, **kw) -> SegDataset:
     """COCO-Stuff-10k prepared by `maskformer prepare coco_stuff_10k`: images_detectron2/{train,test}/*.jpg and
     annotations_detectron2/{train,test}/*.png (contiguous 0..170, 255 = ignore)."""
-    root = Path(root)
-    base = find_dir([root / "coco" / "coco_stuff_10k", root / "coco_stuff_10k", root], "COCO-Stuff-10k folder")
+    base = find_dir([Path(root, "coco", "coco_stuff_10k"), Path(root, "coco_stuff_10k"), root], "COCO-Stuff-10k folder")
     names = [split, _COCO_STUFF_SPLITS.get(split, split)]
     image_dir = find_dir([base / "images_detectron2" / s for s in names], f"COCO-Stuff images of split {split!r}")
     label_dir = find_dir([base / "annotations_detectron2" / s for s in names], f"COCO-Stuff labels of {split!r}")
@@ -129,30 +113,20 @@ def coco_stuff(root: str | Path, split: str, **kw) -> SegDataset:
 def cityscapes(root: str | Path, split: str, **kw) -> SegDataset:
     """Cityscapes: leftImg8bit/{split}/CITY/*_leftImg8bit.png with gtFine/{split}/CITY/*_gtFine_labelTrainIds.png
     (made by cityscapesScripts createTrainIdLabelImgs), 19 classes, ignore 255."""
-    root = Path(root)
-    base = find_dir([root / "cityscapes", root], "Cityscapes folder")
+    base = find_dir([Path(root) / "cityscapes", root], "Cityscapes folder")
     image_dir = find_dir([base / "leftImg8bit" / split], f"Cityscapes images of split {split!r}")
     label_dir = find_dir([base / "gtFine" / split], f"Cityscapes gtFine of split {split!r}")
-    records = pair_by_name(
-        image_dir,
-        label_dir,
-        image_suffixes=("_leftImg8bit.png",),
-        label_suffixes=("_gtFine_labelTrainIds.png",),
-        recursive=True,
-    )
+    suffixes = dict(image_suffixes=("_leftImg8bit.png",), label_suffixes=("_gtFine_labelTrainIds.png",))
+    records = pair_by_name(image_dir, label_dir, **suffixes, recursive=True)
     return SegDataset(records, builtin.cityscapes_19(), source=str(base), **kw)
 
 
 def mapillary(root: str | Path, split: str, **kw) -> SegDataset:
     """Mapillary Vistas v1.2: {split}/images/*.jpg with {split}/labels/*.png, 65 classes, 65 = ignore."""
-    root = Path(root)
-    base = find_dir([root / "mapillary_vistas", root], "Mapillary Vistas folder")
+    base = find_dir([Path(root) / "mapillary_vistas", root], "Mapillary Vistas folder")
     image_dir = find_dir([base / split / "images"], f"Mapillary images of split {split!r}")
     label_dir = find_dir([base / split / "labels"], f"Mapillary labels of split {split!r}")
     return SegDataset(pair_by_name(image_dir, label_dir), builtin.mapillary_65(), source=str(base), **kw)
-
-
-SCAN_FILES = 16
 
 
 def read_class_spec(root: Path) -> dict:
@@ -173,14 +147,10 @@ def read_class_spec(root: Path) -> dict:
     )
 
 
-def _scan_values(label_files: list[str]) -> np.ndarray:
-    """Distinct values over up to SCAN_FILES evenly spaced label files."""
-    idx = np.unique(np.linspace(0, len(label_files) - 1, min(SCAN_FILES, len(label_files))).astype(int))
-    return np.unique(np.concatenate([np.unique(read_label(label_files[i])) for i in idx]))
-
-
-def detect_reduce_zero_label(values: np.ndarray, num_classes: int, ignore_label: int, source: str) -> bool:
-    """Decide the label convention from the values seen; raise with an explanation when it is ambiguous."""
+def detect_reduce_zero_label(label_files: list[str], num_classes: int, ignore_label: int, source: str) -> bool:
+    """The label convention from up to 16 evenly spaced label files; raise with an explanation when it is ambiguous."""
+    idx = np.unique(np.linspace(0, len(label_files) - 1, min(16, len(label_files))).astype(int))
+    values = np.unique(np.concatenate([np.unique(read_label(label_files[i])) for i in idx]))
     vals = values[values != ignore_label]
     top = int(vals.max()) if len(vals) else -1
     if num_classes == 2 and set(values.tolist()) <= {0, 255} and 255 in values and ignore_label == 255:
@@ -218,15 +188,13 @@ def folder(
     root = Path(root)
     spec = read_class_spec(root)
     image_dir = find_dir([root / "images" / split, root / split / "images"], f"images of split {split!r}")
-    label_dir = find_dir(
-        [root / "labels" / split, root / "annotations" / split, root / split / "labels"], f"labels of split {split!r}"
-    )
+    labels = [root / "labels" / split, root / "annotations" / split, root / split / "labels"]
+    label_dir = find_dir(labels, f"labels of split {split!r}")
     records = pair_by_name(image_dir, label_dir)
     ignore = int(spec.get("ignore_label", default_ignore_label) if ignore_label is None else ignore_label)
     meta = DatasetMeta(str(spec.get("name", root.name)), [str(c) for c in spec["classes"]], ignore_label=ignore)
     reduce = spec.get("reduce_zero_label") if reduce_zero_label is None else reduce_zero_label
     if reduce is None:
-        values = _scan_values([r.sem_seg for r in records])
-        reduce = detect_reduce_zero_label(values, meta.num_classes, ignore, str(label_dir))
-    label_fn = zero_label_reducer(ignore) if reduce else None
+        reduce = detect_reduce_zero_label([r.sem_seg for r in records], meta.num_classes, ignore, str(label_dir))
+    label_fn = partial(reduce_zero_label_map, ignore_label=ignore) if reduce else None
     return SegDataset(records, meta, source=str(root), label_fn=label_fn, **kw)

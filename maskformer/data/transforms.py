@@ -9,7 +9,7 @@ image, nearest for label and panoptic-id maps, so label values are never interpo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -28,11 +28,11 @@ class Sample:
     def size(self) -> tuple[int, int]:
         return int(self.image.shape[0]), int(self.image.shape[1])
 
-    def map_labels(self, fn) -> Sample:
-        """Apply `fn` to each present label map."""
-        sem = None if self.sem_seg is None else fn(self.sem_seg)
-        pan = None if self.pan_seg is None else fn(self.pan_seg)
-        return replace(self, sem_seg=sem, pan_seg=pan)
+    def map(self, label_fn, image_fn=None) -> Sample:
+        """Apply `label_fn` to each present label map and `image_fn` (default: `label_fn`) to the image."""
+        sem = None if self.sem_seg is None else label_fn(self.sem_seg)
+        pan = None if self.pan_seg is None else label_fn(self.pan_seg)
+        return Sample((image_fn or label_fn)(self.image), sem, pan)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -71,7 +71,7 @@ class ResizeShortestEdge:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         short = self.sizes[0] if len(self.sizes) == 1 else self.sizes[int(rng.integers(len(self.sizes)))]
         size = shortest_edge_size(*sample.size, short, self.max_size)
-        return replace(sample.map_labels(lambda x: resize_label(x, size)), image=resize_image(sample.image, size))
+        return sample.map(lambda x: resize_label(x, size), lambda x: resize_image(x, size))
 
 
 class ResizeScale:
@@ -86,7 +86,7 @@ class ResizeScale:
         h, w = sample.size
         s = min(scale * self.target[0] / h, scale * self.target[1] / w)
         size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
-        return replace(sample.map_labels(lambda x: resize_label(x, size)), image=resize_image(sample.image, size))
+        return sample.map(lambda x: resize_label(x, size), lambda x: resize_image(x, size))
 
 
 class RandomCrop:
@@ -132,8 +132,7 @@ class RandomCrop:
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         y0, x0, ch, cw = self._window(sample, rng)
-        crop = lambda x: x[y0 : y0 + ch, x0 : x0 + cw]  # noqa: E731
-        return replace(sample.map_labels(crop), image=crop(sample.image))
+        return sample.map(lambda x: x[y0 : y0 + ch, x0 : x0 + cw])
 
 
 class RandomFlip:
@@ -145,8 +144,7 @@ class RandomFlip:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         if rng.random() >= self.prob:
             return sample
-        flip = lambda x: np.ascontiguousarray(x[:, ::-1])  # noqa: E731
-        return replace(sample.map_labels(flip), image=flip(sample.image))
+        return sample.map(lambda x: np.ascontiguousarray(x[:, ::-1]))
 
 
 class PadTo:
