@@ -37,21 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _keep_freed_memory_without_torch() -> None:
-    """cpu_tuning.keep_freed_memory's glibc settings, set without importing torch: `maskformer score` page-faults
-    ~10x less on the decoded PNGs (~0.2 s less CPU on 300 COCO-size pairs); off glibc nothing is set."""
-    if os.environ.get("MASKFORMER_KEEP_FREED_MEMORY", "1") == "0":
-        return
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    for param, value in ((-3, 32 << 20), (-1, 1 << 30), (-2, 64 << 20)):  # cpu_tuning.MALLOPT_SETTINGS
-        mallopt(param, value)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -65,12 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"maskformer {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    if name == "score":  # score needs no torch, which cpu_tuning imports (~1.6 s of start-up)
-        _keep_freed_memory_without_torch()
-    else:
-        from maskformer.cpu_tuning import keep_freed_memory
+    from maskformer.cpu_tuning import keep_freed_memory  # imports no torch (score runs without it)
 
-        keep_freed_memory()  # no page faults on re-allocated tensors; MASKFORMER_KEEP_FREED_MEMORY=0: off
+    keep_freed_memory()  # no page faults on re-allocated tensors; MASKFORMER_KEEP_FREED_MEMORY=0: off
     try:
         return int(module.run(args) or 0)
     except ValueError as e:  # OptionError, a bad option value: one line, before any work

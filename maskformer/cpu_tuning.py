@@ -12,10 +12,11 @@ import contextlib
 import ctypes
 import os
 import platform
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a function needs it: `maskformer score` sets malloc without it
+    import torch
+    from torch import nn
 
 # glibc mallopt (parameter number from malloc.h, value)
 MALLOPT_SETTINGS = (
@@ -47,6 +48,8 @@ def conv_frozen_bn_folded(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     Folded on every call (a multiply over the weights, ~0.1% of the conv's work), so gradients reach `conv.weight`
     and changed weights or statistics are always seen.
     """
+    import torch.nn.functional as F
+
     scale, shift = conv.norm.scale_shift()  # [Cout] each
     w = conv.weight * scale.to(conv.weight.dtype).view(-1, 1, 1, 1)
     return F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -58,6 +61,9 @@ def fused_mask_logits(emb: torch.Tensor, y: torch.Tensor, mask_conv: nn.Conv2d) 
     mask_conv is linear: sum_d e_qd (W_d * y + b_d) = (sum_d e_qd W_d) * y + e_q . b. emb [B, Q, D], y [B, C, H', W']
     -> [B, Q, H, W]; cheaper when Q < D (2.6x fewer multiply-adds for 100 queries vs 256 channels).
     """
+    import torch
+    import torch.nn.functional as F
+
     weight = torch.einsum("bqd,dcij->bqcij", emb, mask_conv.weight.to(emb.dtype))  # [B, Q, C, k, k]
     bias = None if mask_conv.bias is None else emb @ mask_conv.bias.to(emb.dtype)  # [B, Q]
     conv = dict(stride=mask_conv.stride, padding=mask_conv.padding, dilation=mask_conv.dilation)
