@@ -22,7 +22,7 @@ Real runs (a quiet 2-core machine, one command at a time; 30 training minutes pe
   .venv/bin/python benchmarks/camvid.py --budget-min 30 --threads 2 --holdout 0006R0 --ablation scale_jitter \
       --out benchmarks/out/camvid_abl/scale_jitter
   #   NAME: scale_jitter crop photometric class_aware_crop lr warmup batch width queries no_object_weight
-  #         deep_supervision point_loss, or custom --on-opts ... --off-opts ...
+  #         deep_supervision amp point_loss, or custom --on-opts ... --off-opts ...
   #   the table: benchmarks/out/camvid_ablations.md (+ .json), one line per switch, protocol and model
   .venv/bin/python benchmarks/camvid.py --gather out/a out/b --out out/all    # one table from separate runs
 

@@ -49,6 +49,8 @@ SWITCHES = {
                                "on"),
     "deep_supervision": Switch("loss on every decoder layer (official) vs the last one only", (),
                                ("loss.deep_supervision=false",), "on"),
+    "amp": Switch("bf16 autocast training (the official recipes train with AMP; a CPU with native bf16 runs more "
+                  "iterations in the budget) vs fp32", ("train.amp=bf16",), (), "off"),
     "point_loss": Switch("point-sampled mask loss (Mask2Former, 12544 importance-sampled points) vs full resolution",
                          ("loss.point_sampling=true",), (), "off"),
 }  # fmt: skip
