@@ -2,7 +2,8 @@
 What each does and when it applies: README "CPU performance". Measured: `keep_freed_memory` R50 forward 0.85x the
 time (RESULTS "B: network forward"); `fold_bn` (ResNet `ConvNorm` attribute) R50 backbone 2435 vs 4184 ms (RESULTS
 "A: backbones"); `fuse_mask_conv` (head attribute) 12.5 of R50's 97.2 GFLOP removed (RESULTS "B"); `level_masks`
-(Mask2Former decoder attribute) 8 full-size mask products and 9 resizes per eval forward (RESULTS "Mask2Former").
+(Mask2Former decoder attribute) inference peak RSS at 1024x2048 1925 vs 3113 MiB, 512x512 forward 0.94-0.95x the
+time (RESULTS "Mask2Former").
 `switched(model, False)` runs a block with the model switches off (FLOP counting, tracing, parity tests).
 """
 
