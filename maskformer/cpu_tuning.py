@@ -1,4 +1,4 @@
-"""The speed switches that stay, each worth >= 10% end to end in benchmarks/RESULTS.md; off, the results are the same.
+"""The speed switches that stay, each worth >= 10% end to end (time or memory) in RESULTS.md; off, results equal.
 What each does and when it applies: README "CPU performance". Measured: `keep_freed_memory` R50 forward 0.85x the
 time (RESULTS "B: network forward"); `fold_bn` (ResNet `ConvNorm` attribute) R50 backbone 2435 vs 4184 ms (RESULTS
 "A: backbones"); `fuse_mask_conv` (head attribute) 12.5 of R50's 97.2 GFLOP removed (RESULTS "B"); `level_masks`
