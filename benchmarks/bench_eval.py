@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from maskformer.evaluation import PanopticEvaluator, SemSegEvaluator, score_panoptic, score_semantic
-from maskformer.io import fast_png
+from maskformer.io import png_decoders
 from maskformer.io import read_label as read_label_map
 from maskformer.io import read_panoptic as read_panoptic_png
 
@@ -396,10 +396,12 @@ def report(times: dict, check: dict, repeats: int, load: tuple[float, float]) ->
             f"| {m} | {wall[m]:.3f} ({med[m]:.3f}) | {1000 * wall[m] / N_IMAGES:.2f} | {cpu_txt} "
             f"| {wall[ref] / wall[m]:.2f}x | {cpu_ratio} |"
         )
+    fast = png_decoders()
+    decoders = f"{' then '.join(fast)} (the fast-png extra)" if fast else "Pillow (no fast-png extra)"
     lines += [
         "",
         "Notes: PQ from files is bounded by PNG decoding (both tools decode the same files; ours decoded with "
-        f"{'libspng (imagecodecs, the fast-png extra)' if fast_png() else 'Pillow (no fast-png extra)'}, in 2 "
+        f"{decoders}, in 2 "
         "threads of the one process with workers=0, while that process counts; the two command rows include Python "
         "start-up and imports). Threads and workers=2 only pay off when cores are free. In memory, most of the time "
         "is the run-length compression of the two uint32 id maps (two compare passes, then the run starts); matching "

@@ -176,8 +176,8 @@ def test_pixel_reading_equals_pillow_arrays(mode, tmp_path):
 
 
 def test_panoptic_scores_equal_with_threads_and_either_decoder(tmp_path, monkeypatch):
-    """workers=0 decodes in threads: with libspng or Pillow, and with the reads done one by one in this thread, the
-    results equal the in-memory evaluator's to the last digit."""
+    """workers=0 decodes in threads: with the fast decoders or Pillow, and with the reads done one by one in this
+    thread, the results equal the in-memory evaluator's to the last digit."""
     import maskformer.evaluation.files as files
     from maskformer import io as fmt
 
@@ -190,7 +190,7 @@ def test_panoptic_scores_equal_with_threads_and_either_decoder(tmp_path, monkeyp
     pred_json = write_panoptic(tmp_path, "pred", [(i, p, ps) for i, _, _, p, ps in images])
     expected = ev.compute()
     assert score_panoptic(gt_json, pred_json, workers=0) == expected
-    monkeypatch.setattr(fmt, "_spng", lambda: None)
+    monkeypatch.setattr(fmt, "png_decoders", lambda: ())
     assert score_panoptic(gt_json, pred_json, workers=0) == expected
     monkeypatch.setattr(files, "threaded_reads", lambda read, tasks: ((t, read(t)) for t in tasks))
     assert score_panoptic(gt_json, pred_json, workers=0) == expected
@@ -236,8 +236,8 @@ from maskformer.cli import main
 assert main(['score', '--gt', {str(gt_dir)!r}, '--pred', {str(pred_dir)!r}, '--num-classes', '{K}']) == 0
 assert main(['score', '--gt', {str(gt_json)!r}, '--pred', {str(pred_json)!r}, '--workers', '0']) == 0
 assert 'torch' not in sys.modules, 'scoring imported torch'
-from maskformer.io import fast_png
-assert 'PIL' not in sys.modules or not fast_png(), 'scoring PNGs that libspng decodes imported Pillow'
+from maskformer.io import png_decoders
+assert 'PIL' not in sys.modules or not png_decoders(), 'scoring PNGs that a fast decoder decodes imported Pillow'
 assert 'maskformer.config' not in sys.modules, 'scoring imported the model config'
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

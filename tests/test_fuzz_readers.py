@@ -77,13 +77,12 @@ def valid_pngs() -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(params=["libspng", "pillow"])
+@pytest.fixture(params=["wuffs", "libspng", "pillow"])
 def decoder(request, monkeypatch):
-    """Both PNG decoding paths (libspng through imagecodecs when installed; Pillow alone)."""
-    if request.param == "libspng":
-        pytest.importorskip("imagecodecs")
-    else:
-        monkeypatch.setattr(fmt, "_spng", lambda: None)
+    """Each PNG decoding path (wuffs through pywuffs, libspng through imagecodecs, when installed; Pillow alone)."""
+    if request.param != "pillow":
+        pytest.importorskip({"wuffs": "pywuffs", "libspng": "imagecodecs"}[request.param])
+    monkeypatch.setattr(fmt, "png_decoders", lambda: () if request.param == "pillow" else (request.param,))
     return request.param
 
 

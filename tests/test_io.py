@@ -177,10 +177,21 @@ def _png_with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
     return data[:33] + chunk + data[33:]
 
 
-def test_fast_png_decoder_gives_pillows_pixels(tmp_path, monkeypatch):
-    """libspng (imagecodecs, the fast-png extra) and Pillow decode every PNG kind the readers take to the same
-    arrays; kinds libspng is not used for (1-bit grey, 16-bit grey, TIFF) and corrupt files behave as with Pillow."""
-    pytest.importorskip("imagecodecs")
+MODULES = {"wuffs": "pywuffs", "libspng": "imagecodecs"}
+
+
+def use_decoder(monkeypatch, name: str | None) -> None:
+    """Make `name` the only fast PNG decoder (None: Pillow alone); skip when its package is not installed."""
+    if name is not None:
+        pytest.importorskip(MODULES[name])
+    monkeypatch.setattr(fmt, "png_decoders", lambda: (name,) if name else ())
+
+
+@pytest.mark.parametrize("decoder", ["wuffs", "libspng"])
+def test_fast_png_decoder_gives_pillows_pixels(decoder, tmp_path, monkeypatch):
+    """Each fast decoder (the fast-png extra) and Pillow decode every PNG kind the readers take to the same arrays;
+    kinds a decoder is not used for (wuffs: RGBA; all: 1-bit and 16-bit grey, TIFF) and corrupt files (cut short, one
+    byte of the compressed pixels flipped: the zlib checksum) behave as with Pillow."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     grey = rng.integers(0, 256, (37, 53), dtype=np.uint8)
@@ -197,54 +208,76 @@ def test_fast_png_decoder_gives_pillows_pixels(tmp_path, monkeypatch):
         fmt.write_label(tmp_path / name, arr)
     Image.fromarray(grey > 127).save(tmp_path / "l1.png")  # mode "1": Pillow only
     (tmp_path / "gamma.png").write_bytes(_png_with_chunk((tmp_path / "rgb.png").read_bytes(), b"gAMA", b"\0\0\xaf\xc8"))
-    good = (tmp_path / "rgb.png").read_bytes()
-    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    for src in ("rgb.png", "l8.png"):
+        good = (tmp_path / src).read_bytes()
+        (tmp_path / f"cut_{src}").write_bytes(good[: len(good) // 2])
+        flipped = bytearray(good)
+        flipped[len(good) // 2] ^= 0xFF  # inside the IDAT data of these incompressible images
+        (tmp_path / f"flipped_{src}").write_bytes(bytes(flipped))
     readers = [(read_panoptic, n) for n in [*panoptic, "gamma.png"]] + [(read_label, n) for n in [*labels, "l1.png"]]
 
     def decode_all():
         out = {}
         for fn, name in readers:
             out[name] = fn(tmp_path / name)
-        for fn in (read_panoptic, read_label):
-            with pytest.raises(fmt.FormatError, match="cut.png: cannot read the image .*corrupt or truncated"):
-                fn(tmp_path / "cut.png")
+        for fn, src in ((read_panoptic, "rgb.png"), (read_label, "l8.png")):
+            for bad in (f"cut_{src}", f"flipped_{src}"):
+                with pytest.raises(fmt.FormatError, match=f"{bad}: cannot read the image .*corrupt or truncated"):
+                    fn(tmp_path / bad)
         return out
 
-    assert fmt.fast_png()
+    use_decoder(monkeypatch, decoder)
     fast = decode_all()
-    monkeypatch.setattr(fmt, "_spng", lambda: None)
-    assert not fmt.fast_png()
+    use_decoder(monkeypatch, None)
     slow = decode_all()
     for name in fast:
         assert fast[name].dtype == slow[name].dtype == np.int32 and np.array_equal(fast[name], slow[name]), name
     assert np.array_equal(slow["rgb.png"], fmt.rgb2id(rgb)) and np.array_equal(slow["l16.png"], labels["l16.png"])
+    assert np.array_equal(slow["rgba.png"], fmt.rgb2id(rgb)) and np.array_equal(slow["l8.png"], grey)
+
+
+def test_the_fastest_installed_decoder_is_used_and_rgba_skips_wuffs(tmp_path, monkeypatch):
+    """wuffs first, libspng for what wuffs does not take (RGBA: wuffs would composite over black), Pillow last."""
+    pytest.importorskip("pywuffs")
+    pytest.importorskip("imagecodecs")
+    assert fmt.png_decoders() == ("wuffs", "libspng")
+    rgba = np.random.default_rng(2).integers(0, 256, (9, 11, 4), dtype=np.uint8)
+    rgba[..., 3] = 100  # translucent: composited RGB would differ
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.png")
+    used = []
+    monkeypatch.setattr(fmt, "_wuffs_decode", lambda data, grey: used.append("wuffs") or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        read_panoptic(tmp_path / "rgb.png")
+    assert np.array_equal(read_panoptic(tmp_path / "rgba.png"), fmt.rgb2id(rgba[..., :3])) and used == ["wuffs"]
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (3, 4)])
 def test_panoptic_ids_of_tiny_images_including_the_last_pixel(shape, tmp_path, monkeypatch):
     """The id pass reads each pixel's 3 bytes as part of a 4-byte word; the last pixel (no byte after it) is
-    assembled on its own: ids equal R + 256 G + 65536 B (float64 formula) with both decoders, RGB and RGBA."""
+    assembled on its own: ids equal R + 256 G + 65536 B (float64 formula) with every decoder, RGB and RGBA."""
     rng = np.random.default_rng(1)
     rgba = rng.integers(0, 256, (*shape, 4), dtype=np.uint8)
     expected = rgba[..., 0] + 256.0 * rgba[..., 1] + 65536.0 * rgba[..., 2]
     Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.png")
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
-    for spng in ([fmt._spng] if fmt.fast_png() else []) + [lambda: None]:
-        monkeypatch.setattr(fmt, "_spng", spng)
+    for decoder in [*fmt.png_decoders(), None]:
+        use_decoder(monkeypatch, decoder)
         for name in ("rgb.png", "rgba.png"):
-            assert np.array_equal(read_panoptic(tmp_path / name), expected), (name, fmt.fast_png())
+            assert np.array_equal(read_panoptic(tmp_path / name), expected), (name, decoder)
 
 
-def test_fast_png_decoder_equals_pillow_on_real_pngs(shared_data, monkeypatch):
-    """Real COCO panoptic PNGs, ADE20K and CamVid label maps decode to Pillow's arrays with libspng."""
-    pytest.importorskip("imagecodecs")
+@pytest.mark.parametrize("decoder", ["wuffs", "libspng"])
+def test_fast_png_decoder_equals_pillow_on_real_pngs(decoder, shared_data, monkeypatch):
+    """Real COCO panoptic PNGs, ADE20K and CamVid label maps decode to Pillow's arrays with each fast decoder."""
     panoptic = sorted((shared_data / "coco-panoptic-sample").rglob("*.png"))[:12]
     labels = sorted((shared_data / "ade20k-sample").rglob("annotations/**/*.png"))[:6]
     labels += sorted(p for p in (shared_data / "camvid").rglob("*.png") if "label" in str(p).lower())[:6]
     files = [(read_panoptic, p) for p in panoptic] + [(read_label, p) for p in labels]
     assert len(panoptic) >= 2 and len(labels) >= 6
+    use_decoder(monkeypatch, decoder)
     fast = [fn(p) for fn, p in files]
-    monkeypatch.setattr(fmt, "_spng", lambda: None)
+    use_decoder(monkeypatch, None)
     for (fn, p), got in zip(files, fast):
         expected = fn(p)
         assert got.dtype == expected.dtype == np.int32 and np.array_equal(got, expected), p

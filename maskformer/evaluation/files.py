@@ -124,9 +124,9 @@ def map_pairs(read: Callable, count: Callable, tasks: Iterable, workers: int | N
 def threaded_reads(read: Callable, tasks: Iterable, threads: int = 2, ahead: int = 4) -> Iterator[tuple]:
     """(task, read(task)) in order, `read` running up to `ahead` tasks ahead in `threads` threads of this process.
 
-    PNG decoding (libspng or Pillow) releases the GIL, so decoding overlaps itself and the caller's counting without
-    worker processes (no fork, no pickling); at most `ahead` decoded pairs are held. A read's error is raised in
-    order."""
+    PNG decoding (wuffs, libspng or Pillow) releases the GIL, so decoding overlaps itself and the caller's counting
+    without worker processes (no fork, no pickling); at most `ahead` decoded pairs are held. A read's error is raised
+    in order."""
     from concurrent.futures import ThreadPoolExecutor
 
     it, pending = iter(tasks), deque()
