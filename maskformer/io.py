@@ -129,6 +129,7 @@ def read_panoptic(path: str | Path) -> np.ndarray:
 _GRAY_PNG = {(0, 8)}
 _COLOUR_PNG = {(2, 8), (6, 8), (3, 1), (3, 2), (3, 4), (3, 8)}
 _DECODES = {"wuffs": _GRAY_PNG | _COLOUR_PNG - {(6, 8)}, "libspng": _GRAY_PNG | _COLOUR_PNG}
+PNG_DECODER_PACKAGES = {"wuffs": "pywuffs", "libspng": "imagecodecs"}  # fast decoder -> the module that provides it
 
 
 @functools.cache
@@ -136,8 +137,8 @@ def png_decoders() -> tuple[str, ...]:
     """The fast PNG decoders installed (the "fast-png" extra), fastest first: "wuffs" (pywuffs: a COCO-size panoptic
     PNG in 0.45-0.6x libspng's time) and "libspng" (imagecodecs: ~0.5x Pillow's); () = Pillow only. All three release
     the GIL (two threads decode at twice one thread's rate)."""
-    modules = {"wuffs": "pywuffs", "libspng": "imagecodecs"}
-    return tuple(name for name, module in modules.items() if importlib.util.find_spec(module) is not None)
+    packages = PNG_DECODER_PACKAGES.items()
+    return tuple(name for name, module in packages if importlib.util.find_spec(module) is not None)
 
 
 _wuffs_decoders = threading.local()  # a wuffs decoder keeps state: one per thread and pixel format

@@ -81,7 +81,7 @@ def valid_pngs() -> dict[str, bytes]:
 def decoder(request, monkeypatch):
     """Each PNG decoding path (wuffs through pywuffs, libspng through imagecodecs, when installed; Pillow alone)."""
     if request.param != "pillow":
-        pytest.importorskip({"wuffs": "pywuffs", "libspng": "imagecodecs"}[request.param])
+        pytest.importorskip(fmt.PNG_DECODER_PACKAGES[request.param])
     monkeypatch.setattr(fmt, "png_decoders", lambda: () if request.param == "pillow" else (request.param,))
     return request.param
 

@@ -177,13 +177,10 @@ def _png_with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
     return data[:33] + chunk + data[33:]
 
 
-MODULES = {"wuffs": "pywuffs", "libspng": "imagecodecs"}
-
-
 def use_decoder(monkeypatch, name: str | None) -> None:
     """Make `name` the only fast PNG decoder (None: Pillow alone); skip when its package is not installed."""
     if name is not None:
-        pytest.importorskip(MODULES[name])
+        pytest.importorskip(fmt.PNG_DECODER_PACKAGES[name])
     monkeypatch.setattr(fmt, "png_decoders", lambda: (name,) if name else ())
 
 
