@@ -11,6 +11,11 @@ agree = share of pixels with the fp32 semantic label at mask resolution (random 
 bound of what a trained model shows). Export / quantization happen before timing; onnxruntime graphs are cached
 under --cache (Swin: one graph for the padded size).
 
+Floors: the fp32 2048^3 matmul and the FPN's 3x3 convolution (bench_forward's peak kernels) are timed in the same
+loop; floor = GFLOP / the faster kernel's GFLOP/s, for what each fp32 runner executes (ours eager: the fused mask
+product, `gflops_executed`; the exported graph: the network as exported, without the fusion). A runner at 1.0x its
+floor runs every FLOP at the machine's best dense rate; the onnxruntime target needs the graph at `need` x its floor.
+
   .venv/bin/python benchmarks/bench_backends.py [--repeats 7] [--models r50 swin_t] [--size 512] [--threads N]
                                                 [--no-int8] [--no-onnx] [--calibration DIR] [--write]
 
@@ -27,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_forward import deviation, hf_model, timed, write_section
+from bench_forward import deviation, hf_model, peak_kernels, timed, write_section
 
 from maskformer.backends import CALIBRATION_IMAGES, Calibration, OnnxRuntimeModel
 from maskformer.config import InferenceConfig
@@ -35,6 +40,7 @@ from maskformer.convert.hf import build_hf_model, load_hf_state_dict
 from maskformer.cpu_tuning import keep_freed_memory
 from maskformer.export import sample_images
 from maskformer.io import write_image
+from maskformer.modeling.flops import measure
 from maskformer.precision import AutocastModel, quantize_int8, system_info
 
 SECTION = "## G: inference backends and precision"
@@ -77,16 +83,43 @@ def bench_model(kind: str, size: int, repeats: int, cache: Path, **which) -> dic
     xn = (x - ours.pixel_mean) / ours.pixel_std
     runs = {k: (lambda f=f: f(x)) for k, f in variants(ours, cache=cache, **which).items()}
     runs["transformers fp32"] = lambda: hf(pixel_values=xn)
+    kernels = peak_kernels()
     with torch.inference_mode():
         ref = ours(x)
         agree = {k: deviation(ref, fn())["argmax_agree"] for k, fn in runs.items() if k != "transformers fp32"}
-        times = {k: [] for k in runs}
+        for fn, _ in kernels.values():
+            fn()  # warm-up
+        times = {k: [] for k in [*runs, *kernels]}
         for _ in range(repeats):
-            for k, fn in runs.items():
+            for k, fn in [*runs.items(), *((k, fn) for k, (fn, _) in kernels.items())]:
                 times[k].append(timed(fn))
+    median = {k: statistics.median(v) for k, v in times.items()}
     base = times["ours fp32"]
-    paired = {k: statistics.median(b / t for b, t in zip(base, v)) for k, v in times.items()}
-    return dict(kind=kind, median={k: statistics.median(v) for k, v in times.items()}, paired=paired, agree=agree)
+    paired = {k: statistics.median(b / t for b, t in zip(base, times[k])) for k in runs}
+    peak = max(flops / median[k] for k, (_, flops) in kernels.items())  # FLOP/s
+    st = measure(ours, (size, size), semantic_inference=False)
+    graph_gflop = 2 * (st.gflops - st.gflops_skipped - st.gflops_inference)  # the exported graph: no fusion, no Swin padding tokens
+    floors = {"ours": 2 * st.gflops_executed * 1e9 / peak, "graph": graph_gflop * 1e9 / peak}
+    median = {k: median[k] for k in runs}
+    return dict(kind=kind, median=median, paired=paired, agree=agree, peak=peak / 1e9, floors=floors,
+                gflop={"ours": 2 * st.gflops_executed, "graph": graph_gflop})  # fmt: skip
+
+
+def floor_line(r: dict) -> str:
+    """One sentence: each fp32 runner against its floor, and where the onnxruntime target would put the graph."""
+    med, fl = r["median"], r["floors"]
+    text = (
+        f"{r['kind']}: peak {r['peak']:.0f} GFLOP/s; ours eager executes {r['gflop']['ours']:.1f} GFLOP (floor"
+        f" {fl['ours'] * 1e3:.0f} ms), ours fp32 = {med['ours fp32'] / fl['ours']:.2f}x its floor"
+    )
+    if "onnxruntime fp32" in med:
+        need = med["ours fp32"] / TARGETS["onnxruntime"] / fl["graph"]
+        text += (
+            f"; the exported graph executes {r['gflop']['graph']:.1f} GFLOP (floor {fl['graph'] * 1e3:.0f} ms),"
+            f" onnxruntime fp32 = {med['onnxruntime fp32'] / fl['graph']:.2f}x it; the {TARGETS['onnxruntime']}x"
+            f" target needs {need:.2f}x"
+        )
+    return text + "."
 
 
 def report(results: list[dict], args, info: dict, load: tuple[float, float]) -> str:
@@ -113,6 +146,8 @@ def report(results: list[dict], args, info: dict, load: tuple[float, float]) -> 
             for k in names
         ]
         lines.append(f"| {r['kind']} | " + " | ".join(cells) + " |")
+    lines += ["", "Floors (the peak kernels timed in the same loop; see the module docstring):", ""]
+    lines += [f"- {floor_line(r)}" for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -145,6 +180,7 @@ def main() -> None:
         results.append(r)
         cells = {k: f"{v * 1e3:.0f} ms {r['paired'][k]:.2f}x" for k, v in r["median"].items()}
         print(kind, cells, {k: round(v, 4) for k, v in r["agree"].items()}, flush=True)
+        print(floor_line(r), flush=True)
     after = os.getloadavg()[0]
     print(f"load average after: {after:.2f}")
     text = report(results, args, info, (before, after))
