@@ -98,7 +98,7 @@ def bench_model(kind: str, size: int, repeats: int, cache: Path, **which) -> dic
     paired = {k: statistics.median(b / t for b, t in zip(base, times[k])) for k in runs}
     peak = max(flops / median[k] for k, (_, flops) in kernels.items())  # FLOP/s
     st = measure(ours, (size, size), semantic_inference=False)
-    graph_gflop = 2 * (st.gflops - st.gflops_skipped - st.gflops_inference)  # the exported graph: no fusion, no Swin padding tokens
+    graph_gflop = 2 * (st.gflops - st.gflops_skipped - st.gflops_inference)  # exported: unfused, no Swin padding
     floors = {"ours": 2 * st.gflops_executed * 1e9 / peak, "graph": graph_gflop * 1e9 / peak}
     median = {k: median[k] for k in runs}
     return dict(kind=kind, median=median, paired=paired, agree=agree, peak=peak / 1e9, floors=floors,
