@@ -29,14 +29,15 @@ class Switch:
 SWITCHES = {
     "scale_jitter": Switch(
         "short side 0.5-2.0x the test size (135..540, official) vs 0.4-0.8x native (144..288)",
-        (f"data.min_size_train={OFFICIAL_SIZES}", "data.max_size_train=1440"), (), "off"),
+        (f"data.min_size_train={OFFICIAL_SIZES}", "data.max_size_train=1440"),
+        ("data.min_size_train=144,180,216,252,288", "data.max_size_train=640"), "on"),
     "crop": Switch("crops of the test size 270x360 (official: crop = test size) vs 180x240",
                    ("data.crop_size=270,360",), (), "off"),
     "photometric": Switch("SSD colour augmentation (brightness, contrast, saturation, hue) on vs off", (),
                           ("data.color_aug_ssd=false",), "on"),
     "class_aware_crop": Switch(
         "category-area crop rule: retry (10x) until no class covers >= 75% of the crop vs plain random crop",
-        ("data.single_category_max_area=0.75",), (), "off"),
+        ("data.single_category_max_area=0.75",), ("data.single_category_max_area=1.0",), "on"),
     "lr": Switch("AdamW lr 1e-4 (official) vs 4e-4", ("train.base_lr=0.0001",), (), "off"),
     "warmup": Switch("linear warm-up over 100 iterations from 0.01x vs none", ("train.warmup_iters=100",
                      "train.warmup_factor=0.01"), (), "off"),
@@ -50,7 +51,8 @@ SWITCHES = {
     "deep_supervision": Switch("loss on every decoder layer (official) vs the last one only", (),
                                ("loss.deep_supervision=false",), "on"),
     "amp": Switch("bf16 autocast training (the official recipes train with AMP; a CPU with native bf16 runs more "
-                  "iterations in the budget) vs fp32", ("train.amp=bf16",), (), "off"),
+                  "iterations in the budget) vs fp32; the preset's train.amp=auto is bf16 on such a CPU",
+                  ("train.amp=bf16",), ("train.amp=none",), "on"),
     "point_loss": Switch("point-sampled mask loss (Mask2Former, 12544 importance-sampled points) vs full resolution",
                          ("loss.point_sampling=true",), (), "off"),
 }  # fmt: skip

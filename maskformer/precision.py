@@ -5,8 +5,9 @@
     int8  torch.ao dynamic quantization of every nn.Linear (weights int8, activations quantized per call), CPU only
 
 The CPU's flags are read in one place, `cpu_flags` (/proc/cpuinfo; empty on other systems, so `auto` is fp32 there).
-`with_precision(model, p)` wraps a model so that its outputs come back as float32: post-processing always runs in
-fp32. `system_info()` is what `maskformer info --system` and every eval report show.
+`resolve_amp` makes the same choice for training's train.amp=auto. `with_precision(model, p)` wraps a model so that
+its outputs come back as float32: post-processing always runs in fp32. `system_info()` is what `maskformer info
+--system` and every eval report show.
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if device.type == "cpu" and native_bf16(cpu_flags()) else "fp32"
+
+
+def resolve_amp(amp: str, device: torch.device | str = "cpu") -> str:
+    """The training autocast ("none" | "bf16" | "fp16") that cfg.train.amp runs as on `device`: "auto" is what
+    precision "auto" picks (fp32 -> "none"); the others are returned as they are."""
+    if amp != "auto":
+        return amp
+    precision = resolve_precision("auto", device)
+    return "none" if precision == "fp32" else precision
 
 
 class AutocastModel(nn.Module):

@@ -55,7 +55,7 @@ def test_validation_names_the_key_and_range_wherever_a_config_comes_from():
         get_preset(name).validate()  # every preset is valid
     doc = get_preset("maskformer_r18_synth").to_dict()
     doc["train"]["amp"] = "fp8"
-    with pytest.raises(ConfigError, match="train.amp must be one of none, bf16, fp16, got 'fp8'"):
+    with pytest.raises(ConfigError, match="train.amp must be one of none, bf16, fp16, auto, got 'fp8'"):
         Config.from_dict(doc)
     with pytest.raises(ConfigError, match=r"data.pad_size must be -1 \(no padding\) or an integer >= 1, got 0"):
         get_preset("maskformer_r18_synth", ["data.pad_size=0"])

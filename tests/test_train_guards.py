@@ -124,7 +124,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, damage):
         ("data.num_workers=-1", "data.num_workers must be an integer >= 0, got -1"),
         ("train.base_lr=-0.1", "train.base_lr must be a number > 0, got -0.1"),
         ("train.base_lr=nan", "train.base_lr must be a number > 0, got nan"),
-        ("train.amp=fp8", "train.amp must be one of none, bf16, fp16, got 'fp8'"),
+        ("train.amp=fp8", "train.amp must be one of none, bf16, fp16, auto, got 'fp8'"),
         ("train.batch_size=2.5", "train.batch_size: expected an integer, got '2.5'"),
     ],
 )

@@ -120,6 +120,22 @@ def test_bf16_autocast_forward_and_fp32_criterion(synth, tmp_path):
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())
 
 
+@pytest.mark.parametrize("flags, expected", [({"avx2", "amx_bf16"}, torch.bfloat16), ({"avx2"}, torch.float32)])
+def test_amp_auto_trains_in_bf16_only_on_a_cpu_with_native_bf16(synth, tmp_path, monkeypatch, flags, expected):
+    """train.amp=auto: bf16 autocast where the CPU reports native bf16, fp32 elsewhere (flags mocked where read)."""
+    import maskformer.precision as prec
+
+    monkeypatch.setattr(prec, "cpu_flags", lambda path=None: frozenset(flags))
+    cfg = tiny_config(synth, "train.max_iter=1", "train.amp=auto", "train.checkpoint_period=0")
+    tr = _trainer(cfg, tmp_path)
+    seen = []
+    tr.model.sem_seg_head.register_forward_hook(lambda m, i, o: seen.append(o["pred_masks"].dtype))
+    tr.run()
+    assert tr.step.amp == ("bf16" if expected == torch.bfloat16 else "none")
+    assert seen == [expected]
+    assert not tr.step.scaler.is_enabled()
+
+
 def test_grad_accumulation_splits_the_total_batch(synth, tmp_path):
     cfg = tiny_config(synth, "train.max_iter=1", "train.grad_accum=2", "train.checkpoint_period=0")
     tr = _trainer(cfg, tmp_path)
