@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # camvid_protocol besi
 
 from camvid_protocol import PROTOCOLS, protocol_datasets  # noqa: E402
 
+from maskformer.config import apply_overrides  # noqa: E402
 from maskformer.evaluation.loop import evaluate_model  # noqa: E402
 from maskformer.hub import load_model  # noqa: E402
 
@@ -55,13 +56,14 @@ def run_protocol(run_dir: Path) -> str:
 
 def rescore(run_dir: Path, variants: list[str]) -> dict:
     """{"run", "protocol", "mIoU": {variant: mIoU}, "seconds": {variant: s}, "per_class": {variant: {class: IoU}}}
-    for one run folder, each variant scored with a freshly loaded model and that variant's inference settings."""
+    for one run folder: its final model loaded once, scored with each variant's inference settings."""
     protocol = run_protocol(run_dir)
     out = {"run": str(run_dir), "protocol": protocol, "mIoU": {}, "seconds": {}, "per_class": {}}
+    model, run_cfg, _ = load_model(run_dir / "model")
+    _, val_set = protocol_datasets(run_cfg, protocol)  # the variants change inference settings only
     for name in variants:
         _, overrides, tta = VARIANTS[name]
-        model, cfg, _ = load_model(run_dir / "model", overrides=overrides)
-        _, val_set = protocol_datasets(cfg, protocol)
+        cfg = apply_overrides(run_cfg, overrides)  # a copy
         t0 = time.perf_counter()
         r = evaluate_model(model, val_set, task="semantic", cfg=cfg, tta=tta, batch_size=1 if tta else 4)
         out["seconds"][name] = round(time.perf_counter() - t0, 1)
